@@ -1,0 +1,159 @@
+"""Admin API under /admin (master key): teams, virtual keys, the spend log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import bearer_token, check_master_key
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.http import json_response
+from gateway.state import Gateway
+from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Team
+
+TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Exists(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "already_exists"
+
+
+class NoSuch(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class TeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TEAM_NAME)
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team: str
+    name: str | None = Field(default=None, max_length=128)
+    allowed_models: list[str] | None = Field(
+        default=None, description="Names the key may send as `model`: models, tiers or auto."
+    )
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    check_master_key(
+        gateway.master_key, bearer_token(request.headers), gateway.settings.auth.master_key_env
+    )
+    return gateway
+
+
+AdminGateway = Annotated[Gateway, Depends(_gateway)]
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.post("/teams", status_code=201)
+async def create_team(body: TeamIn, gateway: AdminGateway) -> Response:
+    try:
+        team = await gateway.store.create_team(body.name)
+    except Conflict as exc:
+        raise Exists(str(exc), param="name") from None
+    return json_response(team_json(team), status=201)
+
+
+@router.get("/teams")
+async def list_teams(gateway: AdminGateway) -> Response:
+    return json_response({"data": [team_json(t) for t in await gateway.store.list_teams()]})
+
+
+@router.delete("/teams/{name}")
+async def delete_team(name: str, gateway: AdminGateway) -> Response:
+    try:
+        await gateway.store.delete_team(name)
+    except Missing as exc:
+        raise NoSuch(str(exc)) from None
+    return json_response({"name": name, "deleted": True})
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyIn, gateway: AdminGateway) -> Response:
+    if body.allowed_models is not None:
+        known = set(gateway.policy.names())
+        unknown = [m for m in body.allowed_models if m not in known]
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown models in allowed_models: {', '.join(unknown)}", param="allowed_models"
+            )
+    try:
+        issued = await gateway.keys.issue(body.team, body.name, body.allowed_models)
+    except Missing as exc:
+        raise NoSuch(str(exc), param="team") from None
+    return json_response({**key_json(issued.key), "key": issued.secret}, status=201)
+
+
+@router.get("/keys")
+async def list_keys(gateway: AdminGateway, team: str | None = None) -> Response:
+    return json_response({"data": [key_json(k) for k in await gateway.store.list_keys(team)]})
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, gateway: AdminGateway) -> Response:
+    try:
+        key = await gateway.keys.revoke(key_id)
+    except Missing as exc:
+        raise NoSuch(str(exc)) from None
+    return json_response(key_json(key))
+
+
+@router.get("/spend")
+async def spend(
+    gateway: AdminGateway,
+    request_id: str | None = None,
+    team: str | None = None,
+    limit: int = 100,
+) -> Response:
+    rows = await gateway.store.spend(request_id=request_id, team=team, limit=min(limit, 1000))
+    return json_response({"data": [spend_json(r) for r in rows]})
+
+
+def team_json(team: Team) -> dict[str, Any]:
+    return {"name": team.name, "created_at": team.created_at.isoformat()}
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "team": key.team,
+        "name": key.name,
+        "key_hint": key.key_hint,
+        "allowed_models": list(key.allowed_models) if key.allowed_models is not None else None,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+def spend_json(record: SpendRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "created_at": record.created_at.isoformat(),
+        "team": record.team,
+        "key_id": record.key_id,
+        "requested_model": record.requested_model,
+        "deployment": record.deployment,
+        "tier": record.tier,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cached_tokens": record.cached_tokens,
+        "usage_estimated": record.usage_estimated,
+        "cost_usd": str(record.cost_usd),
+        "upstream_ms": record.upstream_ms,
+        "overhead_ms": record.overhead_ms,
+        "stream": record.stream,
+        "status": record.status,
+        "error_type": record.error_type,
+    }

@@ -1,0 +1,190 @@
+"""The application factory: settings in, a FastAPI app with its state out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from gateway import __version__
+from gateway.admin import router as admin_router
+from gateway.auth import KeyService, bearer_token, load_key_secret
+from gateway.chat import chat_completions
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.http import error_response, json_response
+from gateway.llm import model_info
+from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
+from gateway.settings import Settings, build_catalog, load_settings
+from gateway.spend import SpendWriter
+from gateway.state import Gateway, resolve_api_keys
+from gateway.store import Store, sqlite_path
+from policies import Catalog, PinnedPolicy
+
+log = logging.getLogger("rightsize")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "configuration",
+    catalog: Catalog | None = None,
+) -> FastAPI:
+    """Validate everything that can fail before serving, then build the app."""
+    env = dict(os.environ if environ is None else environ)
+    catalog = catalog or build_catalog(settings, model_info, source)
+    api_keys = resolve_api_keys(catalog, env)
+    key_secret = load_key_secret(settings, env)
+    default = settings.default_route(catalog)
+    master_key = env.get(settings.auth.master_key_env) or None
+    _log_configuration(settings, catalog, source, default, master_key is not None, env)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store.connect(settings.store_url())
+        if settings.store.migrate_on_start:
+            await store.migrate()
+        spend = SpendWriter(
+            store,
+            flush_interval_s=settings.spend_log.flush_interval_ms / 1000,
+            batch_size=settings.spend_log.batch_size,
+            fallback_file=_fallback_file(settings),
+        )
+        spend.start()
+        providers: dict[str, Provider] = {"openai_http": OpenAIHTTPProvider(api_keys)}
+        if any(d.transport == "litellm" for d in catalog.deployments):
+            providers["litellm"] = LiteLLMProvider(api_keys)
+        app.state.gateway = Gateway(
+            settings=settings,
+            catalog=catalog,
+            policy=PinnedPolicy(catalog, default or "auto"),
+            store=store,
+            keys=KeyService(store, key_secret),
+            spend=spend,
+            providers=providers,
+            master_key=master_key,
+        )
+        try:
+            yield
+        finally:
+            await spend.aclose()
+            for provider in providers.values():
+                await provider.aclose()
+            await store.aclose()
+
+    app = FastAPI(title="Rightsize", version=__version__, lifespan=lifespan)
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.include_router(admin_router)
+    _install_error_handlers(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: the config path travels in RIGHTSIZE_CONFIG."""
+    settings, source = load_settings()
+    return create_app(settings, source=source)
+
+
+async def list_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    try:
+        key = await gateway.keys.authenticate(bearer_token(request.headers))
+    except GatewayError as exc:
+        return error_response(exc)
+    names = gateway.policy.names()
+    tiers = {d.name: d.tier for d in gateway.catalog.deployments}
+    allowed = [n for n in names if key.may_use(n, tiers.get(n))]
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "rightsize"} for n in allowed
+            ],
+        }
+    )
+
+
+async def healthz() -> Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        error = exc.errors()[0]
+        param = ".".join(str(p) for p in error["loc"] if p != "body") or None
+        if param is None:
+            message = "The body must be a JSON object sent with Content-Type: application/json"
+        else:
+            message = f"Invalid value for {param!r}: {error['msg']}"
+        return error_response(InvalidRequest(message, param=param))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        error = GatewayError(str(exc.detail))
+        error.status = exc.status_code
+        error.type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(GatewayError("Internal gateway error"))
+
+
+def _fallback_file(settings: Settings) -> Path:
+    path = sqlite_path(settings.store_url())
+    base = path.parent if path else Path.cwd()
+    return base / "spend-log-unwritten.jsonl"
+
+
+def _log_configuration(
+    settings: Settings,
+    catalog: Catalog,
+    source: str,
+    default: str | None,
+    admin: bool,
+    env: Mapping[str, str],
+) -> None:
+    models = ", ".join(
+        f"{d.name} (tier {d.tier or '-'}, {d.transport}{', local' if d.local else ''})"
+        for d in catalog.deployments
+    )
+    log.info(
+        "rightsize %s: config from %s; store %s; models: %s; auto -> %s; admin API %s",
+        __version__,
+        source,
+        _redact(settings.store_url()),
+        models or "none",
+        default or "nothing",
+        "enabled" if admin else f"disabled ({settings.auth.master_key_env} not set)",
+    )
+    if source == "built-in defaults":
+        for var, provider in (("OPENAI_API_KEY", "OpenAI"), ("ANTHROPIC_API_KEY", "Anthropic")):
+            state = "enabled" if env.get(var) else f"not configured ({var} not set)"
+            log.info("%s models: %s", provider, state)
+    if not catalog.deployments:
+        log.warning(
+            "no models are configured: every request will get 404. Set OPENAI_API_KEY or "
+            "ANTHROPIC_API_KEY, or pass --config with a models section"
+        )
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

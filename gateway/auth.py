@@ -1,0 +1,118 @@
+"""Virtual keys: issued once, stored as a keyed hash, checked in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import AuthenticationFailed
+from gateway.settings import ConfigError, Settings
+from gateway.store import ApiKey, Store, sqlite_path
+
+KEY_PREFIX = "rs-"
+_KEY_CACHE_TTL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A freshly created key: the only time its secret is known."""
+
+    key: ApiKey
+    secret: str
+
+
+def load_key_secret(settings: Settings, environ: Mapping[str, str]) -> bytes:
+    """The HMAC secret keys are hashed with: from the environment, else a file beside SQLite."""
+    value = environ.get(settings.auth.key_secret_env)
+    if value:
+        return value.encode()
+    path = sqlite_path(settings.store_url())
+    if path is None:
+        raise ConfigError(
+            f"auth.key_secret_env: set {settings.auth.key_secret_env} to the same secret on every "
+            "replica (keys are stored as HMACs keyed with it)"
+        )
+    secret_file = path.with_name(path.name + ".key-secret")
+    if not secret_file.exists():
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return Path(secret_file).read_text().strip().encode()
+
+
+class KeyService:
+    """Issues, revokes and authenticates virtual keys."""
+
+    def __init__(self, store: Store, secret: bytes) -> None:
+        self._store = store
+        self._secret = secret
+        # A short-lived cache keeps the database off the hot path; revocations in this
+        # process drop it at once, other replicas within the TTL.
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+
+    def hash(self, secret_key: str) -> str:
+        return hmac.new(self._secret, secret_key.encode(), hashlib.sha256).hexdigest()
+
+    async def issue(
+        self, team: str, name: str | None = None, allowed_models: Sequence[str] | None = None
+    ) -> IssuedKey:
+        secret_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = await self._store.create_key(
+            key_id="key_" + secrets.token_hex(8),
+            team=team,
+            key_hash=self.hash(secret_key),
+            key_hint=secret_key[:7] + "…",
+            name=name,
+            allowed_models=allowed_models,
+        )
+        return IssuedKey(key=key, secret=secret_key)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        key = await self._store.revoke_key(key_id)
+        self._cache = {h: v for h, v in self._cache.items() if v[1].id != key_id}
+        return key
+
+    async def authenticate(self, secret_key: str | None) -> ApiKey:
+        if not secret_key:
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        digest = self.hash(secret_key)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            key = cached[1]
+        else:
+            found = await self._store.find_key(digest)
+            if found is None or not hmac.compare_digest(found[1], digest):
+                raise AuthenticationFailed("Incorrect API key provided")
+            key = found[0]
+            self._cache[digest] = (now + _KEY_CACHE_TTL_S, key)
+        if key.revoked_at is not None:
+            raise AuthenticationFailed("This API key has been revoked", code="revoked_api_key")
+        return key
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer` (OpenAI SDK) or `x-api-key` (Anthropic SDK)."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return headers.get("x-api-key") or None
+
+
+def check_master_key(expected: str | None, presented: str | None, env_name: str) -> None:
+    if not expected:
+        raise AuthenticationFailed(
+            f"The admin API is disabled: set {env_name}", code="admin_disabled"
+        )
+    if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise AuthenticationFailed("Incorrect master key", code="invalid_master_key")

@@ -1,0 +1,217 @@
+"""The `rightsize` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+
+_T = TypeVar("_T")
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults).",
+)
+
+
+@click.group()
+@click.version_option(package_name="rightsize-gateway")
+def main() -> None:
+    """Rightsize: route each LLM request to the right-size model, within budget."""
+
+
+def _settings(config_path: str | None) -> tuple[Settings, str]:
+    try:
+        return load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Interface to bind (default from config: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default from config: 4000).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Start the gateway."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.store import Store
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings, source = _settings(config_path)
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    workers = workers or settings.server.workers
+    try:
+        app = create_app(settings, source=source)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        return
+    # Several workers: migrate once here, then each worker rebuilds the app from the same file.
+    _run(_migrate(Store.connect(settings.store_url())))
+    if config_path:
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+    os.environ["RIGHTSIZE_STORE__MIGRATE_ON_START"] = "false"
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
+
+
+async def _migrate(store: Any) -> None:
+    try:
+        await store.migrate()
+    finally:
+        await store.aclose()
+
+
+@main.group()
+def teams() -> None:
+    """Manage teams."""
+
+
+@teams.command("create")
+@config_option
+@click.argument("name")
+def teams_create(config_path: str | None, name: str) -> None:
+    """Create a team."""
+    team = _with_store(config_path, lambda store: store.create_team(name))
+    click.echo(f"created team {team.name}")
+
+
+@teams.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def teams_list(config_path: str | None, as_json: bool) -> None:
+    """List teams."""
+    from gateway.admin import team_json
+
+    rows = [team_json(t) for t in _with_store(config_path, lambda store: store.list_teams())]
+    _print_rows(rows, ["name", "created_at"], as_json)
+
+
+@teams.command("delete")
+@config_option
+@click.argument("name")
+def teams_delete(config_path: str | None, name: str) -> None:
+    """Delete a team and its keys (its spend-log rows stay)."""
+    _with_store(config_path, lambda store: store.delete_team(name))
+    click.echo(f"deleted team {name}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage virtual keys."""
+
+
+@keys.command("create")
+@config_option
+@click.option("--team", required=True, help="Team the key belongs to.")
+@click.option("--name", default=None, help="A label for the key.")
+@click.option(
+    "--model", "models", multiple=True, help="Restrict the key to this model or tier (repeatable)."
+)
+def keys_create(
+    config_path: str | None, team: str, name: str | None, models: tuple[str, ...]
+) -> None:
+    """Create a key. Its secret is printed once and never stored."""
+    from gateway.auth import KeyService, load_key_secret
+
+    settings, _ = _settings(config_path)
+    secret = _config_call(lambda: load_key_secret(settings, os.environ))
+    issued = _with_store(
+        config_path,
+        lambda store: KeyService(store, secret).issue(team, name, list(models) or None),
+    )
+    click.echo(f"key id: {issued.key.id}\nteam:   {team}\nkey:    {issued.secret}")
+    click.echo("Store the key now: Rightsize keeps only its hash.", err=True)
+
+
+@keys.command("list")
+@config_option
+@click.option("--team", default=None, help="Only this team's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
+    """List keys (hints only, never secrets)."""
+    from gateway.admin import key_json
+
+    rows = [key_json(k) for k in _with_store(config_path, lambda store: store.list_keys(team))]
+    _print_rows(rows, ["id", "team", "name", "key_hint", "revoked_at"], as_json)
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+def keys_revoke(config_path: str | None, key_id: str) -> None:
+    """Revoke a key."""
+    _with_store(config_path, lambda store: store.revoke_key(key_id))
+    click.echo(f"revoked key {key_id}")
+
+
+def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]]) -> _T:
+    from gateway.store import Conflict, Missing, Store
+
+    settings, _ = _settings(config_path)
+
+    async def run() -> _T:
+        store = Store.connect(settings.store_url())
+        try:
+            await store.migrate()
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return _run(run())
+    except (Conflict, Missing) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _config_call(action: Callable[[], _T]) -> _T:
+    try:
+        return action()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: Awaitable[_T]) -> _T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c) or "")) for r in rows)) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

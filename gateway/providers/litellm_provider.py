@@ -1,0 +1,85 @@
+"""Calls through litellm, which translates to each provider's own API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from gateway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout
+from gateway.llm import litellm
+from policies import Deployment
+
+_CLIENT_ERRORS = {400, 413, 422}
+# Parameters litellm reads for itself; the client's values must not reach it under these names.
+_GATEWAY_ONLY = {"model", "stream", "stream_options", "metadata"}
+
+
+class LiteLLMProvider:
+    """litellm.acompletion with retries off: retries and fallbacks are the gateway's job."""
+
+    def __init__(self, api_keys: Mapping[str, str]) -> None:
+        self._keys = api_keys
+        self._lib = litellm()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def complete(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._lib.acompletion(**self._kwargs(deployment, payload))
+        except Exception as exc:
+            raise _translate(deployment, exc) from exc
+        return _openai_shape(response.model_dump(exclude_none=True))
+
+    async def stream(
+        self, deployment: Deployment, payload: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        kwargs = self._kwargs(deployment, payload)
+        try:
+            response = await self._lib.acompletion(
+                **kwargs, stream=True, stream_options={"include_usage": True}
+            )
+            async for chunk in response:
+                yield _openai_shape(chunk.model_dump(exclude_none=True))
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise _translate(deployment, exc) from exc
+
+    def _kwargs(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in payload.items() if k not in _GATEWAY_ONLY}
+        kwargs.update(
+            model=deployment.model,
+            timeout=deployment.timeout_s,
+            num_retries=0,
+        )
+        if deployment.api_base:
+            kwargs["api_base"] = deployment.api_base
+        key = self._keys.get(deployment.name)
+        if key:
+            kwargs["api_key"] = key
+        return kwargs
+
+
+def _openai_shape(data: dict[str, Any]) -> dict[str, Any]:
+    """Drop litellm's own bookkeeping fields so clients see the OpenAI shape."""
+    data.pop("provider_specific_fields", None)
+    for choice in data.get("choices") or ():
+        choice.pop("provider_specific_fields", None)
+        for part in ("message", "delta"):
+            if isinstance(choice.get(part), dict):
+                choice[part].pop("provider_specific_fields", None)
+    return data
+
+
+def _translate(deployment: Deployment, exc: Exception) -> UpstreamError:
+    lib = litellm()
+    message = str(getattr(exc, "message", None) or exc)
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, lib.Timeout):
+        return UpstreamTimeout(deployment.name, f"no answer within {deployment.timeout_s:g}s")
+    if isinstance(status, int) and status in _CLIENT_ERRORS:
+        return UpstreamBadRequest(deployment.name, message, upstream_status=status)
+    return UpstreamError(
+        deployment.name, message, upstream_status=status if isinstance(status, int) else None
+    )

@@ -1,0 +1,253 @@
+"""Configuration: one YAML file plus RIGHTSIZE_* environment overrides, validated at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies import Catalog, CatalogError, ModelInfoLookup, ModelSpec
+
+ENV_PREFIX = "RIGHTSIZE_"
+CONFIG_ENV = "RIGHTSIZE_CONFIG"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (sqlite:///FILE or postgresql://...); "
+        "default: SQLite in the user's data directory.",
+    )
+    migrate_on_start: bool = True
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    master_key_env: str = "RIGHTSIZE_MASTER_KEY"
+    key_secret_env: str = "RIGHTSIZE_KEY_SECRET"
+
+
+class RoutingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: str | None = Field(default=None, description="Model or tier that `auto` resolves to.")
+
+
+class SpendLogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flush_interval_ms: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=500, gt=0)
+
+
+class Settings(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
+    models: list[ModelSpec] = Field(default_factory=list)
+
+    def store_url(self) -> str:
+        """The configured store URL, or SQLite in the user's data directory."""
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{data_dir() / 'rightsize.db'}"
+
+    def default_route(self, catalog: Catalog) -> str | None:
+        """What `auto` resolves to: the configured default, else the standard or first tier."""
+        if self.routing.default:
+            return self.routing.default
+        tiers = catalog.tier_names
+        if "standard" in tiers:
+            return "standard"
+        if tiers:
+            return tiers[0]
+        return catalog.deployments[0].name if catalog.deployments else None
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, the line and the field."""
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("rightsize", appauthor=False))
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, str]:
+    """Read, override and validate; returns the settings and a description of their source."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(CONFIG_ENV)
+    if path:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the configuration file: {exc}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+            tree = yaml.compose(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    else:
+        source, data, tree = "built-in defaults", default_config(env), None
+    overridden = _apply_env_overrides(data, env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            _locate(source, tree, overridden, err["loc"]) + f": {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    return settings, source
+
+
+def build_catalog(
+    settings: Settings, lookup: ModelInfoLookup, source: str = "configuration"
+) -> Catalog:
+    """The catalog of deployments; a model that cannot be priced or resolved is a ConfigError."""
+    try:
+        catalog = Catalog.build(settings.models, lookup)
+    except CatalogError as exc:
+        raise ConfigError(f"{source}: models[{exc.index}].{exc.field}: {exc}") from None
+    default = settings.routing.default
+    if default and catalog.get(default) is None and not catalog.tier(default):
+        raise ConfigError(
+            f"{source}: routing.default: {default!r} is neither a configured model nor a tier"
+        )
+    return catalog
+
+
+def default_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """Zero-config: enable the models of whichever provider keys are in the environment."""
+    models: list[dict[str, Any]] = []
+    if env.get("OPENAI_API_KEY"):
+        base = env.get("OPENAI_BASE_URL")
+        for name, tier in (
+            ("gpt-4o-mini", "light"),
+            ("gpt-4o", "standard"),
+            ("o4-mini", "reasoning"),
+        ):
+            models.append(
+                {
+                    "name": name,
+                    "model": f"openai/{name}",
+                    "api_key_env": "OPENAI_API_KEY",
+                    "api_base": base,
+                    "tier": tier,
+                }
+            )
+    if env.get("ANTHROPIC_API_KEY"):
+        base = env.get("ANTHROPIC_BASE_URL")
+        for name, tier in (("claude-haiku-4-5", "light"), ("claude-sonnet-4-5", "standard")):
+            models.append(
+                {
+                    "name": name,
+                    "model": f"anthropic/{name}",
+                    "api_key_env": "ANTHROPIC_API_KEY",
+                    "api_base": base,
+                    "tier": tier,
+                }
+            )
+    return {"models": models}
+
+
+def _apply_env_overrides(
+    data: dict[str, Any], env: Mapping[str, str]
+) -> dict[tuple[str, ...], str]:
+    """RIGHTSIZE_SERVER__PORT=8080 sets server.port; list items by index (MODELS__0__API_BASE)."""
+    sections = set(Settings.model_fields)
+    overridden: dict[tuple[str, ...], str] = {}
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = tuple(part.lower() for part in var[len(ENV_PREFIX) :].split("__"))
+        if path[0] not in sections:
+            continue
+        try:
+            value = yaml.safe_load(env[var])
+        except yaml.YAMLError:
+            value = env[var]
+        _set_path(data, path, value, var)
+        overridden[path] = var
+    return overridden
+
+
+def _set_path(data: Any, path: tuple[str, ...], value: Any, var: str) -> None:
+    node = data
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"environment variable {var}: no list item {key!r}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"environment variable {var}: {'.'.join(path[:i])} is not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def _locate(
+    source: str,
+    tree: yaml.Node | None,
+    overridden: Mapping[tuple[str, ...], str],
+    loc: tuple[int | str, ...],
+) -> str:
+    dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    parts = tuple(str(p) for p in loc)
+    for length in range(len(parts), 0, -1):
+        var = overridden.get(parts[:length])
+        if var:
+            return f"environment variable {var}: {dotted}"
+    line = _line_of(tree, loc)
+    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
+
+
+def _line_of(tree: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    node, line = tree, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == part), None)
+            if match is None:
+                return line  # a missing field is reported at its parent
+            node = match
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,47 @@
+"""The gateway's runtime state, built once at start and passed explicitly to the handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.auth import KeyService
+from gateway.providers import Provider
+from gateway.settings import ConfigError, Settings
+from gateway.spend import SpendWriter
+from gateway.store import Store
+from policies import Catalog, Deployment, Policy
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    catalog: Catalog
+    policy: Policy
+    store: Store
+    keys: KeyService
+    spend: SpendWriter
+    providers: Mapping[str, Provider]
+    master_key: str | None
+
+    def provider(self, deployment: Deployment) -> Provider:
+        return self.providers[deployment.transport]
+
+
+def resolve_api_keys(catalog: Catalog, environ: Mapping[str, str]) -> dict[str, str]:
+    """Each deployment's API key read from its named variable; a missing one fails the start."""
+    keys: dict[str, str] = {}
+    missing = []
+    for deployment in catalog.deployments:
+        if deployment.api_key_env is None:
+            continue
+        value = environ.get(deployment.api_key_env)
+        if value:
+            keys[deployment.name] = value
+        else:
+            missing.append(f"{deployment.name} (api_key_env: {deployment.api_key_env})")
+    if missing:
+        raise ConfigError(
+            "models.api_key_env: these environment variables are not set: " + ", ".join(missing)
+        )
+    return keys

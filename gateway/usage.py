@@ -1,0 +1,51 @@
+"""Token usage: read from the upstream, or counted with the tokenizer when it sends none."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.llm import litellm
+from policies import Usage
+
+log = logging.getLogger("rightsize.usage")
+
+
+def usage_from(payload: dict[str, Any] | None) -> Usage | None:
+    """Usage from an OpenAI-shaped `usage` object, or None if absent."""
+    if not payload:
+        return None
+    details = payload.get("prompt_tokens_details") or {}
+    try:
+        return Usage(
+            prompt_tokens=int(payload.get("prompt_tokens") or 0),
+            completion_tokens=int(payload.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def count_usage(model: str, messages: list[dict[str, Any]], completion_text: str) -> Usage:
+    """Count prompt and completion tokens locally (the model's tokenizer, else cl100k)."""
+    lib = litellm()
+    try:
+        prompt = lib.token_counter(
+            model=model, messages=messages, use_default_image_token_count=True
+        )
+        completion = lib.token_counter(model=model, text=completion_text) if completion_text else 0
+    except Exception:
+        log.warning("no tokenizer for %s; counting with cl100k_base", model, exc_info=True)
+        prompt = lib.token_counter(messages=messages, use_default_image_token_count=True)
+        completion = lib.token_counter(text=completion_text) if completion_text else 0
+    return Usage(prompt_tokens=int(prompt), completion_tokens=int(completion))
+
+
+def completion_text(message: dict[str, Any]) -> str:
+    """The text a message or stream delta carries, tool-call arguments included."""
+    parts = [message.get("content") or "", message.get("refusal") or ""]
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts.append(function.get("name") or "")
+        parts.append(function.get("arguments") or "")
+    return "".join(p for p in parts if isinstance(p, str))

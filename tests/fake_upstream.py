@@ -1,0 +1,156 @@
+"""A small OpenAI-compatible server for tests and benchmarks; behaviour chosen by model id.
+
+fake-ok          answers "Hello from the fake upstream." with usage
+fake-cached      like fake-ok, reporting 8 cached prompt tokens
+fake-nousage     answers without usage (the gateway must count tokens itself)
+fake-500         HTTP 500 with an OpenAI error body
+fake-400         HTTP 400 with an OpenAI error body
+fake-slow        waits 3 s before answering
+fake-midstream   streams two chunks, then breaks the connection
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+ANSWER = "Hello from the fake upstream."
+PROMPT_TOKENS = 21
+COMPLETION_TOKENS = 7
+CACHED_TOKENS = 8
+
+
+class FakeUpstream:
+    """The app plus a record of the bodies it received."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/_requests", self.recorded, methods=["GET"]),
+            ]
+        )
+
+    async def recorded(self, _: Request) -> Response:
+        return Response(orjson.dumps(self.requests[-50:]), media_type="application/json")
+
+    async def chat(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append({"body": body, "auth": request.headers.get("authorization")})
+        model = body.get("model", "")
+        if model.endswith("fake-500"):
+            return _error(500, "the fake upstream fell over")
+        if model.endswith("fake-400"):
+            return _error(400, "the fake upstream rejects this request")
+        if model.endswith("fake-slow"):
+            await asyncio.sleep(3)
+        if body.get("stream"):
+            return StreamingResponse(_chunks(body), media_type="text/event-stream")
+        result: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ANSWER},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if not model.endswith("fake-nousage"):
+            result["usage"] = _usage(model)
+        return Response(orjson.dumps(result), media_type="application/json")
+
+
+def _usage(model: str) -> dict[str, Any]:
+    cached = CACHED_TOKENS if model.endswith("fake-cached") else 0
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+async def _chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    model = body["model"]
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+    words = ANSWER.split(" ")
+    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    for i, word in enumerate(words):
+        piece = word if i == 0 else " " + word
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+        if model.endswith("fake-midstream") and i == 1:
+            raise ConnectionResetError("the fake upstream drops the stream")
+    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    include = (body.get("stream_options") or {}).get("include_usage")
+    if include and not model.endswith("fake-nousage"):
+        yield _sse({**base, "choices": [], "usage": _usage(model)})
+    yield b"data: [DONE]\n\n"
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _error(status: int, message: str) -> Response:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningUpstream:
+    """The fake upstream served on loopback from a background thread."""
+
+    def __init__(self) -> None:
+        self.fake = FakeUpstream()
+        self.port = free_port()
+        config = uvicorn.Config(
+            self.fake.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> RunningUpstream:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    uvicorn.run(FakeUpstream().app, host="127.0.0.1", port=args.port, log_level="warning")
