@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, RevokedKey
 from gateway.settings import ConfigError, Settings
 from gateway.store import ApiKey, Store, sqlite_path
 
@@ -96,7 +96,7 @@ class KeyService:
             key = found[0]
             self._cache[digest] = (now + _KEY_CACHE_TTL_S, key)
         if key.revoked_at is not None:
-            raise AuthenticationFailed("This API key has been revoked", code="revoked_api_key")
+            raise RevokedKey(key.id, key.team)
         return key
 
 

@@ -22,6 +22,7 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RevokedKey,
     UpstreamError,
 )
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
@@ -58,6 +59,10 @@ async def chat_completions(request: Request) -> Response:
         if chat.stream:
             return await _stream(gateway, call, chat, decision)
         return await _complete(gateway, call, chat, decision)
+    except RevokedKey as exc:
+        call.record.team, call.record.key_id = exc.team, exc.key_id
+        _log_failure(gateway, call, exc)
+        return error_response(exc, call.record.request_id)
     except GatewayError as exc:
         _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)

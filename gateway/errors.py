@@ -48,6 +48,17 @@ class AuthenticationFailed(GatewayError):
         return {"www-authenticate": "Bearer"}
 
 
+class RevokedKey(AuthenticationFailed):
+    """A known key that was revoked: the spend log still names it."""
+
+    code = "revoked_api_key"
+
+    def __init__(self, key_id: str, team: str) -> None:
+        super().__init__("This API key has been revoked")
+        self.key_id = key_id
+        self.team = team
+
+
 class PermissionDenied(GatewayError):
     status = 403
     type = "permission_error"

@@ -12,18 +12,20 @@ log = logging.getLogger("rightsize.usage")
 
 
 def usage_from(payload: dict[str, Any] | None) -> Usage | None:
-    """Usage from an OpenAI-shaped `usage` object, or None if absent."""
+    """Usage from an OpenAI-shaped `usage` object, or None if absent or empty."""
     if not payload:
         return None
     details = payload.get("prompt_tokens_details") or {}
     try:
-        return Usage(
+        usage = Usage(
             prompt_tokens=int(payload.get("prompt_tokens") or 0),
             completion_tokens=int(payload.get("completion_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
         )
     except (TypeError, ValueError):
         return None
+    # litellm reports all-zero usage when the upstream sent none; no real call costs 0 tokens.
+    return usage if usage.total_tokens > 0 else None
 
 
 def count_usage(model: str, messages: list[dict[str, Any]], completion_text: str) -> Usage:

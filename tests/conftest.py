@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake upstream, the stores (SQLite and the real PostgreSQL), apps, servers."""
+"""Shared fixtures: the fake upstream, SQLite and the real PostgreSQL, apps and live servers."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def module_store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def module_store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """Like store_url, shared by the tests of one module (for costly fixtures such as servers)."""
     return _fresh_store(request, tmp_path_factory.mktemp("store"))
 
@@ -132,8 +134,9 @@ def gateway_config(store_url: str, upstream: RunningUpstream, **overrides: Any) 
             model("small-500", "fake-500", "litellm", None, price=PRICE_SMALL),
             model("direct-400", "fake-400", "openai_http", None, price=PRICE_DIRECT),
             model("small-400", "fake-400", "litellm", None, price=PRICE_SMALL),
-            model("direct-slow", "fake-slow", "openai_http", None, price=PRICE_DIRECT,
-                  timeout_s=0.5),
+            model(
+                "direct-slow", "fake-slow", "openai_http", None, price=PRICE_DIRECT, timeout_s=0.5
+            ),
             model("small-slow", "fake-slow", "litellm", None, price=PRICE_SMALL, timeout_s=0.5),
             model("direct-midstream", "fake-midstream", "openai_http", None, price=PRICE_DIRECT),
         ],
@@ -172,9 +175,9 @@ class Admin:
         assert response.status_code == 201, response.text
         return dict(response.json())
 
-    async def spend(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The spend-log row of a request, waiting for the batched writer."""
-        deadline = time.monotonic() + timeout
+    async def spend(self, request_id: str) -> dict[str, Any]:
+        """The spend-log row of a request, waiting up to 5 s for the batched writer."""
+        deadline = time.monotonic() + 5.0
         while True:
             response = await self.client.get(
                 "/admin/spend", params={"request_id": request_id}, headers=self.headers

@@ -1,0 +1,152 @@
+"""Added latency of a pinned-model request through `rightsize serve` (one worker).
+
+Starts the fake OpenAI-compatible upstream and the gateway as separate processes on loopback,
+then sends the same chat request straight to the upstream and through the gateway, at
+concurrency 1 and 32, and prints p50/p99 of both and of the gateway's own overhead header.
+
+    python benchmarks/gateway_overhead.py [--requests 2000] [--transport openai_http|litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_upstream import free_port  # noqa: E402
+
+BODY = orjson.dumps(
+    {"model": "pinned", "messages": [{"role": "user", "content": "Say hello in one word."}]}
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"process for {url} exited")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not start")
+
+
+async def run_load(
+    url: str, headers: dict[str, str], total: int, concurrency: int
+) -> tuple[list[float], list[float]]:
+    latencies: list[float] = []
+    overheads: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        for _ in range(50):  # warm-up: connections, litellm's first call, caches
+            await client.post(url, content=BODY, headers=headers)
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                response = await client.post(url, content=BODY, headers=headers)
+                latencies.append((time.perf_counter() - start) * 1000)
+                if response.status_code != 200:
+                    raise SystemExit(f"{url}: {response.status_code} {response.text}")
+                if "x-rightsize-overhead-ms" in response.headers:
+                    overheads.append(float(response.headers["x-rightsize-overhead-ms"]))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, overheads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
+    args = parser.parse_args()
+
+    up_port, gw_port = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="rightsize-bench-"))
+    config = {
+        "store": {"url": f"sqlite:///{workdir / 'bench.db'}"},
+        "models": [
+            {
+                "name": "pinned",
+                "model": "openai/fake-ok",
+                "api_base": f"http://127.0.0.1:{up_port}/v1",
+                "transport": args.transport,
+                "local": True,
+            }
+        ],
+    }
+    (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RIGHTSIZE_MASTER_KEY": "bench", "RIGHTSIZE_KEY_SECRET": "bench"}
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_upstream", "--port", str(up_port)], cwd=ROOT
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(workdir / "bench.yaml"),
+         "--port", str(gw_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{up_port}/_requests", upstream)
+        gw = f"http://127.0.0.1:{gw_port}"
+        wait_ready(gw + "/healthz", gateway)
+        admin = {"authorization": "Bearer bench"}
+        httpx.post(gw + "/admin/teams", json={"name": "bench"}, headers=admin).raise_for_status()
+        key = httpx.post(gw + "/admin/keys", json={"team": "bench"}, headers=admin).json()["key"]
+        auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        print(f"transport={args.transport} requests={args.requests} (per run)")
+        print(
+            "| concurrency | direct p50 | direct p99 | gateway p50 | gateway p99 "
+            "| added p50 | added p99 | overhead header p50 | p99 |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for concurrency in (1, 32):
+            direct, _ = asyncio.run(
+                run_load(
+                    f"http://127.0.0.1:{up_port}/v1/chat/completions",
+                    {"content-type": "application/json"},
+                    args.requests,
+                    concurrency,
+                )
+            )
+            through, overhead = asyncio.run(
+                run_load(gw + "/v1/chat/completions", auth, args.requests, concurrency)
+            )
+            d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
+            g50, g99 = percentile(through, 0.5), percentile(through, 0.99)
+            print(
+                f"| {concurrency} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
+                f"| {g50 - d50:.2f} | {g99 - d99:.2f} "
+                f"| {statistics.median(overhead):.3f} | {percentile(overhead, 0.99):.3f} |"
+            )
+    finally:
+        gateway.terminate()
+        upstream.terminate()
+        gateway.wait(timeout=15)
+        upstream.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    main()

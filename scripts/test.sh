@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything into .venv and run the whole test suite with lint and type checks.
+# Needs Python >= 3.11; PostgreSQL (DATABASE_URL) and Redis (REDIS_URL) for the store tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The CPU build of torch first: an unpinned torch (pulled in by sentence-transformers) is a
+# multi-GB CUDA download.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -c constraints.txt -e ".[test]"
+
+export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ruff format --check .
+ruff check .
+mypy gateway policies
+python -m pytest "$@"
