@@ -154,6 +154,7 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "upstream_ms": record.upstream_ms,
         "overhead_ms": record.overhead_ms,
         "stream": record.stream,
+        "cache_hit": record.cache_hit,
         "status": record.status,
         "error_type": record.error_type,
     }

@@ -244,7 +244,9 @@ def _line_of(tree: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                 return line  # a missing field is reported at its parent
             line = pair[0].start_mark.line + 1
             node = pair[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:

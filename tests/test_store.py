@@ -24,7 +24,7 @@ async def test_migrations_are_idempotent_and_reach_head(store_url: str) -> None:
         await store.migrate()
         async with store.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-        assert version == "0001"
+        assert version == "0002"
     finally:
         await store.aclose()
 
@@ -119,6 +119,7 @@ async def test_spend_records_round_trip_with_exact_cost(store_url: str) -> None:
             upstream_ms=12.5,
             overhead_ms=0.4,
             stream=True,
+            cache_hit=True,
         )
         failure = SpendRecord(
             request_id="req_2",

@@ -63,4 +63,5 @@ class SpendRecord:
     upstream_ms: float | None = None
     overhead_ms: float | None = None
     stream: bool = False
+    cache_hit: bool = False
     error_type: str | None = None

@@ -233,6 +233,7 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "upstream_ms": record.upstream_ms,
         "overhead_ms": record.overhead_ms,
         "stream": record.stream,
+        "cache_hit": record.cache_hit,
         "status": record.status,
         "error_type": record.error_type,
     }
@@ -256,5 +257,6 @@ def _spend_record(row: Any) -> SpendRecord:
         upstream_ms=row["upstream_ms"],
         overhead_ms=row["overhead_ms"],
         stream=row["stream"],
+        cache_hit=row["cache_hit"],
         error_type=row["error_type"],
     )

@@ -63,6 +63,7 @@ spend_log = Table(
     Column("upstream_ms", Float, nullable=True),
     Column("overhead_ms", Float, nullable=True),
     Column("stream", Boolean, nullable=False, default=False),
+    Column("cache_hit", Boolean, nullable=False, default=False),
     Column("status", Integer, nullable=False),
     Column("error_type", String(64), nullable=True),
     Index("ix_spend_log_request_id", "request_id"),
