@@ -278,5 +278,14 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
         click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
 
 
+def _add_router_commands() -> None:
+    from router.cli import classify, eval_cmd, train
+
+    for command in (train, eval_cmd, classify):
+        main.add_command(command)
+
+
+_add_router_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

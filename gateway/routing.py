@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import yaml
-from router import Router, prompt_from_messages
 
 from gateway.llm import model_info
 from gateway.settings import ConfigError, Settings, build_catalog
@@ -21,6 +20,7 @@ from policies import (
     UnknownModel,
 )
 from policies.calibrate import CalibrationError, parse_shares, shares_of, thresholds_for_shares
+from router import Router, prompt_from_messages
 
 
 def _engine(settings: Settings, source: str) -> PolicyEngine:

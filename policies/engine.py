@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from router import Estimate
-
 from policies.catalog import Catalog, Deployment, Usage
 from policies.config import PolicySpec, TeamRule, fallback_tier
 from policies.decision import (
@@ -22,6 +20,7 @@ from policies.decision import (
     RoutingRequest,
     UnknownModel,
 )
+from router import Estimate
 
 _NO_RULE = TeamRule()
 
@@ -100,18 +99,18 @@ class PolicyEngine:
                 pinned = None  # the soft budget moved a pinned model down to the cap tier
         output_tokens = self._output_tokens(request, estimate)
         chosen: list[Deployment] = []
+        if pinned is not None:
+            # A pinned model is never swapped for another, not even on failure.
+            chosen = self._admit([pinned], tier, request, output_tokens, rule, states or {}, trace)
         visited: list[str] = []
-        current: str | None = tier
+        current: str | None = tier if pinned is None else None
         while current is not None and current not in visited:
             visited.append(current)
-            if pinned is None and current not in usable:
-                current = fallback_tier(self._spec, current) if self._spec.tiers else None
-                continue
-            pool = [pinned] if pinned is not None and current == tier else self._pool(current)
-            kept = self._admit(pool, current, request, output_tokens, rule, states or {}, trace)
-            chosen.extend(kept)
-            if pinned is not None:
-                break  # a pinned model is never swapped for another, not even on failure
+            if current in usable:
+                pool = self._pool(current)
+                chosen.extend(
+                    self._admit(pool, current, request, output_tokens, rule, states or {}, trace)
+                )
             current = fallback_tier(self._spec, current) if self._spec.tiers else None
             if not chosen and current is not None:
                 trace.steps.append(

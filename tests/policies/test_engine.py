@@ -6,7 +6,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from router import Estimate
 
 from policies import (
     Capabilities,
@@ -23,6 +22,7 @@ from policies import (
     UnknownModel,
     validate_policy,
 )
+from router import Estimate
 
 EASY = Estimate(reasoning_demand=0.1, token_budget_p50=50, token_budget_p90=120, category="chat")
 MEDIUM = Estimate(
