@@ -121,6 +121,24 @@ async def spend(
     return json_response({"data": [spend_json(r) for r in rows]})
 
 
+# Prompt cache (gateway/cache)
+
+
+@router.get("/cache")
+async def cache_stats(gateway: AdminGateway) -> Response:
+    return json_response(gateway.cache.stats())
+
+
+@router.delete("/cache/teams/{team}")
+async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
+    """Drop every cached answer of a team (exact store and semantic index)."""
+    try:
+        deleted = await gateway.cache.invalidate_team(team)
+    except Exception as exc:
+        raise GatewayError(f"The cache store could not be cleared: {exc!r}") from None
+    return json_response({"team": team, "deleted": deleted})
+
+
 def team_json(team: Team) -> dict[str, Any]:
     return {"name": team.name, "created_at": team.created_at.isoformat()}
 
@@ -155,6 +173,7 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "overhead_ms": record.overhead_ms,
         "stream": record.stream,
         "cache_hit": record.cache_hit,
+        "saved_usd": str(record.saved_usd),
         "status": record.status,
         "error_type": record.error_type,
     }

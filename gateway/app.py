@@ -16,12 +16,13 @@ from starlette.exceptions import HTTPException
 from gateway import __version__
 from gateway.admin import router as admin_router
 from gateway.auth import KeyService, bearer_token, load_key_secret
+from gateway.cache import PromptCache
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import error_response, json_response
 from gateway.llm import model_info
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
-from gateway.settings import Settings, build_catalog, load_settings
+from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import SpendWriter
 from gateway.state import Gateway, resolve_api_keys
 from gateway.store import Store, sqlite_path
@@ -44,6 +45,8 @@ def create_app(
     key_secret = load_key_secret(settings, env)
     default = settings.default_route(catalog)
     master_key = env.get(settings.auth.master_key_env) or None
+    if settings.cache.backend == "redis" and not settings.store.redis_url:
+        raise ConfigError(f"{source}: cache.backend: redis needs store.redis_url to be set")
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
 
     @asynccontextmanager
@@ -70,10 +73,12 @@ def create_app(
             spend=spend,
             providers=providers,
             master_key=master_key,
+            cache=PromptCache.build(settings.cache, settings.store.redis_url),
         )
         try:
             yield
         finally:
+            await app.state.gateway.cache.aclose()
             await spend.aclose()
             for provider in providers.values():
                 await provider.aclose()

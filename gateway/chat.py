@@ -15,8 +15,10 @@ import anyio
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from gateway.auth import bearer_token
+from gateway.cache import CacheLookup, StreamAssembler
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -56,9 +58,16 @@ async def chat_completions(request: Request) -> Response:
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         decision = _decide(gateway, key, chat)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+        # Rate limits (ledger) belong before this point, so that cache hits count against them.
+        # Prompt cache: embedding=None until the router passes the one it computed for routing.
+        cached = await gateway.cache.lookup(
+            key.team, decision.deployment.name, chat, request.headers, embedding=None
+        )
+        if cached.hit:
+            return _from_cache(gateway, call, chat, decision, cached)
         if chat.stream:
-            return await _stream(gateway, call, chat, decision)
-        return await _complete(gateway, call, chat, decision)
+            return await _stream(gateway, call, chat, decision, cached)
+        return await _complete(gateway, call, chat, decision, cached)
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
         _log_failure(gateway, call, exc)
@@ -95,8 +104,30 @@ def _decide(gateway: Gateway, key: ApiKey, chat: ChatRequest) -> Decision:
     return decision
 
 
+def _from_cache(
+    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision, cached: CacheLookup
+) -> Response:
+    """Answer from the prompt cache: no upstream call, cost 0, the saved cost in the spend log."""
+    assert cached.answer is not None
+    usage = cached.answer.usage
+    _charge(call, Decimal(0), usage)
+    call.record.cache_hit = True
+    call.record.saved_usd = decision.deployment.price.cost(usage)
+    call.record.upstream_ms = 0.0
+    call.record.overhead_ms = call.elapsed_ms()
+    gateway.spend.record(call.record)
+    headers = {**_routing_headers(call, decision), "x-rightsize-cache": "hit"}
+    if chat.stream:
+        chunks = cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0")
+        body = b"".join(sse(chunk) for chunk in chunks) + SSE_DONE
+        headers["cache-control"] = "no-cache"
+        return Response(body, media_type="text/event-stream", headers=headers)
+    headers["x-rightsize-cost-usd"] = "0"
+    return json_response(cached.answer.response(), headers=headers)
+
+
 async def _complete(
-    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision
+    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision, cached: CacheLookup
 ) -> Response:
     deployment = decision.deployment
     payload = chat.upstream_payload()
@@ -116,10 +147,16 @@ async def _complete(
     gateway.spend.record(call.record)
     headers = _routing_headers(call, decision)
     headers["x-rightsize-cost-usd"] = _usd(cost)
-    return json_response(result, headers=headers)
+    response = json_response(result, headers=headers)
+    if cached.write:
+        # Stored after the response is sent: a slow cache never delays the client.
+        response.background = BackgroundTask(gateway.cache.store, cached, deployment.name, result)
+    return response
 
 
-async def _stream(gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision) -> Response:
+async def _stream(
+    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision, cached: CacheLookup
+) -> Response:
     deployment = decision.deployment
     payload = chat.upstream_payload()
     upstream = gateway.provider(deployment).stream(deployment, payload)
@@ -135,7 +172,7 @@ async def _stream(gateway: Gateway, call: _Call, chat: ChatRequest, decision: De
         call.record.upstream_ms = (time.perf_counter() - upstream_started) * 1000
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
     return StreamingResponse(
-        _relay(gateway, call, chat, decision, first, upstream),
+        _relay(gateway, call, chat, decision, first, upstream, cached),
         media_type="text/event-stream",
         headers={**_routing_headers(call, decision), "cache-control": "no-cache"},
     )
@@ -148,9 +185,12 @@ async def _relay(
     decision: Decision,
     first: dict[str, Any],
     upstream: AsyncIterator[dict[str, Any]],
+    cached: CacheLookup,
 ) -> AsyncIterator[bytes]:
     """Forward chunks; end with our own usage chunk (with cost) when the client asked for it."""
     deployment = decision.deployment
+    assembler = StreamAssembler() if cached.write else None
+    completion: dict[str, Any] | None = None
     reported: dict[str, Any] | None = None
     text: list[str] = []
     last = first
@@ -165,6 +205,8 @@ async def _relay(
                 text.append(completion_text(choice.get("delta") or {}))
             if chunk.get("choices"):
                 last = chunk
+                if assembler is not None:
+                    assembler.add(chunk)
                 yield sse(chunk)
             waited = time.perf_counter()
             chunk = await anext(upstream, None)
@@ -185,6 +227,8 @@ async def _relay(
                 }
             )
         yield SSE_DONE
+        if assembler is not None:
+            completion = assembler.completion(_usage_payload(usage))
     except GatewayError as exc:
         # Bytes are already with the client: the error can only travel as an event.
         call.record.status, call.record.error_type = exc.status, exc.code or exc.type
@@ -199,6 +243,9 @@ async def _relay(
                 usage = await _final_usage(call, deployment.model, chat, reported, text)
                 _charge(call, deployment.price.cost(usage), usage)
         gateway.spend.record(call.record)
+    if completion is not None and call.record.status == 200:
+        # After [DONE] has gone out: the client does not wait for the cache.
+        await gateway.cache.store(cached, deployment.name, completion)
 
 
 async def _final_usage(

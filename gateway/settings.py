@@ -11,6 +11,7 @@ import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.cache.config import CacheSettings
 from policies import Catalog, CatalogError, ModelInfoLookup, ModelSpec
 
 ENV_PREFIX = "RIGHTSIZE_"
@@ -35,6 +36,10 @@ class StoreSettings(BaseModel):
         "default: SQLite in the user's data directory.",
     )
     migrate_on_start: bool = True
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for replicas (prompt cache, ...); default None: embedded mode.",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -67,6 +72,7 @@ class Settings(BaseModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=list)
 
     def store_url(self) -> str:

@@ -234,6 +234,7 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "overhead_ms": record.overhead_ms,
         "stream": record.stream,
         "cache_hit": record.cache_hit,
+        "saved_picousd": to_picousd(record.saved_usd),
         "status": record.status,
         "error_type": record.error_type,
     }
@@ -258,5 +259,6 @@ def _spend_record(row: Any) -> SpendRecord:
         overhead_ms=row["overhead_ms"],
         stream=row["stream"],
         cache_hit=row["cache_hit"],
+        saved_usd=from_picousd(row["saved_picousd"]),
         error_type=row["error_type"],
     )
