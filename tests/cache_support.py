@@ -35,9 +35,10 @@ def shared_redis() -> str:
 
 
 def delete_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.unlink(*keys)
     finally:
@@ -60,6 +61,7 @@ async def cached_gateway(
     *,
     store_url: str | None = None,
     redis_url: str | None = None,
+    clean_redis: bool = True,
     **cache: Any,
 ) -> AsyncIterator[InProcessGateway]:
     """An in-process gateway whose cache is in process or in Redis under a fresh key prefix."""
@@ -79,7 +81,7 @@ async def cached_gateway(
         async with in_process_gateway(config) as gw:
             yield gw
     finally:
-        if kind == "redis" and redis_url:
+        if kind == "redis" and redis_url and clean_redis:
             try:
                 delete_prefix(redis_url, prefix)
             except redis.RedisError:
