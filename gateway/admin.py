@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,6 +15,7 @@ from gateway.http import json_response
 from gateway.state import Gateway
 from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Team
 
+log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -77,6 +79,8 @@ async def delete_team(name: str, gateway: AdminGateway) -> Response:
         await gateway.store.delete_team(name)
     except Missing as exc:
         raise NoSuch(str(exc)) from None
+    # A team created again under the same name must not inherit the old team's answers.
+    await _drop_cached_answers(gateway, name)
     return json_response({"name": name, "deleted": True})
 
 
@@ -137,6 +141,13 @@ async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
     except Exception as exc:
         raise GatewayError(f"The cache store could not be cleared: {exc!r}") from None
     return json_response({"team": team, "deleted": deleted})
+
+
+async def _drop_cached_answers(gateway: Gateway, team: str) -> None:
+    try:
+        await gateway.cache.invalidate_team(team)
+    except Exception:
+        log.warning("team %s deleted, but its cached answers could not be dropped", team)
 
 
 def team_json(team: Team) -> dict[str, Any]:

@@ -372,3 +372,11 @@ async def test_cache_stats_count_hits_and_misses(gw: InProcessGateway) -> None:
     stats = (await gw.client.get("/admin/cache", headers=gw.admin.headers)).json()
     assert (stats["hits"], stats["misses"], stats["stores"]) == (1, 1, 1)
     assert stats["skipped"] == {"not_deterministic": 1}
+
+
+async def test_deleting_a_team_drops_its_cached_answers(gw: InProcessGateway) -> None:
+    await gw.admin.team("ads")
+    ads = (await gw.admin.key("ads"))["key"]
+    await ask(gw, key=ads)
+    await gw.client.delete("/admin/teams/ads", headers=gw.admin.headers)
+    assert await prompt_cache(gw).backend.keys("ads") == []

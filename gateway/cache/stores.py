@@ -18,6 +18,10 @@ from redis.retry import Retry
 log = logging.getLogger("rightsize.cache")
 
 _ADMIN_TIMEOUT_S = 10.0
+# One slow answer (a busy host, a GC pause) bypasses only that call; this many in a row mean
+# Redis is slow for everyone, and it is skipped for retry_after_s like a Redis that is down.
+_SLOW_CALLS_TO_SKIP = 3
+_SLOW_WARNING_EVERY_S = 60.0
 
 
 class CacheUnavailable(Exception):
@@ -124,9 +128,10 @@ class MemoryStore:
 class RedisStore:
     """Entries as Redis strings with a TTL under `{prefix}{team}:{key}`.
 
-    Every call has a deadline of a few milliseconds. After a failure the store reports itself
-    unavailable without trying for `retry_after_s`, so an outage costs nothing per request;
-    the first call after that probes Redis again and caching resumes when it answers.
+    Every call has a deadline of a few milliseconds; a call past it is bypassed. After an error
+    (or several slow calls in a row) the store reports itself unavailable without trying for
+    `retry_after_s`, so an outage costs nothing per request; the first call after that probes
+    Redis again and caching resumes when it answers.
     """
 
     name = "redis"
@@ -145,6 +150,8 @@ class RedisStore:
         self._down_until = 0.0
         self._down_since: float | None = None
         self._bypassed = 0
+        self._slow_in_a_row = 0
+        self._slow_warned_at = -_SLOW_WARNING_EVERY_S
 
     def _key(self, team: str, key: str) -> str:
         return f"{self._prefix}{team}:{key}"
@@ -186,11 +193,12 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 result = await operation()
         except TimeoutError:
-            self._failed(what, f"no answer within {self._timeout * 1000:g} ms")
+            self._slow(what)
             raise CacheUnavailable("timeout") from None
         except (RedisError, OSError) as exc:
             self._failed(what, repr(exc))
             raise CacheUnavailable("error") from None
+        self._slow_in_a_row = 0
         if self._down_since is not None:
             log.warning(
                 "prompt cache: Redis is back after %.1fs (%d calls bypassed); caching resumes",
@@ -199,6 +207,22 @@ class RedisStore:
             )
             self._down_since, self._bypassed = None, 0
         return result
+
+    def _slow(self, what: str) -> None:
+        self._slow_in_a_row += 1
+        deadline = f"{self._timeout * 1000:g} ms"
+        if self._slow_in_a_row >= _SLOW_CALLS_TO_SKIP:
+            self._failed(what, f"{self._slow_in_a_row} calls in a row over {deadline}")
+            return
+        now = time.monotonic()
+        if now - self._slow_warned_at >= _SLOW_WARNING_EVERY_S:
+            self._slow_warned_at = now
+            log.warning(
+                "prompt cache: Redis %s took over %s; that request bypassed the cache "
+                "(counted in cache stats; this warning repeats at most once a minute)",
+                what,
+                deadline,
+            )
 
     def _failed(self, what: str, why: str) -> None:
         now = time.monotonic()
