@@ -219,17 +219,20 @@ def main() -> None:
     print(f"encoder {tag}; {n} distinct {args.split} prompts; sources {sources}")
     print()
     print(
-        "| threshold | false hits (nearest distinct prompt) "
+        "| threshold | false hits (nearest distinct prompt) | false hits without bbh "
         "| paraphrase correct hits | paraphrase wrong hits |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
+    free_form = np.array([r["source"] != "bbh" for r in rows])
     for t in sorted({*THRESHOLDS, args.threshold}):
         marker = " (default)" if t == args.threshold else ""
         false_hits = int((nearest_other >= t).sum())
         correct = int(((best_score >= t) & own).sum())
         wrong = int(((best_score >= t) & ~own).sum())
+        free_hits = int(((nearest_other >= t) & free_form).sum())
         print(
-            f"| {t:.2f}{marker} | {rate(false_hits, n)} | {rate(correct, n)} | {rate(wrong, n)} |"
+            f"| {t:.2f}{marker} | {rate(false_hits, n)} | {rate(free_hits, int(free_form.sum()))} "
+            f"| {rate(correct, n)} | {rate(wrong, n)} |"
         )
     print()
     print(f"at the default threshold {args.threshold}: by paraphrase rule and by source")
@@ -250,10 +253,13 @@ def main() -> None:
     for source, flags in sorted(by_source.items()):
         print(f"| {source} | {len(flags)} | {rate(sum(flags), len(flags))} |")
     print()
-    print("hardest negatives (similarity, the two prompts' first 80 characters):")
+    print("hardest negatives (similarity, where the two prompts first differ):")
     for i in worst:
         j = int(np.argmax(similarity[i]))
-        print(f"- {nearest_other[i]:.4f}: {rows[i]['prompt'][:80]!r} / {rows[j]['prompt'][:80]!r}")
+        a, b = rows[i]["prompt"], rows[j]["prompt"]
+        at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
+        print(f"- {nearest_other[i]:.4f} ({rows[i]['source']}, {len(a)} chars): ", end="")
+        print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
     print()
     print("semantic index lookup (one team and partition, exact search, microseconds)")
     print("| entries | p50 | p99 | matrix MiB |")

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # Measured by benchmarks/cache_semantic.py on the routing dev prompts (docs/benchmarks.md).
-DEFAULT_SEMANTIC_THRESHOLD = 0.97
+DEFAULT_SEMANTIC_THRESHOLD = 0.98
 
 
 class TeamCacheSettings(BaseModel):

@@ -14,6 +14,10 @@ import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
 
+# Rows per matrix-vector product. OpenBLAS goes multi-threaded above about this size, and on a
+# busy host its threads cost milliseconds (measured: p50 10 ms at 4096 rows, 0.16 ms in blocks).
+_BLOCK_ROWS = 1024
+
 
 class BadEmbedding(ValueError):
     """The caller's embedding has the wrong shape or is not a finite vector."""
@@ -56,11 +60,13 @@ class _Partition:
         self.keys.pop()
 
     def nearest(self, vector: Vector) -> Neighbour | None:
-        if not self.keys:
-            return None
-        similarities = self.vectors[: len(self.keys)] @ vector
-        best = int(np.argmax(similarities))
-        return Neighbour(self.keys[best], float(similarities[best]))
+        best_row, best = -1, -np.inf
+        for start in range(0, len(self.keys), _BLOCK_ROWS):
+            block = self.vectors[start : min(start + _BLOCK_ROWS, len(self.keys))] @ vector
+            row = int(np.argmax(block))
+            if block[row] > best:
+                best_row, best = start + row, float(block[row])
+        return Neighbour(self.keys[best_row], best) if best_row >= 0 else None
 
 
 @dataclass(slots=True)
