@@ -65,9 +65,9 @@ async def cached_gateway(
     **cache: Any,
 ) -> AsyncIterator[InProcessGateway]:
     """An in-process gateway whose cache is in process or in Redis under a fresh key prefix."""
+    prefix = cache.pop("key_prefix", None) or f"rightsize-test:{uuid.uuid4().hex[:12]}:"
     section = cache_section(**cache)
     overrides: dict[str, Any] = {}
-    prefix = f"rightsize-test:{uuid.uuid4().hex[:12]}:"
     if kind == "redis":
         redis_url = redis_url or shared_redis()
         section.update(backend="redis", key_prefix=prefix)
