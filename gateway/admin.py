@@ -31,6 +31,12 @@ class NoSuch(GatewayError):
     code = "not_found"
 
 
+class CacheUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "cache_unavailable"
+
+
 class TeamIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,7 +145,7 @@ async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
     try:
         deleted = await gateway.cache.invalidate_team(team)
     except Exception as exc:
-        raise GatewayError(f"The cache store could not be cleared: {exc!r}") from None
+        raise CacheUnavailable(f"The cache store could not be cleared: {exc!r}") from None
     return json_response({"team": team, "deleted": deleted})
 
 

@@ -117,6 +117,8 @@ def _from_cache(
     call.record.overhead_ms = call.elapsed_ms()
     gateway.spend.record(call.record)
     headers = {**_routing_headers(call, decision), "x-rightsize-cache": "hit"}
+    if cached.similarity is not None:
+        headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.4f}"
     if chat.stream:
         chunks = cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0")
         body = b"".join(sse(chunk) for chunk in chunks) + SSE_DONE

@@ -77,6 +77,18 @@ async def test_request_without_temperature_is_not_cached(gw: InProcessGateway) -
     assert (await ask(gw, temperature=None)).headers["x-rightsize-cache"] == "miss"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"logprobs": True}, {"web_search_options": {}}],
+    ids=["logprobs", "web_search"],
+)
+async def test_requests_whose_answer_cannot_be_replayed_are_not_cached(
+    gw: InProcessGateway, fields: dict[str, Any]
+) -> None:
+    await ask(gw, **fields)
+    assert (await ask(gw, **fields)).headers["x-rightsize-cache"] == "miss"
+
+
 @pytest.mark.parametrize("kind", STORES)
 async def test_team_policy_can_opt_in_to_caching_sampled_requests(
     kind: str, upstream: RunningUpstream, tmp_path: Path

@@ -149,3 +149,12 @@ async def test_slow_redis_is_bypassed_within_its_deadline(
             assert prompt_cache(gw).metrics.bypassed["timeout"] >= 1
     finally:
         server.close()
+
+
+async def test_invalidation_while_redis_is_stopped_is_503_in_the_openai_shape(
+    gw: InProcessGateway, own_redis: ThrowawayRedis
+) -> None:
+    own_redis.stop()
+    response = await gw.client.delete("/admin/cache/teams/search", headers=gw.admin.headers)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "cache_unavailable"
