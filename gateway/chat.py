@@ -115,17 +115,20 @@ def _from_cache(
     call.record.saved_usd = decision.deployment.price.cost(usage)
     call.record.upstream_ms = 0.0
     call.record.overhead_ms = call.elapsed_ms()
-    gateway.spend.record(call.record)
     headers = {**_routing_headers(call, decision), "x-rightsize-cache": "hit"}
     if cached.similarity is not None:
         headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.4f}"
+    response: Response
     if chat.stream:
         chunks = cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0")
         body = b"".join(sse(chunk) for chunk in chunks) + SSE_DONE
         headers["cache-control"] = "no-cache"
-        return Response(body, media_type="text/event-stream", headers=headers)
-    headers["x-rightsize-cost-usd"] = "0"
-    return json_response(cached.answer.response(), headers=headers)
+        response = Response(body, media_type="text/event-stream", headers=headers)
+    else:
+        headers["x-rightsize-cost-usd"] = "0"
+        response = json_response(cached.answer.response(), headers=headers)
+    gateway.spend.record(call.record)
+    return response
 
 
 async def _complete(
