@@ -392,3 +392,11 @@ async def test_deleting_a_team_drops_its_cached_answers(gw: InProcessGateway) ->
     await ask(gw, key=ads)
     await gw.client.delete("/admin/teams/ads", headers=gw.admin.headers)
     assert await prompt_cache(gw).backend.keys("ads") == []
+
+
+async def test_streamed_hit_is_logged_as_a_cached_stream(gw: InProcessGateway) -> None:
+    await ask(gw, stream=True)
+    hit = await ask(gw, stream=True)
+    row = await gw.admin.spend(hit.headers["x-request-id"])
+    assert (row["cache_hit"], row["stream"], Decimal(row["cost_usd"])) == (True, True, 0)
+    assert Decimal(row["saved_usd"]) > 0
