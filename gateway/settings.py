@@ -12,6 +12,7 @@ import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.cache.config import CacheSettings
 from policies import (
     Catalog,
     CatalogError,
@@ -44,6 +45,10 @@ class StoreSettings(BaseModel):
         "default: SQLite in the user's data directory.",
     )
     migrate_on_start: bool = True
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for replicas (prompt cache, ...); default None: embedded mode.",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -91,6 +96,7 @@ class Settings(BaseModel):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
 

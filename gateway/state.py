@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router import EstimateBatcher
-
 from gateway.auth import KeyService
+from gateway.cache import PromptCache
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.store import Store
 from policies import Catalog, Deployment, PolicyEngine
+from router import EstimateBatcher, Router
 
 
 @dataclass(slots=True)
@@ -21,11 +21,13 @@ class Gateway:
     catalog: Catalog
     policy: PolicyEngine
     estimator: EstimateBatcher | None
+    router: Router | None
     store: Store
     keys: KeyService
     spend: SpendWriter
     providers: Mapping[str, Provider]
     master_key: str | None
+    cache: PromptCache
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]
