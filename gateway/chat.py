@@ -70,20 +70,22 @@ async def chat_completions(request: Request) -> Response:
         chat = parse_chat_request(await read_json(request, gateway.settings.server.max_body_bytes))
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         payload = chat.upstream_payload()
-        call.estimate = await _estimate(gateway, payload["messages"])
-        decision = _decide(gateway, key, chat, payload, call.estimate)
-        call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
-        call.record.route_reason = decision.reason
         # Rate limits (ledger) belong before this point, so that cache hits count against them.
+        # The cache comes before the router: an exact hit costs no encode. Its key holds the
+        # requested name (model, tier or auto), which with the prompt determines the route.
         cached = await gateway.cache.lookup(
             key.team,
-            decision.deployment.name,
+            chat.model,
             chat,
             request.headers,
             embedding=await _embedding(gateway, key.team, payload["messages"]),
         )
         if cached.hit:
-            return _from_cache(gateway, call, chat, decision, cached)
+            return _from_cache(gateway, call, key, chat, payload, cached)
+        call.estimate = await _estimate(gateway, payload["messages"])
+        decision = _decide(gateway, key, chat, payload, call.estimate)
+        call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+        call.record.route_reason = decision.reason
         if chat.stream:
             return await _stream(gateway, call, chat, payload, decision, cached)
         return await _complete(gateway, call, payload, decision, cached)
@@ -199,14 +201,25 @@ async def _backoff(gateway: Gateway, attempt: int) -> None:
 
 
 def _from_cache(
-    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision, cached: CacheLookup
+    gateway: Gateway,
+    call: _Call,
+    key: ApiKey,
+    chat: ChatRequest,
+    payload: dict[str, Any],
+    cached: CacheLookup,
 ) -> Response:
     """Answer from the prompt cache: no upstream call, cost 0, the saved cost in the spend log."""
     assert cached.answer is not None
+    # The team's and key's rules still apply to a stored answer (they may have changed).
+    decision = _decide(gateway, key, chat, payload, None)
+    deployment = gateway.catalog.get(cached.answer.deployment) or decision.deployment
+    call.record.deployment = deployment.name
+    call.record.tier = gateway.policy.tier_of(deployment.name) or deployment.tier
+    call.record.route_reason = f"prompt cache hit ({cached.tier}), answered by {deployment.name!r}"
     usage = cached.answer.usage
     _charge(call, Decimal(0), usage)
     call.record.cache_hit = True
-    call.record.saved_usd = decision.deployment.price.cost(usage)
+    call.record.saved_usd = deployment.price.cost(usage)
     call.record.upstream_ms = 0.0
     call.record.overhead_ms = call.elapsed_ms()
     headers = {**_routing_headers(call), "x-rightsize-cache": "hit"}

@@ -75,7 +75,9 @@ class RouterSettings(BaseModel):
         default=None, description="Encoder runtime (static, onnx, sentence-transformers)."
     )
     max_batch_size: int = Field(default=64, gt=0)
-    max_wait_ms: float = Field(default=1.0, ge=0)
+    # 0: an idle encoder takes a prompt at once; prompts that arrive while it is busy are
+    # batched together anyway. A positive wait trades latency for larger batches.
+    max_wait_ms: float = Field(default=0.0, ge=0)
 
 
 class SpendLogSettings(BaseModel):
