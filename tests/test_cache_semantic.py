@@ -18,10 +18,15 @@ from gateway.cache import (
     StreamAssembler,
     cache_key,
 )
+from gateway.cache.config import DEFAULT_SEMANTIC_THRESHOLD
 from gateway.schemas import ChatRequest
 from tests.cache_support import STORES, delete_prefix, shared_redis
 
 DIM = 384
+# Cosines just above and just below the default threshold (0.99999 for the router's
+# embedding), far enough from it for float32 rounding (about 1e-7) not to matter.
+ABOVE_DEFAULT = (DEFAULT_SEMANTIC_THRESHOLD + 1) / 2
+BELOW_DEFAULT = DEFAULT_SEMANTIC_THRESHOLD - (1 - DEFAULT_SEMANTIC_THRESHOLD)
 COMPLETION = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
@@ -63,7 +68,7 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[PromptCache]:
     teams = {
         "search": {"semantic": True},
         "ads": {"semantic": True},
-        "strict": {"semantic": True, "semantic_threshold": 0.999},
+        "loose": {"semantic": True, "semantic_threshold": 0.99},
         "plain": {},
     }
     prefix = f"rightsize-test:{uuid.uuid4().hex[:12]}:"
@@ -90,18 +95,23 @@ async def test_near_embedding_above_the_threshold_is_a_semantic_hit(cache: Promp
     v = unit(1)
     await remember(cache, "search", chat(), v)
     found = await cache.lookup(
-        "search", "direct", chat("what's the capital of france"), {}, embedding=near(v, 0.99)
+        "search",
+        "direct",
+        chat("what is the capital of france"),
+        {},
+        embedding=near(v, ABOVE_DEFAULT),
     )
     assert found.tier == "semantic"
     assert found.answer is not None
     assert found.answer.completion["choices"][0]["message"]["content"] == "Paris."
-    assert found.similarity == pytest.approx(0.99, abs=1e-4)
+    assert found.similarity == pytest.approx(ABOVE_DEFAULT, abs=1e-6)
 
 
-async def test_embedding_below_the_threshold_is_a_miss(cache: PromptCache) -> None:
+@pytest.mark.parametrize("cosine", [0.8, BELOW_DEFAULT])
+async def test_embedding_below_the_threshold_is_a_miss(cache: PromptCache, cosine: float) -> None:
     v = unit(1)
     await remember(cache, "search", chat(), v)
-    found = await cache.lookup("search", "direct", chat("Capital of Peru?"), {}, near(v, 0.8))
+    found = await cache.lookup("search", "direct", chat("Capital of Peru?"), {}, near(v, cosine))
     assert not found.hit
 
 
@@ -127,9 +137,11 @@ async def test_semantic_tier_never_crosses_deployments(cache: PromptCache) -> No
 
 async def test_team_threshold_overrides_the_default(cache: PromptCache) -> None:
     v = unit(1)
-    await remember(cache, "strict", chat(), v)
-    found = await cache.lookup("strict", "direct", chat("Capital?"), {}, embedding=near(v, 0.99))
-    assert not found.hit
+    for team in ("loose", "search"):
+        await remember(cache, team, chat(), v)
+    nearby = near(v, 0.995)
+    assert (await cache.lookup("loose", "direct", chat("Capital?"), {}, embedding=nearby)).hit
+    assert not (await cache.lookup("search", "direct", chat("Capital?"), {}, nearby)).hit
 
 
 async def test_team_without_the_semantic_opt_in_gets_no_semantic_hit(cache: PromptCache) -> None:
