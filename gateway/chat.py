@@ -224,7 +224,7 @@ def _from_cache(
     call.record.overhead_ms = call.elapsed_ms()
     headers = {**_routing_headers(call), "x-rightsize-cache": "hit"}
     if cached.similarity is not None:
-        headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.4f}"
+        headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.6f}"
     response: Response
     if chat.stream:
         chunks = cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0")
