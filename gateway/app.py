@@ -19,6 +19,8 @@ from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import error_response, json_response
+from gateway.ledger.admin import router as ledger_admin_router
+from gateway.ledger.build import open_ledger
 from gateway.llm import model_info
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
 from gateway.settings import Settings, build_catalog, load_settings
@@ -70,11 +72,13 @@ def create_app(
             spend=spend,
             providers=providers,
             master_key=master_key,
+            ledger=open_ledger(settings, store),
         )
         try:
             yield
         finally:
             await spend.aclose()
+            await app.state.gateway.ledger.aclose()
             for provider in providers.values():
                 await provider.aclose()
             await store.aclose()
@@ -84,6 +88,7 @@ def create_app(
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.include_router(admin_router)
+    app.include_router(ledger_admin_router)
     _install_error_handlers(app)
     return app
 

@@ -26,6 +26,8 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
+from gateway.ledger.ledger import Hold
+from gateway.ledger.metering import reserve_request, settle_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
@@ -41,6 +43,7 @@ class _Call:
 
     record: SpendRecord
     started: float = field(default_factory=time.perf_counter)
+    hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -56,20 +59,23 @@ async def chat_completions(request: Request) -> Response:
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         decision = _decide(gateway, key, chat)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+        call.hold = await reserve_request(
+            gateway.ledger, key.team, key.id, chat, decision.deployment
+        )
         if chat.stream:
             return await _stream(gateway, call, chat, decision)
         return await _complete(gateway, call, chat, decision)
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
-        _log_failure(gateway, call, exc)
+        await _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)
     except GatewayError as exc:
-        _log_failure(gateway, call, exc)
+        await _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)
     except Exception:
         log.exception("request %s failed inside the gateway", call.record.request_id)
         internal = GatewayError(f"Internal gateway error (request {call.record.request_id})")
-        _log_failure(gateway, call, internal)
+        await _log_failure(gateway, call, internal)
         return error_response(internal, call.record.request_id)
 
 
@@ -113,6 +119,7 @@ async def _complete(
         call.record.usage_estimated = True
     cost = _charge(call, deployment.price.cost(usage), usage)
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
+    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
     headers = _routing_headers(call, decision)
     headers["x-rightsize-cost-usd"] = _usd(cost)
@@ -198,6 +205,7 @@ async def _relay(
             if call.record.status != 200:
                 usage = await _final_usage(call, deployment.model, chat, reported, text)
                 _charge(call, deployment.price.cost(usage), usage)
+            await settle_request(gateway.ledger, call.hold, call.record)
         gateway.spend.record(call.record)
 
 
@@ -243,11 +251,12 @@ def _usage_payload(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _log_failure(gateway: Gateway, call: _Call, exc: GatewayError) -> None:
+async def _log_failure(gateway: Gateway, call: _Call, exc: GatewayError) -> None:
     call.record.status = exc.status
     call.record.error_type = exc.code or exc.type
     if call.record.overhead_ms is None:
         call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
+    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
 
 

@@ -11,6 +11,7 @@ import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.ledger.settings import LedgerSettings
 from policies import Catalog, CatalogError, ModelInfoLookup, ModelSpec
 
 ENV_PREFIX = "RIGHTSIZE_"
@@ -35,6 +36,11 @@ class StoreSettings(BaseModel):
         "default: SQLite in the user's data directory.",
     )
     migrate_on_start: bool = True
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the scale-out mode (ledger counters, reservations, rate limits); "
+        "None: embedded mode, everything in the SQL store.",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -68,6 +74,7 @@ class Settings(BaseModel):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
 
     def store_url(self) -> str:
         """The configured store URL, or SQLite in the user's data directory."""

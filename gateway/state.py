@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.auth import KeyService
+from gateway.ledger.ledger import Ledger
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -23,6 +24,7 @@ class Gateway:
     spend: SpendWriter
     providers: Mapping[str, Provider]
     master_key: str | None
+    ledger: Ledger  # budgets and rate limits (gateway/ledger)
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]
