@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from gateway.ledger import cli as ledger_cli
 from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
 _T = TypeVar("_T")
@@ -212,6 +213,10 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
     for row in rows:
         click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
 
+
+# Budgets and reports live with the ledger (gateway/ledger/cli.py).
+main.add_command(ledger_cli.budgets)
+main.add_command(ledger_cli.report)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
