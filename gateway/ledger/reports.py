@@ -213,6 +213,10 @@ async def _grouped(
             )
             if team is not None:
                 query = query.where(spend_log.c.team == team)
+            else:
+                # SQLite's planner would skip-scan (team, created_at) and read the table in team
+                # order; the time index reads it in insertion (= time) order.
+                query = query.with_hint(spend_log, "INDEXED BY ix_spend_log_created", "sqlite")
             for row in await conn.execute(query):
                 key = tuple(
                     (_EPOCH + timedelta(days=int(v))).isoformat() if g == "day" else v
@@ -227,7 +231,7 @@ async def _grouped(
 def _local_day(dialect: str, offset: int) -> ColumnElement[Any]:
     if dialect == "sqlite":
         epoch = cast(func.strftime("%s", spend_log.c.created_at), Integer)
-        return ((epoch + offset) / 86400).label("day")
+        return ((epoch + offset) // 86400).label("day")  # integer division, not REAL
     epoch_pg = extract("epoch", spend_log.c.created_at)
     return cast(func.floor((epoch_pg + offset) / 86400), Integer).label("day")
 

@@ -1,9 +1,9 @@
-"""Ledger counters in the SQL store: one transaction per operation.
+"""Ledger counters in the SQL store through SQLAlchemy: one transaction per operation.
 
-On SQLite (the embedded store) every transaction opens with BEGIN IMMEDIATE, which takes the
-database's write lock before the first read, so a check and its increment cannot interleave with
-another process's. On PostgreSQL the counter rows are locked (SELECT ... FOR UPDATE, in key
-order, so two transactions never wait on each other in a cycle).
+Used on PostgreSQL without Redis: the counter rows are locked (SELECT ... FOR UPDATE, in key
+order, so two transactions never wait on each other in a cycle). It also runs on SQLite, where
+every transaction opens with BEGIN IMMEDIATE; the embedded store uses the faster
+gateway.ledger.sqlite_backend instead (one thread hop per operation, not one per statement).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class SQLCounters:
             states = []
             for index, claim in enumerate(claims):
                 state = CounterState(claim.counter, spent[claim.counter], reserved[claim.counter])
-                if not _fits(claim, state, amounts):
+                if not fits(claim, state, amounts):
                     return Refused(index, state)
                 states.append(state)
             await conn.execute(
@@ -163,7 +163,7 @@ async def _reserved(conn: AsyncConnection, keys: list[str]) -> dict[str, Amounts
     return {k: found.get(k, Amounts()) for k in keys}
 
 
-def _fits(claim: Claim, state: CounterState, amounts: Amounts) -> bool:
+def fits(claim: Claim, state: CounterState, amounts: Amounts) -> bool:
     for limit, spent, held, amount in (
         (claim.limit_picousd, state.spent.picousd, state.reserved.picousd, amounts.picousd),
         (claim.limit_tokens, state.spent.tokens, state.reserved.tokens, amounts.tokens),
