@@ -76,7 +76,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
 
     def start(config: dict[str, Any], workers: int) -> LiveServer:
         config_file = write_config(tmp_path / "rightsize.yaml", config)
-        servers.append(LiveServer(config_file, gateway_env(), workers=workers))
+        # Several workers each import litellm: slow on a busy two-core machine.
+        servers.append(LiveServer(config_file, gateway_env(), workers=workers, ready_s=180))
         return servers[-1]
 
     yield start

@@ -155,3 +155,28 @@ async def test_counters_are_rebuilt_from_the_spend_log_after_redis_is_flushed(
         [monthly] = await usage(gw)
         assert monthly["spent_usd"] == str(COST * 5) == str(await logged_cost(store_url))
         assert monthly["spent_requests"] == 5
+
+
+async def test_a_streamed_request_is_settled_at_its_actual_cost(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    async with in_process_gateway(gateway_config(store_url, upstream)) as gw:
+        await set_budget(gw, team="search", period="daily", limit_usd="1")
+        response = await chat(gw, stream=True, stream_options={"include_usage": True})
+        assert response.status_code == 200 and "[DONE]" in response.text
+        [daily] = await usage(gw)
+        assert (daily["spent_usd"], daily["reserved_usd"]) == (str(COST), "0")
+
+
+async def test_a_stream_broken_midway_releases_what_it_did_not_use(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    async with in_process_gateway(gateway_config(store_url, upstream)) as gw:
+        await set_budget(gw, team="search", period="daily", limit_usd="1")
+        body = {"model": "direct-midstream", "messages": MESSAGES, "stream": True}
+        response = await gw.client.post("/v1/chat/completions", json=body, headers=gw.auth)
+        assert response.status_code == 200
+        [daily] = await usage(gw)
+        row = await gw.admin.spend(response.headers["x-request-id"])
+        assert daily["reserved_usd"] == "0"
+        assert Decimal(daily["spent_usd"]) == Decimal(row["cost_usd"])

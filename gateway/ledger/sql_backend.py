@@ -1,18 +1,14 @@
-"""Ledger counters in the SQL store through SQLAlchemy: one transaction per operation.
+"""Ledger counters in PostgreSQL (no Redis configured): one transaction per operation.
 
-Used on PostgreSQL without Redis: the counter rows are locked (SELECT ... FOR UPDATE, in key
-order, so two transactions never wait on each other in a cycle). It also runs on SQLite, where
-every transaction opens with BEGIN IMMEDIATE; the embedded store uses the faster
-gateway.ledger.sqlite_backend instead (one thread hop per operation, not one per statement).
+The counter rows are locked (SELECT ... FOR UPDATE, in key order, so two transactions never wait
+on each other in a cycle). The embedded SQLite store has its own backend (sqlite_backend.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
@@ -23,20 +19,14 @@ from gateway.store.store import async_url
 
 
 class SQLCounters:
-    """The embedded ledger backend (also usable on PostgreSQL without Redis)."""
+    """The ledger backend on PostgreSQL without Redis."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._lock_rows = engine.dialect.name != "sqlite"
 
     @classmethod
     def connect(cls, url: str) -> SQLCounters:
-        sqlite = make_url(url).get_backend_name() == "sqlite"
-        engine = create_async_engine(async_url(url), pool_pre_ping=not sqlite)
-        if sqlite:
-            event.listen(engine.sync_engine, "connect", _sqlite_connect)
-            event.listen(engine.sync_engine, "begin", _begin_immediate)
-        return cls(engine)
+        return cls(create_async_engine(async_url(url), pool_pre_ping=True))
 
     async def reserve(
         self,
@@ -141,9 +131,8 @@ class SQLCounters:
             )
             .where(counters.c.key.in_(keys))
             .order_by(counters.c.key)
+            .with_for_update()
         )
-        if self._lock_rows:
-            query = query.with_for_update()
         rows = await conn.execute(query)
         return {r.key: Amounts(r.spent_picousd, r.spent_tokens, r.spent_requests) for r in rows}
 
@@ -172,17 +161,3 @@ def fits(claim: Claim, state: CounterState, amounts: Amounts) -> bool:
         if limit is not None and amount > 0 and spent + held + amount > limit:
             return False
     return True
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def _begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
