@@ -246,3 +246,27 @@ async def test_crossing_an_alert_threshold_logs_one_event(
         await ledger.settle(hold, micro(cost))
     alerts = [r.getMessage() for r in caplog.records if "budget alert" in r.getMessage()]
     assert len(alerts) == 1 and "'percent': 50" in alerts[0]
+
+
+async def test_the_policy_can_read_soft_budget_state_before_deciding(ledger: Ledger) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=20 * USD, mode="soft", soft_at_percent=50)
+    assert not (await ledger.budget_state("search", "key_a")).degrade
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    assert (await ledger.budget_state("search", "key_a")).soft_exceeded == ("team:search:daily",)
+
+
+async def test_an_alert_is_posted_to_the_webhook(
+    tmp_path: Path, clock: FrozenClock, respx_mock: Any
+) -> None:
+    route = respx_mock.post("http://hooks.test/budget").respond(204)
+    async with open_ledger(
+        "sqlite", tmp_path, None, clock, alert_webhook_url="http://hooks.test/budget"
+    ) as ledger:
+        await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD, alert_percents=(80,))
+        hold = await ledger.reserve("search", "key_a", micro(9))
+        assert hold is not None
+        await ledger.settle(hold, micro(9))
+    assert route.call_count == 1
+    event = route.calls[0].request.read()
+    assert b'"budget":"team:search:monthly"' in event and b'"percent":80' in event

@@ -175,6 +175,16 @@ class Ledger:
         for budget, window, state in zip(hold.budgets, hold.windows, states, strict=True):
             self._alerts(budget, window, state, actual)
 
+    async def budget_state(self, team: str, key_id: str) -> BudgetState:
+        """Soft budgets of this team and key past their threshold, for the policy to read
+        before it decides (reserve() reports the same in Hold.state afterwards)."""
+        budgets = [b for b in await self.budgets_for(team, key_id) if b.mode == "soft"]
+        if not budgets:
+            return BudgetState()
+        found = await self.usage(budgets)
+        states = [CounterState("", u.spent, u.reserved) for u in found]
+        return self._budget_state(budgets, [u.window for u in found], states)
+
     async def usage(self, budgets: Sequence[Budget]) -> list[BudgetUsage]:
         """Spent, reserved and remaining for each budget's current window."""
         now = self.clock()
@@ -219,7 +229,7 @@ class Ledger:
             percent = budget.soft_at_percent if budget.soft_at_percent is not None else 100
             if (state.spent.picousd + state.reserved.picousd) * 100 >= limit * percent:
                 soft.append(budget.id)
-                if state.counter not in self._soft_logged:
+                if state.counter and state.counter not in self._soft_logged:
                     self._soft_logged.add(state.counter)
                     log.warning("soft budget %s is past %d%%", budget.id, percent)
         return BudgetState(tuple(soft))
