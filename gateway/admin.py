@@ -157,4 +157,6 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "cache_hit": record.cache_hit,
         "status": record.status,
         "error_type": record.error_type,
+        "route_reason": record.route_reason,
+        "attempts": record.attempts,
     }

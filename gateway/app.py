@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from router import EstimateBatcher, Router
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
@@ -23,11 +24,11 @@ from gateway.ledger.admin import router as ledger_admin_router
 from gateway.ledger.build import open_ledger
 from gateway.llm import model_info
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
-from gateway.settings import Settings, build_catalog, load_settings
+from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import SpendWriter
 from gateway.state import Gateway, resolve_api_keys
 from gateway.store import Store, sqlite_path
-from policies import Catalog, PinnedPolicy
+from policies import Catalog, PolicyEngine
 
 log = logging.getLogger("rightsize")
 
@@ -45,6 +46,8 @@ def create_app(
     api_keys = resolve_api_keys(catalog, env)
     key_secret = load_key_secret(settings, env)
     default = settings.default_route(catalog)
+    policy = PolicyEngine(catalog, settings.policy, default)
+    router = _load_router(settings)
     master_key = env.get(settings.auth.master_key_env) or None
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
 
@@ -63,10 +66,20 @@ def create_app(
         providers: dict[str, Provider] = {"openai_http": OpenAIHTTPProvider(api_keys)}
         if any(d.transport == "litellm" for d in catalog.deployments):
             providers["litellm"] = LiteLLMProvider(api_keys)
+        estimator = (
+            EstimateBatcher(
+                router,
+                max_batch_size=settings.router.max_batch_size,
+                max_wait_s=settings.router.max_wait_ms / 1000,
+            )
+            if router is not None
+            else None
+        )
         app.state.gateway = Gateway(
             settings=settings,
             catalog=catalog,
-            policy=PinnedPolicy(catalog, default or "auto"),
+            policy=policy,
+            estimator=estimator,
             store=store,
             keys=KeyService(store, key_secret),
             spend=spend,
@@ -77,6 +90,8 @@ def create_app(
         try:
             yield
         finally:
+            if estimator is not None:
+                await estimator.aclose()
             await spend.aclose()
             await app.state.gateway.ledger.aclose()
             for provider in providers.values():
@@ -106,8 +121,7 @@ async def list_models(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc)
     names = gateway.policy.names()
-    tiers = {d.name: d.tier for d in gateway.catalog.deployments}
-    allowed = [n for n in names if key.may_use(n, tiers.get(n))]
+    allowed = [n for n in names if key.may_use(n, gateway.policy.tier_of(n))]
     return json_response(
         {
             "object": "list",
@@ -149,6 +163,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(GatewayError("Internal gateway error"))
+
+
+def _load_router(settings: Settings) -> Router | None:
+    """The router, loaded before serving so that a broken artifact fails the start."""
+    if not settings.router.enabled:
+        log.warning("router disabled: auto routes to the default tier, no demand headers")
+        return None
+    try:
+        return Router.load(settings.router.artifact, runtime=settings.router.runtime)
+    except Exception as exc:
+        raise ConfigError(f"router: cannot load the router artifact: {exc}") from exc
 
 
 def _fallback_file(settings: Settings) -> Path:

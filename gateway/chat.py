@@ -23,6 +23,7 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
     RevokedKey,
+    UpstreamBadRequest,
     UpstreamError,
 )
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
@@ -31,8 +32,19 @@ from gateway.ledger.metering import reserve_request, settle_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
+from gateway.tokens import prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
-from policies import Decision, RoutingRequest, UnknownModel, Usage
+from policies import (
+    Decision,
+    Deployment,
+    NotAllowed,
+    Refusal,
+    RoutingRequest,
+    TeamContext,
+    UnknownModel,
+    Usage,
+)
+from router import Estimate, prompt_from_messages
 
 log = logging.getLogger("rightsize.chat")
 
@@ -43,6 +55,7 @@ class _Call:
 
     record: SpendRecord
     started: float = field(default_factory=time.perf_counter)
+    estimate: Estimate | None = None
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
 
     def elapsed_ms(self) -> float:
@@ -57,14 +70,17 @@ async def chat_completions(request: Request) -> Response:
         call.record.team, call.record.key_id = key.team, key.id
         chat = parse_chat_request(await read_json(request, gateway.settings.server.max_body_bytes))
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
-        decision = _decide(gateway, key, chat)
+        payload = chat.upstream_payload()
+        call.estimate = await _estimate(gateway, payload["messages"])
+        decision = _decide(gateway, key, chat, payload, call.estimate)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+        call.record.route_reason = decision.reason
         call.hold = await reserve_request(
             gateway.ledger, key.team, key.id, chat, decision.deployment
         )
         if chat.stream:
-            return await _stream(gateway, call, chat, decision)
-        return await _complete(gateway, call, chat, decision)
+            return await _stream(gateway, call, chat, payload, decision)
+        return await _complete(gateway, call, payload, decision)
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
         await _log_failure(gateway, call, exc)
@@ -91,24 +107,98 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise InvalidRequest(f"Invalid value for {param!r}: {error['msg']}", param=param) from None
 
 
-def _decide(gateway: Gateway, key: ApiKey, chat: ChatRequest) -> Decision:
+async def _estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimate | None:
+    """The router's estimate of the prompt; a router failure is logged, never fatal."""
+    if gateway.estimator is None:
+        return None
     try:
-        decision = gateway.policy.decide(RoutingRequest(model=chat.model))
+        return await gateway.estimator.estimate(prompt_from_messages(messages))
+    except Exception:
+        log.exception("the router failed; routing this request without an estimate")
+        return None
+
+
+def _decide(
+    gateway: Gateway,
+    key: ApiKey,
+    chat: ChatRequest,
+    payload: dict[str, Any],
+    estimate: Estimate | None,
+) -> Decision:
+    routing = RoutingRequest(
+        model=chat.model,
+        prompt_tokens=prompt_tokens(payload["messages"]),
+        max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
+        needs_tools=bool(chat.tools or chat.functions),
+        needs_vision=_has_images(payload["messages"]),
+        needs_json_schema=chat.response_format is not None
+        and chat.response_format.type == "json_schema",
+    )
+    try:
+        decision = gateway.policy.decide(routing, estimate, TeamContext(name=key.team))
     except UnknownModel as exc:
         raise NotFound(str(exc), param="model") from None
+    except NotAllowed as exc:
+        raise PermissionDenied(str(exc), param="model") from None
+    except Refusal as exc:
+        raise InvalidRequest(str(exc), param="model", code=exc.code) from None
     if not key.may_use(chat.model, decision.deployment.name, decision.tier):
         raise PermissionDenied(f"This key may not use model {chat.model!r}", param="model")
     return decision
 
 
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def _attempt_payload(
+    payload: dict[str, Any], decision: Decision, deployment: Deployment
+) -> dict[str, Any]:
+    """The body for one deployment: the policy's reasoning effort unless the client set one."""
+    effort = decision.reasoning_effort
+    if effort and deployment.capabilities.reasoning and "reasoning_effort" not in payload:
+        return {**payload, "reasoning_effort": effort}
+    return payload
+
+
+def _fall_back(gateway: Gateway, call: _Call, error: UpstreamError, to: Deployment) -> None:
+    log.warning("%s; falling back to %r", error.message, to.name)
+    call.record.attempts += 1
+    call.record.deployment = to.name
+    call.record.tier = gateway.policy.tier_of(to.name) or to.tier
+    call.record.route_reason = f"{call.record.route_reason}; {error.code} -> fallback {to.name!r}"
+
+
+async def _backoff(gateway: Gateway, attempt: int) -> None:
+    delay = gateway.policy.spec.retries.backoff_ms * (2**attempt) / 1000
+    if delay:
+        await asyncio.sleep(delay)
+
+
 async def _complete(
-    gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision
+    gateway: Gateway, call: _Call, payload: dict[str, Any], decision: Decision
 ) -> Response:
-    deployment = decision.deployment
-    payload = chat.upstream_payload()
     upstream_started = time.perf_counter()
+    attempts = decision.attempts()
     try:
-        result = await gateway.provider(deployment).complete(deployment, payload)
+        for attempt, deployment in enumerate(attempts):
+            try:
+                result = await gateway.provider(deployment).complete(
+                    deployment, _attempt_payload(payload, decision, deployment)
+                )
+                break
+            except UpstreamBadRequest:
+                raise  # the request itself is at fault: another deployment would refuse it too
+            except UpstreamError as exc:
+                if attempt + 1 == len(attempts):
+                    raise
+                _fall_back(gateway, call, exc, attempts[attempt + 1])
+                await _backoff(gateway, attempt)
     finally:
         call.record.upstream_ms = (time.perf_counter() - upstream_started) * 1000
     usage = usage_from(result.get("usage"))
@@ -121,30 +211,51 @@ async def _complete(
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
     await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
-    headers = _routing_headers(call, decision)
+    headers = _routing_headers(call)
     headers["x-rightsize-cost-usd"] = _usd(cost)
     return json_response(result, headers=headers)
 
 
-async def _stream(gateway: Gateway, call: _Call, chat: ChatRequest, decision: Decision) -> Response:
-    deployment = decision.deployment
-    payload = chat.upstream_payload()
-    upstream = gateway.provider(deployment).stream(deployment, payload)
+async def _stream(
+    gateway: Gateway,
+    call: _Call,
+    chat: ChatRequest,
+    payload: dict[str, Any],
+    decision: Decision,
+) -> Response:
     upstream_started = time.perf_counter()
+    attempts = decision.attempts()
     try:
-        first = await anext(upstream)
-    except StopAsyncIteration:
-        raise UpstreamError(deployment.name, "the stream ended before any chunk") from None
-    except BaseException:
-        await upstream.aclose()  # type: ignore[attr-defined]
-        raise
+        for attempt, deployment in enumerate(attempts):
+            upstream = gateway.provider(deployment).stream(
+                deployment, _attempt_payload(payload, decision, deployment)
+            )
+            try:
+                first = await anext(upstream)
+                break
+            except StopAsyncIteration:
+                error = UpstreamError(deployment.name, "the stream ended before any chunk")
+            except UpstreamBadRequest:
+                await upstream.aclose()  # type: ignore[attr-defined]
+                raise
+            except UpstreamError as exc:
+                error = exc
+            except BaseException:
+                await upstream.aclose()  # type: ignore[attr-defined]
+                raise
+            await upstream.aclose()  # type: ignore[attr-defined]
+            # Nothing has reached the client yet, so another deployment may still answer.
+            if attempt + 1 == len(attempts):
+                raise error
+            _fall_back(gateway, call, error, attempts[attempt + 1])
+            await _backoff(gateway, attempt)
     finally:
         call.record.upstream_ms = (time.perf_counter() - upstream_started) * 1000
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
     return StreamingResponse(
-        _relay(gateway, call, chat, decision, first, upstream),
+        _relay(gateway, call, chat, deployment, first, upstream),
         media_type="text/event-stream",
-        headers={**_routing_headers(call, decision), "cache-control": "no-cache"},
+        headers={**_routing_headers(call), "cache-control": "no-cache"},
     )
 
 
@@ -152,12 +263,11 @@ async def _relay(
     gateway: Gateway,
     call: _Call,
     chat: ChatRequest,
-    decision: Decision,
+    deployment: Deployment,
     first: dict[str, Any],
     upstream: AsyncIterator[dict[str, Any]],
 ) -> AsyncIterator[bytes]:
     """Forward chunks; end with our own usage chunk (with cost) when the client asked for it."""
-    deployment = decision.deployment
     reported: dict[str, Any] | None = None
     text: list[str] = []
     last = first
@@ -232,14 +342,20 @@ def _charge(call: _Call, cost: Decimal, usage: Usage) -> Decimal:
     return cost
 
 
-def _routing_headers(call: _Call, decision: Decision) -> dict[str, str]:
-    return {
+def _routing_headers(call: _Call) -> dict[str, str]:
+    headers = {
         "x-request-id": call.record.request_id,
-        "x-rightsize-model": decision.deployment.name,
-        "x-rightsize-tier": decision.tier or "",
+        "x-rightsize-model": call.record.deployment or "",
+        "x-rightsize-tier": call.record.tier or "",
         "x-rightsize-cache": "miss",
         "x-rightsize-overhead-ms": f"{call.record.overhead_ms or 0:.3f}",
     }
+    if call.estimate is not None:
+        headers["x-rightsize-demand"] = f"{call.estimate.reasoning_demand:.3f}"
+        headers["x-rightsize-token-budget"] = (
+            f"{call.estimate.token_budget_p50}/{call.estimate.token_budget_p90}"
+        )
+    return headers
 
 
 def _usage_payload(usage: Usage) -> dict[str, Any]:

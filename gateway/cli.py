@@ -171,6 +171,71 @@ def keys_revoke(config_path: str | None, key_id: str) -> None:
     click.echo(f"revoked key {key_id}")
 
 
+@main.command()
+@config_option
+@click.argument("prompt")
+@click.option("--model", default="auto", show_default=True, help="What the client would send.")
+@click.option("--team", default=None, help="Apply this team's policy rules.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def route(
+    config_path: str | None, prompt: str, model: str, team: str | None, as_json: bool
+) -> None:
+    """Show the routing decision for PROMPT, with every candidate and why (no upstream call)."""
+    from gateway.routing import explain_route
+
+    settings, source = _settings(config_path)
+    report = _config_call(lambda: explain_route(settings, source, prompt, model, team))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    estimate = report["estimate"]
+    if estimate:
+        click.echo(
+            f"demand {estimate['reasoning_demand']:.3f}  budget "
+            f"{estimate['token_budget_p50']}/{estimate['token_budget_p90']}  {estimate['category']}"
+        )
+    if "refusal" in report:
+        click.echo(f"refused ({report['refusal']['status']}): {report['refusal']['message']}")
+        return
+    decision = report["decision"]
+    click.echo(f"-> {decision['deployment']} (tier {decision['tier']}): {decision['reason']}")
+    for candidate in decision["candidates"]:
+        mark = "kept   " if candidate["kept"] else "dropped"
+        click.echo(f"   {mark} {candidate['deployment']} [{candidate['tier']}]: {candidate['why']}")
+
+
+@main.command()
+@config_option
+@click.option(
+    "--traffic",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSONL sample of real prompts: rows with 'prompt' or 'messages'.",
+)
+@click.option(
+    "--max-share",
+    "max_share",
+    required=True,
+    help="Share of prompts per tier above the first, e.g. reasoning=0.2,standard=0.5.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the configuration with the new thresholds here (default: print them).",
+)
+def calibrate(config_path: str | None, traffic: str, max_share: str, output: str | None) -> None:
+    """Compute tier demand thresholds so that the chosen shares hold on a traffic sample."""
+    from gateway.routing import calibrate_policy
+
+    settings, source = _settings(config_path)
+    result = _config_call(lambda: calibrate_policy(settings, source, traffic, max_share, output))
+    for tier, share in result["shares"].items():
+        click.echo(f"{tier:>12}: min_demand {result['thresholds'][tier]:.4f}  share {share:.1%}")
+    if output:
+        click.echo(f"wrote {output}")
+
+
 def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]]) -> _T:
     from gateway.store import Conflict, Missing, Store
 
@@ -212,6 +277,16 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
     click.echo("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
+
+
+def _add_router_commands() -> None:
+    from router.cli import classify, eval_cmd, train
+
+    for command in (train, eval_cmd, classify):
+        main.add_command(command)
+
+
+_add_router_commands()
 
 
 # Budgets and reports live with the ledger (gateway/ledger/cli.py).

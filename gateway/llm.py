@@ -48,6 +48,7 @@ def model_info(model: str) -> ModelInfo | None:
         tools=entry.get("supports_function_calling"),
         vision=entry.get("supports_vision"),
         json_schema=entry.get("supports_response_schema"),
+        reasoning=entry.get("supports_reasoning"),
     )
 
 

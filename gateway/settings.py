@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.ledger.settings import LedgerSettings
-from policies import Catalog, CatalogError, ModelInfoLookup, ModelSpec
+from policies import (
+    Catalog,
+    CatalogError,
+    ModelInfoLookup,
+    ModelSpec,
+    PolicyError,
+    PolicySpec,
+    validate_policy,
+)
 
 ENV_PREFIX = "RIGHTSIZE_"
 CONFIG_ENV = "RIGHTSIZE_CONFIG"
@@ -56,6 +65,20 @@ class RoutingSettings(BaseModel):
     default: str | None = Field(default=None, description="Model or tier that `auto` resolves to.")
 
 
+class RouterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Estimate every prompt (demand, token budget).")
+    artifact: str | None = Field(
+        default=None, description="Trained artifact dir; default: shipped."
+    )
+    runtime: str | None = Field(
+        default=None, description="Encoder runtime (static, onnx, sentence-transformers)."
+    )
+    max_batch_size: int = Field(default=64, gt=0)
+    max_wait_ms: float = Field(default=1.0, ge=0)
+
+
 class SpendLogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,8 +95,10 @@ class Settings(BaseModel):
     store: StoreSettings = Field(default_factory=StoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
 
     def store_url(self) -> str:
@@ -86,7 +111,7 @@ class Settings(BaseModel):
         """What `auto` resolves to: the configured default, else the standard or first tier."""
         if self.routing.default:
             return self.routing.default
-        tiers = catalog.tier_names
+        tiers = [t.name for t in self.policy.tiers] or catalog.tier_names
         if "standard" in tiers:
             return "standard"
         if tiers:
@@ -138,17 +163,39 @@ def load_settings(
 def build_catalog(
     settings: Settings, lookup: ModelInfoLookup, source: str = "configuration"
 ) -> Catalog:
-    """The catalog of deployments; a model that cannot be priced or resolved is a ConfigError."""
+    """The catalog of deployments, checked against the policy; errors name file, line, field."""
     try:
         catalog = Catalog.build(settings.models, lookup)
     except CatalogError as exc:
-        raise ConfigError(f"{source}: models[{exc.index}].{exc.field}: {exc}") from None
+        raise ConfigError(f"{_where(source, f'models[{exc.index}].{exc.field}')}: {exc}") from None
     default = settings.routing.default
     if default and catalog.get(default) is None and not catalog.tier(default):
-        raise ConfigError(
-            f"{source}: routing.default: {default!r} is neither a configured model nor a tier"
-        )
+        tiers = {t.name for t in settings.policy.tiers}
+        if default not in tiers:
+            raise ConfigError(
+                f"{_where(source, 'routing.default')}: {default!r} is neither a model nor a tier"
+            )
+    try:
+        validate_policy(settings.policy, {d.name for d in catalog.deployments}, catalog.tier_names)
+    except PolicyError as exc:
+        raise ConfigError(f"{_where(source, exc.field)}: {exc}") from None
     return catalog
+
+
+def _where(source: str, dotted: str) -> str:
+    """`file:line: field` for a dotted field path, reading the file again to find the line."""
+    loc: list[int | str] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", dotted):
+        loc.append(int(index) if index else name)
+    tree = None
+    path = Path(source)
+    if path.is_file():
+        try:
+            tree = yaml.compose(path.read_text())
+        except yaml.YAMLError:
+            tree = None
+    line = _line_of(tree, tuple(loc))
+    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
 
 
 def default_config(env: Mapping[str, str]) -> dict[str, Any]:

@@ -5,20 +5,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from router import EstimateBatcher
+
 from gateway.auth import KeyService
 from gateway.ledger.ledger import Ledger
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.store import Store
-from policies import Catalog, Deployment, Policy
+from policies import Catalog, Deployment, PolicyEngine
 
 
 @dataclass(slots=True)
 class Gateway:
     settings: Settings
     catalog: Catalog
-    policy: Policy
+    policy: PolicyEngine
+    estimator: EstimateBatcher | None
     store: Store
     keys: KeyService
     spend: SpendWriter

@@ -1,4 +1,4 @@
-"""Routing policies, the model catalog and prices."""
+"""Routing policies: the model catalog with prices, the policy file, and the decision engine."""
 
 from policies.catalog import (
     Capabilities,
@@ -12,23 +12,41 @@ from policies.catalog import (
     TokenPrice,
     Usage,
 )
-from policies.pinned import AUTO, Decision, PinnedPolicy, Policy, RoutingRequest, UnknownModel
+from policies.config import PolicyError, PolicySpec, TierSpec, validate_policy
+from policies.decision import (
+    AUTO,
+    Candidate,
+    Decision,
+    NotAllowed,
+    Refusal,
+    RoutingRequest,
+    UnknownModel,
+)
+from policies.engine import DeploymentState, PolicyEngine, TeamContext
 
 __all__ = [
     "AUTO",
+    "Candidate",
     "Capabilities",
     "Catalog",
     "CatalogError",
     "Decision",
     "Deployment",
+    "DeploymentState",
     "ModelInfo",
     "ModelInfoLookup",
     "ModelSpec",
-    "PinnedPolicy",
-    "Policy",
+    "NotAllowed",
+    "PolicyEngine",
+    "PolicyError",
+    "PolicySpec",
     "Price",
+    "Refusal",
     "RoutingRequest",
+    "TeamContext",
+    "TierSpec",
     "TokenPrice",
     "UnknownModel",
     "Usage",
+    "validate_policy",
 ]

@@ -41,6 +41,9 @@ class Capabilities(BaseModel):
     tools: bool | None = None
     vision: bool | None = None
     json_schema: bool | None = None
+    reasoning: bool | None = Field(
+        default=None, description="Accepts reasoning_effort (a thinking budget)."
+    )
 
 
 class ModelSpec(BaseModel):
@@ -130,6 +133,7 @@ class ModelInfo:
     tools: bool | None = None
     vision: bool | None = None
     json_schema: bool | None = None
+    reasoning: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,7 @@ class Catalog:
                 tools=_first(spec.capabilities.tools, known.tools),
                 vision=_first(spec.capabilities.vision, known.vision),
                 json_schema=_first(spec.capabilities.json_schema, known.json_schema),
+                reasoning=_first(spec.capabilities.reasoning, known.reasoning),
             )
             deployments.append(
                 Deployment(

@@ -11,10 +11,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The CPU build of torch first: an unpinned torch (pulled in by sentence-transformers) is a
 # multi-GB CUDA download.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -c constraints.txt -e ".[test]"
+python -m pip install -q -c constraints.txt -e ".[test,train]"
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff format --check .
 ruff check .
-mypy gateway policies
+mypy gateway policies router
 python -m pytest "$@"

@@ -73,3 +73,76 @@ def test_serve_refuses_a_model_whose_key_variable_is_unset(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "RS_TEST_UNSET_VARIABLE" in result.stderr
+
+
+POLICY_CONFIG = """\
+store: {{url: "sqlite:///{db}"}}
+models:
+  - {{name: small, model: openai/small, local: true}}
+  - {{name: big, model: openai/big, local: true}}
+  - {{name: thinker, model: openai/thinker, local: true}}
+policy:
+  tiers:
+    - {{name: light, deployments: [small]}}
+    - {{name: standard, deployments: [big], min_demand: 0.4}}
+    - {{name: reasoning, deployments: [thinker], min_demand: 0.7}}
+"""
+
+
+def test_route_prints_the_decision_with_every_candidate(tmp_path: Path) -> None:
+    import json
+
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text(POLICY_CONFIG.format(db=tmp_path / "rs.db"))
+    result = CliRunner().invoke(
+        main, ["route", "Translate 'hello' to French.", "--config", str(cfg), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert 0 <= report["estimate"]["reasoning_demand"] <= 1
+    decision = report["decision"]
+    assert decision["deployment"] in {"small", "big", "thinker"}
+    assert {c["deployment"] for c in decision["candidates"]} == {"small", "big", "thinker"}
+    assert decision["reason"].startswith("demand ")
+
+
+def test_calibrate_writes_thresholds_that_give_the_requested_shares(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from gateway.settings import load_settings
+    from policies.calibrate import shares_of
+    from router import Router
+
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text(POLICY_CONFIG.format(db=tmp_path / "rs.db"))
+    subjects = [
+        "a haiku about rain",
+        "the derivative of x^3 sin x",
+        "a SQL join of two tables",
+        "why the sky is blue",
+        "a proof that sqrt(2) is irrational",
+        "the capital of Peru",
+        "a regex for e-mail addresses",
+        "the plot of Hamlet in one line",
+    ]
+    prompts = [
+        f"Question {i}: explain {s}, case {i % 7}."
+        for i in range(200)
+        for s in subjects[i % 8 : i % 8 + 1]
+    ]
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    out = tmp_path / "calibrated.yaml"
+    result = CliRunner().invoke(main, [
+        "calibrate", "--config", str(cfg), "--traffic", str(traffic),
+        "--max-share", "reasoning=0.2,standard=0.5", "--output", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    settings, _ = load_settings(out, environ={})
+    thresholds = {t.name: t.min_demand for t in settings.policy.tiers}
+    router = Router.load()
+    demands = [e.reasoning_demand for e in router.estimate_batch(prompts)]
+    shares = shares_of(demands, thresholds)
+    assert abs(shares["reasoning"] - 0.2) <= 0.02 and abs(shares["standard"] - 0.5) <= 0.02
+    assert yaml.safe_load(out.read_text())["models"][0]["name"] == "small"

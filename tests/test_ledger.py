@@ -270,3 +270,11 @@ async def test_an_alert_is_posted_to_the_webhook(
     assert route.call_count == 1
     event = route.calls[0].request.read()
     assert b'"budget":"team:search:monthly"' in event and b'"percent":80' in event
+
+
+async def test_budget_used_is_the_largest_share_of_any_limit(ledger: Ledger) -> None:
+    assert await ledger.budget_used("search", "key_a") is None
+    await put(ledger, period=Period.DAILY, limit_usd=40 * USD)
+    await put(ledger, scope="key", subject="key_a", period=Period.MONTHLY, limit_tokens=200)
+    await ledger.reserve("search", "key_a", micro(10))  # 1/4 of the USD, 1/2 of the tokens
+    assert await ledger.budget_used("search", "key_a") == 0.5

@@ -24,7 +24,7 @@ async def test_migrations_are_idempotent_and_reach_head(store_url: str) -> None:
         await store.migrate()
         async with store.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-        assert version == "0003"
+        assert version == "0004"
     finally:
         await store.aclose()
 

@@ -185,6 +185,20 @@ class Ledger:
         states = [CounterState("", u.spent, u.reserved) for u in found]
         return self._budget_state(budgets, [u.window for u in found], states)
 
+    async def budget_used(self, team: str, key_id: str) -> float | None:
+        """The largest share (spent + reserved) / limit over the USD and token limits of this
+        team's and key's budgets (rate limits aside): policies.TeamContext.budget_used."""
+        budgets = [b for b in await self.budgets_for(team, key_id) if b.period is not Period.MINUTE]
+        shares = []
+        for u in await self.usage(budgets) if budgets else []:
+            for limit, used in (
+                (u.budget.limit_picousd, u.spent.picousd + u.reserved.picousd),
+                (u.budget.limit_tokens, u.spent.tokens + u.reserved.tokens),
+            ):
+                if limit is not None:
+                    shares.append(used / limit if limit > 0 else 1.0)
+        return max(shares) if shares else None
+
     async def usage(self, budgets: Sequence[Budget]) -> list[BudgetUsage]:
         """Spent, reserved and remaining for each budget's current window."""
         now = self.clock()

@@ -65,3 +65,5 @@ class SpendRecord:
     stream: bool = False
     cache_hit: bool = False
     error_type: str | None = None
+    route_reason: str | None = None
+    attempts: int = 1

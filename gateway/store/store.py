@@ -236,6 +236,8 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "cache_hit": record.cache_hit,
         "status": record.status,
         "error_type": record.error_type,
+        "route_reason": record.route_reason,
+        "attempts": record.attempts,
     }
 
 
@@ -259,4 +261,6 @@ def _spend_record(row: Any) -> SpendRecord:
         stream=row["stream"],
         cache_hit=row["cache_hit"],
         error_type=row["error_type"],
+        route_reason=row["route_reason"],
+        attempts=row["attempts"],
     )

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -66,6 +67,8 @@ spend_log = Table(
     Column("cache_hit", Boolean, nullable=False, default=False),
     Column("status", Integer, nullable=False),
     Column("error_type", String(64), nullable=True),
+    Column("route_reason", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
     Index("ix_spend_log_request_id", "request_id"),
     Index("ix_spend_log_team_created", "team", "created_at"),
 )

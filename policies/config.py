@@ -1,0 +1,162 @@
+"""The routing policy as written in the configuration file, and its validation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Effort = Literal["minimal", "low", "medium", "high"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TierSpec(_Strict):
+    """A tier: deployments in preference order and the demand from which prompts enter it."""
+
+    name: str
+    deployments: list[str] = Field(min_length=1)
+    min_demand: float = Field(default=0.0, ge=0.0, le=1.0)
+    fallback: str | None = Field(
+        default=None, description="Tier to try when every deployment here fails (default: next up)."
+    )
+
+
+class TeamRule(_Strict):
+    """What one team may use."""
+
+    allowed_tiers: list[str] | None = None
+    allowed_models: list[str] | None = None
+    default_tier: str | None = None
+    local_only: bool = False
+
+
+class SoftBudget(_Strict):
+    """Above `threshold` of its budget a team is capped at `cap_tier` before it is blocked."""
+
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    cap_tier: str
+
+
+class EffortStep(_Strict):
+    """Prompts with demand below `below` get `effort`; the last step has no bound."""
+
+    below: float | None = Field(default=None, ge=0.0, le=1.0)
+    effort: Effort
+
+
+class Retries(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_ms: int = Field(default=50, ge=0)
+
+
+class PolicySpec(_Strict):
+    """The `policy` section of the configuration file."""
+
+    tiers: list[TierSpec] = Field(default_factory=list)
+    selection: Literal["cost", "order"] = Field(
+        default="cost",
+        description="cost: cheapest expected cost among admissible deployments; order: as listed.",
+    )
+    default_tier: str | None = None
+    teams: dict[str, TeamRule] = Field(default_factory=dict)
+    soft_budget: SoftBudget | None = None
+    reasoning_effort: list[EffortStep] = Field(
+        default_factory=lambda: [
+            EffortStep(below=0.3, effort="low"),
+            EffortStep(below=0.7, effort="medium"),
+            EffortStep(effort="high"),
+        ]
+    )
+    retries: Retries = Field(default_factory=Retries)
+    default_output_tokens: int = Field(
+        default=512, gt=0, description="Output tokens assumed when neither estimate nor max_tokens."
+    )
+
+
+class PolicyError(ValueError):
+    """The policy contradicts itself or the catalog; `field` is its dotted location."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def validate_policy(spec: PolicySpec, deployments: set[str], model_tiers: list[str]) -> None:
+    """Check references, threshold order and fallback chains; raise PolicyError on the first."""
+    names = [t.name for t in spec.tiers]
+    if len(set(names)) != len(names):
+        raise PolicyError("policy.tiers", "tier names must be unique")
+    for i, tier in enumerate(spec.tiers):
+        for j, deployment in enumerate(tier.deployments):
+            if deployment not in deployments:
+                raise PolicyError(
+                    f"policy.tiers[{i}].deployments[{j}]",
+                    f"unknown deployment {deployment!r} in tier {tier.name!r}",
+                )
+        if i == 0 and tier.min_demand != 0.0:
+            raise PolicyError(f"policy.tiers[{i}].min_demand", "the first tier must start at 0")
+        if i > 0 and tier.min_demand <= spec.tiers[i - 1].min_demand:
+            raise PolicyError(
+                f"policy.tiers[{i}].min_demand",
+                "thresholds must increase strictly from one tier to the next",
+            )
+        if tier.fallback is not None and tier.fallback not in names:
+            raise PolicyError(f"policy.tiers[{i}].fallback", f"unknown tier {tier.fallback!r}")
+    for i, tier in enumerate(spec.tiers):
+        seen = [tier.name]
+        current: str | None = tier.name
+        while current is not None:
+            current = fallback_tier(spec, current)
+            if current in seen:
+                raise PolicyError(
+                    f"policy.tiers[{i}].fallback",
+                    "fallback cycle: " + " -> ".join([*seen, current or ""]),
+                )
+            if current is not None:
+                seen.append(current)
+    known_tiers = set(names) | set(model_tiers)
+    for tier_ref, where in _tier_references(spec):
+        if tier_ref not in known_tiers:
+            raise PolicyError(where, f"unknown tier {tier_ref!r}")
+    for team, rule in spec.teams.items():
+        for j, model in enumerate(rule.allowed_models or ()):
+            if model not in deployments:
+                raise PolicyError(
+                    f"policy.teams.{team}.allowed_models[{j}]", f"unknown model {model!r}"
+                )
+    steps = spec.reasoning_effort
+    for j, step in enumerate(steps):
+        last = j == len(steps) - 1
+        if (step.below is None) != last:
+            raise PolicyError(
+                f"policy.reasoning_effort[{j}].below", "only the last step has no upper bound"
+            )
+
+
+def fallback_tier(spec: PolicySpec, tier: str) -> str | None:
+    """The tier tried after `tier`: its explicit fallback, else the next one up."""
+    names = [t.name for t in spec.tiers]
+    if tier not in names:
+        return None
+    index = names.index(tier)
+    explicit = spec.tiers[index].fallback
+    if explicit is not None:
+        return explicit
+    return names[index + 1] if index + 1 < len(names) else None
+
+
+def _tier_references(spec: PolicySpec) -> list[tuple[str, str]]:
+    refs = []
+    if spec.default_tier:
+        refs.append((spec.default_tier, "policy.default_tier"))
+    if spec.soft_budget:
+        refs.append((spec.soft_budget.cap_tier, "policy.soft_budget.cap_tier"))
+    for team, rule in spec.teams.items():
+        for j, tier in enumerate(rule.allowed_tiers or ()):
+            refs.append((tier, f"policy.teams.{team}.allowed_tiers[{j}]"))
+        if rule.default_tier:
+            refs.append((rule.default_tier, f"policy.teams.{team}.default_tier"))
+    return refs

@@ -1,0 +1,77 @@
+"""The values that cross the policy seam: what is asked, and what was decided and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from policies.catalog import Deployment
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRequest:
+    """What a policy needs to know about a request."""
+
+    model: str
+    prompt_tokens: int = 0
+    max_output_tokens: int | None = None
+    needs_tools: bool = False
+    needs_vision: bool = False
+    needs_json_schema: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One deployment the engine looked at, and why it was kept or dropped."""
+
+    deployment: str
+    tier: str | None
+    kept: bool
+    why: str
+    expected_cost: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The deployment a request goes to, the ones to fall back on, and why."""
+
+    deployment: Deployment
+    tier: str | None
+    reason: str
+    fallbacks: tuple[Deployment, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+    reasoning_effort: str | None = None
+    expected_cost: Decimal | None = None
+
+    def attempts(self) -> tuple[Deployment, ...]:
+        """The deployments to try, in order."""
+        return (self.deployment, *self.fallbacks)
+
+
+class UnknownModel(LookupError):
+    """The requested name is neither `auto`, a tier nor a configured model."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model {model!r} does not exist")
+        self.model = model
+
+
+class Refusal(Exception):
+    """No deployment may serve the request; `status` is the HTTP status to answer with."""
+
+    def __init__(
+        self, status: int, code: str, message: str, candidates: tuple[Candidate, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.candidates = candidates
+
+
+class NotAllowed(Refusal):
+    """The team or key may not use what was asked for."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(403, "model_not_allowed", message)

@@ -1,0 +1,312 @@
+"""The decision engine: request + router estimate + team + load -> a deployment, explained.
+
+`decide` is pure and cheap: no I/O, only the catalog, the policy and the values passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from policies.catalog import Catalog, Deployment, Usage
+from policies.config import PolicySpec, TeamRule, fallback_tier
+from policies.decision import (
+    AUTO,
+    Candidate,
+    Decision,
+    NotAllowed,
+    Refusal,
+    RoutingRequest,
+    UnknownModel,
+)
+from router import Estimate
+
+_NO_RULE = TeamRule()
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentState:
+    """Health and load of a deployment as the backends last reported them."""
+
+    healthy: bool = True
+    load: float = 0.0  # 0 idle .. 1 saturated
+
+
+@dataclass(frozen=True, slots=True)
+class TeamContext:
+    """The calling team and how much of its budget is used (0..1, None if no budget)."""
+
+    name: str
+    budget_used: float | None = None
+
+
+@dataclass(slots=True)
+class _Trace:
+    steps: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+class PolicyEngine:
+    """Applies the policy rules; every rule that acts leaves a line in the explanation."""
+
+    def __init__(self, catalog: Catalog, spec: PolicySpec, default: str | None) -> None:
+        self._catalog = catalog
+        self._spec = spec
+        self._default = default
+        self._demand_routing = bool(spec.tiers)
+        self._tiers: dict[str, list[Deployment]]
+        if spec.tiers:
+            # validate_policy has checked that every named deployment exists.
+            self._tiers = {
+                t.name: [d for d in map(catalog.get, t.deployments) if d is not None]
+                for t in spec.tiers
+            }
+            self._thresholds = [(t.min_demand, t.name) for t in spec.tiers]
+        else:
+            self._tiers = {name: catalog.tier(name) for name in catalog.tier_names}
+            self._thresholds = []
+        self._tier_of = {d.name: tier for tier, ds in self._tiers.items() for d in ds if d}
+        self._order = list(self._tiers)
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self._spec
+
+    def names(self) -> list[str]:
+        return [AUTO, *self._order, *(d.name for d in self._catalog.deployments)]
+
+    def tier_of(self, deployment: str) -> str | None:
+        return self._tier_of.get(deployment)
+
+    def decide(
+        self,
+        request: RoutingRequest,
+        estimate: Estimate | None = None,
+        team: TeamContext | None = None,
+        states: Mapping[str, DeploymentState] | None = None,
+    ) -> Decision:
+        """Pick a deployment and fallbacks; raise Refusal or UnknownModel when none may serve."""
+        trace = _Trace()
+        rule = self._spec.teams.get(team.name, _NO_RULE) if team else _NO_RULE
+        pinned, tier = self._resolve(request.model, estimate, rule, trace)
+        capped = self._soft_cap(tier, team, trace)
+        usable = self._usable_tiers(rule, capped if capped != tier else None)
+        tier = capped
+        if pinned is not None:
+            self._check_allowed(pinned, rule)
+            if tier != self._tier_of.get(pinned.name):
+                pinned = None  # the soft budget moved a pinned model down to the cap tier
+        output_tokens = self._output_tokens(request, estimate)
+        chosen: list[Deployment] = []
+        if pinned is not None:
+            # A pinned model is never swapped for another, not even on failure.
+            chosen = self._admit([pinned], tier, request, output_tokens, rule, states or {}, trace)
+        visited: list[str] = []
+        current: str | None = tier if pinned is None else None
+        while current is not None and current not in visited:
+            visited.append(current)
+            if current in usable:
+                pool = self._pool(current)
+                chosen.extend(
+                    self._admit(pool, current, request, output_tokens, rule, states or {}, trace)
+                )
+            current = fallback_tier(self._spec, current) if self._spec.tiers else None
+            if not chosen and current is not None:
+                trace.steps.append(
+                    f"nothing admissible in tier {visited[-1]!r}: next tier {current!r}"
+                )
+        if not chosen:
+            raise Refusal(
+                400,
+                "no_admissible_deployment",
+                "No deployment can serve this request: "
+                + "; ".join(f"{c.deployment}: {c.why}" for c in trace.candidates if not c.kept),
+                tuple(trace.candidates),
+            )
+        first = chosen[0]
+        effort = self._effort(first, estimate, trace)
+        served_tier = self._tier_of.get(first.name, first.tier)
+        reason = "; ".join([*trace.steps, f"chose {first.name!r} in tier {served_tier!r}"])
+        return Decision(
+            deployment=first,
+            tier=served_tier,
+            reason=reason,
+            fallbacks=tuple(chosen[1 : self._spec.retries.max_attempts]),
+            candidates=tuple(trace.candidates),
+            reasoning_effort=effort,
+            expected_cost=_cost(first, request.prompt_tokens, output_tokens),
+        )
+
+    def _resolve(
+        self, model: str, estimate: Estimate | None, rule: TeamRule, trace: _Trace
+    ) -> tuple[Deployment | None, str | None]:
+        deployment = self._catalog.get(model)
+        if deployment is not None:
+            trace.steps.append(f"pinned model {model!r}")
+            return deployment, self._tier_of.get(model)
+        if model in self._tiers:
+            if rule.allowed_tiers is not None and model not in rule.allowed_tiers:
+                raise NotAllowed(f"This team may not use tier {model!r}")
+            trace.steps.append(f"tier {model!r} requested")
+            return None, model
+        if model != AUTO:
+            raise UnknownModel(model)
+        tier = self._auto_tier(estimate, rule, trace)
+        return None, tier
+
+    def _auto_tier(self, estimate: Estimate | None, rule: TeamRule, trace: _Trace) -> str | None:
+        tier: str | None
+        if self._demand_routing and estimate is not None:
+            demand = estimate.reasoning_demand
+            tier = next(name for low, name in reversed(self._thresholds) if demand >= low)
+            trace.steps.append(f"demand {demand:.3f} -> tier {tier!r}")
+        else:
+            tier = rule.default_tier or self._spec.default_tier or self._default_tier()
+            why = "no estimate" if self._demand_routing else "no policy tiers"
+            trace.steps.append(f"{why}: auto -> default tier {tier!r}")
+        allowed = rule.allowed_tiers
+        if allowed is not None and tier not in allowed:
+            order = self._order
+            index = order.index(tier) if tier in order else 0
+            below = [t for t in order[:index][::-1] if t in allowed]
+            above = [t for t in order[index + 1 :] if t in allowed]
+            if not below and not above:
+                raise NotAllowed("This team may use no tier that auto can route to")
+            replacement = (below or above)[0]
+            trace.steps.append(f"team may not use {tier!r}: tier {replacement!r}")
+            tier = replacement
+        return tier
+
+    def _default_tier(self) -> str | None:
+        if self._default in self._tiers:
+            return self._default
+        deployment = self._catalog.get(self._default or "")
+        if deployment is not None:
+            return self._tier_of.get(deployment.name) or deployment.tier
+        return self._order[0] if self._order else None
+
+    def _soft_cap(self, tier: str | None, team: TeamContext | None, trace: _Trace) -> str | None:
+        soft = self._spec.soft_budget
+        if soft is None or team is None or team.budget_used is None or tier is None:
+            return tier
+        if team.budget_used < soft.threshold or tier not in self._order:
+            return tier
+        cap = soft.cap_tier
+        if self._order.index(tier) > self._order.index(cap):
+            used, threshold = f"{team.budget_used:.0%}", f"{soft.threshold:.0%}"
+            trace.steps.append(f"soft budget: {used} used >= {threshold}, capped at {cap!r}")
+            return cap
+        return tier
+
+    def _usable_tiers(self, rule: TeamRule, cap: str | None) -> set[str]:
+        """Tiers a request may be served from: the team's, and none above a soft-budget cap."""
+        order = self._order
+        usable = set(order if rule.allowed_tiers is None else rule.allowed_tiers)
+        if cap is not None and cap in order:
+            usable &= set(order[: order.index(cap) + 1])
+        return usable
+
+    def _check_allowed(self, deployment: Deployment, rule: TeamRule) -> None:
+        tier = self._tier_of.get(deployment.name)
+        if rule.allowed_models is not None and deployment.name not in rule.allowed_models:
+            if rule.allowed_tiers is None or tier not in rule.allowed_tiers:
+                raise NotAllowed(f"This team may not use model {deployment.name!r}")
+        elif rule.allowed_tiers is not None and tier not in rule.allowed_tiers:
+            if rule.allowed_models is None or deployment.name not in rule.allowed_models:
+                raise NotAllowed(f"This team may not use model {deployment.name!r}")
+        if rule.local_only and not deployment.local:
+            raise NotAllowed(f"This team may use only local models; {deployment.name!r} is remote")
+
+    def _pool(self, tier: str) -> list[Deployment]:
+        return list(self._tiers.get(tier, ()))
+
+    def _admit(
+        self,
+        pool: list[Deployment],
+        tier: str | None,
+        request: RoutingRequest,
+        output_tokens: int,
+        rule: TeamRule,
+        states: Mapping[str, DeploymentState],
+        trace: _Trace,
+    ) -> list[Deployment]:
+        kept: list[tuple[Decimal, int, Deployment]] = []
+        saturated: list[tuple[Decimal, int, Deployment]] = []
+        for index, deployment in enumerate(pool):
+            cost = _cost(deployment, request.prompt_tokens, output_tokens)
+            why = _dropped_because(deployment, request, output_tokens, rule)
+            state = states.get(deployment.name)
+            if why is None and state is not None and not state.healthy:
+                why = "unhealthy"
+            if why is not None:
+                trace.candidates.append(Candidate(deployment.name, tier, False, why, cost))
+                continue
+            entry = (cost if self._spec.selection == "cost" else Decimal(0), index, deployment)
+            if state is not None and state.load >= 1.0:
+                saturated.append(entry)
+            else:
+                kept.append(entry)
+        # A saturated deployment is used only when nothing else in the tier is free.
+        ordered = sorted(kept, key=lambda e: (e[0], e[1])) + sorted(
+            saturated, key=lambda e: (e[0], e[1])
+        )
+        for cost, _, deployment in ordered:
+            load = states.get(deployment.name)
+            note = "saturated, kept last" if load is not None and load.load >= 1.0 else "admissible"
+            trace.candidates.append(
+                Candidate(deployment.name, tier, True, f"{note}; expected ${_usd(cost)}", cost)
+            )
+        return [d for _, _, d in ordered]
+
+    def _output_tokens(self, request: RoutingRequest, estimate: Estimate | None) -> int:
+        if estimate is not None:
+            predicted = estimate.token_budget_p90
+            return (
+                min(predicted, request.max_output_tokens)
+                if request.max_output_tokens
+                else predicted
+            )
+        return request.max_output_tokens or self._spec.default_output_tokens
+
+    def _effort(
+        self, deployment: Deployment, estimate: Estimate | None, trace: _Trace
+    ) -> str | None:
+        if estimate is None or not deployment.capabilities.reasoning:
+            return None
+        for step in self._spec.reasoning_effort:
+            if step.below is None or estimate.reasoning_demand < step.below:
+                trace.steps.append(f"reasoning effort {step.effort!r}")
+                return step.effort
+        return None
+
+
+def _dropped_because(
+    deployment: Deployment, request: RoutingRequest, output_tokens: int, rule: TeamRule
+) -> str | None:
+    caps = deployment.capabilities
+    if request.needs_tools and caps.tools is False:
+        return "does not support tools"
+    if request.needs_vision and caps.vision is False:
+        return "does not support images"
+    if request.needs_json_schema and caps.json_schema is False:
+        return "does not support JSON schema"
+    window = caps.context_window
+    if window is not None and request.prompt_tokens + output_tokens > window:
+        return f"context {request.prompt_tokens}+{output_tokens} tokens over its window of {window}"
+    if rule.local_only and not deployment.local:
+        return "team may use only local models"
+    if rule.allowed_models is not None and deployment.name not in rule.allowed_models:
+        if rule.allowed_tiers is None:
+            return "not on the team's allow-list"
+    return None
+
+
+def _cost(deployment: Deployment, prompt_tokens: int, output_tokens: int) -> Decimal:
+    return deployment.price.cost(
+        Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens)
+    )
+
+
+def _usd(cost: Decimal) -> str:
+    return format(cost.normalize(), "f") if cost else "0"

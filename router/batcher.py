@@ -1,0 +1,99 @@
+"""Async batching: concurrent estimate() calls share one encoder call in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from router.estimate import Estimate
+
+
+class BatchEstimator(Protocol):
+    """Anything with estimate_batch, e.g. Router."""
+
+    def estimate_batch(self, prompts: list[str]) -> list[Estimate]: ...
+
+
+class EstimateBatcher:
+    """Collects requests for up to max_wait_s (or max_batch_size) and estimates them together.
+
+    Must be created and used inside one running event loop.
+    """
+
+    def __init__(
+        self,
+        router: BatchEstimator,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.001,
+    ):
+        self._router = router
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Estimate]]] = (
+            asyncio.Queue()
+        )
+        # One worker thread: the encoder is the bottleneck, and batching already uses its cores.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="router-batcher"
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def estimate(self, prompt: str) -> Estimate:
+        """Estimate one prompt, batched with whatever else is in flight."""
+        if self._closed:
+            raise RuntimeError("EstimateBatcher is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        future: asyncio.Future[Estimate] = asyncio.get_running_loop().create_future()
+        await self._queue.put((prompt, future))
+        return await future
+
+    async def _next_batch(self) -> list[tuple[str, asyncio.Future[Estimate]]]:
+        batch = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            prompts = [prompt for prompt, _ in batch]
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._router.estimate_batch, prompts
+                )
+            # Any encoder failure goes to every waiting caller; the loop keeps serving.
+            except Exception as exc:  # noqa: BLE001
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def aclose(self) -> None:
+        """Stop the worker task and the thread; pending callers get CancelledError."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            future.cancel()
+        self._executor.shutdown(wait=False)

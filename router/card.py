@@ -1,0 +1,80 @@
+"""Write MODEL_CARD.md next to the artifact from the manifest and dev metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from router.evaluate import markdown_table
+
+_TARGETS = """\
+## Targets
+- **Reasoning demand** = P(a weak model fails and a strong model succeeds). Trained on soft labels:
+  - `mmlu_pro`: gpt-4o correct x share of the *weak pool* (models under 45% train accuracy, listed below) that fail.
+    Averaging the pairwise label over many weak models gives a smoother, less pair-specific difficulty than one pair
+    (a single-pair logistic regression on embeddings was reported to fall below random on held-out MMLU).
+  - `bbh`: davinci-direct fails and davinci-cot succeeds (0/1), the only pair the source has.
+  - `math`: weak supervision, 0.1 x MATH level (0.1..0.5).
+  - `gsm8k`, `humaneval`: weak supervision, 0.1 + 0.3 x within-source percentile of the reference solution length
+    (more solution steps, more small-model failures).
+  - `arena_hard_1k`: 0.6 x prompt rating / 10 (rated difficulty; claude-2 / gpt-3.5 ratings where no mean score).
+  - `arena_hard_v01`, `arena_hard_v2`: no per-prompt difficulty signal, not used for demand.
+  - Every source gets equal total weight. A Platt step maps the raw score to the pairwise labels
+    (mmlu_pro Mixtral-8x7B-Instruct vs gpt-4o, bbh direct vs cot) on out-of-fold predictions, so the output is a
+    calibrated probability on those pairs; on other sources it is a ranking score on the same scale.
+- **Token budget** = log cl100k tokens of a strong chat model's answer: gpt-4o (mmlu_pro), gpt-4 (arena_hard_1k),
+  mean of log gpt-4-0314 / gpt-4-0613 (arena_hard_v01), o3-mini visible answer (arena_hard_v2), davinci-cot x 1.5 (bbh);
+  human references are terse, so they are scaled to chat-answer length: gsm8k x 3, math x 2, humaneval x 4
+  (assumptions, not measured on these prompts). Ridge regression of the mean; p50 / p90 add the out-of-fold residual
+  quantiles of the predicted category.
+- **Category**: source labels mapped to math / code / reasoning / knowledge (MMLU-Pro stem + humanities) / writing /
+  chat (unlabelled arena prompts). No extraction data exists in the training set.
+"""
+
+
+def _dict_lines(data: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in data.items())
+
+
+def write_model_card(
+    out: Path, manifest: dict[str, Any], dev_tables: dict[str, list[dict[str, object]]]
+) -> None:
+    """Render the card; dev tables are keyed by head set ('static', 'transformer')."""
+    training = manifest["training"]
+    parts = [
+        "# Rightsize router — model card",
+        "",
+        f"- Date: {manifest['created']}",
+        f"- Default runtime: `{manifest['default_runtime']}`",
+        (
+            f"- Encoder: `{manifest['transformer']['model']}` (sentence-transformers all-MiniLM-L6-v2, packaged), "
+            f"max_seq_length {manifest['transformer']['max_seq_length']}; static runtime: a {manifest['static']['dims']}-d "
+            "token table distilled from it (PCA + SIF weights), mean of the first "
+            f"{manifest['static']['max_tokens']} tokens."
+        ),
+        (
+            "- Inputs: the last user turn's text (see docs/router.md for the measurement); 18 hand-crafted features "
+            f"({', '.join(manifest['feature_names'])})."
+        ),
+        "- Data: /work/shared/data/routing (train / dev split by sha256 of the id; Apache-2.0 / MIT sources).",
+        f"- Train records: {_dict_lines(training['records'])}",
+        f"- Dev records: {_dict_lines(training['dev_records'])}",
+        f"- Weak pool (mmlu_pro): {', '.join(training['weak_pool'])}",
+        "- Format: JSON heads + float16 .npy table + tokenizer JSON; nothing executes code on load.",
+        (
+            "- Reproduce: `rightsize train --data DIR --date "
+            f"{manifest['created']}` (seeded; identical bytes on the same platform)."
+        ),
+        "",
+        _TARGETS,
+    ]
+    for kind, rows in dev_tables.items():
+        parts += [f"## Dev metrics — {kind} heads", "", markdown_table(rows), ""]
+    parts += [
+        (
+            "APGR / CPT / AUC use the pair named above per source (overall = the pooled scorable prompts, each with its "
+            "own pair); rho_level = Spearman of demand with MATH level; budget metrics are against the (scaled) targets."
+        ),
+        "",
+    ]
+    (out / "MODEL_CARD.md").write_text("\n".join(parts), encoding="utf-8")

@@ -1,0 +1,178 @@
+"""Click commands `train`, `eval` and `classify`, added to the `rightsize` group by the gateway."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from router.artifact import RUNTIMES, default_artifact_dir
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory with train.jsonl.gz and dev.jsonl.gz.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Artifact directory (default: the one shipped in the package).",
+)
+@click.option(
+    "--date",
+    default=None,
+    help="Date written into the model card (default: today); pass the shipped one to reproduce bytes.",
+)
+@click.option(
+    "--no-transformer",
+    is_flag=True,
+    help="Skip the sentence-transformers heads (faster).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".cache/embeddings"),
+    show_default=True,
+    help="Embedding cache.",
+)
+def train(
+    data_dir: Path,
+    out_dir: Path | None,
+    date: str | None,
+    no_transformer: bool,
+    cache_dir: Path,
+) -> None:
+    """Train the router heads (and the static encoder) and write the artifact with its model card."""
+    from router.train import TrainOptions, train_artifact
+
+    options = TrainOptions(
+        out_dir=out_dir or default_artifact_dir(),
+        date=date or dt.date.today().isoformat(),
+        with_transformer=not no_transformer,
+        cache_dir=cache_dir,
+    )
+    train_artifact(data_dir, options)
+    click.echo(f"wrote {options.out_dir}")
+
+
+@click.command("eval")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--artifact",
+    "artifact_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=None,
+    help="Encoder runtime (default: the artifact's).",
+)
+@click.option(
+    "--loso",
+    is_flag=True,
+    help="Also retrain per held-out source (leave-one-source-out) and report it.",
+)
+def eval_cmd(
+    data_dir: Path, artifact_dir: Path | None, runtime: str | None, loso: bool
+) -> None:
+    """Print dev metrics per source and overall, with random and prompt-length baselines."""
+    from router.dataset import load_split
+    from router.evaluate import evaluate, markdown_table
+    from router.router import Router
+    from router.train import predictions
+
+    router = Router.load(artifact_dir, runtime)
+    train_records, dev = load_split(data_dir, "train"), load_split(data_dir, "dev")
+    dev_emb = router.embed_batch([r.prompt for r in dev])
+    click.echo(
+        markdown_table(
+            evaluate(
+                train_records, dev, predictions("router", router.heads, dev_emb, dev)
+            )
+        )
+    )
+    if loso:
+        from router.crossval import leave_one_source_out
+
+        click.echo(
+            "\nLeave-one-source-out (heads retrained without the source, scored on its dev prompts):"
+        )
+        click.echo(
+            markdown_table(leave_one_source_out(router.encoder, train_records, dev))
+        )
+
+
+@click.command("classify")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)
+)
+@click.option(
+    "--artifact",
+    "artifact_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None)
+def classify(
+    input_path: Path,
+    output_path: Path,
+    batch_size: int,
+    artifact_dir: Path | None,
+    runtime: str | None,
+) -> None:
+    """Estimate every {"id", "prompt"} row of a JSONL file; bad rows become {"id", "error"} rows."""
+    from tqdm import tqdm
+
+    from router.classify import classify_stream
+    from router.router import Router
+
+    router = Router.load(artifact_dir, runtime)
+    total = os.path.getsize(input_path)
+    with (
+        open(input_path, encoding="utf-8", errors="replace") as src,
+        open(output_path, "w", encoding="utf-8") as sink,
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc="classify", disable=None
+        ) as bar,
+    ):
+        rows, errors = classify_stream(router, _progress(src, bar), sink, batch_size)
+    click.echo(f"{rows} rows, {errors} errors -> {output_path}", err=True)
+
+
+def _progress(lines: Iterable[str], bar: tqdm[Any]) -> Iterator[str]:
+    """Yield lines while advancing a byte-based progress bar."""
+    for line in lines:
+        bar.update(len(line.encode("utf-8", errors="replace")))
+        yield line

@@ -1,0 +1,209 @@
+"""Dev-split evaluation of a router against random and prompt-length baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from router.dataset import RoutingRecord
+from router.metrics import budget_scores, routing_scores, spearman
+from router.targets import EVAL_PAIRS, build_targets
+
+Array = npt.NDArray[np.float64]
+RANDOM_SEEDS = 20  # the random router's APGR is averaged over this many draws
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-record outputs of one method on an evaluation split."""
+
+    name: str
+    demand: Array
+    p50: Array
+    p90: Array
+
+
+def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, q * cum[-1])])
+
+
+def length_baseline(
+    train: Sequence[RoutingRecord], records: Sequence[RoutingRecord]
+) -> Predictions:
+    """Longer prompt = more demand; budget = log-linear fit on prompt length plus residual quantiles."""
+    t = build_targets(train, [])
+    mask = t.budget_weight > 0
+    x = np.log1p([len(r.prompt) for r in train])[mask]
+    w = t.budget_weight[mask]
+    slope, icpt = np.polyfit(x, t.log_budget[mask], 1, w=np.sqrt(w))
+    resid = t.log_budget[mask] - (slope * x + icpt)
+    q50, q90 = (_weighted_quantile(resid, w, q) for q in (0.5, 0.9))
+    lx = np.log1p([len(r.prompt) for r in records])
+    mu = slope * lx + icpt
+    return Predictions(
+        "length", np.asarray(lx, dtype=np.float64), np.exp(mu + q50), np.exp(mu + q90)
+    )
+
+
+def random_baseline(
+    train: Sequence[RoutingRecord], records: Sequence[RoutingRecord], seed: int
+) -> Predictions:
+    """Uniform random demand; budget = the train median and 90th percentile for every prompt."""
+    t = build_targets(train, [])
+    mask = t.budget_weight > 0
+    q50, q90 = (
+        _weighted_quantile(t.log_budget[mask], t.budget_weight[mask], q)
+        for q in (0.5, 0.9)
+    )
+    n = len(records)
+    demand = np.random.default_rng(seed).random(n)
+    return Predictions(
+        f"random(seed={seed})", demand, np.full(n, np.exp(q50)), np.full(n, np.exp(q90))
+    )
+
+
+def _pair_arrays(
+    records: Sequence[RoutingRecord], idx: Sequence[int]
+) -> tuple[Array, Array, Array]:
+    keep, weak, strong = [], [], []
+    for i in idx:
+        pair = EVAL_PAIRS.get(records[i].source)
+        if pair and all(m in records[i].outcomes for m in pair):
+            keep.append(i)
+            weak.append(records[i].outcomes[pair[0]])
+            strong.append(records[i].outcomes[pair[1]])
+    return np.array(keep, dtype=np.int64), np.array(weak), np.array(strong)
+
+
+def score_rows(
+    records: Sequence[RoutingRecord],
+    preds: Sequence[Predictions],
+    groups: dict[str, list[int]],
+) -> list[dict[str, object]]:
+    """One row per (group, method) with routing and budget metrics (NaN where not scorable)."""
+    targets = build_targets(records, [])
+    rows: list[dict[str, object]] = []
+    for group, idx in groups.items():
+        keep, weak, strong = _pair_arrays(records, idx)
+        bud = np.array([i for i in idx if targets.budget_weight[i] > 0], dtype=np.int64)
+        level = np.array(
+            [
+                i
+                for i in idx
+                if records[i].source == "math" and records[i].difficulty is not None
+            ]
+        )
+        for pred in preds:
+            row: dict[str, object] = {
+                "group": group,
+                "method": pred.name,
+                "n": len(idx),
+            }
+            if len(keep) > 1:
+                scores = routing_scores(pred.demand[keep], weak, strong)
+                row.update(
+                    apgr=scores.apgr,
+                    cpt50=scores.cpt50,
+                    cpt80=scores.cpt80,
+                    auc=scores.auc,
+                )
+            if len(level) > 1:
+                lv = np.array([records[i].difficulty for i in level], dtype=np.float64)
+                row["rho_level"] = spearman(pred.demand[level], lv)
+            if len(bud):
+                actual = np.exp(targets.log_budget[bud])
+                b = budget_scores(pred.p50[bud], pred.p90[bud], actual)
+                row.update(
+                    within_2x=b.within_2x,
+                    med_log2=b.median_abs_log2,
+                    p90_cov=b.p90_coverage,
+                )
+            rows.append(row)
+    return rows
+
+
+def source_groups(records: Sequence[RoutingRecord]) -> dict[str, list[int]]:
+    """Indices per source, plus 'overall'."""
+    groups: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault(rec.source, []).append(i)
+    groups = dict(sorted(groups.items()))
+    groups["overall"] = list(range(len(records)))
+    return groups
+
+
+def average_random(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Collapse the random-seed rows of each group into one 'random' row (mean of metrics)."""
+    out: list[dict[str, object]] = []
+    pending: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        if str(row["method"]).startswith("random("):
+            pending.setdefault(str(row["group"]), []).append(row)
+            continue
+        out.append(row)
+    for group, group_rows in pending.items():
+        merged: dict[str, object] = {
+            "group": group,
+            "method": "random",
+            "n": group_rows[0]["n"],
+        }
+        for key in group_rows[0]:
+            if key not in merged:
+                merged[key] = float(np.mean([float(str(r[key])) for r in group_rows]))
+        out.append(merged)
+    order = {g: k for k, g in enumerate(dict.fromkeys(str(r["group"]) for r in rows))}
+    return sorted(
+        out,
+        key=lambda r: (
+            order[str(r["group"])],
+            str(r["method"]) != "router",
+            str(r["method"]),
+        ),
+    )
+
+
+COLUMNS: tuple[str, ...] = (
+    "group",
+    "method",
+    "n",
+    "apgr",
+    "cpt50",
+    "cpt80",
+    "auc",
+    "rho_level",
+    "within_2x",
+    "med_log2",
+    "p90_cov",
+)
+
+
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    """Render metric rows as a markdown table; blanks where a metric does not apply."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for col in COLUMNS:
+            value = row.get(col)
+            cells.append(
+                f"{value:.3f}"
+                if isinstance(value, float)
+                else ("" if value is None else str(value))
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    train: Sequence[RoutingRecord],
+    dev: Sequence[RoutingRecord],
+    router_preds: Predictions,
+) -> list[dict[str, object]]:
+    """Metrics per source and overall for the router and both baselines."""
+    preds = [router_preds, length_baseline(train, dev)]
+    preds += [random_baseline(train, dev, seed) for seed in range(RANDOM_SEEDS)]
+    return average_random(score_rows(dev, preds, source_groups(dev)))

@@ -1,0 +1,101 @@
+"""Hand-crafted prompt features that transfer across sources better than embeddings alone."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import numpy.typing as npt
+
+# Keyword patterns run on the lower-cased text without re.IGNORECASE, which is several times
+# slower in Python's regex engine; these features sit on the request path.
+_KEYWORDS: dict[str, re.Pattern[str]] = {
+    "prove": re.compile(r"\b(?:prove|proof|show that|demonstrate that|derive)\b"),
+    "step_by_step": re.compile(r"step[- ]by[- ]step|explain your reasoning|reason"),
+    "explain": re.compile(r"\b(?:explain|why|analy[sz]e|compare|discuss|evaluate)\b"),
+    "compute": re.compile(
+        r"\b(?:calculate|compute|solve|how many|how much|find|what is the value)\b"
+    ),
+    "write": re.compile(
+        r"\b(?:write|draft|compose|create|generate|implement|build|design)\b"
+    ),
+    "short_task": re.compile(
+        r"\b(?:translate|summari[sz]e|rephrase|rewrite|list|classify|extract)\b"
+    ),
+}
+_COUNTS: dict[str, re.Pattern[str]] = {
+    "code": re.compile(
+        r"```|\bdef |\bclass |\bimport |\breturn\b|;\s*$|[{}]|\bfunction\b",
+        re.MULTILINE,
+    ),
+    "latex": re.compile(r"\$|\\frac|\\sqrt|\\sum|\\int|\\cdot|\\le|\\ge|\^"),
+    "options": re.compile(r"^\s*\(?[a-j][.)]\s", re.MULTILINE),
+    "question": re.compile(r"\?"),
+    "number": re.compile(r"\d+(?:\.\d+)?"),
+    "math_symbol": re.compile(r"[=+\-*/<>%×÷√∑∫π]"),
+    "sentence": re.compile(r"[.!?](?:\s|$)"),
+    "digit": re.compile(r"\d"),
+}
+_UPPER = re.compile(r"[A-Z]")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "log_sentences",
+    "log_numbers",
+    "digit_share",
+    "math_symbol_share",
+    "upper_share",
+    "has_prove",
+    "has_step_by_step",
+    "has_explain",
+    "has_compute",
+    "has_write",
+    "has_short_task",
+    "log_code_markers",
+    "log_latex",
+    "log_options",
+    "log_questions",
+)
+
+
+def prompt_features(text: str) -> npt.NDArray[np.float32]:
+    """Return the fixed-length feature vector of one prompt (see FEATURE_NAMES)."""
+    n_chars = max(len(text), 1)
+    lower = text.lower()
+    counts = {name: len(pattern.findall(lower)) for name, pattern in _COUNTS.items()}
+    has = {
+        name: float(pattern.search(lower) is not None)
+        for name, pattern in _KEYWORDS.items()
+    }
+    digits = counts["digit"]
+    upper = len(_UPPER.findall(text))
+    values = [
+        np.log1p(len(text)),
+        np.log1p(len(text.split())),
+        np.log1p(text.count("\n") + 1),
+        np.log1p(counts["sentence"]),
+        np.log1p(counts["number"]),
+        digits / n_chars,
+        counts["math_symbol"] / n_chars,
+        upper / n_chars,
+        has["prove"],
+        has["step_by_step"],
+        has["explain"],
+        has["compute"],
+        has["write"],
+        has["short_task"],
+        np.log1p(counts["code"]),
+        np.log1p(counts["latex"]),
+        np.log1p(counts["options"]),
+        np.log1p(counts["question"]),
+    ]
+    return np.asarray(values, dtype=np.float32)
+
+
+def features_batch(texts: list[str]) -> npt.NDArray[np.float32]:
+    """Stack prompt_features for many prompts into an (n, n_features) array."""
+    if not texts:
+        return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+    return np.stack([prompt_features(t) for t in texts])

@@ -1,0 +1,218 @@
+"""Fit the heads with scikit-learn and export them to plain arrays (training path only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from router.estimate import CATEGORIES
+from router.heads import Heads
+from router.targets import Targets
+
+Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Regularisation and seeds; defaults are what the shipped artifact uses.
+
+    demand_embedding_weight scales the (standardised) embedding columns for the demand head:
+    0 means demand uses only the hand-crafted features, which is what transferred across
+    sources in leave-one-source-out validation (docs/router.md).
+    """
+
+    demand_alpha: float = 1000.0
+    demand_embedding_weight: float = 0.0
+    budget_alpha: float = 10.0
+    category_c: float = 1.0
+    folds: int = 3
+    seed: int = 0
+
+
+def _within_source(
+    x: Array, y: Array, w: Array, source: npt.NDArray[np.str_]
+) -> tuple[Array, Array]:
+    """Subtract each source's weighted mean from x and y (a fixed-effects fit).
+
+    What separates one source from another (its format, its label scale) cannot help rank
+    prompts inside an unseen benchmark, so the demand head learns only within-source contrasts.
+    """
+    xc, yc = x.copy(), y.copy()
+    for src in np.unique(source):
+        mask = source == src
+        share = w[mask] / w[mask].sum()
+        xc[mask] -= share @ x[mask]
+        yc[mask] -= share @ y[mask]
+    return xc, yc
+
+
+def _rank_in_source(y: Array, source: npt.NDArray[np.str_]) -> Array:
+    """Percentile rank of y within its source, so every source's label scale counts the same."""
+    out = np.zeros_like(y)
+    for src in np.unique(source):
+        idx = np.nonzero(source == src)[0]
+        order = np.argsort(y[idx], kind="stable")
+        ranks = np.empty(len(idx))
+        ranks[order] = np.arange(len(idx))
+        # Tied labels share their mean rank.
+        for value in np.unique(y[idx]):
+            tie = y[idx] == value
+            ranks[tie] = ranks[tie].mean()
+        out[idx] = ranks / max(len(idx) - 1, 1)
+    return out
+
+
+def _fit_demand(
+    x: Array, t: Targets, mask: npt.NDArray[np.bool_], col_weight: Array, alpha: float
+) -> Array:
+    from sklearn.linear_model import Ridge
+
+    y = _rank_in_source(t.demand[mask], t.source[mask])
+    xc, yc = _within_source(
+        x[mask] * col_weight, y, t.demand_weight[mask], t.source[mask]
+    )
+    model = Ridge(alpha=alpha, fit_intercept=False)
+    model.fit(xc, yc, sample_weight=t.demand_weight[mask])
+    return np.asarray(model.coef_, dtype=np.float64) * col_weight
+
+
+def _fit_ridge(x: Array, y: Array, w: Array, alpha: float) -> tuple[Array, float]:
+    from sklearn.linear_model import Ridge
+
+    model = Ridge(alpha=alpha)
+    model.fit(x, y, sample_weight=w)
+    return np.asarray(model.coef_, dtype=np.float64), float(model.intercept_)
+
+
+def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, q * cum[-1])])
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-3), 1 - 1e-3)
+    return float(np.log(p / (1 - p)))
+
+
+def _category_priors(t: Targets, mask: npt.NDArray[np.bool_]) -> Array:
+    """Logit of each category's mean demand target (the overall mean where a category has none)."""
+    overall = float(np.average(t.demand[mask], weights=t.demand_weight[mask]))
+    priors = np.full(len(CATEGORIES), _logit(overall))
+    for ci in range(len(CATEGORIES)):
+        sel = mask & (t.category == ci)
+        if sel.sum() >= 30:
+            priors[ci] = _logit(
+                float(np.average(t.demand[sel], weights=t.demand_weight[sel]))
+            )
+    return priors
+
+
+def _folds(n: int, k: int, seed: int) -> npt.NDArray[np.int64]:
+    rng = np.random.default_rng(seed)
+    return np.asarray(rng.permutation(n) % k, dtype=np.int64)
+
+
+def _category_head(x: Array, t: Targets, c: float, seed: int) -> tuple[Array, Array]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, max_iter=500, random_state=seed)
+    model.fit(x, t.category)
+    coef = np.zeros((len(CATEGORIES), x.shape[1]))
+    icpt = np.full(len(CATEGORIES), -1e9)  # categories absent from training never win
+    for row, cls in enumerate(model.classes_):
+        if len(model.classes_) == 2:
+            # Binary sklearn models keep one row; expand it into two opposing rows.
+            sign = 1.0 if row == 1 else -1.0
+            coef[cls], icpt[cls] = (
+                sign * model.coef_[0] / 2,
+                sign * model.intercept_[0] / 2,
+            )
+        else:
+            coef[cls], icpt[cls] = model.coef_[row], model.intercept_[row]
+    return coef, icpt
+
+
+def fit_heads(
+    embeddings: npt.NDArray[np.float32],
+    features: npt.NDArray[np.float32],
+    targets: Targets,
+    pair_labels: Array,
+    config: FitConfig | None = None,
+) -> Heads:
+    """Train demand, budget and category heads; pair_labels (NaN = none) calibrate demand."""
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = config or FitConfig()
+    raw = np.hstack([embeddings.astype(np.float64), features.astype(np.float64)])
+    mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+    x = (raw - mean) / scale
+    col_weight = np.concatenate(
+        [
+            np.full(embeddings.shape[1], cfg.demand_embedding_weight),
+            np.ones(features.shape[1]),
+        ]
+    )
+    dem = targets.demand_weight > 0
+    bud = targets.budget_weight > 0
+    fold = _folds(len(x), cfg.folds, cfg.seed)
+
+    # Out-of-fold predictions give honest scores for calibration and residuals for quantiles.
+    oof_score = np.full(len(x), np.nan)
+    oof_resid = np.full(len(x), np.nan)
+    for k in range(cfg.folds):
+        tr, te = fold != k, fold == k
+        oof_score[te] = x[te] @ _fit_demand(
+            x, targets, tr & dem, col_weight, cfg.demand_alpha
+        )
+        bcoef, bicpt = _fit_ridge(
+            x[tr & bud],
+            targets.log_budget[tr & bud],
+            targets.budget_weight[tr & bud],
+            cfg.budget_alpha,
+        )
+        oof_resid[te] = targets.log_budget[te] - (x[te] @ bcoef + bicpt)
+
+    # Calibration: category priors from the soft targets, then one slope and shift fitted on the
+    # pairwise labels, so the output is P(weak fails, strong succeeds) on the labelled pairs.
+    priors = _category_priors(targets, dem)
+    labelled = ~np.isnan(pair_labels)
+    platt = LogisticRegression(C=1e4, max_iter=1000)
+    platt.fit(oof_score[labelled, None], pair_labels[labelled])
+    offsets_demand = priors - float(np.mean(priors[targets.category[labelled]]))
+    demand_platt = np.array([platt.coef_[0, 0], platt.intercept_[0]], dtype=np.float64)
+
+    offsets = np.zeros((len(CATEGORIES), 2))
+    all_q = [
+        _weighted_quantile(oof_resid[bud], targets.budget_weight[bud], q)
+        for q in (0.5, 0.9)
+    ]
+    for ci in range(len(CATEGORIES)):
+        mask = bud & (targets.category == ci)
+        if mask.sum() >= 30:
+            offsets[ci] = [
+                _weighted_quantile(oof_resid[mask], targets.budget_weight[mask], q)
+                for q in (0.5, 0.9)
+            ]
+        else:
+            offsets[ci] = all_q
+
+    b_coef, b_icpt = _fit_ridge(
+        x[bud], targets.log_budget[bud], targets.budget_weight[bud], cfg.budget_alpha
+    )
+    cat_coef, cat_icpt = _category_head(x, targets, cfg.category_c, cfg.seed)
+    return Heads(
+        input_mean=mean,
+        input_scale=scale,
+        demand_coef=_fit_demand(x, targets, dem, col_weight, cfg.demand_alpha),
+        demand_intercept=0.0,
+        demand_platt=demand_platt,
+        demand_category_offset=offsets_demand,
+        budget_coef=b_coef,
+        budget_intercept=b_icpt,
+        budget_offsets=offsets,
+        category_coef=cat_coef,
+        category_intercept=cat_icpt,
+    )

@@ -1,0 +1,147 @@
+"""The Router: encoder + heads, one call from prompt text to Estimate."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from router.artifact import RUNTIMES, default_artifact_dir, read_manifest
+from router.encoders.base import Encoder
+from router.estimate import Estimate
+from router.features import features_batch
+from router.heads import Heads
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(
+        text.encode("utf-8", errors="replace"), digest_size=16
+    ).digest()
+
+
+class _EmbeddingLRU:
+    """Bounded map from a prompt's digest to its embedding; repeated prompts skip the encoder.
+
+    Keys are 16-byte digests, so memory is bounded by `size` however long the prompts are.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[bytes, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> npt.NDArray[np.float32] | None:
+        key = _digest(text)
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, text: str, value: npt.NDArray[np.float32]) -> None:
+        if self.size <= 0:
+            return
+        key = _digest(text)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+def load_encoder(
+    artifact_dir: Path, runtime: str, manifest: dict[str, object]
+) -> Encoder:
+    """Build the encoder of one runtime; heavy libraries are imported only for their runtime."""
+    transformer = manifest["transformer"]
+    assert isinstance(transformer, dict)
+    if runtime == "static":
+        from router.encoders.static import StaticEncoder
+
+        static = manifest["static"]
+        assert isinstance(static, dict)
+        return StaticEncoder.from_dir(
+            artifact_dir, max_tokens=int(static["max_tokens"])
+        )
+    if runtime == "onnx":
+        from router.encoders.onnx import OnnxEncoder
+
+        return OnnxEncoder.for_model(
+            str(transformer["model"]), max_seq_length=int(transformer["max_seq_length"])
+        )
+    if runtime == "sentence-transformers":
+        from router.encoders.sentence_transformer import SentenceTransformerEncoder
+
+        return SentenceTransformerEncoder(
+            str(transformer["model"]), max_seq_length=int(transformer["max_seq_length"])
+        )
+    raise ValueError(
+        f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}"
+    )
+
+
+class Router:
+    """Estimates reasoning demand, token budget and category for prompts."""
+
+    def __init__(self, encoder: Encoder, heads: Heads, cache_size: int = 4096):
+        self.encoder = encoder
+        self.heads = heads
+        self._cache = _EmbeddingLRU(cache_size)
+
+    @classmethod
+    def load(
+        cls,
+        artifact_dir: str | Path | None = None,
+        runtime: str | None = None,
+        cache_size: int = 4096,
+    ) -> Router:
+        """Load an artifact (default: the shipped one) with a runtime (default: the manifest's).
+
+        cache_size bounds the LRU of embeddings of repeated prompts (0 disables it).
+        """
+        directory = (
+            Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
+        )
+        manifest = read_manifest(directory)
+        chosen = runtime or str(manifest["default_runtime"])
+        heads_file = (
+            manifest["static"]["heads"]
+            if chosen == "static"
+            else manifest["transformer"]["heads"]
+        )
+        return cls(
+            load_encoder(directory, chosen, manifest),
+            Heads.load(directory / heads_file),
+            cache_size,
+        )
+
+    def embed_batch(self, prompts: list[str]) -> npt.NDArray[np.float32]:
+        """L2-normalised embeddings of the prompts, served from the LRU where possible."""
+        out = np.zeros((len(prompts), self.encoder.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            hit = self._cache.get(prompt)
+            if hit is None:
+                missing.setdefault(prompt, []).append(i)
+            else:
+                out[i] = hit
+        if missing:
+            texts = list(missing)
+            for text, emb in zip(texts, self.encoder.encode(texts), strict=True):
+                self._cache.put(text, emb)
+                out[missing[text]] = emb
+        return out
+
+    def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
+        """One Estimate per prompt, encoded in a single encoder call."""
+        if not prompts:
+            return []
+        return self.heads.estimates(self.embed_batch(prompts), features_batch(prompts))
+
+    def estimate(self, prompt: str) -> Estimate:
+        """Estimate for one prompt."""
+        return self.estimate_batch([prompt])[0]

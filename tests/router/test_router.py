@@ -1,0 +1,108 @@
+"""The shipped router's behaviour: types, ranges, orderings that any sane model must keep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router import Estimate, Router
+from router.artifact import default_artifact_dir
+from router.estimate import CATEGORIES
+
+PROOF = (
+    "Let G be a finite group and H a subgroup of G. Prove Lagrange's theorem: the order of H divides the order of G. "
+    "Then prove that every group of prime order is cyclic, and use both results to show that a^(p-1) = 1 mod p for "
+    "every integer a not divisible by the prime p. Give every step of each proof and justify each lemma you use."
+)
+TRANSLATION = "Translate 'hello' to French"
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return Router.load()
+
+
+def test_multi_step_proof_scores_higher_demand_than_translation(router: Router) -> None:
+    assert (
+        router.estimate(PROOF).reasoning_demand
+        > router.estimate(TRANSLATION).reasoning_demand
+    )
+
+
+def test_multi_step_proof_gets_a_larger_token_budget_than_translation(
+    router: Router,
+) -> None:
+    proof, translation = router.estimate(PROOF), router.estimate(TRANSLATION)
+    assert proof.token_budget_p50 > translation.token_budget_p50
+    assert proof.token_budget_p90 > translation.token_budget_p90
+
+
+def test_estimate_is_a_typed_value_within_its_ranges(router: Router) -> None:
+    estimate = router.estimate("Write a haiku about autumn.")
+    assert isinstance(estimate, Estimate)
+    assert 0.0 <= estimate.reasoning_demand <= 1.0
+    assert isinstance(estimate.token_budget_p50, int) and isinstance(
+        estimate.token_budget_p90, int
+    )
+    assert 1 <= estimate.token_budget_p50 <= estimate.token_budget_p90
+    assert estimate.category in CATEGORIES
+
+
+def test_estimate_batch_matches_single_estimates(router: Router) -> None:
+    prompts = [
+        PROOF,
+        TRANSLATION,
+        "",
+        "def f(x):\n    return x ** 2\n# explain this code",
+    ]
+    batched, single = (
+        router.estimate_batch(prompts),
+        [router.estimate(p) for p in prompts],
+    )
+    for b, s in zip(batched, single, strict=True):
+        assert b.reasoning_demand == pytest.approx(s.reasoning_demand, abs=1e-9)
+        assert (b.token_budget_p50, b.token_budget_p90, b.category) == (
+            s.token_budget_p50,
+            s.token_budget_p90,
+            s.category,
+        )
+
+
+def test_embed_batch_returns_unit_length_rows(router: Router) -> None:
+    emb = router.embed_batch([PROOF, TRANSLATION])
+    assert emb.shape == (2, router.encoder.dim)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_a_code_prompt_is_categorised_as_code(router: Router) -> None:
+    prompt = "Write a Python function that merges two sorted lists, with unit tests using pytest."
+    assert router.estimate(prompt).category == "code"
+
+
+def test_a_one_megabyte_prompt_is_estimated_without_error(router: Router) -> None:
+    estimate = router.estimate("word " * 200_000)
+    assert 0.0 <= estimate.reasoning_demand <= 1.0
+
+
+def test_shipped_artifact_is_small_and_has_no_pickles() -> None:
+    files = list(default_artifact_dir().iterdir())
+    assert sum(f.stat().st_size for f in files) < 20 * 1024 * 1024
+    assert not [f for f in files if f.suffix in (".pkl", ".pickle", ".joblib")]
+    assert (default_artifact_dir() / "MODEL_CARD.md").exists()
+
+
+def test_default_runtime_imports_neither_torch_nor_sklearn() -> None:
+    code = (
+        "import sys; from router import Router; Router.load().estimate('hi'); "
+        "bad = [m for m in ('torch', 'sklearn', 'sentence_transformers', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )

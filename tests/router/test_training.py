@@ -1,0 +1,63 @@
+"""Training: seeded, byte-for-byte reproducible, and the artifact stands alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from router import Router
+from router.artifact import default_artifact_dir
+from router.train import TrainOptions, train_artifact
+from tests.router.synthetic import write_synthetic_data
+
+
+def _train(data: Path, out: Path) -> None:
+    options = TrainOptions(
+        out_dir=out,
+        date="2026-11-22",
+        with_transformer=False,
+        reuse_static_from=default_artifact_dir(),
+        cache_dir=None,
+    )
+    train_artifact(data, options)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_training_twice_on_the_same_data_gives_identical_artifacts(
+    tmp_path: Path,
+) -> None:
+    data = write_synthetic_data(tmp_path / "data")
+    _train(data, tmp_path / "a")
+    _train(data, tmp_path / "b")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_trained_artifact_loads_and_estimates_after_the_data_is_gone(
+    tmp_path: Path,
+) -> None:
+    data = write_synthetic_data(tmp_path / "data")
+    _train(data, tmp_path / "artifact")
+    shutil.rmtree(data)
+    router = Router.load(tmp_path / "artifact", runtime="static")
+    estimate = router.estimate(
+        "Prove that the square root of 2 is irrational, step by step."
+    )
+    assert 0.0 <= estimate.reasoning_demand <= 1.0
+    assert estimate.token_budget_p90 >= estimate.token_budget_p50 >= 1
+
+
+def test_training_on_synthetic_data_learns_that_hard_prompts_are_harder(
+    tmp_path: Path,
+) -> None:
+    data = write_synthetic_data(tmp_path / "data")
+    _train(data, tmp_path / "artifact")
+    router = Router.load(tmp_path / "artifact", runtime="static")
+    hard = router.estimate(
+        "Prove that for every integer n > 7, the sum of the first n odd numbers is n^2, step by step."
+    )
+    easy = router.estimate("Translate 'river' to French.")
+    assert hard.reasoning_demand > easy.reasoning_demand
+    assert hard.token_budget_p50 > easy.token_budget_p50
