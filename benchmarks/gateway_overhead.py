@@ -82,12 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
+    parser.add_argument("--no-router", action="store_true", help="Serve without the router.")
     args = parser.parse_args()
 
     up_port, gw_port = free_port(), free_port()
     workdir = Path(tempfile.mkdtemp(prefix="rightsize-bench-"))
     config = {
         "store": {"url": f"sqlite:///{workdir / 'bench.db'}"},
+        "router": {"enabled": not args.no_router},
         "models": [
             {
                 "name": "pinned",
@@ -116,7 +118,8 @@ def main() -> None:
         httpx.post(gw + "/admin/teams", json={"name": "bench"}, headers=admin).raise_for_status()
         key = httpx.post(gw + "/admin/keys", json={"team": "bench"}, headers=admin).json()["key"]
         auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-        print(f"transport={args.transport} requests={args.requests} (per run)")
+        router = "off" if args.no_router else "on"
+        print(f"transport={args.transport} router={router} requests={args.requests} (per run)")
         print(
             "| concurrency | direct p50 | direct p99 | gateway p50 | gateway p99 "
             "| added p50 | added p99 | overhead header p50 | p99 |"

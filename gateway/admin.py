@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,6 +15,7 @@ from gateway.http import json_response
 from gateway.state import Gateway
 from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Team
 
+log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -27,6 +29,12 @@ class NoSuch(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class CacheUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "cache_unavailable"
 
 
 class TeamIn(BaseModel):
@@ -77,6 +85,8 @@ async def delete_team(name: str, gateway: AdminGateway) -> Response:
         await gateway.store.delete_team(name)
     except Missing as exc:
         raise NoSuch(str(exc)) from None
+    # A team created again under the same name must not inherit the old team's answers.
+    await _drop_cached_answers(gateway, name)
     return json_response({"name": name, "deleted": True})
 
 
@@ -121,6 +131,31 @@ async def spend(
     return json_response({"data": [spend_json(r) for r in rows]})
 
 
+# Prompt cache (gateway/cache)
+
+
+@router.get("/cache")
+async def cache_stats(gateway: AdminGateway) -> Response:
+    return json_response(gateway.cache.stats())
+
+
+@router.delete("/cache/teams/{team}")
+async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
+    """Drop every cached answer of a team (exact store and semantic index)."""
+    try:
+        deleted = await gateway.cache.invalidate_team(team)
+    except Exception as exc:
+        raise CacheUnavailable(f"The cache store could not be cleared: {exc!r}") from None
+    return json_response({"team": team, "deleted": deleted})
+
+
+async def _drop_cached_answers(gateway: Gateway, team: str) -> None:
+    try:
+        await gateway.cache.invalidate_team(team)
+    except Exception:
+        log.warning("team %s deleted, but its cached answers could not be dropped", team)
+
+
 def team_json(team: Team) -> dict[str, Any]:
     return {"name": team.name, "created_at": team.created_at.isoformat()}
 
@@ -155,6 +190,7 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "overhead_ms": record.overhead_ms,
         "stream": record.stream,
         "cache_hit": record.cache_hit,
+        "saved_usd": str(record.saved_usd),
         "status": record.status,
         "error_type": record.error_type,
         "route_reason": record.route_reason,

@@ -11,12 +11,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from router import EstimateBatcher, Router
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.admin import router as admin_router
 from gateway.auth import KeyService, bearer_token, load_key_secret
+from gateway.cache import PromptCache
+from gateway.cache.config import CacheSettings
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import error_response, json_response
@@ -29,6 +30,7 @@ from gateway.spend import SpendWriter
 from gateway.state import Gateway, resolve_api_keys
 from gateway.store import Store, sqlite_path
 from policies import Catalog, PolicyEngine
+from router import EstimateBatcher, Router
 
 log = logging.getLogger("rightsize")
 
@@ -49,6 +51,8 @@ def create_app(
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
     master_key = env.get(settings.auth.master_key_env) or None
+    if settings.cache.backend == "redis" and not settings.store.redis_url:
+        raise ConfigError(f"{source}: cache.backend: redis needs store.redis_url to be set")
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
 
     @asynccontextmanager
@@ -80,11 +84,13 @@ def create_app(
             catalog=catalog,
             policy=policy,
             estimator=estimator,
+            router=router,
             store=store,
             keys=KeyService(store, key_secret),
             spend=spend,
             providers=providers,
             master_key=master_key,
+            cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
             ledger=open_ledger(settings, store),
         )
         try:
@@ -92,6 +98,7 @@ def create_app(
         finally:
             if estimator is not None:
                 await estimator.aclose()
+            await app.state.gateway.cache.aclose()
             await spend.aclose()
             await app.state.gateway.ledger.aclose()
             for provider in providers.values():
@@ -174,6 +181,15 @@ def _load_router(settings: Settings) -> Router | None:
         return Router.load(settings.router.artifact, runtime=settings.router.runtime)
     except Exception as exc:
         raise ConfigError(f"router: cannot load the router artifact: {exc}") from exc
+
+
+def _cache_settings(settings: Settings, router: Router | None) -> CacheSettings:
+    """The semantic tier indexes the router's own embeddings, so it takes their width."""
+    if router is None:
+        return settings.cache
+    width = int(router.embed_batch(["dimension probe"]).shape[1])
+    semantic = settings.cache.semantic.model_copy(update={"dimensions": width})
+    return settings.cache.model_copy(update={"semantic": semantic})
 
 
 def _fallback_file(settings: Settings) -> Path:

@@ -15,8 +15,10 @@ import anyio
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from gateway.auth import bearer_token
+from gateway.cache import CacheLookup, StreamAssembler
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -71,6 +73,18 @@ async def chat_completions(request: Request) -> Response:
         chat = parse_chat_request(await read_json(request, gateway.settings.server.max_body_bytes))
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         payload = chat.upstream_payload()
+        # Rate limits (ledger) belong before this point, so that cache hits count against them.
+        # The cache comes before the router: an exact hit costs no encode. Its key holds the
+        # requested name (model, tier or auto), which with the prompt determines the route.
+        cached = await gateway.cache.lookup(
+            key.team,
+            chat.model,
+            chat,
+            request.headers,
+            embedding=await _embedding(gateway, key.team, payload["messages"]),
+        )
+        if cached.hit:
+            return _from_cache(gateway, call, key, chat, payload, cached)
         call.estimate = await _estimate(gateway, payload["messages"])
         decision = _decide(gateway, key, chat, payload, call.estimate)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
@@ -79,8 +93,8 @@ async def chat_completions(request: Request) -> Response:
             gateway.ledger, key.team, key.id, chat, decision.deployment
         )
         if chat.stream:
-            return await _stream(gateway, call, chat, payload, decision)
-        return await _complete(gateway, call, payload, decision)
+            return await _stream(gateway, call, chat, payload, decision, cached)
+        return await _complete(gateway, call, payload, decision, cached)
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
         await _log_failure(gateway, call, exc)
@@ -116,6 +130,18 @@ async def _estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimat
     except Exception:
         log.exception("the router failed; routing this request without an estimate")
         return None
+
+
+async def _embedding(gateway: Gateway, team: str, messages: list[dict[str, Any]]) -> Any | None:
+    """The router's embedding of the prompt, for the semantic cache tier of teams that use it.
+
+    The router keeps the embeddings it just computed for the estimate, so this is a lookup,
+    not a second encode.
+    """
+    if gateway.router is None or not gateway.cache.semantic_enabled(team):
+        return None
+    text = prompt_from_messages(messages)
+    return (await asyncio.to_thread(gateway.router.embed_batch, [text]))[0]
 
 
 def _decide(
@@ -180,8 +206,50 @@ async def _backoff(gateway: Gateway, attempt: int) -> None:
         await asyncio.sleep(delay)
 
 
+def _from_cache(
+    gateway: Gateway,
+    call: _Call,
+    key: ApiKey,
+    chat: ChatRequest,
+    payload: dict[str, Any],
+    cached: CacheLookup,
+) -> Response:
+    """Answer from the prompt cache: no upstream call, cost 0, the saved cost in the spend log."""
+    assert cached.answer is not None
+    # The team's and key's rules still apply to a stored answer (they may have changed).
+    decision = _decide(gateway, key, chat, payload, None)
+    deployment = gateway.catalog.get(cached.answer.deployment) or decision.deployment
+    call.record.deployment = deployment.name
+    call.record.tier = gateway.policy.tier_of(deployment.name) or deployment.tier
+    call.record.route_reason = f"prompt cache hit ({cached.tier}), answered by {deployment.name!r}"
+    usage = cached.answer.usage
+    _charge(call, Decimal(0), usage)
+    call.record.cache_hit = True
+    call.record.saved_usd = deployment.price.cost(usage)
+    call.record.upstream_ms = 0.0
+    call.record.overhead_ms = call.elapsed_ms()
+    headers = {**_routing_headers(call), "x-rightsize-cache": "hit"}
+    if cached.similarity is not None:
+        headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.4f}"
+    response: Response
+    if chat.stream:
+        chunks = cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0")
+        body = b"".join(sse(chunk) for chunk in chunks) + SSE_DONE
+        headers["cache-control"] = "no-cache"
+        response = Response(body, media_type="text/event-stream", headers=headers)
+    else:
+        headers["x-rightsize-cost-usd"] = "0"
+        response = json_response(cached.answer.response(), headers=headers)
+    gateway.spend.record(call.record)
+    return response
+
+
 async def _complete(
-    gateway: Gateway, call: _Call, payload: dict[str, Any], decision: Decision
+    gateway: Gateway,
+    call: _Call,
+    payload: dict[str, Any],
+    decision: Decision,
+    cached: CacheLookup,
 ) -> Response:
     upstream_started = time.perf_counter()
     attempts = decision.attempts()
@@ -213,7 +281,11 @@ async def _complete(
     gateway.spend.record(call.record)
     headers = _routing_headers(call)
     headers["x-rightsize-cost-usd"] = _usd(cost)
-    return json_response(result, headers=headers)
+    response = json_response(result, headers=headers)
+    if cached.write:
+        # Stored after the response is sent: a slow cache never delays the client.
+        response.background = BackgroundTask(gateway.cache.store, cached, deployment.name, result)
+    return response
 
 
 async def _stream(
@@ -222,6 +294,7 @@ async def _stream(
     chat: ChatRequest,
     payload: dict[str, Any],
     decision: Decision,
+    cached: CacheLookup,
 ) -> Response:
     upstream_started = time.perf_counter()
     attempts = decision.attempts()
@@ -253,7 +326,7 @@ async def _stream(
         call.record.upstream_ms = (time.perf_counter() - upstream_started) * 1000
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
     return StreamingResponse(
-        _relay(gateway, call, chat, deployment, first, upstream),
+        _relay(gateway, call, chat, deployment, first, upstream, cached),
         media_type="text/event-stream",
         headers={**_routing_headers(call), "cache-control": "no-cache"},
     )
@@ -266,8 +339,11 @@ async def _relay(
     deployment: Deployment,
     first: dict[str, Any],
     upstream: AsyncIterator[dict[str, Any]],
+    cached: CacheLookup,
 ) -> AsyncIterator[bytes]:
     """Forward chunks; end with our own usage chunk (with cost) when the client asked for it."""
+    assembler = StreamAssembler() if cached.write else None
+    completion: dict[str, Any] | None = None
     reported: dict[str, Any] | None = None
     text: list[str] = []
     last = first
@@ -282,6 +358,8 @@ async def _relay(
                 text.append(completion_text(choice.get("delta") or {}))
             if chunk.get("choices"):
                 last = chunk
+                if assembler is not None:
+                    assembler.add(chunk)
                 yield sse(chunk)
             waited = time.perf_counter()
             chunk = await anext(upstream, None)
@@ -302,6 +380,8 @@ async def _relay(
                 }
             )
         yield SSE_DONE
+        if assembler is not None:
+            completion = assembler.completion(_usage_payload(usage))
     except GatewayError as exc:
         # Bytes are already with the client: the error can only travel as an event.
         call.record.status, call.record.error_type = exc.status, exc.code or exc.type
@@ -317,6 +397,9 @@ async def _relay(
                 _charge(call, deployment.price.cost(usage), usage)
             await settle_request(gateway.ledger, call.hold, call.record)
         gateway.spend.record(call.record)
+    if completion is not None and call.record.status == 200:
+        # After [DONE] has gone out: the client does not wait for the cache.
+        await gateway.cache.store(cached, deployment.name, completion)
 
 
 async def _final_usage(

@@ -12,6 +12,7 @@ import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.cache.config import CacheSettings
 from gateway.ledger.settings import LedgerSettings
 from policies import (
     Catalog,
@@ -47,8 +48,8 @@ class StoreSettings(BaseModel):
     migrate_on_start: bool = True
     redis_url: str | None = Field(
         default=None,
-        description="Redis for the scale-out mode (ledger counters, reservations, rate limits); "
-        "None: embedded mode, everything in the SQL store.",
+        description="Redis for replicas and the scale-out mode (prompt cache, ledger counters, "
+        "reservations, rate limits); default None: embedded mode.",
     )
 
 
@@ -76,7 +77,9 @@ class RouterSettings(BaseModel):
         default=None, description="Encoder runtime (static, onnx, sentence-transformers)."
     )
     max_batch_size: int = Field(default=64, gt=0)
-    max_wait_ms: float = Field(default=1.0, ge=0)
+    # 0: an idle encoder takes a prompt at once; prompts that arrive while it is busy are
+    # batched together anyway. A positive wait trades latency for larger batches.
+    max_wait_ms: float = Field(default=0.0, ge=0)
 
 
 class SpendLogSettings(BaseModel):
@@ -97,6 +100,7 @@ class Settings(BaseModel):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     spend_log: SpendLogSettings = Field(default_factory=SpendLogSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger

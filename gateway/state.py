@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router import EstimateBatcher
-
 from gateway.auth import KeyService
+from gateway.cache import PromptCache
 from gateway.ledger.ledger import Ledger
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.store import Store
 from policies import Catalog, Deployment, PolicyEngine
+from router import EstimateBatcher, Router
 
 
 @dataclass(slots=True)
@@ -22,11 +22,13 @@ class Gateway:
     catalog: Catalog
     policy: PolicyEngine
     estimator: EstimateBatcher | None
+    router: Router | None
     store: Store
     keys: KeyService
     spend: SpendWriter
     providers: Mapping[str, Provider]
     master_key: str | None
+    cache: PromptCache
     ledger: Ledger  # budgets and rate limits (gateway/ledger)
 
     def provider(self, deployment: Deployment) -> Provider:

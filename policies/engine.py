@@ -23,6 +23,7 @@ from policies.decision import (
 from router import Estimate
 
 _NO_RULE = TeamRule()
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class PolicyEngine:
             self._tiers = {name: catalog.tier(name) for name in catalog.tier_names}
             self._thresholds = []
         self._tier_of = {d.name: tier for tier, ds in self._tiers.items() for d in ds if d}
+        self._next_tier = {t.name: fallback_tier(spec, t.name) for t in spec.tiers}
         self._order = list(self._tiers)
 
     @property
@@ -111,7 +113,7 @@ class PolicyEngine:
                 chosen.extend(
                     self._admit(pool, current, request, output_tokens, rule, states or {}, trace)
                 )
-            current = fallback_tier(self._spec, current) if self._spec.tiers else None
+            current = self._next_tier.get(current)
             if not chosen and current is not None:
                 trace.steps.append(
                     f"nothing admissible in tier {visited[-1]!r}: next tier {current!r}"
@@ -231,8 +233,8 @@ class PolicyEngine:
         states: Mapping[str, DeploymentState],
         trace: _Trace,
     ) -> list[Deployment]:
-        kept: list[tuple[Decimal, int, Deployment]] = []
-        saturated: list[tuple[Decimal, int, Deployment]] = []
+        kept: list[tuple[Decimal, int, Deployment, Decimal]] = []
+        saturated: list[tuple[Decimal, int, Deployment, Decimal]] = []
         for index, deployment in enumerate(pool):
             cost = _cost(deployment, request.prompt_tokens, output_tokens)
             why = _dropped_because(deployment, request, output_tokens, rule)
@@ -242,22 +244,22 @@ class PolicyEngine:
             if why is not None:
                 trace.candidates.append(Candidate(deployment.name, tier, False, why, cost))
                 continue
-            entry = (cost if self._spec.selection == "cost" else Decimal(0), index, deployment)
+            rank = cost if self._spec.selection == "cost" else _ZERO
+            entry = (rank, index, deployment, cost)
             if state is not None and state.load >= 1.0:
                 saturated.append(entry)
             else:
                 kept.append(entry)
         # A saturated deployment is used only when nothing else in the tier is free.
-        ordered = sorted(kept, key=lambda e: (e[0], e[1])) + sorted(
-            saturated, key=lambda e: (e[0], e[1])
-        )
-        for cost, _, deployment in ordered:
-            load = states.get(deployment.name)
-            note = "saturated, kept last" if load is not None and load.load >= 1.0 else "admissible"
+        kept.sort(key=lambda e: (e[0], e[1]))
+        saturated.sort(key=lambda e: (e[0], e[1]))
+        for entry in kept:
+            trace.candidates.append(Candidate(entry[2].name, tier, True, "admissible", entry[3]))
+        for entry in saturated:
             trace.candidates.append(
-                Candidate(deployment.name, tier, True, f"{note}; expected ${_usd(cost)}", cost)
+                Candidate(entry[2].name, tier, True, "saturated, kept last", entry[3])
             )
-        return [d for _, _, d in ordered]
+        return [e[2] for e in kept] + [e[2] for e in saturated]
 
     def _output_tokens(self, request: RoutingRequest, estimate: Estimate | None) -> int:
         if estimate is not None:
@@ -306,7 +308,3 @@ def _cost(deployment: Deployment, prompt_tokens: int, output_tokens: int) -> Dec
     return deployment.price.cost(
         Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens)
     )
-
-
-def _usd(cost: Decimal) -> str:
-    return format(cost.normalize(), "f") if cost else "0"

@@ -196,10 +196,11 @@ class Admin:
 class InProcessGateway:
     """The app on an in-memory transport, lifespan included."""
 
-    def __init__(self, client: httpx.AsyncClient, admin: Admin, key: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, admin: Admin, key: str, app: Any = None) -> None:
         self.client = client
         self.admin = admin
         self.key = key
+        self.app = app
         self.auth = {"authorization": f"Bearer {key}"}
 
 
@@ -224,7 +225,7 @@ def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None
                 admin = Admin(client)
                 await admin.team("search")
                 key = await admin.key("search")
-                yield InProcessGateway(client, admin, key["key"])
+                yield InProcessGateway(client, admin, key["key"], app)
 
     return run()
 

@@ -125,6 +125,8 @@ class BudgetStore:
         conditions = [
             column == budget.subject,
             spend_log.c.deployment.is_not(None),
+            # Prompt-cache hits never take a hold (they cost 0 and call no upstream).
+            spend_log.c.cache_hit.is_(False),
             or_(spend_log.c.error_type.is_(None), spend_log.c.error_type.not_in(UNMETERED_ERRORS)),
         ]
         if window.start is not None and window.end is not None:

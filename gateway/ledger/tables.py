@@ -1,4 +1,4 @@
-"""Ledger tables (revision 0004): budgets, and the embedded store's counters and reservations."""
+"""Ledger tables (revision 0005): budgets, and the embedded store's counters and reservations."""
 
 from __future__ import annotations
 

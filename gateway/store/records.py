@@ -64,6 +64,8 @@ class SpendRecord:
     overhead_ms: float | None = None
     stream: bool = False
     cache_hit: bool = False
+    # What a cache hit would have cost upstream (cost_usd is 0): the savings report's input.
+    saved_usd: Decimal = field(default_factory=Decimal)
     error_type: str | None = None
     route_reason: str | None = None
     attempts: int = 1

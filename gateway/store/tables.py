@@ -65,6 +65,7 @@ spend_log = Table(
     Column("overhead_ms", Float, nullable=True),
     Column("stream", Boolean, nullable=False, default=False),
     Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("saved_picousd", BigInteger, nullable=False, default=0),
     Column("status", Integer, nullable=False),
     Column("error_type", String(64), nullable=True),
     Column("route_reason", Text, nullable=True),

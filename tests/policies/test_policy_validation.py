@@ -73,3 +73,30 @@ def test_a_team_naming_an_unknown_tier(tmp_path: Path) -> None:
         "  teams:\n    search: {allowed_tiers: [gold]}\n",
     )
     assert "policy.teams.search.allowed_tiers[0]: unknown tier 'gold'" in error
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_shipped_example_policies_are_valid(example: Path) -> None:
+    from gateway.llm import model_info
+
+    settings, source = load_settings(example, environ={})
+    catalog = build_catalog(settings, model_info, source)
+    assert len(settings.policy.tiers) >= 2 and catalog.deployments
+
+
+def test_the_local_only_example_keeps_the_offline_team_local() -> None:
+    from gateway.llm import model_info
+    from policies import NotAllowed, PolicyEngine, RoutingRequest, TeamContext
+    from router import Estimate
+
+    example = next(p for p in EXAMPLES if p.name == "local-only-team.yaml")
+    settings, source = load_settings(example, environ={})
+    engine = PolicyEngine(build_catalog(settings, model_info, source), settings.policy, None)
+    hard = Estimate(0.95, 500, 2000, "code")
+    decision = engine.decide(RoutingRequest("auto", prompt_tokens=50), hard, TeamContext("offline"))
+    assert all(d.local for d in decision.attempts())
+    with pytest.raises(NotAllowed):
+        engine.decide(RoutingRequest("gpt-4o"), hard, TeamContext("offline"))

@@ -26,9 +26,7 @@ def _record(i: int, source: str, rng: random.Random) -> dict[str, Any]:
     hard = rng.random() < 0.5
     template = rng.choice(_HARD if hard else _EASY)
     prompt = (
-        template.format(
-            w=rng.choice(_WORDS), a=rng.randint(2, 99), b=rng.randint(2, 99)
-        )
+        template.format(w=rng.choice(_WORDS), a=rng.randint(2, 99), b=rng.randint(2, 99))
         + f" (#{i})"
     )
     record: dict[str, Any] = {
@@ -49,9 +47,7 @@ def _record(i: int, source: str, rng: random.Random) -> dict[str, Any]:
             "Mixtral-8x7B-Instruct-v0.1": weak[0],
             "gpt-4o": 1.0,
         }
-        record["output_tokens"] = {
-            "gpt-4o": rng.randint(300, 900) if hard else rng.randint(10, 60)
-        }
+        record["output_tokens"] = {"gpt-4o": rng.randint(300, 900) if hard else rng.randint(10, 60)}
     elif source == "bbh":
         record["category"] = "reasoning"
         record["outcomes"] = {
@@ -78,16 +74,10 @@ def write_synthetic_data(
     sources = ["mmlu_pro", "bbh", "arena_hard_v01"]
     directory.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        with gzip.open(
-            directory / f"{split}.jsonl.gz", "wt", encoding="utf-8"
-        ) as handle:
+        with gzip.open(directory / f"{split}.jsonl.gz", "wt", encoding="utf-8") as handle:
             for i in range(n):
                 handle.write(
-                    json.dumps(
-                        _record(
-                            i if split == "train" else 10_000 + i, sources[i % 3], rng
-                        )
-                    )
+                    json.dumps(_record(i if split == "train" else 10_000 + i, sources[i % 3], rng))
                     + "\n"
                 )
     return directory

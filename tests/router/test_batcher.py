@@ -26,9 +26,7 @@ def test_concurrent_calls_are_grouped_into_one_batch_in_a_worker_thread() -> Non
 
     async def main() -> list[Estimate]:
         batcher = EstimateBatcher(router, max_batch_size=64, max_wait_s=0.01)
-        results = await asyncio.gather(
-            *(batcher.estimate("x" * n) for n in range(1, 21))
-        )
+        results = await asyncio.gather(*(batcher.estimate("x" * n) for n in range(1, 21)))
         await batcher.aclose()
         return list(results)
 

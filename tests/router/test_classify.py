@@ -52,15 +52,9 @@ def test_bad_rows_become_error_rows_and_the_run_continues(tmp_path: Path) -> Non
 
 
 def test_classifying_10000_rows_streams_in_bounded_memory(router: Router) -> None:
-    router = Router(
-        router.encoder, router.heads, cache_size=0
-    )  # measure the stream, not the LRU
-    prompt = (
-        "Explain, step by step, why the sky looks blue at noon and red at sunset. " * 12
-    )
-    source = (
-        json.dumps({"id": i, "prompt": f"{prompt} #{i}"}) + "\n" for i in range(10_000)
-    )
+    router = Router(router.encoder, router.heads, cache_size=0)  # measure the stream, not the LRU
+    prompt = "Explain, step by step, why the sky looks blue at noon and red at sunset. " * 12
+    source = (json.dumps({"id": i, "prompt": f"{prompt} #{i}"}) + "\n" for i in range(10_000))
 
     class _CountingSink(io.StringIO):
         """Counts rows instead of keeping them, so only the pipeline's memory is measured."""

@@ -22,9 +22,7 @@ def test_an_oracle_router_beats_random_and_a_reversed_router_loses() -> None:
     flat = routing_scores(np.zeros_like(gain), weak, strong)
     assert oracle.apgr > 0.8
     assert reverse.apgr < 0.5
-    assert (
-        abs(flat.apgr - 0.5) < 1e-9
-    )  # ties are routed in expectation, like a random router
+    assert abs(flat.apgr - 0.5) < 1e-9  # ties are routed in expectation, like a random router
     assert oracle.cpt50 < flat.cpt50 < reverse.cpt50
     assert oracle.auc == 1.0
 

@@ -27,10 +27,7 @@ def router() -> Router:
 
 
 def test_multi_step_proof_scores_higher_demand_than_translation(router: Router) -> None:
-    assert (
-        router.estimate(PROOF).reasoning_demand
-        > router.estimate(TRANSLATION).reasoning_demand
-    )
+    assert router.estimate(PROOF).reasoning_demand > router.estimate(TRANSLATION).reasoning_demand
 
 
 def test_multi_step_proof_gets_a_larger_token_budget_than_translation(
@@ -45,9 +42,7 @@ def test_estimate_is_a_typed_value_within_its_ranges(router: Router) -> None:
     estimate = router.estimate("Write a haiku about autumn.")
     assert isinstance(estimate, Estimate)
     assert 0.0 <= estimate.reasoning_demand <= 1.0
-    assert isinstance(estimate.token_budget_p50, int) and isinstance(
-        estimate.token_budget_p90, int
-    )
+    assert isinstance(estimate.token_budget_p50, int) and isinstance(estimate.token_budget_p90, int)
     assert 1 <= estimate.token_budget_p50 <= estimate.token_budget_p90
     assert estimate.category in CATEGORIES
 

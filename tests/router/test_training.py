@@ -42,9 +42,7 @@ def test_trained_artifact_loads_and_estimates_after_the_data_is_gone(
     _train(data, tmp_path / "artifact")
     shutil.rmtree(data)
     router = Router.load(tmp_path / "artifact", runtime="static")
-    estimate = router.estimate(
-        "Prove that the square root of 2 is irrational, step by step."
-    )
+    estimate = router.estimate("Prove that the square root of 2 is irrational, step by step.")
     assert 0.0 <= estimate.reasoning_demand <= 1.0
     assert estimate.token_budget_p90 >= estimate.token_budget_p50 >= 1
 

@@ -1,14 +1,14 @@
 """Budgets, the embedded ledger's counters and reservations, and a report index on the spend log.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0003_cache
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0003_cache"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,64 @@
+"""The `cache` section of the configuration file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Measured by benchmarks/cache_semantic.py on the routing dev prompts (docs/benchmarks.md).
+DEFAULT_SEMANTIC_THRESHOLD = 0.98
+
+
+class TeamCacheSettings(BaseModel):
+    """Per-team overrides; a team without an entry gets the section's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    sampled: bool | None = Field(
+        default=None,
+        description="Also cache requests that are not deterministic (temperature > 0 or unset).",
+    )
+    semantic: bool = Field(default=False, description="Opt in to the semantic tier.")
+    semantic_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
+class SemanticSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(default=DEFAULT_SEMANTIC_THRESHOLD, gt=0, le=1)
+    max_entries_per_team: int = Field(default=4096, gt=0)
+    dimensions: int = Field(default=384, gt=0)
+
+
+class CacheSettings(BaseModel):
+    """Prompt cache: exact (team-scoped) and an opt-in semantic tier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    backend: Literal["auto", "memory", "redis"] = Field(
+        default="auto", description="auto: Redis when store.redis_url is set, else in process."
+    )
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="In-process store bound.")
+    max_entry_bytes: int = Field(default=1024 * 1024, gt=0)
+    sampled: bool = Field(
+        default=False, description="Cache non-deterministic requests too (every team)."
+    )
+    key_prefix: str = Field(default="rightsize:cache:", min_length=1)
+    redis_timeout_ms: float = Field(
+        default=5.0, gt=0, description="A Redis call slower than this is bypassed."
+    )
+    redis_retry_after_s: float = Field(
+        default=1.0, ge=0, description="After a Redis failure, skip it this long before retrying."
+    )
+    semantic: SemanticSettings = Field(default_factory=SemanticSettings)
+    teams: dict[str, TeamCacheSettings] = Field(default_factory=dict)
+
+    def team(self, name: str) -> TeamCacheSettings:
+        return self.teams.get(name) or _DEFAULT_TEAM
+
+
+_DEFAULT_TEAM = TeamCacheSettings()

@@ -1,0 +1,244 @@
+"""Where exact entries live: in process (LRU with a byte bound) or in Redis (shared by replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+log = logging.getLogger("rightsize.cache")
+
+_ADMIN_TIMEOUT_S = 10.0
+# One slow answer (a busy host, a GC pause) bypasses only that call; this many in a row mean
+# Redis is slow for everyone, and it is skipped for retry_after_s like a Redis that is down.
+_SLOW_CALLS_TO_SKIP = 3
+_SLOW_WARNING_EVERY_S = 60.0
+
+
+class CacheUnavailable(Exception):
+    """The store could not answer in time; the caller bypasses the cache."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CacheStore(Protocol):
+    """Bytes by key, each owned by a team, with a TTL."""
+
+    name: str
+
+    async def get(self, team: str, key: str) -> bytes | None: ...
+
+    async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def delete(self, team: str, key: str) -> None: ...
+
+    async def keys(self, team: str) -> list[str]: ...
+
+    async def invalidate_team(self, team: str) -> int:
+        """Delete every entry of the team; returns how many."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Slot:
+    team: str
+    value: bytes
+    expires_at: float
+
+
+class MemoryStore:
+    """LRU bounded by the total size of the stored values; the embedded default."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._by_team: dict[str, set[str]] = {}
+        self.bytes = 0
+
+    async def get(self, team: str, key: str) -> bytes | None:
+        slot = self._slots.get(key)
+        if slot is None or slot.team != team:
+            return None
+        if slot.expires_at <= self._clock():
+            self._remove(key)
+            return None
+        self._slots.move_to_end(key)
+        return slot.value
+
+    async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self._max_bytes:
+            return
+        self._remove(key)
+        self._slots[key] = _Slot(team, value, self._clock() + ttl_s)
+        self._by_team.setdefault(team, set()).add(key)
+        self.bytes += len(value)
+        while self.bytes > self._max_bytes:
+            self._remove(next(iter(self._slots)))
+
+    async def delete(self, team: str, key: str) -> None:
+        slot = self._slots.get(key)
+        if slot is not None and slot.team == team:
+            self._remove(key)
+
+    async def keys(self, team: str) -> list[str]:
+        return sorted(self._by_team.get(team, ()))
+
+    async def invalidate_team(self, team: str) -> int:
+        keys = list(self._by_team.get(team, ()))
+        for key in keys:
+            self._remove(key)
+        return len(keys)
+
+    async def aclose(self) -> None:
+        self._slots.clear()
+        self._by_team.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _remove(self, key: str) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        self.bytes -= len(slot.value)
+        team_keys = self._by_team.get(slot.team)
+        if team_keys is not None:
+            team_keys.discard(key)
+            if not team_keys:
+                del self._by_team[slot.team]
+
+
+class RedisStore:
+    """Entries as Redis strings with a TTL under `{prefix}{team}:{key}`.
+
+    Every call has a deadline of a few milliseconds; a call past it is bypassed. After an error
+    (or several slow calls in a row) the store reports itself unavailable without trying for
+    `retry_after_s`, so an outage costs nothing per request; the first call after that probes
+    Redis again and caching resumes when it answers.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str, timeout_s: float, retry_after_s: float) -> None:
+        self._redis = Redis.from_url(
+            url,
+            socket_connect_timeout=max(timeout_s, 0.05),
+            socket_timeout=max(timeout_s, 0.05),
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._prefix = prefix
+        self._timeout = timeout_s
+        self._retry_after = retry_after_s
+        self._down_until = 0.0
+        self._down_since: float | None = None
+        self._bypassed = 0
+        self._slow_in_a_row = 0
+        self._slow_warned_at = -_SLOW_WARNING_EVERY_S
+
+    def _key(self, team: str, key: str) -> str:
+        return f"{self._prefix}{team}:{key}"
+
+    async def get(self, team: str, key: str) -> bytes | None:
+        value = await self._call("get", lambda: self._redis.get(self._key(team, key)))
+        return bytes(value) if value is not None else None
+
+    async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None:
+        px = max(1, int(ttl_s * 1000))
+        await self._call("set", lambda: self._redis.set(self._key(team, key), value, px=px))
+
+    async def delete(self, team: str, key: str) -> None:
+        await self._call("delete", lambda: self._redis.unlink(self._key(team, key)))
+
+    async def keys(self, team: str) -> list[str]:
+        async with asyncio.timeout(_ADMIN_TIMEOUT_S):
+            start = len(self._key(team, ""))
+            pattern = _glob_escape(self._key(team, "")) + "*"
+            found = [k async for k in self._redis.scan_iter(match=pattern, count=1000)]
+        return sorted(bytes(k).decode()[start:] for k in found)
+
+    async def invalidate_team(self, team: str) -> int:
+        keys = [self._key(team, k) for k in await self.keys(team)]
+        deleted = 0
+        async with asyncio.timeout(_ADMIN_TIMEOUT_S):
+            for start in range(0, len(keys), 500):
+                deleted += int(await self._redis.unlink(*keys[start : start + 500]))
+        return deleted
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _call(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
+        if time.monotonic() < self._down_until:
+            self._bypassed += 1
+            raise CacheUnavailable("unavailable")
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await operation()
+        except TimeoutError:
+            self._slow(what)
+            raise CacheUnavailable("timeout") from None
+        except (RedisError, OSError) as exc:
+            self._failed(what, repr(exc))
+            raise CacheUnavailable("error") from None
+        self._slow_in_a_row = 0
+        if self._down_since is not None:
+            log.warning(
+                "prompt cache: Redis is back after %.1fs (%d calls bypassed); caching resumes",
+                time.monotonic() - self._down_since,
+                self._bypassed,
+            )
+            self._down_since, self._bypassed = None, 0
+        return result
+
+    def _slow(self, what: str) -> None:
+        self._slow_in_a_row += 1
+        deadline = f"{self._timeout * 1000:g} ms"
+        if self._slow_in_a_row >= _SLOW_CALLS_TO_SKIP:
+            self._failed(what, f"{self._slow_in_a_row} calls in a row over {deadline}")
+            return
+        now = time.monotonic()
+        if now - self._slow_warned_at >= _SLOW_WARNING_EVERY_S:
+            self._slow_warned_at = now
+            log.warning(
+                "prompt cache: Redis %s took over %s; that request bypassed the cache "
+                "(counted in cache stats; this warning repeats at most once a minute)",
+                what,
+                deadline,
+            )
+
+    def _failed(self, what: str, why: str) -> None:
+        now = time.monotonic()
+        self._down_until = now + self._retry_after
+        self._bypassed += 1
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "prompt cache: Redis %s failed (%s); requests bypass the cache, retrying in %gs",
+                what,
+                why,
+                self._retry_after,
+            )
+        else:
+            log.debug("prompt cache: Redis %s still failing (%s)", what, why)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -1,0 +1,163 @@
+"""Redis stopped or slow under the prompt cache: requests succeed, it is logged, caching resumes.
+
+These tests run their own throwaway redis-server on a free port; the shared one is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.cache_support import ask, cached_gateway, prompt_cache
+from tests.conftest import IN_CI, InProcessGateway
+from tests.fake_upstream import ANSWER, RunningUpstream, free_port
+
+
+class ThrowawayRedis:
+    """A redis-server of this test alone: no persistence, stopped and restarted at will."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the throwaway redis-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[ThrowawayRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed; the outage tests start their own"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip("SKIPPED LOUDLY: " + message)
+    server = ThrowawayRedis(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def gw(
+    own_redis: ThrowawayRedis, upstream: RunningUpstream, tmp_path: Path
+) -> AsyncIterator[InProcessGateway]:
+    async with cached_gateway(
+        "redis", upstream, tmp_path, redis_url=own_redis.url, redis_retry_after_s=0.2
+    ) as running:
+        await ask(running)
+        assert (await ask(running)).headers["x-rightsize-cache"] == "hit"
+        yield running
+
+
+async def test_requests_succeed_while_redis_is_stopped(
+    gw: InProcessGateway, own_redis: ThrowawayRedis
+) -> None:
+    own_redis.stop()
+    for _ in range(3):
+        response = await ask(gw)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-rightsize-cache"] == "miss"
+        assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert prompt_cache(gw).metrics.bypassed.total() >= 3
+
+
+async def test_redis_stopping_is_logged_once_as_a_warning(
+    gw: InProcessGateway, own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rightsize.cache")
+    own_redis.stop()
+    for _ in range(3):
+        await ask(gw)
+    warnings = [
+        r for r in caplog.records if r.name == "rightsize.cache" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "bypass the cache" in warnings[0].getMessage()
+
+
+async def test_caching_resumes_when_redis_returns(
+    gw: InProcessGateway, own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rightsize.cache")
+    own_redis.stop()
+    await ask(gw)
+    own_redis.start()  # same port, empty: it kept nothing
+    await asyncio.sleep(0.3)  # past redis_retry_after_s
+    # The first call after the window probes Redis; allow a few requests for the probe.
+    answers = [(await ask(gw)).headers["x-rightsize-cache"] for _ in range(5)]
+    assert answers[-1] == "hit", answers
+    assert any("Redis is back" in r.getMessage() for r in caplog.records)
+
+
+async def _blackhole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts a connection and never answers: Redis as slow as it gets."""
+    try:
+        while await reader.read(65536):
+            pass
+    finally:
+        writer.close()
+
+
+async def test_slow_redis_is_bypassed_within_its_deadline(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    server = await asyncio.start_server(_blackhole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with cached_gateway(
+            "redis",
+            upstream,
+            tmp_path,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_timeout_ms=20,
+            clean_redis=False,
+        ) as gw:
+            response = await ask(gw)
+            assert response.status_code == 200
+            assert response.headers["x-rightsize-cache"] == "miss"
+            assert prompt_cache(gw).metrics.bypassed["timeout"] >= 1
+    finally:
+        server.close()
+
+
+async def test_invalidation_while_redis_is_stopped_is_503_in_the_openai_shape(
+    gw: InProcessGateway, own_redis: ThrowawayRedis
+) -> None:
+    own_redis.stop()
+    response = await gw.client.delete("/admin/cache/teams/search", headers=gw.admin.headers)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "cache_unavailable"

@@ -1,0 +1,273 @@
+"""The semantic tier and the cache's parts, driven directly with embeddings given by the caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.cache import (
+    CachedAnswer,
+    CacheSettings,
+    MemoryStore,
+    PromptCache,
+    SemanticIndex,
+    StreamAssembler,
+    cache_key,
+)
+from gateway.schemas import ChatRequest
+from tests.cache_support import STORES, delete_prefix, shared_redis
+
+DIM = 384
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "fake-ok",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}],
+    "usage": {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28},
+}
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def near(vector: np.ndarray, cosine: float, seed: int = 99) -> np.ndarray:
+    """A unit vector at the given cosine similarity to `vector`."""
+    other = unit(seed)
+    other = other - (other @ vector) * vector
+    other /= np.linalg.norm(other)
+    return (cosine * vector + np.sqrt(1 - cosine**2) * other).astype(np.float32)
+
+
+def chat(question: str = "What is the capital of France?", system: str = "Be brief.") -> Any:
+    return ChatRequest.model_validate(
+        {
+            "model": "direct",
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+        }
+    )
+
+
+@pytest.fixture(params=STORES)
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[PromptCache]:
+    teams = {
+        "search": {"semantic": True},
+        "ads": {"semantic": True},
+        "strict": {"semantic": True, "semantic_threshold": 0.999},
+        "plain": {},
+    }
+    prefix = f"rightsize-test:{uuid.uuid4().hex[:12]}:"
+    settings = CacheSettings.model_validate(
+        {"teams": teams, "key_prefix": prefix, "redis_timeout_ms": 500, "semantic": {}}
+    )
+    url = shared_redis() if request.param == "redis" else None
+    prompt_cache = PromptCache.build(settings, url)
+    try:
+        yield prompt_cache
+    finally:
+        await prompt_cache.aclose()
+        if url:
+            delete_prefix(url, prefix)
+
+
+async def remember(cache: PromptCache, team: str, request: Any, vector: np.ndarray) -> None:
+    miss = await cache.lookup(team, "direct", request, {}, embedding=vector)
+    assert not miss.hit
+    await cache.store(miss, "direct", COMPLETION)
+
+
+async def test_near_embedding_above_the_threshold_is_a_semantic_hit(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    found = await cache.lookup(
+        "search", "direct", chat("what's the capital of france"), {}, embedding=near(v, 0.99)
+    )
+    assert found.tier == "semantic"
+    assert found.answer is not None
+    assert found.answer.completion["choices"][0]["message"]["content"] == "Paris."
+    assert found.similarity == pytest.approx(0.99, abs=1e-4)
+
+
+async def test_embedding_below_the_threshold_is_a_miss(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    found = await cache.lookup("search", "direct", chat("Capital of Peru?"), {}, near(v, 0.8))
+    assert not found.hit
+
+
+async def test_semantic_tier_never_serves_another_teams_answer(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    found = await cache.lookup("ads", "direct", chat("Capital of France?"), {}, embedding=v)
+    assert not found.hit
+
+
+async def test_semantic_tier_never_crosses_a_different_system_prompt(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    other = chat("Capital of France?", system="Answer in French.")
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+
+
+async def test_semantic_tier_never_crosses_deployments(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    assert not (await cache.lookup("search", "small", chat("Capital?"), {}, embedding=v)).hit
+
+
+async def test_team_threshold_overrides_the_default(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "strict", chat(), v)
+    found = await cache.lookup("strict", "direct", chat("Capital?"), {}, embedding=near(v, 0.99))
+    assert not found.hit
+
+
+async def test_team_without_the_semantic_opt_in_gets_no_semantic_hit(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "plain", chat(), v)
+    found = await cache.lookup("plain", "direct", chat("Capital?"), {}, embedding=v)
+    assert not found.hit
+    assert cache.semantic.size("plain") == 0
+
+
+async def test_pointer_to_a_deleted_entry_is_a_miss_and_is_dropped(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    await cache.backend.invalidate_team("search")
+    found = await cache.lookup("search", "direct", chat("Capital?"), {}, embedding=v)
+    assert not found.hit
+    assert cache.semantic.size("search") == 0
+
+
+async def test_invalidating_a_team_clears_its_semantic_index(cache: PromptCache) -> None:
+    await remember(cache, "search", chat(), unit(1))
+    await cache.invalidate_team("search")
+    assert cache.semantic.size("search") == 0
+
+
+@pytest.mark.parametrize(
+    "embedding", [np.zeros(DIM), np.ones(12), np.full(DIM, np.nan)], ids=["zero", "short", "nan"]
+)
+async def test_bad_embedding_skips_the_semantic_tier_and_is_counted(
+    cache: PromptCache, embedding: np.ndarray
+) -> None:
+    found = await cache.lookup("search", "direct", chat(), {}, embedding=embedding)
+    assert not found.hit
+    assert cache.metrics.semantic_skipped["bad_embedding"] == 1
+
+
+def test_semantic_index_evicts_the_oldest_entries_beyond_the_team_cap() -> None:
+    index = SemanticIndex(DIM, max_entries_per_team=3)
+    for i in range(5):
+        index.add("search", "p", f"k{i}", unit(i))
+    assert index.size("search") == 3
+    assert index.nearest("search", "p", unit(0)).key != "k0"  # type: ignore[union-attr]
+    assert index.nearest("search", "p", unit(4)).key == "k4"  # type: ignore[union-attr]
+
+
+def test_semantic_index_finds_the_nearest_of_many() -> None:
+    index = SemanticIndex(DIM, max_entries_per_team=10_000)
+    for i in range(1000):
+        index.add("search", "p", f"k{i}", unit(i))
+    found = index.nearest("search", "p", near(unit(637), 0.98))
+    assert found is not None
+    assert found.key == "k637"
+
+
+# Keys
+
+
+def test_key_is_the_same_whatever_the_order_of_nested_fields() -> None:
+    def with_tool(parameters: dict[str, Any]) -> Any:
+        body = chat().model_dump(exclude_unset=True)
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+        return ChatRequest.model_validate(body)
+
+    a = with_tool({"type": "object", "properties": {"x": {}, "y": {}}})
+    b = with_tool({"properties": {"y": {}, "x": {}}, "type": "object"})
+    assert cache_key("search", "direct", a) == cache_key("search", "direct", b)
+
+
+def test_key_differs_by_team() -> None:
+    assert cache_key("a", "direct", chat()).exact != cache_key("b", "direct", chat()).exact
+
+
+def test_partition_ignores_the_last_message_only() -> None:
+    first = cache_key("search", "direct", chat("one"))
+    second = cache_key("search", "direct", chat("two"))
+    assert first.exact != second.exact
+    assert first.partition == second.partition
+
+
+# Memory store
+
+
+async def test_memory_store_evicts_the_least_recently_used_beyond_its_byte_bound() -> None:
+    store = MemoryStore(max_bytes=300)
+    for key in ("a", "b", "c"):
+        await store.set("t", key, b"x" * 100, 60)
+    await store.get("t", "a")
+    await store.set("t", "d", b"x" * 100, 60)
+    assert await store.get("t", "b") is None
+    assert await store.get("t", "a") is not None
+    assert store.bytes == 300
+
+
+async def test_memory_store_entry_expires_after_its_ttl() -> None:
+    now = [100.0]
+    store = MemoryStore(max_bytes=1000, clock=lambda: now[0])
+    await store.set("t", "k", b"v", 10)
+    now[0] += 10.5
+    assert await store.get("t", "k") is None
+    assert store.bytes == 0
+
+
+async def test_memory_store_never_returns_an_entry_to_another_team() -> None:
+    store = MemoryStore(max_bytes=1000)
+    await store.set("a", "k", b"v", 10)
+    assert await store.get("b", "k") is None
+
+
+# Streams
+
+
+def test_streamed_tool_calls_are_reassembled_and_replayed() -> None:
+    assembler = StreamAssembler()
+    base = {"id": "c1", "model": "m", "object": "chat.completion.chunk", "created": 1}
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "lookup", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    ]  # fmt: skip
+    for delta in deltas:
+        assembler.add({**base, "choices": [{"index": 0, "delta": delta}]})
+    assembler.add({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    completion = assembler.completion({"prompt_tokens": 5, "completion_tokens": 3})
+    assert completion is not None
+    call = completion["choices"][0]["message"]["tool_calls"][0]
+    assert call == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": '{"city": "Paris"}'},
+    }
+    replayed = list(CachedAnswer("t", "k", "d", completion).chunks(False, "0"))
+    assert replayed[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert replayed[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_unfinished_stream_is_not_assembled() -> None:
+    assembler = StreamAssembler()
+    assembler.add({"id": "c", "choices": [{"index": 0, "delta": {"content": "Par"}}]})
+    assert assembler.completion({"prompt_tokens": 1, "completion_tokens": 1}) is None
