@@ -21,6 +21,8 @@ from gateway.cache.config import CacheSettings
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import error_response, json_response
+from gateway.ledger.admin import router as ledger_admin_router
+from gateway.ledger.build import open_ledger
 from gateway.llm import model_info
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
@@ -89,6 +91,7 @@ def create_app(
             providers=providers,
             master_key=master_key,
             cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
+            ledger=open_ledger(settings, store),
         )
         try:
             yield
@@ -97,6 +100,7 @@ def create_app(
                 await estimator.aclose()
             await app.state.gateway.cache.aclose()
             await spend.aclose()
+            await app.state.gateway.ledger.aclose()
             for provider in providers.values():
                 await provider.aclose()
             await store.aclose()
@@ -106,6 +110,7 @@ def create_app(
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.include_router(admin_router)
+    app.include_router(ledger_admin_router)
     _install_error_handlers(app)
     return app
 

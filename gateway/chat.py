@@ -29,6 +29,8 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
+from gateway.ledger.ledger import Hold
+from gateway.ledger.metering import reserve_request, settle_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
@@ -56,6 +58,7 @@ class _Call:
     record: SpendRecord
     started: float = field(default_factory=time.perf_counter)
     estimate: Estimate | None = None
+    hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -86,20 +89,23 @@ async def chat_completions(request: Request) -> Response:
         decision = _decide(gateway, key, chat, payload, call.estimate)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
+        call.hold = await reserve_request(
+            gateway.ledger, key.team, key.id, chat, decision.deployment
+        )
         if chat.stream:
             return await _stream(gateway, call, chat, payload, decision, cached)
         return await _complete(gateway, call, payload, decision, cached)
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
-        _log_failure(gateway, call, exc)
+        await _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)
     except GatewayError as exc:
-        _log_failure(gateway, call, exc)
+        await _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)
     except Exception:
         log.exception("request %s failed inside the gateway", call.record.request_id)
         internal = GatewayError(f"Internal gateway error (request {call.record.request_id})")
-        _log_failure(gateway, call, internal)
+        await _log_failure(gateway, call, internal)
         return error_response(internal, call.record.request_id)
 
 
@@ -271,6 +277,7 @@ async def _complete(
         call.record.usage_estimated = True
     cost = _charge(call, deployment.price.cost(usage), usage)
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
+    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
     headers = _routing_headers(call)
     headers["x-rightsize-cost-usd"] = _usd(cost)
@@ -388,6 +395,7 @@ async def _relay(
             if call.record.status != 200:
                 usage = await _final_usage(call, deployment.model, chat, reported, text)
                 _charge(call, deployment.price.cost(usage), usage)
+            await settle_request(gateway.ledger, call.hold, call.record)
         gateway.spend.record(call.record)
     if completion is not None and call.record.status == 200:
         # After [DONE] has gone out: the client does not wait for the cache.
@@ -442,11 +450,12 @@ def _usage_payload(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _log_failure(gateway: Gateway, call: _Call, exc: GatewayError) -> None:
+async def _log_failure(gateway: Gateway, call: _Call, exc: GatewayError) -> None:
     call.record.status = exc.status
     call.record.error_type = exc.code or exc.type
     if call.record.overhead_ms is None:
         call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
+    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from gateway.ledger import cli as ledger_cli
 from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
 _T = TypeVar("_T")
@@ -286,6 +287,11 @@ def _add_router_commands() -> None:
 
 
 _add_router_commands()
+
+
+# Budgets and reports live with the ledger (gateway/ledger/cli.py).
+main.add_command(ledger_cli.budgets)
+main.add_command(ledger_cli.report)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.cache.config import CacheSettings
+from gateway.ledger.settings import LedgerSettings
 from policies import (
     Catalog,
     CatalogError,
@@ -47,7 +48,8 @@ class StoreSettings(BaseModel):
     migrate_on_start: bool = True
     redis_url: str | None = Field(
         default=None,
-        description="Redis for replicas (prompt cache, ...); default None: embedded mode.",
+        description="Redis for replicas and the scale-out mode (prompt cache, ledger counters, "
+        "reservations, rate limits); default None: embedded mode.",
     )
 
 
@@ -101,6 +103,7 @@ class Settings(BaseModel):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
 
     def store_url(self) -> str:
         """The configured store URL, or SQLite in the user's data directory."""

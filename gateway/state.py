@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
+from gateway.ledger.ledger import Ledger
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -28,6 +29,7 @@ class Gateway:
     providers: Mapping[str, Provider]
     master_key: str | None
     cache: PromptCache
+    ledger: Ledger  # budgets and rate limits (gateway/ledger)
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

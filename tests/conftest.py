@@ -98,6 +98,8 @@ async def _empty_tables(url: str) -> None:
     try:
         await store.migrate()
         async with store.engine.begin() as conn:
+            for ledger_table in ("budgets", "ledger_counters", "ledger_reservations"):
+                await conn.exec_driver_sql(f"DELETE FROM {ledger_table}")  # gateway/ledger
             await conn.exec_driver_sql("DELETE FROM spend_log")
             await conn.exec_driver_sql("DELETE FROM api_keys")
             await conn.exec_driver_sql("DELETE FROM teams")
@@ -231,7 +233,9 @@ def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None
 class LiveServer:
     """`rightsize serve` in a subprocess on loopback."""
 
-    def __init__(self, config_file: Path, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self, config_file: Path, env: dict[str, str], workers: int = 1, ready_s: float = 60
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = config_file.with_suffix(".log")
@@ -241,10 +245,10 @@ class LiveServer:
         ]  # fmt: skip
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        self._wait_ready(ready_s)
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
+    def _wait_ready(self, ready_s: float) -> None:
+        deadline = time.monotonic() + ready_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"rightsize serve exited:\n{self.log.read_text()}")

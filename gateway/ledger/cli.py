@@ -1,0 +1,242 @@
+"""`rightsize budgets ...` and `rightsize report ...`: the admin API's budget and report verbs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from gateway.ledger.admin import BudgetIn, budget_json
+from gateway.ledger.build import open_ledger
+from gateway.ledger.ledger import Ledger, usage_json
+from gateway.ledger.periods import Period
+from gateway.ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
+from gateway.settings import ConfigError, Settings, build_catalog
+from gateway.store import Store
+
+_T = TypeVar("_T")
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML configuration file (default: $RIGHTSIZE_CONFIG, else built-in defaults).",
+)
+
+
+# gateway.cli imports this module to register its groups: its helpers are imported late.
+def _settings(config_path: str | None) -> tuple[Settings, str]:
+    from gateway.cli import _settings as settings
+
+    return settings(config_path)
+
+
+def _run(coro: Awaitable[_T]) -> _T:
+    from gateway.cli import _run as run
+
+    return run(coro)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    from gateway.cli import _print_rows as print_rows
+
+    print_rows(rows, columns, as_json)
+
+
+def _with_ledger(
+    config_path: str | None, action: Callable[[Settings, Store, Ledger], Awaitable[_T]]
+) -> _T:
+    settings, _ = _settings(config_path)
+
+    async def run() -> _T:
+        store = Store.connect(settings.store_url())
+        ledger = open_ledger(settings, store)
+        try:
+            await store.migrate()
+            return await action(settings, store, ledger)
+        finally:
+            await ledger.aclose()
+            await store.aclose()
+
+    return _run(run())
+
+
+@click.group()
+def budgets() -> None:
+    """Manage budgets and rate limits of teams and keys."""
+
+
+@budgets.command("set")
+@config_option
+@click.option("--team", default=None, help="The team's budget.")
+@click.option("--key", "key_id", default=None, help="A key's budget (key id).")
+@click.option("--period", type=click.Choice([p.value for p in Period]), required=True)
+@click.option("--limit-usd", default=None, help="USD per period (a decimal, e.g. 250.00).")
+@click.option("--limit-tokens", type=int, default=None, help="Tokens per period.")
+@click.option("--limit-requests", type=int, default=None, help="Requests per period.")
+@click.option("--mode", type=click.Choice(["hard", "soft"]), default="hard")
+@click.option("--soft-at", type=int, default=None, help="Soft budgets: percent that degrades.")
+@click.option("--alert", "alerts", type=int, multiple=True, help="Alert at this percent.")
+def budgets_set(config_path: str | None, **options: Any) -> None:
+    """Create or replace the budget of a team or key for one period."""
+    fields = {
+        "team": options["team"],
+        "key_id": options["key_id"],
+        "period": options["period"],
+        "limit_usd": options["limit_usd"],
+        "limit_tokens": options["limit_tokens"],
+        "limit_requests": options["limit_requests"],
+        "mode": options["mode"],
+        "soft_at_percent": options["soft_at"],
+        "alert_percents": list(options["alerts"]),
+    }
+    try:
+        budget = BudgetIn.model_validate(fields).budget()
+    except ValidationError as exc:
+        raise click.ClickException(exc.errors()[0]["msg"]) from None
+
+    async def put(_: Settings, store: Store, ledger: Ledger) -> None:
+        if budget.scope == "team" and budget.subject not in {
+            t.name for t in await store.list_teams()
+        }:
+            raise click.ClickException(f"team {budget.subject!r} does not exist")
+        await ledger.budgets.put(budget)
+
+    _with_ledger(config_path, put)
+    click.echo(f"set budget {budget.id}")
+
+
+@budgets.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def budgets_list(config_path: str | None, as_json: bool) -> None:
+    """List budgets."""
+
+    async def find(_: Settings, __: Store, ledger: Ledger) -> list[dict[str, Any]]:
+        return [budget_json(b) for b in await ledger.budgets.find()]
+
+    rows = _with_ledger(config_path, find)
+    columns = ["id", "limit_usd", "limit_tokens", "limit_requests", "mode"]
+    _print_rows(rows, columns, as_json)
+
+
+@budgets.command("delete")
+@config_option
+@click.argument("budget_id")
+def budgets_delete(config_path: str | None, budget_id: str) -> None:
+    """Delete a budget by id (e.g. team:search:monthly)."""
+
+    async def delete(_: Settings, __: Store, ledger: Ledger) -> bool:
+        return await ledger.budgets.delete(budget_id)
+
+    if not _with_ledger(config_path, delete):
+        raise click.ClickException(f"budget {budget_id!r} does not exist")
+    click.echo(f"deleted budget {budget_id}")
+
+
+@budgets.command("usage")
+@config_option
+@click.argument("team")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def budgets_usage(config_path: str | None, team: str, as_json: bool) -> None:
+    """Spent, reserved and remaining in each current window of a team's (and its keys') budgets."""
+
+    async def usage(_: Settings, store: Store, ledger: Ledger) -> list[dict[str, Any]]:
+        keys = {k.id for k in await store.list_keys(team)}
+        found = [
+            b
+            for b in await ledger.budgets.find()
+            if (b.scope, b.subject) == ("team", team) or (b.scope == "key" and b.subject in keys)
+        ]
+        return [usage_json(u, team=team) for u in await ledger.usage(found)]
+
+    rows = _with_ledger(config_path, usage)
+    columns = ["id", "window", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd"]
+    _print_rows(rows, columns, as_json)
+
+
+@click.group()
+def report() -> None:
+    """Cost and savings reports from the spend log."""
+
+
+_report_options = [
+    click.option("--start", type=click.DateTime(["%Y-%m-%d"]), required=True),
+    click.option("--end", type=click.DateTime(["%Y-%m-%d"]), required=True),
+    click.option("--team", default=None, help="Only this team."),
+    click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table"),
+]
+
+
+def _with_report_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_report_options):
+        command = option(command)
+    return command
+
+
+@report.command("costs")
+@config_option
+@_with_report_options
+@click.option("--group-by", default="team", help=f"Comma-separated: {', '.join(GROUPINGS)}.")
+def report_costs(
+    config_path: str | None, start: Any, end: Any, team: str | None, fmt: str, group_by: str
+) -> None:
+    """Requests, tokens and exact cost per group, days in the ledger's time zone."""
+    groups = tuple(g.strip() for g in group_by.split(",") if g.strip())
+    if not groups or any(g not in GROUPINGS for g in groups):
+        raise click.ClickException(f"--group-by takes {', '.join(GROUPINGS)}")
+
+    async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
+        return await cost_report(
+            store.engine, ledger.zone, _day(start), _day(end), groups, team=team
+        )
+
+    _emit(_with_ledger(config_path, build), fmt)
+
+
+@report.command("savings")
+@config_option
+@_with_report_options
+@click.option("--reference", default=None, help="Reference model (default from the config).")
+def report_savings(
+    config_path: str | None, start: Any, end: Any, team: str | None, fmt: str, reference: str | None
+) -> None:
+    """Actual cost against every request priced at a reference model, per team and day."""
+    from gateway.llm import model_info
+
+    settings, source = _settings(config_path)
+    name = reference or settings.ledger.savings_reference_model
+    try:
+        catalog = build_catalog(settings, model_info, source)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    deployment = catalog.get(name) if name else None
+    if deployment is None:
+        raise click.ClickException("name a configured model with --reference")
+
+    async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
+        return await savings_report(
+            store.engine, ledger.zone, _day(start), _day(end), deployment, team=team
+        )
+
+    _emit(_with_ledger(config_path, build), fmt)
+
+
+def _day(value: Any) -> date:
+    return value.date() if hasattr(value, "date") else value
+
+
+def _emit(result: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+    elif fmt == "csv":
+        click.echo(to_csv(result), nl=False)
+    else:
+        _print_rows(result["rows"], result["columns"], as_json=False)
+        if "method" in result:
+            click.echo(f"\nmethod: {result['method']}")

@@ -1,0 +1,393 @@
+"""The ledger: hold a request's predicted cost against every budget it counts toward, then settle.
+
+reserve() runs before the upstream call and refuses (429) when a hold does not fit; settle()
+runs after it, success or failure, with what the spend log records for the request. A hold
+that is never settled (a crashed worker) expires after `ledger.reservation_ttl_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import httpx
+
+from gateway.errors import GatewayError
+from gateway.ledger.backend import Admitted, Claim, CounterBackend, CounterState, NeedsRebuild
+from gateway.ledger.budgets import Amounts, Budget, BudgetStore, usd
+from gateway.ledger.periods import Period, Window, window_at
+from gateway.ledger.settings import LedgerSettings
+from policies import TokenPrice, Usage
+
+log = logging.getLogger("rightsize.ledger")
+
+Clock = Callable[[], datetime]
+_PICO = Decimal(10) ** 12
+_DIMENSIONS = ("usd", "tokens", "requests")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What the routing policy may read: soft budgets past their threshold (cap the tier)."""
+
+    soft_exceeded: tuple[str, ...] = ()
+
+    @property
+    def degrade(self) -> bool:
+        return bool(self.soft_exceeded)
+
+
+@dataclass(slots=True)
+class Hold:
+    """A reservation against every budget of one request."""
+
+    id: str
+    budgets: tuple[Budget, ...]
+    windows: tuple[Window, ...]
+    claims: tuple[Claim, ...]
+    amounts: Amounts
+    state: BudgetState = field(default_factory=BudgetState)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """One budget's current window as it stands."""
+
+    budget: Budget
+    window: Window
+    spent: Amounts
+    reserved: Amounts
+
+
+class BudgetExceeded(GatewayError):
+    """429: the request does not fit a budget or rate limit; the body names it."""
+
+    status = 429
+
+    def __init__(
+        self, team: str, usage: BudgetUsage, dimension: str, needed: Amounts, now: datetime
+    ) -> None:
+        budget, window = usage.budget, usage.window
+        self.rate = budget.period is Period.MINUTE
+        self.type = "rate_limit_error" if self.rate else "budget_exceeded_error"
+        self.retry_after = window.seconds_left(now)
+        self.detail = usage_json(usage, team=team)
+        self.detail["exceeded"] = dimension
+        who = f"team {team!r}" if budget.scope == "team" else f"key {budget.subject!r}"
+        limit, spent, reserved, need = _dimension(usage, dimension, needed)
+        what = "rate limit" if self.rate else f"{budget.period.value} budget"
+        resets = (
+            f"It resets at {window.end.isoformat()} (in {self.retry_after} s)."
+            if window.end is not None
+            else "It does not reset (total budget)."
+        )
+        super().__init__(
+            f"{what.capitalize()} exceeded for {who} ({budget.id}, window {window.label}): "
+            f"limit {limit}, spent {spent}, reserved {reserved}, remaining "
+            f"{_remaining(usage, dimension)}; this request needs up to {need}. {resets}",
+            code="rate_limit_exceeded" if self.rate else "budget_exceeded",
+        )
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["budget"] = self.detail
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)} if self.retry_after else {}
+
+
+class Ledger:
+    """Budgets, their counters (Redis or SQL) and the spend log they are rebuilt from."""
+
+    def __init__(
+        self,
+        budgets: BudgetStore,
+        counters: CounterBackend,
+        settings: LedgerSettings,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.budgets = budgets
+        self.counters = counters
+        self.settings = settings
+        self.zone = settings.zone()
+        self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        self._cache: dict[tuple[str, str], tuple[float, list[Budget]]] = {}
+        self._soft_logged: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._webhook = httpx.AsyncClient(timeout=5) if settings.alert_webhook_url else None
+
+    async def budgets_for(self, team: str, key_id: str) -> list[Budget]:
+        """This request's budgets, reused for `ledger.budget_cache_s` within the process."""
+        loop_now = asyncio.get_running_loop().time()
+        cached = self._cache.get((team, key_id))
+        if cached is not None and cached[0] > loop_now:
+            return cached[1]
+        found = await self.budgets.for_request(team, key_id)
+        self._cache[(team, key_id)] = (loop_now + self.settings.budget_cache_s, found)
+        return found
+
+    def forget_budgets(self) -> None:
+        """Drop the cache after a budget changed in this process."""
+        self._cache.clear()
+
+    async def reserve(self, team: str, key_id: str, amounts: Amounts) -> Hold | None:
+        """Hold `amounts` against every budget of the team and key; None when there are none."""
+        budgets = await self.budgets_for(team, key_id)
+        if not budgets:
+            return None
+        now = self.clock()
+        windows = tuple(window_at(b.period, now, self.zone) for b in budgets)
+        claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
+        hold_id = secrets.token_hex(8)
+        now_ms = _ms(now)
+        expires = now_ms + int(self.settings.reservation_ttl_s * 1000)
+        for _ in range(4):
+            result = await self.counters.reserve(hold_id, claims, amounts, now_ms, expires)
+            if isinstance(result, NeedsRebuild):
+                for i in result.indexes:
+                    await self._rebuild(budgets[i], windows[i], claims[i], now_ms)
+                continue
+            if isinstance(result, Admitted):
+                state = self._budget_state(budgets, windows, result.states)
+                return Hold(hold_id, tuple(budgets), windows, claims, amounts, state)
+            usage = _usage(budgets[result.index], windows[result.index], result.state)
+            dimension = _exceeded(claims[result.index], result.state, amounts)
+            log.info("refused %s for %s: %s over its limit", team, usage.budget.id, dimension)
+            raise BudgetExceeded(team, usage, dimension, amounts, now)
+        raise RuntimeError("ledger counters kept disappearing while being rebuilt")
+
+    async def settle(self, hold: Hold, actual: Amounts) -> None:
+        """Charge what the request used and release the rest of its hold (once)."""
+        if hold.settled:
+            return
+        hold.settled = True
+        states = await self.counters.settle(hold.id, hold.claims, actual, hold.amounts)
+        for budget, window, state in zip(hold.budgets, hold.windows, states, strict=True):
+            self._alerts(budget, window, state, actual)
+
+    async def budget_state(self, team: str, key_id: str) -> BudgetState:
+        """Soft budgets of this team and key past their threshold, for the policy to read
+        before it decides (reserve() reports the same in Hold.state afterwards)."""
+        budgets = [b for b in await self.budgets_for(team, key_id) if b.mode == "soft"]
+        if not budgets:
+            return BudgetState()
+        found = await self.usage(budgets)
+        states = [CounterState("", u.spent, u.reserved) for u in found]
+        return self._budget_state(budgets, [u.window for u in found], states)
+
+    async def budget_used(self, team: str, key_id: str) -> float | None:
+        """The largest share (spent + reserved) / limit over the USD and token limits of this
+        team's and key's budgets (rate limits aside): policies.TeamContext.budget_used."""
+        budgets = [b for b in await self.budgets_for(team, key_id) if b.period is not Period.MINUTE]
+        shares = []
+        for u in await self.usage(budgets) if budgets else []:
+            for limit, used in (
+                (u.budget.limit_picousd, u.spent.picousd + u.reserved.picousd),
+                (u.budget.limit_tokens, u.spent.tokens + u.reserved.tokens),
+            ):
+                if limit is not None:
+                    shares.append(used / limit if limit > 0 else 1.0)
+        return max(shares) if shares else None
+
+    async def usage(self, budgets: Sequence[Budget]) -> list[BudgetUsage]:
+        """Spent, reserved and remaining for each budget's current window."""
+        now = self.clock()
+        windows = [window_at(b.period, now, self.zone) for b in budgets]
+        claims = [_claim(b, w) for b, w in zip(budgets, windows, strict=True)]
+        states = list(await self.counters.read(claims, _ms(now)))
+        for i, state in enumerate(states):
+            if state is None:
+                await self._rebuild(budgets[i], windows[i], claims[i], _ms(now))
+                states[i] = (await self.counters.read([claims[i]], _ms(now)))[0]
+        return [
+            _usage(b, w, s or CounterState(c.counter, Amounts(), Amounts()))
+            for b, w, c, s in zip(budgets, windows, claims, states, strict=True)
+        ]
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._webhook is not None:
+            await self._webhook.aclose()
+        await self.counters.aclose()
+
+    async def _rebuild(self, budget: Budget, window: Window, claim: Claim, now_ms: int) -> None:
+        spent = await self.budgets.spent(budget, window)
+        log.info(
+            "ledger counter %s rebuilt from the spend log: $%s, %d tokens, %d requests",
+            claim.counter,
+            usd(spent.picousd),
+            spent.tokens,
+            spent.requests,
+        )
+        await self.counters.initialize(claim, spent, now_ms)
+
+    def _budget_state(
+        self, budgets: Sequence[Budget], windows: Sequence[Window], states: Sequence[CounterState]
+    ) -> BudgetState:
+        soft = []
+        for budget, state in zip(budgets, states, strict=True):
+            limit = budget.limit_picousd
+            if budget.mode != "soft" or limit is None:
+                continue
+            percent = budget.soft_at_percent if budget.soft_at_percent is not None else 100
+            if (state.spent.picousd + state.reserved.picousd) * 100 >= limit * percent:
+                soft.append(budget.id)
+                if state.counter and state.counter not in self._soft_logged:
+                    self._soft_logged.add(state.counter)
+                    log.warning("soft budget %s is past %d%%", budget.id, percent)
+        return BudgetState(tuple(soft))
+
+    def _alerts(self, budget: Budget, window: Window, state: CounterState, actual: Amounts) -> None:
+        for dimension, limit, after, added in (
+            ("usd", budget.limit_picousd, state.spent.picousd, actual.picousd),
+            ("tokens", budget.limit_tokens, state.spent.tokens, actual.tokens),
+        ):
+            if limit is None or limit <= 0 or added <= 0:
+                continue
+            before = after - added
+            for percent in budget.alert_percents:
+                if before * 100 < limit * percent <= after * 100:
+                    self._alert(budget, window, dimension, percent, state)
+
+    def _alert(
+        self, budget: Budget, window: Window, dimension: str, percent: int, state: CounterState
+    ) -> None:
+        event = {
+            "event": "budget_threshold_crossed",
+            "budget": budget.id,
+            "window": window.label,
+            "dimension": dimension,
+            "percent": percent,
+            "spent_usd": str(usd(state.spent.picousd)),
+            "spent_tokens": state.spent.tokens,
+        }
+        log.warning("budget alert: %s", event)
+        if self._webhook is not None and self.settings.alert_webhook_url:
+            task = asyncio.create_task(self._post(self.settings.alert_webhook_url, event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, url: str, event: dict[str, Any]) -> None:
+        assert self._webhook is not None
+        try:
+            (await self._webhook.post(url, json=event)).raise_for_status()
+        except httpx.HTTPError:
+            log.exception("budget alert webhook %s failed", url)
+
+
+def output_token_bound(
+    *,
+    predicted: int | None,
+    max_tokens: int | None,
+    context_window: int | None,
+    prompt_tokens: int,
+    default_cap: int,
+) -> int:
+    """Output tokens to hold: the prediction, else the request's max tokens, else a default cap
+    (no more than what the context window leaves); a max tokens also caps a prediction."""
+    if predicted is not None:
+        return min(predicted, max_tokens) if max_tokens is not None else predicted
+    if max_tokens is not None:
+        return max_tokens
+    if context_window is not None and context_window > prompt_tokens:
+        return min(default_cap, context_window - prompt_tokens)
+    return default_cap
+
+
+def hold_amounts(price: TokenPrice, prompt_tokens: int, output_tokens: int) -> Amounts:
+    """A request's hold: its predicted cost rounded up to a whole pico-dollar, tokens, 1 request."""
+    cost = price.cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens))
+    pico = int((cost * _PICO).to_integral_value(rounding=ROUND_CEILING))
+    return Amounts(pico, prompt_tokens + output_tokens, 1)
+
+
+def usage_json(usage: BudgetUsage, *, team: str | None = None) -> dict[str, Any]:
+    """A budget's window as the admin API and the 429 body show it (money as decimal strings)."""
+    budget, window, spent, held = usage.budget, usage.window, usage.spent, usage.reserved
+    data: dict[str, Any] = {
+        "id": budget.id,
+        "scope": budget.scope,
+        "team": team if budget.scope == "key" else budget.subject,
+        "key_id": budget.subject if budget.scope == "key" else None,
+        "period": budget.period.value,
+        "mode": budget.mode,
+        "window": window.label,
+        "window_start": window.start.isoformat() if window.start else None,
+        "resets_at": window.end.isoformat() if window.end else None,
+    }
+    for name, limit, s, r in (
+        ("usd", budget.limit_picousd, spent.picousd, held.picousd),
+        ("tokens", budget.limit_tokens, spent.tokens, held.tokens),
+        ("requests", budget.limit_requests, spent.requests, held.requests),
+    ):
+        money = name == "usd"
+        show = (lambda v: _usd_text(v)) if money else (lambda v: v)
+        data[f"limit_{name}"] = None if limit is None else show(limit)
+        data[f"spent_{name}"] = show(s)
+        data[f"reserved_{name}"] = show(r)
+        data[f"remaining_{name}"] = None if limit is None else show(max(limit - s - r, 0))
+    return data
+
+
+def _claim(budget: Budget, window: Window) -> Claim:
+    expires = None
+    if window.end is not None:
+        grace = timedelta(minutes=2) if budget.period is Period.MINUTE else timedelta(days=2)
+        expires = _ms(window.end + grace)
+    return Claim(budget.counter(window), *budget.limits(), expires_at_ms=expires)
+
+
+def _usage(budget: Budget, window: Window, state: CounterState) -> BudgetUsage:
+    return BudgetUsage(budget, window, state.spent, state.reserved)
+
+
+def _exceeded(claim: Claim, state: CounterState, amounts: Amounts) -> str:
+    for name, limit, spent, held, amount in (
+        ("usd", claim.limit_picousd, state.spent.picousd, state.reserved.picousd, amounts.picousd),
+        ("tokens", claim.limit_tokens, state.spent.tokens, state.reserved.tokens, amounts.tokens),
+        ("requests", claim.limit_requests, state.spent.requests, state.reserved.requests, 1),
+    ):
+        if limit is not None and spent + held + amount > limit:
+            return name
+    return "usd"
+
+
+def _dimension(usage: BudgetUsage, dimension: str, needed: Amounts) -> tuple[str, ...]:
+    b, s, r = usage.budget, usage.spent, usage.reserved
+    if dimension == "usd":
+        values = (b.limit_picousd or 0, s.picousd, r.picousd, needed.picousd)
+        return tuple(f"${_usd_text(v)}" for v in values)
+    if dimension == "tokens":
+        values = (b.limit_tokens or 0, s.tokens, r.tokens, needed.tokens)
+        return tuple(f"{v} tokens" for v in values)
+    values = (b.limit_requests or 0, s.requests, r.requests, 1)
+    return tuple(f"{v} requests" for v in values)
+
+
+def _remaining(usage: BudgetUsage, dimension: str) -> str:
+    b, s, r = usage.budget, usage.spent, usage.reserved
+    if dimension == "usd":
+        return f"${_usd_text(max((b.limit_picousd or 0) - s.picousd - r.picousd, 0))}"
+    if dimension == "tokens":
+        return f"{max((b.limit_tokens or 0) - s.tokens - r.tokens, 0)} tokens"
+    return f"{max((b.limit_requests or 0) - s.requests - r.requests, 0)} requests"
+
+
+def _usd_text(picousd: int) -> str:
+    value = usd(picousd)
+    return format(value.normalize(), "f") if value else "0"
+
+
+def _ms(when: datetime) -> int:
+    return math.floor(when.timestamp() * 1000)

@@ -1,0 +1,56 @@
+"""The ledger as the chat handler uses it: a request's hold before the call, its charge after."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.ledger.budgets import Amounts
+from gateway.ledger.ledger import Hold, Ledger, hold_amounts, output_token_bound
+from gateway.schemas import ChatRequest
+from gateway.store import SpendRecord, to_picousd
+from gateway.usage import count_usage
+from policies import Deployment
+
+log = logging.getLogger("rightsize.ledger")
+
+
+async def reserve_request(
+    ledger: Ledger,
+    team: str,
+    key_id: str,
+    chat: ChatRequest,
+    deployment: Deployment,
+    predicted_output_tokens: int | None = None,
+) -> Hold | None:
+    """Hold the request's predicted cost, or None when its team and key have no budget.
+
+    The prediction is the router's p90 output tokens when given (not wired yet: None).
+    """
+    if not await ledger.budgets_for(team, key_id):
+        return None
+    messages = chat.upstream_payload()["messages"]
+    counted = await asyncio.to_thread(count_usage, deployment.model, messages, "")
+    output = output_token_bound(
+        predicted=predicted_output_tokens,
+        max_tokens=chat.max_completion_tokens or chat.max_tokens,
+        context_window=deployment.capabilities.context_window,
+        prompt_tokens=counted.prompt_tokens,
+        default_cap=ledger.settings.default_max_output_tokens,
+    )
+    amounts = hold_amounts(deployment.price, counted.prompt_tokens, output * (chat.n or 1))
+    return await ledger.reserve(team, key_id, amounts)
+
+
+async def settle_request(ledger: Ledger, hold: Hold | None, record: SpendRecord) -> None:
+    """Charge what the spend log records for the request; on failure that is 0 (a release)."""
+    if hold is None:
+        return
+    actual = Amounts(
+        to_picousd(record.cost_usd), record.prompt_tokens + record.completion_tokens, 1
+    )
+    try:
+        await ledger.settle(hold, actual)
+    except Exception:
+        # The spend log still gets the row; the hold expires and a rebuild restores counters.
+        log.exception("ledger settle failed for request %s", record.request_id)

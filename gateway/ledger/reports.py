@@ -1,0 +1,255 @@
+"""Cost and savings reports: spend-log totals per group, summed by the database.
+
+Days are calendar days in the ledger's time zone. SQL cannot convert zones portably (SQLite
+has no zone database), so the range is cut where the zone's UTC offset changes (DST); inside
+each piece the offset is fixed and the local day is floor((epoch + offset) / 86400).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Integer, cast, extract, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.store import from_picousd
+from gateway.store.tables import spend_log
+from policies import Deployment
+
+GROUPINGS = ("team", "key", "model", "requested_model", "tier", "day")
+_COLUMNS = {
+    "team": spend_log.c.team,
+    "key": spend_log.c.key_id,
+    "model": spend_log.c.deployment,
+    "requested_model": spend_log.c.requested_model,
+    "tier": spend_log.c.tier,
+}
+_EPOCH = date(1970, 1, 1)
+
+SAVINGS_METHOD = (
+    "Counterfactual: every request in the spend log priced at the reference model with the "
+    "same token counts (uncached prompt tokens at its input price, cached prompt tokens at its "
+    "cached-input price, completion tokens at its output price). Savings = counterfactual - "
+    "actual. Actual cost is the spend log's exact cost; requests answered from the prompt "
+    "cache (cost 0) count as savings at their token counts."
+)
+
+
+async def cost_report(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    groups: Sequence[str],
+    *,
+    team: str | None = None,
+) -> dict[str, Any]:
+    """Requests, tokens and exact cost per group over the days start..end (inclusive)."""
+    totals = await _grouped(engine, zone, start, end, groups, team)
+    rows = []
+    for key in sorted(totals, key=_sort_key):
+        n, prompt, completion, cached, pico = totals[key]
+        rows.append(
+            {
+                **dict(zip(groups, key, strict=True)),
+                "requests": n,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "cached_tokens": cached,
+                "cost_usd": _money(from_picousd(pico)),
+            }
+        )
+    columns = [*groups, "requests", "prompt_tokens", "completion_tokens"]
+    columns += ["cached_tokens", "cost_usd"]
+    total_pico = sum(v[4] for v in totals.values())
+    return {
+        "report": "costs",
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "timezone": zone.key,
+        "group_by": list(groups),
+        "columns": columns,
+        "rows": rows,
+        "totals": {
+            "requests": sum(v[0] for v in totals.values()),
+            "cost_usd": _money(from_picousd(total_pico)),
+        },
+    }
+
+
+async def savings_report(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    reference: Deployment,
+    *,
+    team: str | None = None,
+) -> dict[str, Any]:
+    """Actual cost against the reference model's cost at the same tokens, per team and day."""
+    totals = await _grouped(engine, zone, start, end, ("team", "day"), team)
+    price = reference.price
+    rows = []
+    sum_actual = sum_reference = Decimal(0)
+    for key in sorted(totals, key=_sort_key):
+        n, prompt, completion, cached, pico = totals[key]
+        actual = from_picousd(pico)
+        counterfactual = (
+            (prompt - cached) * price.input
+            + cached * price.cached_input
+            + completion * price.output
+        )
+        sum_actual += actual
+        sum_reference += counterfactual
+        rows.append(
+            {
+                "team": key[0],
+                "day": key[1],
+                "requests": n,
+                "actual_cost_usd": _money(actual),
+                "reference_cost_usd": _money(counterfactual),
+                "savings_usd": _money(counterfactual - actual),
+                "savings_percent": _percent(counterfactual - actual, counterfactual),
+            }
+        )
+    return {
+        "report": "savings",
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "timezone": zone.key,
+        "reference_model": reference.name,
+        "method": SAVINGS_METHOD,
+        "columns": [
+            "team",
+            "day",
+            "requests",
+            "actual_cost_usd",
+            "reference_cost_usd",
+            "savings_usd",
+            "savings_percent",
+        ],
+        "rows": rows,
+        "totals": {
+            "actual_cost_usd": _money(sum_actual),
+            "reference_cost_usd": _money(sum_reference),
+            "savings_usd": _money(sum_reference - sum_actual),
+            "savings_percent": _percent(sum_reference - sum_actual, sum_reference),
+        },
+    }
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    """The report's rows as RFC 4180 CSV: CRLF line ends, fields quoted when they need it."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    columns = report["columns"]
+    writer.writerow(columns)
+    for row in report["rows"]:
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    return out.getvalue()
+
+
+def utc_range(zone: ZoneInfo, start: date, end: date) -> tuple[datetime, datetime]:
+    """[local midnight of start, local midnight after end) as UTC instants."""
+    first = datetime.combine(start, time(), tzinfo=zone).astimezone(UTC)
+    after = datetime.combine(end + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC)
+    return first, after
+
+
+def offset_segments(
+    zone: ZoneInfo, first: datetime, after: datetime
+) -> list[tuple[datetime, datetime, int]]:
+    """Split [first, after) where the zone's UTC offset changes; (start, end, offset seconds)."""
+    segments = []
+    seg_start, offset = first, _offset(zone, first)
+    probe = first
+    while probe < after:
+        nxt = min(probe + timedelta(hours=1), after)
+        if nxt < after and _offset(zone, nxt) != offset:
+            low, high = probe, nxt  # the change lies in (low, high]: bisect to the second
+            while high - low > timedelta(seconds=1):
+                mid = low + (high - low) / 2
+                low, high = (mid, high) if _offset(zone, mid) == offset else (low, mid)
+            segments.append((seg_start, high, offset))
+            seg_start, offset = high, _offset(zone, high)
+        probe = nxt
+    segments.append((seg_start, after, offset))
+    return segments
+
+
+async def _grouped(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    groups: Sequence[str],
+    team: str | None,
+) -> dict[tuple[Any, ...], list[int]]:
+    first, after = utc_range(zone, start, end)
+    pieces = offset_segments(zone, first, after) if "day" in groups else [(first, after, 0)]
+    totals: dict[tuple[Any, ...], list[int]] = {}
+    async with engine.connect() as conn:
+        for seg_start, seg_end, offset in pieces:
+            day = _local_day(engine.dialect.name, offset)
+            keys = [day if g == "day" else _COLUMNS[g] for g in groups]
+            query = (
+                select(
+                    *keys,
+                    func.count(),
+                    func.coalesce(func.sum(spend_log.c.prompt_tokens), 0),
+                    func.coalesce(func.sum(spend_log.c.completion_tokens), 0),
+                    func.coalesce(func.sum(spend_log.c.cached_tokens), 0),
+                    func.coalesce(func.sum(spend_log.c.cost_picousd), 0),
+                )
+                .where(spend_log.c.created_at >= seg_start, spend_log.c.created_at < seg_end)
+                .group_by(*keys)
+            )
+            if team is not None:
+                query = query.where(spend_log.c.team == team)
+            else:
+                # SQLite's planner would skip-scan (team, created_at) and read the table in team
+                # order; the time index reads it in insertion (= time) order.
+                query = query.with_hint(spend_log, "INDEXED BY ix_spend_log_created", "sqlite")
+            for row in await conn.execute(query):
+                key = tuple(
+                    (_EPOCH + timedelta(days=int(v))).isoformat() if g == "day" else v
+                    for g, v in zip(groups, row[: len(groups)], strict=True)
+                )
+                sums = totals.setdefault(key, [0, 0, 0, 0, 0])
+                for i, value in enumerate(row[len(groups) :]):
+                    sums[i] += int(value)
+    return totals
+
+
+def _local_day(dialect: str, offset: int) -> ColumnElement[Any]:
+    if dialect == "sqlite":
+        epoch = cast(func.strftime("%s", spend_log.c.created_at), Integer)
+        return ((epoch + offset) // 86400).label("day")  # integer division, not REAL
+    epoch_pg = extract("epoch", spend_log.c.created_at)
+    return cast(func.floor((epoch_pg + offset) / 86400), Integer).label("day")
+
+
+def _offset(zone: ZoneInfo, when: datetime) -> int:
+    delta = when.astimezone(zone).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple("" if v is None else str(v) for v in key)
+
+
+def _money(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"
+
+
+def _percent(part: Decimal, whole: Decimal) -> str | None:
+    if not whole:
+        return None
+    return str((part * 100 / whole).quantize(Decimal("0.01")))

@@ -1,0 +1,163 @@
+"""Ledger counters in PostgreSQL (no Redis configured): one transaction per operation.
+
+The counter rows are locked (SELECT ... FOR UPDATE, in key order, so two transactions never wait
+on each other in a cycle). The embedded SQLite store has its own backend (sqlite_backend.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
+from gateway.ledger.budgets import Amounts
+from gateway.ledger.tables import ledger_counters as counters
+from gateway.ledger.tables import ledger_reservations as holds
+from gateway.store.store import async_url
+
+
+class SQLCounters:
+    """The ledger backend on PostgreSQL without Redis."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def connect(cls, url: str) -> SQLCounters:
+        return cls(create_async_engine(async_url(url), pool_pre_ping=True))
+
+    async def reserve(
+        self,
+        hold_id: str,
+        claims: Sequence[Claim],
+        amounts: Amounts,
+        now_ms: int,
+        expires_at_ms: int,
+    ) -> Admitted | Refused | NeedsRebuild:
+        keys = [c.counter for c in claims]
+        async with self.engine.begin() as conn:
+            spent = await self._lock(conn, keys)
+            missing = tuple(i for i, key in enumerate(keys) if key not in spent)
+            if missing:
+                return NeedsRebuild(missing)
+            await conn.execute(
+                delete(holds).where(holds.c.counter.in_(keys), holds.c.expires_at_ms <= now_ms)
+            )
+            reserved = await _reserved(conn, keys)
+            states = []
+            for index, claim in enumerate(claims):
+                state = CounterState(claim.counter, spent[claim.counter], reserved[claim.counter])
+                if not fits(claim, state, amounts):
+                    return Refused(index, state)
+                states.append(state)
+            await conn.execute(
+                insert(holds),
+                [
+                    {
+                        "hold_id": hold_id,
+                        "counter": key,
+                        "picousd": amounts.picousd,
+                        "tokens": amounts.tokens,
+                        "requests": amounts.requests,
+                        "expires_at_ms": expires_at_ms,
+                    }
+                    for key in keys
+                ],
+            )
+        return Admitted(
+            tuple(CounterState(s.counter, s.spent, s.reserved + amounts) for s in states)
+        )
+
+    async def settle(
+        self, hold_id: str, claims: Sequence[Claim], actual: Amounts, reserved: Amounts
+    ) -> tuple[CounterState, ...]:
+        keys = [c.counter for c in claims]
+        async with self.engine.begin() as conn:
+            await self._lock(conn, keys)
+            await conn.execute(delete(holds).where(holds.c.hold_id == hold_id))
+            await conn.execute(
+                update(counters)
+                .where(counters.c.key.in_(keys))
+                .values(
+                    spent_picousd=counters.c.spent_picousd + actual.picousd,
+                    spent_tokens=counters.c.spent_tokens + actual.tokens,
+                    spent_requests=counters.c.spent_requests + actual.requests,
+                )
+            )
+            spent = await self._lock(conn, keys)
+            held = await _reserved(conn, keys)
+        return tuple(CounterState(k, spent.get(k, Amounts()), held[k]) for k in keys)
+
+    async def initialize(self, claim: Claim, spent: Amounts, now_ms: int) -> None:
+        async with self.engine.begin() as conn:
+            known = await conn.scalar(select(counters.c.key).where(counters.c.key == claim.counter))
+            if known is not None:
+                return
+            await conn.execute(delete(holds).where(holds.c.counter == claim.counter))
+            await conn.execute(
+                insert(counters).values(
+                    key=claim.counter,
+                    spent_picousd=spent.picousd,
+                    spent_tokens=spent.tokens,
+                    spent_requests=spent.requests,
+                    expires_at_ms=claim.expires_at_ms,
+                )
+            )
+            # Counters of past windows are never read again.
+            await conn.execute(delete(counters).where(counters.c.expires_at_ms < now_ms))
+
+    async def read(self, claims: Sequence[Claim], now_ms: int) -> tuple[CounterState | None, ...]:
+        keys = [c.counter for c in claims]
+        async with self.engine.begin() as conn:
+            spent = await self._lock(conn, keys)
+            await conn.execute(
+                delete(holds).where(holds.c.counter.in_(keys), holds.c.expires_at_ms <= now_ms)
+            )
+            held = await _reserved(conn, keys)
+        return tuple(CounterState(k, spent[k], held[k]) if k in spent else None for k in keys)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    async def _lock(self, conn: AsyncConnection, keys: list[str]) -> dict[str, Amounts]:
+        query = (
+            select(
+                counters.c.key,
+                counters.c.spent_picousd,
+                counters.c.spent_tokens,
+                counters.c.spent_requests,
+            )
+            .where(counters.c.key.in_(keys))
+            .order_by(counters.c.key)
+            .with_for_update()
+        )
+        rows = await conn.execute(query)
+        return {r.key: Amounts(r.spent_picousd, r.spent_tokens, r.spent_requests) for r in rows}
+
+
+async def _reserved(conn: AsyncConnection, keys: list[str]) -> dict[str, Amounts]:
+    rows = await conn.execute(
+        select(
+            holds.c.counter,
+            func.sum(holds.c.picousd),
+            func.sum(holds.c.tokens),
+            func.sum(holds.c.requests),
+        )
+        .where(holds.c.counter.in_(keys))
+        .group_by(holds.c.counter)
+    )
+    found = {r[0]: Amounts(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+    return {k: found.get(k, Amounts()) for k in keys}
+
+
+def fits(claim: Claim, state: CounterState, amounts: Amounts) -> bool:
+    for limit, spent, held, amount in (
+        (claim.limit_picousd, state.spent.picousd, state.reserved.picousd, amounts.picousd),
+        (claim.limit_tokens, state.spent.tokens, state.reserved.tokens, amounts.tokens),
+        (claim.limit_requests, state.spent.requests, state.reserved.requests, amounts.requests),
+    ):
+        if limit is not None and amount > 0 and spent + held + amount > limit:
+            return False
+    return True

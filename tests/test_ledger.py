@@ -1,0 +1,280 @@
+"""The ledger on both counter backends (SQLite BEGIN IMMEDIATE, Redis Lua), under a frozen clock."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.ledger.budgets import Amounts, Budget
+from gateway.ledger.ledger import BudgetExceeded, Ledger
+from gateway.ledger.periods import Period
+from gateway.store import SpendRecord, Store
+from tests.ledger_support import FrozenClock, at, open_ledger, redis_prefix
+
+__all__ = ["redis_prefix"]
+
+USD = Decimal("0.000001")  # one micro-dollar: requests below cost a few of them
+PICO_PER_MICRO = 10**6
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(at("2026-03-10T12:00:00-04:00"))
+
+
+@pytest.fixture
+async def ledger(
+    backend: str, tmp_path: Path, clock: FrozenClock, request: pytest.FixtureRequest
+) -> AsyncIterator[Ledger]:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    async with open_ledger(
+        backend, tmp_path, prefix, clock, timezone="America/New_York", reservation_ttl_s=30
+    ) as built:
+        yield built
+
+
+async def put(ledger: Ledger, **fields: Any) -> Budget:
+    budget = Budget(**{"scope": "team", "subject": "search", **fields})
+    await ledger.budgets.put(budget)
+    ledger.forget_budgets()
+    return budget
+
+
+def micro(n: int) -> Amounts:
+    return Amounts(picousd=n * PICO_PER_MICRO, tokens=10 * n, requests=1)
+
+
+async def log_spend(store_engine: Any, team: str, cost: Decimal, when: Any) -> None:
+    store = Store(store_engine)
+    record = SpendRecord(
+        request_id="r", created_at=when, status=200, team=team, key_id="key_a", deployment="m"
+    )
+    record.cost_usd, record.prompt_tokens, record.completion_tokens = cost, 3, 4
+    await store.insert_spend([record])
+
+
+async def test_a_team_without_budgets_holds_nothing(ledger: Ledger) -> None:
+    assert await ledger.reserve("search", "key_a", micro(5)) is None
+
+
+async def test_a_hold_is_reserved_then_settled_into_spent(ledger: Ledger) -> None:
+    budget = await put(ledger, period=Period.DAILY, limit_usd=100 * USD)
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    [usage] = await ledger.usage([budget])
+    assert (usage.spent, usage.reserved) == (Amounts(), micro(10))
+    await ledger.settle(hold, micro(7))
+    [usage] = await ledger.usage([budget])
+    assert (usage.spent, usage.reserved) == (micro(7), Amounts())
+
+
+async def test_a_hold_that_does_not_fit_is_refused_naming_the_budget(ledger: Ledger) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=25 * USD)
+    first = await ledger.reserve("search", "key_a", micro(10))
+    assert first is not None
+    await ledger.settle(first, micro(10))
+    await ledger.reserve("search", "key_a", micro(10))
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(10))
+    error = refused.value
+    assert error.status == 429 and error.code == "budget_exceeded"
+    detail = error.body()["error"]["budget"]
+    assert detail["team"] == "search" and detail["period"] == "daily"
+    assert detail["limit_usd"] == "0.000025"
+    assert (detail["spent_usd"], detail["reserved_usd"]) == ("0.00001", "0.00001")
+    assert detail["remaining_usd"] == "0.000005"
+    # 12:00 EDT to the next local midnight is 12 hours.
+    assert error.headers() == {"retry-after": str(12 * 3600)}
+    assert error.message.startswith("Daily budget exceeded for team 'search'")
+    assert "resets at 2026-03-11T00:00:00-04:00" in error.message
+
+
+async def test_a_failed_request_releases_its_whole_hold(ledger: Ledger) -> None:
+    budget = await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD)
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    await ledger.settle(hold, Amounts(requests=1))
+    [usage] = await ledger.usage([budget])
+    assert usage.spent == Amounts(requests=1) and usage.reserved == Amounts()
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None
+
+
+async def test_an_unsettled_hold_expires_after_its_ttl(ledger: Ledger, clock: FrozenClock) -> None:
+    budget = await put(ledger, period=Period.TOTAL, limit_usd=10 * USD)
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve("search", "key_a", micro(1))
+    clock.advance(seconds=31)
+    [usage] = await ledger.usage([budget])
+    assert usage.reserved == Amounts()
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None
+
+
+async def test_settling_after_the_hold_expired_still_charges_the_spend(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    budget = await put(ledger, period=Period.TOTAL, limit_usd=100 * USD)
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    clock.advance(seconds=60)
+    await ledger.reserve("search", "key_a", micro(1))  # purges the expired hold
+    await ledger.settle(hold, micro(8))
+    [usage] = await ledger.usage([budget])
+    assert usage.spent == micro(8) and usage.reserved == micro(1)
+
+
+async def test_a_key_budget_and_its_team_budget_both_bind(ledger: Ledger) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=100 * USD)
+    await put(ledger, scope="key", subject="key_a", period=Period.DAILY, limit_usd=5 * USD)
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(10))
+    assert refused.value.detail["key_id"] == "key_a"
+    assert await ledger.reserve("search", "key_b", micro(10)) is not None
+
+
+async def test_a_token_budget_refuses_by_tokens(ledger: Ledger) -> None:
+    await put(ledger, period=Period.WEEKLY, limit_tokens=150)
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None  # 100 tokens
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(10))
+    assert refused.value.detail["exceeded"] == "tokens"
+
+
+async def test_a_requests_per_minute_limit_answers_rate_limit_until_the_next_minute(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    await put(ledger, period=Period.MINUTE, limit_requests=2)
+    clock.advance(seconds=45)
+    for _ in range(2):
+        assert await ledger.reserve("search", "key_a", micro(1)) is not None
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(1))
+    assert refused.value.code == "rate_limit_exceeded"
+    assert refused.value.type == "rate_limit_error"
+    assert refused.value.headers() == {"retry-after": "15"}
+    clock.advance(seconds=15)
+    assert await ledger.reserve("search", "key_a", micro(1)) is not None
+
+
+async def test_daily_budget_rolls_over_at_local_midnight(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    clock.now = at("2026-03-10T23:59:59-04:00")
+    await put(ledger, period=Period.DAILY, limit_usd=10 * USD)
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    await ledger.settle(hold, micro(10))
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(1))
+    assert refused.value.headers() == {"retry-after": "1"}
+    # Midnight in New York is 04:00 UTC: the UTC day has not changed, the budget's day has.
+    clock.now = at("2026-03-11T00:00:00-04:00")
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None
+
+
+async def test_daily_budget_on_the_dst_day_lasts_23_hours(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    clock.now = at("2026-03-08T00:30:00-05:00")  # clocks go forward at 02:00 that day
+    await put(ledger, period=Period.DAILY, limit_usd=10 * USD)
+    await ledger.reserve("search", "key_a", micro(10))
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(1))
+    assert refused.value.headers() == {"retry-after": str(22 * 3600 + 1800)}
+
+
+async def test_monthly_budget_rolls_over_on_the_first_in_local_time(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    clock.now = at("2026-03-31T23:00:00-04:00")  # already April 1st in UTC
+    budget = await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD)
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    await ledger.settle(hold, micro(10))
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(1))
+    assert refused.value.detail["window"] == "2026-03"
+    assert refused.value.headers() == {"retry-after": "3600"}
+    clock.advance(hours=1)
+    [usage] = await ledger.usage([budget])
+    assert usage.window.label == "2026-04" and usage.spent == Amounts()
+    assert await ledger.reserve("search", "key_a", micro(10)) is not None
+
+
+async def test_a_budget_created_mid_period_counts_spend_already_in_the_log(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    await log_spend(ledger.budgets.engine, "search", Decimal("0.000008"), at("2026-03-10T01:00Z"))
+    await log_spend(ledger.budgets.engine, "search", Decimal("0.000005"), at("2026-03-01T03:00Z"))
+    await log_spend(ledger.budgets.engine, "ads", Decimal("0.000005"), at("2026-03-10T03:00Z"))
+    # 2026-03-01T03:00Z is still February 28th in New York: not this month.
+    budget = await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD)
+    [usage] = await ledger.usage([budget])
+    assert usage.spent == Amounts(picousd=8 * PICO_PER_MICRO, tokens=7, requests=1)
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve("search", "key_a", micro(3))
+
+
+async def test_a_soft_budget_past_its_threshold_is_reported_for_the_policy(
+    ledger: Ledger,
+) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=20 * USD, mode="soft", soft_at_percent=50)
+    first = await ledger.reserve("search", "key_a", micro(5))
+    assert first is not None and not first.state.degrade
+    second = await ledger.reserve("search", "key_a", micro(5))
+    assert second is not None and second.state.soft_exceeded == ("team:search:daily",)
+
+
+async def test_crossing_an_alert_threshold_logs_one_event(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=20 * USD, alert_percents=(50, 90))
+    caplog.set_level(logging.WARNING, logger="rightsize.ledger")
+    for cost in (6, 6, 1):
+        hold = await ledger.reserve("search", "key_a", micro(cost))
+        assert hold is not None
+        await ledger.settle(hold, micro(cost))
+    alerts = [r.getMessage() for r in caplog.records if "budget alert" in r.getMessage()]
+    assert len(alerts) == 1 and "'percent': 50" in alerts[0]
+
+
+async def test_the_policy_can_read_soft_budget_state_before_deciding(ledger: Ledger) -> None:
+    await put(ledger, period=Period.DAILY, limit_usd=20 * USD, mode="soft", soft_at_percent=50)
+    assert not (await ledger.budget_state("search", "key_a")).degrade
+    hold = await ledger.reserve("search", "key_a", micro(10))
+    assert hold is not None
+    assert (await ledger.budget_state("search", "key_a")).soft_exceeded == ("team:search:daily",)
+
+
+async def test_an_alert_is_posted_to_the_webhook(
+    tmp_path: Path, clock: FrozenClock, respx_mock: Any
+) -> None:
+    route = respx_mock.post("http://hooks.test/budget").respond(204)
+    async with open_ledger(
+        "sqlite", tmp_path, None, clock, alert_webhook_url="http://hooks.test/budget"
+    ) as ledger:
+        await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD, alert_percents=(80,))
+        hold = await ledger.reserve("search", "key_a", micro(9))
+        assert hold is not None
+        await ledger.settle(hold, micro(9))
+    assert route.call_count == 1
+    event = route.calls[0].request.read()
+    assert b'"budget":"team:search:monthly"' in event and b'"percent":80' in event
+
+
+async def test_budget_used_is_the_largest_share_of_any_limit(ledger: Ledger) -> None:
+    assert await ledger.budget_used("search", "key_a") is None
+    await put(ledger, period=Period.DAILY, limit_usd=40 * USD)
+    await put(ledger, scope="key", subject="key_a", period=Period.MONTHLY, limit_tokens=200)
+    await ledger.reserve("search", "key_a", micro(10))  # 1/4 of the USD, 1/2 of the tokens
+    assert await ledger.budget_used("search", "key_a") == 0.5
