@@ -86,11 +86,14 @@ async def chat_completions(request: Request) -> Response:
         if cached.hit:
             return _from_cache(gateway, call, key, chat, payload, cached)
         call.estimate = await _estimate(gateway, payload["messages"])
-        decision = _decide(gateway, key, chat, payload, call.estimate)
+        team = TeamContext(key.team, budget_used=await _budget_used(gateway, key))
+        decision = _decide(gateway, key, chat, payload, call.estimate, team)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
+        # The hold is what the router predicts (p90 output tokens), not the worst case.
+        predicted = call.estimate.token_budget_p90 if call.estimate else None
         call.hold = await reserve_request(
-            gateway.ledger, key.team, key.id, chat, decision.deployment
+            gateway.ledger, key.team, key.id, chat, decision.deployment, predicted
         )
         if chat.stream:
             return await _stream(gateway, call, chat, payload, decision, cached)
@@ -144,12 +147,20 @@ async def _embedding(gateway: Gateway, team: str, messages: list[dict[str, Any]]
     return (await asyncio.to_thread(gateway.router.embed_batch, [text]))[0]
 
 
+async def _budget_used(gateway: Gateway, key: ApiKey) -> float | None:
+    """The team's budget share, read only when the policy caps tiers on it (a store read)."""
+    if gateway.policy.spec.soft_budget is None:
+        return None
+    return await gateway.ledger.budget_used(key.team, key.id)
+
+
 def _decide(
     gateway: Gateway,
     key: ApiKey,
     chat: ChatRequest,
     payload: dict[str, Any],
     estimate: Estimate | None,
+    team: TeamContext | None = None,
 ) -> Decision:
     routing = RoutingRequest(
         model=chat.model,
@@ -161,7 +172,7 @@ def _decide(
         and chat.response_format.type == "json_schema",
     )
     try:
-        decision = gateway.policy.decide(routing, estimate, TeamContext(name=key.team))
+        decision = gateway.policy.decide(routing, estimate, team or TeamContext(name=key.team))
     except UnknownModel as exc:
         raise NotFound(str(exc), param="model") from None
     except NotAllowed as exc:

@@ -180,3 +180,57 @@ async def test_a_stream_broken_midway_releases_what_it_did_not_use(
         row = await gw.admin.spend(response.headers["x-request-id"])
         assert daily["reserved_usd"] == "0"
         assert Decimal(daily["spent_usd"]) == Decimal(row["cost_usd"])
+
+
+async def test_the_hold_is_the_prompt_plus_the_routers_p90_not_the_worst_case(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    from gateway.usage import count_usage
+
+    config = gateway_config(store_url, upstream)
+    slow = {**config["models"][0], "name": "slow-ok", "model": "openai/fake-slow",
+            "transport": "openai_http", "timeout_s": 30, "tier": None}  # fmt: skip
+    config["models"].append(slow)
+    async with in_process_gateway(config) as gw:
+        await set_budget(gw, team="search", period="monthly", limit_usd="100", limit_tokens=10**9)
+        body = {"model": "slow-ok", "messages": MESSAGES}
+        task = asyncio.create_task(
+            gw.client.post("/v1/chat/completions", json=body, headers=gw.auth)
+        )
+        reserved = 0
+        for _ in range(250):
+            [monthly] = await usage(gw)
+            reserved = int(monthly["reserved_tokens"])
+            if reserved:
+                break
+            await asyncio.sleep(0.01)
+        response = await task
+    assert response.status_code == 200
+    p90 = int(response.headers["x-rightsize-token-budget"].split("/")[1])
+    prompt = count_usage("openai/fake-slow", MESSAGES, "").prompt_tokens
+    assert reserved == prompt + p90
+
+
+async def test_past_the_soft_budget_share_auto_requests_are_capped_at_the_cheaper_tier(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    config = gateway_config(
+        store_url,
+        upstream,
+        policy={
+            "tiers": [
+                {"name": "light", "deployments": ["small"]},
+                {"name": "standard", "deployments": ["direct"], "min_demand": 0.0001},
+            ],
+            "soft_budget": {"threshold": 0.5, "cap_tier": "light"},
+        },
+    )
+    async with in_process_gateway(config) as gw:
+        await set_budget(gw, team="search", period="monthly", limit_usd="0.0001")
+        first = await chat(gw, model="auto")
+        assert first.headers["x-rightsize-model"] == "direct"  # 53.9% of the budget
+        second = await chat(gw, model="auto")
+        assert second.status_code == 200
+        assert second.headers["x-rightsize-model"] == "small"
+        row = await gw.admin.spend(second.headers["x-request-id"])
+    assert "soft budget: 54% used >= 50%, capped at 'light'" in row["route_reason"]
