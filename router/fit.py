@@ -67,7 +67,7 @@ def _rank_in_source(y: Array, source: npt.NDArray[np.str_]) -> Array:
 def _fit_demand(
     x: Array, t: Targets, mask: npt.NDArray[np.bool_], col_weight: Array, alpha: float
 ) -> Array:
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import Ridge  # type: ignore[import-untyped]
 
     y = _rank_in_source(t.demand[mask], t.source[mask])
     xc, yc = _within_source(

@@ -32,7 +32,7 @@ def onnx_cache_dir(model: str) -> Path:
 def export_int8(model: str, target: Path) -> Path:
     """Export the transformer with mean pooling to ONNX and quantise weights to int8."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
     from transformers import AutoModel
 
     source = resolve_model_path(model)
@@ -90,7 +90,7 @@ class OnnxEncoder:
         threads: int | None = None,
         batch_size: int = 64,
     ):
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
         options = ort.SessionOptions()
         if threads:
