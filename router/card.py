@@ -19,9 +19,13 @@ _TARGETS = """\
     (more solution steps, more small-model failures).
   - `arena_hard_1k`: 0.6 x prompt rating / 10 (rated difficulty; claude-2 / gpt-3.5 ratings where no mean score).
   - `arena_hard_v01`, `arena_hard_v2`: no per-prompt difficulty signal, not used for demand.
-  - Every source gets equal total weight. A Platt step maps the raw score to the pairwise labels
-    (mmlu_pro Mixtral-8x7B-Instruct vs gpt-4o, bbh direct vs cot) on out-of-fold predictions, so the output is a
-    calibrated probability on those pairs; on other sources it is a ranking score on the same scale.
+  - Model: ridge regression of within-source percentile ranks of these targets on the 18 features, with
+    per-source means removed (fixed effects), every source weighted equally: leave-one-source-out showed that
+    embedding-based and pooled demand heads do not transfer to unseen sources (docs/router.md).
+  - Calibration: Platt scaling of out-of-fold scores against the pairwise labels (mmlu_pro Mixtral-8x7B-Instruct
+    vs gpt-4o, bbh direct vs cot) with one intercept per category; code borrows math's intercept, writing and
+    chat the lowest (assumptions). The output is a calibrated probability on those pairs; elsewhere it is a
+    ranking score on the same scale.
 - **Token budget** = log cl100k tokens of a strong chat model's answer: gpt-4o (mmlu_pro), gpt-4 (arena_hard_1k),
   mean of log gpt-4-0314 / gpt-4-0613 (arena_hard_v01), o3-mini visible answer (arena_hard_v2), davinci-cot x 1.5 (bbh);
   human references are terse, so they are scaled to chat-answer length: gsm8k x 3, math x 2, humaneval x 4

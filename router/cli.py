@@ -13,7 +13,7 @@ import click
 from router.artifact import RUNTIMES, default_artifact_dir
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
 
 @click.command("train")

@@ -53,7 +53,7 @@ def _pca(matrix: npt.NDArray[np.float32], dims: int) -> npt.NDArray[np.float32]:
     """Project onto the top principal components (deterministic SVD)."""
     centred = matrix - matrix.mean(axis=0, keepdims=True)
     _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-    return (centred @ vt[:dims].T).astype(np.float32)
+    return np.asarray(centred @ vt[:dims].T, dtype=np.float32)
 
 
 def distill_static(

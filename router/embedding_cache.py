@@ -24,7 +24,7 @@ def cached_encode(
     """Encode texts in batches, reusing `<cache_dir>/<hash>.npy` when present."""
     path = cache_dir / f"{_key(encoder.name, texts)}.npy" if cache_dir else None
     if path is not None and path.exists():
-        return np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
     # Sorting by length keeps padded batches short on transformer runtimes.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)

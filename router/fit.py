@@ -67,7 +67,7 @@ def _rank_in_source(y: Array, source: npt.NDArray[np.str_]) -> Array:
 def _fit_demand(
     x: Array, t: Targets, mask: npt.NDArray[np.bool_], col_weight: Array, alpha: float
 ) -> Array:
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import Ridge  # type: ignore[import-untyped]
 
     y = _rank_in_source(t.demand[mask], t.source[mask])
     xc, yc = _within_source(
@@ -92,22 +92,32 @@ def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
     return float(values[order][np.searchsorted(cum, q * cum[-1])])
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-3), 1 - 1e-3)
-    return float(np.log(p / (1 - p)))
+def _calibrate_demand(
+    score: Array, labels: Array, category: npt.NDArray[np.int64]
+) -> tuple[Array, Array]:
+    """Platt scaling with one intercept per labelled category: logit = a * score + b[cat].
 
+    Pairwise labels exist only for math, reasoning and knowledge prompts. The other
+    categories borrow an intercept (an assumption, stated in the model card): code that of
+    math, writing and chat the lowest fitted one, since small models most often match strong
+    ones on open-ended prose.
+    """
+    from sklearn.linear_model import LogisticRegression
 
-def _category_priors(t: Targets, mask: npt.NDArray[np.bool_]) -> Array:
-    """Logit of each category's mean demand target (the overall mean where a category has none)."""
-    overall = float(np.average(t.demand[mask], weights=t.demand_weight[mask]))
-    priors = np.full(len(CATEGORIES), _logit(overall))
-    for ci in range(len(CATEGORIES)):
-        sel = mask & (t.category == ci)
-        if sel.sum() >= 30:
-            priors[ci] = _logit(
-                float(np.average(t.demand[sel], weights=t.demand_weight[sel]))
-            )
-    return priors
+    present = sorted({int(c) for c in category})
+    onehot = (category[:, None] == np.array(present)[None, :]).astype(np.float64)
+    model = LogisticRegression(C=1e4, max_iter=1000, fit_intercept=False)
+    model.fit(np.hstack([score[:, None], onehot]), labels)
+    slope = float(model.coef_[0, 0])
+    fitted = dict(zip(present, model.coef_[0, 1:].tolist(), strict=True))
+    lowest = min(fitted.values())
+    offsets = np.full(len(CATEGORIES), lowest)
+    for ci, name in enumerate(CATEGORIES):
+        if ci in fitted:
+            offsets[ci] = fitted[ci]
+        elif name == "code":
+            offsets[ci] = fitted.get(CATEGORIES.index("math"), lowest)
+    return np.array([slope, 0.0]), offsets
 
 
 def _folds(n: int, k: int, seed: int) -> npt.NDArray[np.int64]:
@@ -143,7 +153,6 @@ def fit_heads(
     config: FitConfig | None = None,
 ) -> Heads:
     """Train demand, budget and category heads; pair_labels (NaN = none) calibrate demand."""
-    from sklearn.linear_model import LogisticRegression
 
     cfg = config or FitConfig()
     raw = np.hstack([embeddings.astype(np.float64), features.astype(np.float64)])
@@ -175,14 +184,11 @@ def fit_heads(
         )
         oof_resid[te] = targets.log_budget[te] - (x[te] @ bcoef + bicpt)
 
-    # Calibration: category priors from the soft targets, then one slope and shift fitted on the
-    # pairwise labels, so the output is P(weak fails, strong succeeds) on the labelled pairs.
-    priors = _category_priors(targets, dem)
+    # Calibrated on the pairwise labels, so the output is P(weak fails, strong succeeds).
     labelled = ~np.isnan(pair_labels)
-    platt = LogisticRegression(C=1e4, max_iter=1000)
-    platt.fit(oof_score[labelled, None], pair_labels[labelled])
-    offsets_demand = priors - float(np.mean(priors[targets.category[labelled]]))
-    demand_platt = np.array([platt.coef_[0, 0], platt.intercept_[0]], dtype=np.float64)
+    demand_platt, offsets_demand = _calibrate_demand(
+        oof_score[labelled], pair_labels[labelled], targets.category[labelled]
+    )
 
     offsets = np.zeros((len(CATEGORIES), 2))
     all_q = [

@@ -48,7 +48,9 @@ class Heads:
             + self.demand_platt[1]
             + self.demand_category_offset[category]
         )
-        return 1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0)))
+        return np.asarray(
+            1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0))), dtype=np.float64
+        )
 
     def category(self, x: Array) -> npt.NDArray[np.int64]:
         """Index into CATEGORIES of the most likely category."""

@@ -27,7 +27,7 @@ def l2_normalise(matrix: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """Scale each row to unit length (zero rows stay zero)."""
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+    return np.asarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def clip_texts(texts: list[str]) -> list[str]:

@@ -32,7 +32,7 @@ def onnx_cache_dir(model: str) -> Path:
 def export_int8(model: str, target: Path) -> Path:
     """Export the transformer with mean pooling to ONNX and quantise weights to int8."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
     from transformers import AutoModel
 
     source = resolve_model_path(model)
@@ -84,9 +84,13 @@ class OnnxEncoder:
     """int8 ONNX Runtime session with mean pooling inside the graph."""
 
     def __init__(
-        self, model_dir: Path, max_seq_length: int = 256, threads: int | None = None
+        self,
+        model_dir: Path,
+        max_seq_length: int = 256,
+        threads: int | None = None,
+        batch_size: int = 64,
     ):
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
         options = ort.SessionOptions()
         if threads:
@@ -97,6 +101,7 @@ class OnnxEncoder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=max_seq_length)
         self._tokenizer.enable_padding()
+        self.batch_size = batch_size
         self.name = f"onnx-int8:{model_dir.name}"
         self.dim = int(self._session.get_outputs()[0].shape[1] or 384)
 
@@ -109,10 +114,17 @@ class OnnxEncoder:
         return cls(directory, max_seq_length)
 
     def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """Return L2-normalised embeddings."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(clip_texts(texts))
+        """Return L2-normalised embeddings, run in length-sorted chunks to bound memory."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        clipped = clip_texts(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(clipped[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._run([clipped[i] for i in idx])
+        return l2_normalise(out)
+
+    def _run(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        encodings = self._tokenizer.encode_batch(texts)
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array(
@@ -120,4 +132,4 @@ class OnnxEncoder:
             ),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        return l2_normalise(self._session.run(None, feeds)[0])
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
