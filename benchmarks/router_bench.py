@@ -56,9 +56,7 @@ def single_latency(router: Router, prompts: list[str]) -> dict[str, float]:
     }
 
 
-async def _throughput(
-    router: Router, prompts: list[str], concurrency: int, batch: int
-) -> float:
+async def _throughput(router: Router, prompts: list[str], concurrency: int, batch: int) -> float:
     batcher = EstimateBatcher(router, max_batch_size=batch, max_wait_s=0.002)
     queue = list(prompts)
 
@@ -73,9 +71,7 @@ async def _throughput(
     return len(prompts) / elapsed
 
 
-def throughput(
-    router: Router, prompts: list[str], concurrency: int = 64, batch: int = 64
-) -> float:
+def throughput(router: Router, prompts: list[str], concurrency: int = 64, batch: int = 64) -> float:
     """Prompts per second with `concurrency` callers sharing one EstimateBatcher."""
     return asyncio.run(_throughput(router, prompts, concurrency, batch))
 
@@ -117,9 +113,7 @@ def main() -> None:
             row["cache_hit_p50_ms"] = cached_latency(cached, prompts[0])
             results.append(row)
             print(json.dumps(row), flush=True)
-    print(
-        "| runtime | repeat | p50 ms | p99 ms | prompts/s (64 callers) | cache hit p50 ms |"
-    )
+    print("| runtime | repeat | p50 ms | p99 ms | prompts/s (64 callers) | cache hit p50 ms |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(

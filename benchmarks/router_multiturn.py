@@ -35,8 +35,7 @@ def variants(prompts: list[str], seed: int = 0) -> dict[str, list[str]]:
             f"{e}\n\n{ANSWER}\n\n{p}" for e, p in zip(earlier, prompts, strict=True)
         ],
         "system + earlier + last": [
-            f"{SYSTEM}\n\n{e}\n\n{ANSWER}\n\n{p}"
-            for e, p in zip(earlier, prompts, strict=True)
+            f"{SYSTEM}\n\n{e}\n\n{ANSWER}\n\n{p}" for e, p in zip(earlier, prompts, strict=True)
         ],
     }
 
@@ -56,20 +55,12 @@ def main() -> None:
         # Both the embedding and the hand-crafted features see the variant's text.
         pred = _with_features(router, texts, router.encoder.encode(texts), name)
         row = next(
-            r
-            for r in score_rows(dev, [pred], source_groups(dev))
-            if r["group"] == "overall"
+            r for r in score_rows(dev, [pred], source_groups(dev)) if r["group"] == "overall"
         )
-        print(
-            f"| {name} | "
-            + " | ".join(f"{float(str(row[k])):.3f}" for k in keys)
-            + " |"
-        )
+        print(f"| {name} | " + " | ".join(f"{float(str(row[k])):.3f}" for k in keys) + " |")
 
 
-def _with_features(
-    router: Router, texts: list[str], emb: np.ndarray, name: str
-) -> Predictions:
+def _with_features(router: Router, texts: list[str], emb: np.ndarray, name: str) -> Predictions:
     heads = router.heads
     x = heads.design(emb, features_batch(texts))
     cats = heads.category(x)

@@ -31,13 +31,9 @@ class EstimateBatcher:
         self._router = router
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Estimate]]] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Estimate]]] = asyncio.Queue()
         # One worker thread: the encoder is the bottleneck, and batching already uses its cores.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="router-batcher"
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-batcher")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -77,7 +73,7 @@ class EstimateBatcher:
                     self._executor, self._router.estimate_batch, prompts
                 )
             # Any encoder failure goes to every waiting caller; the loop keeps serving.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -9,9 +9,7 @@ from typing import IO, Any
 
 from router.batcher import BatchEstimator
 
-MAX_PROMPT_BYTES = (
-    1_000_000  # a prompt this large is refused with an error row, not encoded
-)
+MAX_PROMPT_BYTES = 1_000_000  # a prompt this large is refused with an error row, not encoded
 
 
 @dataclass(frozen=True)
@@ -67,9 +65,7 @@ def classify_stream(
     for batch in _batches(source, batch_size):
         good = [row for row in batch if row.prompt is not None]
         estimates = iter(
-            router.estimate_batch(
-                [row.prompt for row in good if row.prompt is not None]
-            )
+            router.estimate_batch([row.prompt for row in good if row.prompt is not None])
         )
         for row in batch:
             out: dict[str, Any] = {"id": row.id}

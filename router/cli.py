@@ -13,7 +13,7 @@ import click
 from router.artifact import RUNTIMES, default_artifact_dir
 
 if TYPE_CHECKING:
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
 
 @click.command("train")
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @click.option(
     "--date",
     default=None,
-    help="Date written into the model card (default: today); pass the shipped one to reproduce bytes.",
+    help="Date for the model card (default: today); pass the shipped one to reproduce bytes.",
 )
 @click.option(
     "--no-transformer",
@@ -55,7 +55,7 @@ def train(
     no_transformer: bool,
     cache_dir: Path,
 ) -> None:
-    """Train the router heads (and the static encoder) and write the artifact with its model card."""
+    """Train the router heads (and the static encoder); write the artifact and model card."""
     from router.train import TrainOptions, train_artifact
 
     options = TrainOptions(
@@ -92,9 +92,7 @@ def train(
     is_flag=True,
     help="Also retrain per held-out source (leave-one-source-out) and report it.",
 )
-def eval_cmd(
-    data_dir: Path, artifact_dir: Path | None, runtime: str | None, loso: bool
-) -> None:
+def eval_cmd(data_dir: Path, artifact_dir: Path | None, runtime: str | None, loso: bool) -> None:
     """Print dev metrics per source and overall, with random and prompt-length baselines."""
     from router.dataset import load_split
     from router.evaluate import evaluate, markdown_table
@@ -106,20 +104,17 @@ def eval_cmd(
     dev_emb = router.embed_batch([r.prompt for r in dev])
     click.echo(
         markdown_table(
-            evaluate(
-                train_records, dev, predictions("router", router.heads, dev_emb, dev)
-            )
+            evaluate(train_records, dev, predictions("router", router.heads, dev_emb, dev))
         )
     )
     if loso:
         from router.crossval import leave_one_source_out
 
         click.echo(
-            "\nLeave-one-source-out (heads retrained without the source, scored on its dev prompts):"
+            "\nLeave-one-source-out (heads retrained without the source, "
+            "scored on its dev prompts):"
         )
-        click.echo(
-            markdown_table(leave_one_source_out(router.encoder, train_records, dev))
-        )
+        click.echo(markdown_table(leave_one_source_out(router.encoder, train_records, dev)))
 
 
 @click.command("classify")
@@ -135,9 +130,7 @@ def eval_cmd(
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
 )
-@click.option(
-    "--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096)
-)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--artifact",
     "artifact_dir",
@@ -163,9 +156,7 @@ def classify(
     with (
         open(input_path, encoding="utf-8", errors="replace") as src,
         open(output_path, "w", encoding="utf-8") as sink,
-        tqdm(
-            total=total, unit="B", unit_scale=True, desc="classify", disable=None
-        ) as bar,
+        tqdm(total=total, unit="B", unit_scale=True, desc="classify", disable=None) as bar,
     ):
         rows, errors = classify_stream(router, _progress(src, bar), sink, batch_size)
     click.echo(f"{rows} rows, {errors} errors -> {output_path}", err=True)

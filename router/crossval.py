@@ -26,9 +26,7 @@ def leave_one_source_out(
     """For each source: fit heads on the other sources' train rows, score that source's dev rows."""
     from pathlib import Path
 
-    cache = (
-        Path(cache_dir) if cache_dir and not encoder.name.startswith("static") else None
-    )
+    cache = Path(cache_dir) if cache_dir and not encoder.name.startswith("static") else None
     train_emb = cached_encode(encoder, [r.prompt for r in train], cache)
     dev_emb = cached_encode(encoder, [r.prompt for r in dev], cache)
     features = features_batch([r.prompt for r in train])

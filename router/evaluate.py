@@ -35,7 +35,7 @@ def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
 def length_baseline(
     train: Sequence[RoutingRecord], records: Sequence[RoutingRecord]
 ) -> Predictions:
-    """Longer prompt = more demand; budget = log-linear fit on prompt length plus residual quantiles."""
+    """Longer prompt = more demand; budget = log-linear fit on length plus residual quantiles."""
     t = build_targets(train, [])
     mask = t.budget_weight > 0
     x = np.log1p([len(r.prompt) for r in train])[mask]
@@ -57,8 +57,7 @@ def random_baseline(
     t = build_targets(train, [])
     mask = t.budget_weight > 0
     q50, q90 = (
-        _weighted_quantile(t.log_budget[mask], t.budget_weight[mask], q)
-        for q in (0.5, 0.9)
+        _weighted_quantile(t.log_budget[mask], t.budget_weight[mask], q) for q in (0.5, 0.9)
     )
     n = len(records)
     demand = np.random.default_rng(seed).random(n)
@@ -92,11 +91,7 @@ def score_rows(
         keep, weak, strong = _pair_arrays(records, idx)
         bud = np.array([i for i in idx if targets.budget_weight[i] > 0], dtype=np.int64)
         level = np.array(
-            [
-                i
-                for i in idx
-                if records[i].source == "math" and records[i].difficulty is not None
-            ]
+            [i for i in idx if records[i].source == "math" and records[i].difficulty is not None]
         )
         for pred in preds:
             row: dict[str, object] = {

@@ -16,9 +16,7 @@ _KEYWORDS: dict[str, re.Pattern[str]] = {
     "compute": re.compile(
         r"\b(?:calculate|compute|solve|how many|how much|find|what is the value)\b"
     ),
-    "write": re.compile(
-        r"\b(?:write|draft|compose|create|generate|implement|build|design)\b"
-    ),
+    "write": re.compile(r"\b(?:write|draft|compose|create|generate|implement|build|design)\b"),
     "short_task": re.compile(
         r"\b(?:translate|summari[sz]e|rephrase|rewrite|list|classify|extract)\b"
     ),
@@ -32,7 +30,7 @@ _COUNTS: dict[str, re.Pattern[str]] = {
     "options": re.compile(r"^\s*\(?[a-j][.)]\s", re.MULTILINE),
     "question": re.compile(r"\?"),
     "number": re.compile(r"\d+(?:\.\d+)?"),
-    "math_symbol": re.compile(r"[=+\-*/<>%×÷√∑∫π]"),
+    "math_symbol": re.compile(r"[=+\-*/<>%\u00d7\u00f7\u221a\u2211\u222b\u03c0]"),
     "sentence": re.compile(r"[.!?](?:\s|$)"),
     "digit": re.compile(r"\d"),
 }
@@ -65,10 +63,7 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
     n_chars = max(len(text), 1)
     lower = text.lower()
     counts = {name: len(pattern.findall(lower)) for name, pattern in _COUNTS.items()}
-    has = {
-        name: float(pattern.search(lower) is not None)
-        for name, pattern in _KEYWORDS.items()
-    }
+    has = {name: float(pattern.search(lower) is not None) for name, pattern in _KEYWORDS.items()}
     digits = counts["digit"]
     upper = len(_UPPER.findall(text))
     values = [

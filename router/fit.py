@@ -67,12 +67,10 @@ def _rank_in_source(y: Array, source: npt.NDArray[np.str_]) -> Array:
 def _fit_demand(
     x: Array, t: Targets, mask: npt.NDArray[np.bool_], col_weight: Array, alpha: float
 ) -> Array:
-    from sklearn.linear_model import Ridge  # type: ignore[import-untyped]
+    from sklearn.linear_model import Ridge
 
     y = _rank_in_source(t.demand[mask], t.source[mask])
-    xc, yc = _within_source(
-        x[mask] * col_weight, y, t.demand_weight[mask], t.source[mask]
-    )
+    xc, yc = _within_source(x[mask] * col_weight, y, t.demand_weight[mask], t.source[mask])
     model = Ridge(alpha=alpha, fit_intercept=False)
     model.fit(xc, yc, sample_weight=t.demand_weight[mask])
     return np.asarray(model.coef_, dtype=np.float64) * col_weight
@@ -173,9 +171,7 @@ def fit_heads(
     oof_resid = np.full(len(x), np.nan)
     for k in range(cfg.folds):
         tr, te = fold != k, fold == k
-        oof_score[te] = x[te] @ _fit_demand(
-            x, targets, tr & dem, col_weight, cfg.demand_alpha
-        )
+        oof_score[te] = x[te] @ _fit_demand(x, targets, tr & dem, col_weight, cfg.demand_alpha)
         bcoef, bicpt = _fit_ridge(
             x[tr & bud],
             targets.log_budget[tr & bud],
@@ -191,10 +187,7 @@ def fit_heads(
     )
 
     offsets = np.zeros((len(CATEGORIES), 2))
-    all_q = [
-        _weighted_quantile(oof_resid[bud], targets.budget_weight[bud], q)
-        for q in (0.5, 0.9)
-    ]
+    all_q = [_weighted_quantile(oof_resid[bud], targets.budget_weight[bud], q) for q in (0.5, 0.9)]
     for ci in range(len(CATEGORIES)):
         mask = bud & (targets.category == ci)
         if mask.sum() >= 30:

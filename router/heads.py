@@ -27,9 +27,7 @@ class Heads:
     demand_category_offset: Array  # (n_categories,)
     budget_coef: Array  # (d,) -> mean log tokens
     budget_intercept: float
-    budget_offsets: (
-        Array  # (n_categories, 2): residual p50 / p90 per predicted category
-    )
+    budget_offsets: Array  # (n_categories, 2): residual p50 / p90 per predicted category
     category_coef: Array  # (n_categories, d)
     category_intercept: Array  # (n_categories,)
 
@@ -48,9 +46,7 @@ class Heads:
             + self.demand_platt[1]
             + self.demand_category_offset[category]
         )
-        return np.asarray(
-            1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0))), dtype=np.float64
-        )
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0))), dtype=np.float64)
 
     def category(self, x: Array) -> npt.NDArray[np.int64]:
         """Index into CATEGORIES of the most likely category."""

@@ -47,10 +47,7 @@ def roc_auc(score: Array, label: Array) -> float:
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     ranks = _average_ranks(np.concatenate([pos, neg]))
-    return float(
-        (ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2)
-        / (len(pos) * len(neg))
-    )
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _average_ranks(values: Array) -> Array:
@@ -79,9 +76,7 @@ def routing_scores(score: Array, weak: Array, strong: Array) -> RoutingScores:
         return float(share[hit[0]]) if len(hit) else 1.0
 
     label = ((weak < 0.5) & (strong >= 0.5)).astype(np.float64)
-    return RoutingScores(
-        apgr=apgr, cpt50=cpt(0.5), cpt80=cpt(0.8), auc=roc_auc(score, label)
-    )
+    return RoutingScores(apgr=apgr, cpt50=cpt(0.5), cpt80=cpt(0.8), auc=roc_auc(score, label))
 
 
 @dataclass(frozen=True)

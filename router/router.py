@@ -18,9 +18,7 @@ from router.heads import Heads
 
 
 def _digest(text: str) -> bytes:
-    return hashlib.blake2b(
-        text.encode("utf-8", errors="replace"), digest_size=16
-    ).digest()
+    return hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=16).digest()
 
 
 class _EmbeddingLRU:
@@ -53,9 +51,7 @@ class _EmbeddingLRU:
                 self._items.popitem(last=False)
 
 
-def load_encoder(
-    artifact_dir: Path, runtime: str, manifest: dict[str, object]
-) -> Encoder:
+def load_encoder(artifact_dir: Path, runtime: str, manifest: dict[str, object]) -> Encoder:
     """Build the encoder of one runtime; heavy libraries are imported only for their runtime."""
     transformer = manifest["transformer"]
     assert isinstance(transformer, dict)
@@ -64,9 +60,7 @@ def load_encoder(
 
         static = manifest["static"]
         assert isinstance(static, dict)
-        return StaticEncoder.from_dir(
-            artifact_dir, max_tokens=int(static["max_tokens"])
-        )
+        return StaticEncoder.from_dir(artifact_dir, max_tokens=int(static["max_tokens"]))
     if runtime == "onnx":
         from router.encoders.onnx import OnnxEncoder
 
@@ -79,9 +73,7 @@ def load_encoder(
         return SentenceTransformerEncoder(
             str(transformer["model"]), max_seq_length=int(transformer["max_seq_length"])
         )
-    raise ValueError(
-        f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}"
-    )
+    raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
 class Router:
@@ -103,15 +95,11 @@ class Router:
 
         cache_size bounds the LRU of embeddings of repeated prompts (0 disables it).
         """
-        directory = (
-            Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
-        )
+        directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
         manifest = read_manifest(directory)
         chosen = runtime or str(manifest["default_runtime"])
         heads_file = (
-            manifest["static"]["heads"]
-            if chosen == "static"
-            else manifest["transformer"]["heads"]
+            manifest["static"]["heads"] if chosen == "static" else manifest["transformer"]["heads"]
         )
         return cls(
             load_encoder(directory, chosen, manifest),

@@ -76,14 +76,12 @@ def weak_pool(records: Sequence[RoutingRecord]) -> list[str]:
             for model, outcome in rec.outcomes.items():
                 totals.setdefault(model, []).append(outcome)
     return sorted(
-        m
-        for m, v in totals.items()
-        if np.mean(v) < WEAK_POOL_MAX_ACCURACY and m != STRONG_MMLU
+        m for m, v in totals.items() if np.mean(v) < WEAK_POOL_MAX_ACCURACY and m != STRONG_MMLU
     )
 
 
 def pair_label(record: RoutingRecord) -> float | None:
-    """1.0 when the source's weak model fails and its strong model succeeds, else 0.0; None if unscored."""
+    """1.0 when the weak model fails and the strong one succeeds, else 0.0; None if unscored."""
     pair = EVAL_PAIRS.get(record.source)
     if pair is None or pair[0] not in record.outcomes or pair[1] not in record.outcomes:
         return None
@@ -144,9 +142,7 @@ def _budget(
     has = np.zeros(len(records), dtype=bool)
     for i, rec in enumerate(records):
         models, factor = BUDGET_SOURCES.get(rec.source, ((), 1.0))
-        lengths = [
-            rec.output_tokens[m] for m in models if rec.output_tokens.get(m, 0) > 0
-        ]
+        lengths = [rec.output_tokens[m] for m in models if rec.output_tokens.get(m, 0) > 0]
         if lengths:
             y[i], has[i] = float(np.mean(np.log(lengths))) + np.log(factor), True
     return y, has

@@ -48,9 +48,7 @@ class TrainOptions:
     transformer_model: str = DEFAULT_MODEL
     transformer_max_seq_length: int = 256
     with_transformer: bool = True
-    reuse_static_from: Path | None = (
-        None  # skip distillation, copy this artifact's table
-    )
+    reuse_static_from: Path | None = None  # skip distillation, copy this artifact's table
     cache_dir: Path | None = Path(".cache/embeddings")
     fit: FitConfig = field(default_factory=FitConfig)
 
@@ -65,9 +63,7 @@ def pair_labels(records: Sequence[RoutingRecord]) -> npt.NDArray[np.float64]:
 
 def _static_encoder(prompts: list[str], options: TrainOptions) -> StaticEncoder:
     if options.reuse_static_from is not None:
-        return StaticEncoder.from_dir(
-            options.reuse_static_from, options.static_max_tokens
-        )
+        return StaticEncoder.from_dir(options.reuse_static_from, options.static_max_tokens)
     from router.distill import distill_static
 
     return distill_static(prompts, options.transformer_model, dims=options.static_dims)
@@ -139,9 +135,7 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
         heads.save(out / heads_file)
         if dev:
             dev_emb = _encode(encoder, [r.prompt for r in dev], options, cacheable)
-            dev_tables[kind] = evaluate(
-                train, dev, predictions("router", heads, dev_emb, dev)
-            )
+            dev_tables[kind] = evaluate(train, dev, predictions("router", heads, dev_emb, dev))
 
     manifest: dict[str, Any] = {
         "format_version": 1,
@@ -166,8 +160,7 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
             "weak_pool": pool,
             "eval_pairs": {k: list(v) for k, v in EVAL_PAIRS.items()},
             "budget_targets": {
-                k: {"models": list(m), "scale": f}
-                for k, (m, f) in BUDGET_SOURCES.items()
+                k: {"models": list(m), "scale": f} for k, (m, f) in BUDGET_SOURCES.items()
             },
             "fit": vars(options.fit),
         },

@@ -1,4 +1,4 @@
-"""Prompt encoders: a static token-embedding table (default), ONNX Runtime, sentence-transformers."""
+"""Prompt encoders: a static token-embedding table (default), ONNX, sentence-transformers."""
 
 from router.encoders.base import Encoder, l2_normalise
 

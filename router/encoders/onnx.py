@@ -23,16 +23,14 @@ MODEL_FILE = "model_int8.onnx"
 
 def onnx_cache_dir(model: str) -> Path:
     """Where the exported model lives: $RIGHTSIZE_CACHE_DIR or ~/.cache/rightsize, per model."""
-    root = Path(
-        os.environ.get("RIGHTSIZE_CACHE_DIR", Path.home() / ".cache" / "rightsize")
-    )
+    root = Path(os.environ.get("RIGHTSIZE_CACHE_DIR", Path.home() / ".cache" / "rightsize"))
     return root / "onnx" / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
 
 
 def export_int8(model: str, target: Path) -> Path:
     """Export the transformer with mean pooling to ONNX and quantise weights to int8."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
 
     source = resolve_model_path(model)
@@ -44,9 +42,7 @@ def export_int8(model: str, target: Path) -> Path:
             super().__init__()
             self.bert = bert
 
-        def forward(
-            self, input_ids: Any, attention_mask: Any, token_type_ids: Any
-        ) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             hidden = self.bert(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -74,9 +70,7 @@ def export_int8(model: str, target: Path) -> Path:
     )
     quantize_dynamic(str(fp32), str(target / MODEL_FILE), weight_type=QuantType.QInt8)
     fp32.unlink()
-    (target / "tokenizer.json").write_bytes(
-        (Path(source) / "tokenizer.json").read_bytes()
-    )
+    (target / "tokenizer.json").write_bytes((Path(source) / "tokenizer.json").read_bytes())
     return target / MODEL_FILE
 
 
@@ -90,7 +84,7 @@ class OnnxEncoder:
         threads: int | None = None,
         batch_size: int = 64,
     ):
-        import onnxruntime as ort  # type: ignore[import-untyped]
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
@@ -127,9 +121,7 @@ class OnnxEncoder:
         encodings = self._tokenizer.encode_batch(texts)
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array(
-                [e.attention_mask for e in encodings], dtype=np.int64
-            ),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)

