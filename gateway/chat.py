@@ -30,7 +30,7 @@ from gateway.errors import (
 )
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
 from gateway.ledger.ledger import Hold
-from gateway.ledger.metering import reserve_request, settle_request
+from gateway.ledger.metering import reserve_cache_hit, reserve_request, settle_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
@@ -73,7 +73,6 @@ async def chat_completions(request: Request) -> Response:
         chat = parse_chat_request(await read_json(request, gateway.settings.server.max_body_bytes))
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         payload = chat.upstream_payload()
-        # Rate limits (ledger) belong before this point, so that cache hits count against them.
         # The cache comes before the router: an exact hit costs no encode. Its key holds the
         # requested name (model, tier or auto), which with the prompt determines the route.
         cached = await gateway.cache.lookup(
@@ -84,7 +83,9 @@ async def chat_completions(request: Request) -> Response:
             embedding=await _embedding(gateway, key.team, payload["messages"]),
         )
         if cached.hit:
-            return _from_cache(gateway, call, key, chat, payload, cached)
+            # A hit costs nothing upstream but still counts against request-rate limits.
+            call.hold = await reserve_cache_hit(gateway.ledger, key.team, key.id)
+            return await _from_cache(gateway, call, key, chat, payload, cached)
         call.estimate = await _estimate(gateway, payload["messages"])
         team = TeamContext(key.team, budget_used=await _budget_used(gateway, key))
         decision = _decide(gateway, key, chat, payload, call.estimate, team)
@@ -217,7 +218,7 @@ async def _backoff(gateway: Gateway, attempt: int) -> None:
         await asyncio.sleep(delay)
 
 
-def _from_cache(
+async def _from_cache(
     gateway: Gateway,
     call: _Call,
     key: ApiKey,
@@ -251,6 +252,7 @@ def _from_cache(
     else:
         headers["x-rightsize-cost-usd"] = "0"
         response = json_response(cached.answer.response(), headers=headers)
+    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
     return response
 

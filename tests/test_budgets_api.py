@@ -198,11 +198,11 @@ async def test_the_hold_is_the_prompt_plus_the_routers_p90_not_the_worst_case(
             gw.client.post("/v1/chat/completions", json=body, headers=gw.auth)
         )
         reserved = 0
-        for _ in range(250):
+        # The fake upstream holds the call for 3 s: the hold is visible in the meantime.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not reserved and not task.done() and asyncio.get_running_loop().time() < deadline:
             [monthly] = await usage(gw)
             reserved = int(monthly["reserved_tokens"])
-            if reserved:
-                break
             await asyncio.sleep(0.01)
         response = await task
     assert response.status_code == 200
@@ -234,3 +234,20 @@ async def test_past_the_soft_budget_share_auto_requests_are_capped_at_the_cheape
         assert second.headers["x-rightsize-model"] == "small"
         row = await gw.admin.spend(second.headers["x-request-id"])
     assert "soft budget: 54% used >= 50%, capped at 'light'" in row["route_reason"]
+
+
+async def test_prompt_cache_hits_count_against_the_requests_per_minute_limit(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    async with in_process_gateway(gateway_config(store_url, upstream)) as gw:
+        await set_budget(gw, team="search", period="minute", limit_requests=2)
+        first = await chat(gw, temperature=0)
+        second = await chat(gw, temperature=0)
+        third = await chat(gw, temperature=0)
+        [minute] = await usage(gw)
+    assert first.headers["x-rightsize-cache"] == "miss"
+    assert second.headers["x-rightsize-cache"] == "hit"
+    assert third.status_code == 429
+    assert third.json()["error"]["code"] in {"rate_limit_exceeded", "budget_exceeded"}
+    assert int(minute["spent_requests"]) == 2
+    assert int(minute["spent_tokens"]) == 28, "the hit used no upstream tokens"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.periods import Period, Window
@@ -125,8 +125,6 @@ class BudgetStore:
         conditions = [
             column == budget.subject,
             spend_log.c.deployment.is_not(None),
-            # Prompt-cache hits never take a hold (they cost 0 and call no upstream).
-            spend_log.c.cache_hit.is_(False),
             or_(spend_log.c.error_type.is_(None), spend_log.c.error_type.not_in(UNMETERED_ERRORS)),
         ]
         if window.start is not None and window.end is not None:
@@ -135,7 +133,19 @@ class BudgetStore:
             conditions += [spend_log.c.created_at >= start, spend_log.c.created_at < end]
         query = select(
             func.coalesce(func.sum(spend_log.c.cost_picousd), 0),
-            func.coalesce(func.sum(spend_log.c.prompt_tokens + spend_log.c.completion_tokens), 0),
+            # A prompt-cache hit counts as a request (rate limits) but uses no upstream tokens.
+            func.coalesce(
+                func.sum(
+                    case(
+                        (
+                            spend_log.c.cache_hit.is_(False),
+                            spend_log.c.prompt_tokens + spend_log.c.completion_tokens,
+                        ),
+                        else_=0,
+                    )
+                ),
+                0,
+            ),
             func.count(),
         ).where(*conditions)
         async with self.engine.connect() as conn:

@@ -42,13 +42,17 @@ async def reserve_request(
     return await ledger.reserve(team, key_id, amounts)
 
 
+async def reserve_cache_hit(ledger: Ledger, team: str, key_id: str) -> Hold | None:
+    """A prompt-cache hit is one request against the limits, at no cost and no tokens."""
+    return await ledger.reserve(team, key_id, Amounts(0, 0, 1))
+
+
 async def settle_request(ledger: Ledger, hold: Hold | None, record: SpendRecord) -> None:
     """Charge what the spend log records for the request; on failure that is 0 (a release)."""
     if hold is None:
         return
-    actual = Amounts(
-        to_picousd(record.cost_usd), record.prompt_tokens + record.completion_tokens, 1
-    )
+    tokens = 0 if record.cache_hit else record.prompt_tokens + record.completion_tokens
+    actual = Amounts(to_picousd(record.cost_usd), tokens, 1)
     try:
         await ledger.settle(hold, actual)
     except Exception:

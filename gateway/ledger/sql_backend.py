@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
@@ -92,19 +93,24 @@ class SQLCounters:
 
     async def initialize(self, claim: Claim, spent: Amounts, now_ms: int) -> None:
         async with self.engine.begin() as conn:
-            known = await conn.scalar(select(counters.c.key).where(counters.c.key == claim.counter))
-            if known is not None:
-                return
-            await conn.execute(delete(holds).where(holds.c.counter == claim.counter))
-            await conn.execute(
-                insert(counters).values(
+            # Two requests may rebuild the same counter at once: the insert decides which one
+            # does (the other waits on the unique key, then inserts nothing).
+            inserted = await conn.scalar(
+                pg_insert(counters)
+                .values(
                     key=claim.counter,
                     spent_picousd=spent.picousd,
                     spent_tokens=spent.tokens,
                     spent_requests=spent.requests,
                     expires_at_ms=claim.expires_at_ms,
                 )
+                .on_conflict_do_nothing(index_elements=[counters.c.key])
+                .returning(counters.c.key)
             )
+            if inserted is None:
+                return
+            # Holds of a counter that had vanished belong to the lost state.
+            await conn.execute(delete(holds).where(holds.c.counter == claim.counter))
             # Counters of past windows are never read again.
             await conn.execute(delete(counters).where(counters.c.expires_at_ms < now_ms))
 
