@@ -117,20 +117,16 @@ def test_calibrate_writes_thresholds_that_give_the_requested_shares(tmp_path: Pa
 
     cfg = tmp_path / "policy.yaml"
     cfg.write_text(POLICY_CONFIG.format(db=tmp_path / "rs.db"))
-    subjects = [
-        "a haiku about rain",
-        "the derivative of x^3 sin x",
-        "a SQL join of two tables",
-        "why the sky is blue",
-        "a proof that sqrt(2) is irrational",
-        "the capital of Peru",
-        "a regex for e-mail addresses",
-        "the plot of Hamlet in one line",
-    ]
+    import random
+
+    rng = random.Random(7)
+    words = ("prove derive explain list translate summarise compute why how integral matrix "
+             "poem story function bug proof lemma capital river tax contract energy sort "
+             "graph prime limit essay email table regex").split()  # fmt: skip
+    # Varied words, lengths and digits: distinct demands, as in real traffic.
     prompts = [
-        f"Question {i}: explain {s}, case {i % 7}."
-        for i in range(200)
-        for s in subjects[i % 8 : i % 8 + 1]
+        " ".join(rng.choice(words) for _ in range(rng.randint(3, 60))) + f" {rng.randint(1, 999)}?"
+        for _ in range(400)
     ]
     traffic = tmp_path / "traffic.jsonl"
     traffic.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
