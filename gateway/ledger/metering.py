@@ -25,7 +25,7 @@ async def reserve_request(
 ) -> Hold | None:
     """Hold the request's predicted cost, or None when its team and key have no budget.
 
-    The prediction is the router's p90 output tokens when given (not wired yet: None).
+    The prediction is the router's p90 output tokens for the prompt, when there is an estimate.
     """
     if not await ledger.budgets_for(team, key_id):
         return None
