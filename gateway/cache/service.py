@@ -169,6 +169,10 @@ class PromptCache:
     def stats(self) -> dict[str, Any]:
         return {"store": self.backend.name, **self.metrics.as_dict()}
 
+    async def start(self) -> None:
+        """Connect the store before the first request (a Redis connect is not cheap on a hit)."""
+        await self.backend.start()
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 

@@ -18,6 +18,9 @@ from redis.retry import Retry
 log = logging.getLogger("rightsize.cache")
 
 _ADMIN_TIMEOUT_S = 10.0
+# Connecting at start: long enough for a busy host, short enough not to hold up the start
+# behind a Redis that accepts connections and never answers.
+_START_TIMEOUT_S = 1.0
 # One slow answer (a busy host, a GC pause) bypasses only that call; this many in a row mean
 # Redis is slow for everyone, and it is skipped for retry_after_s like a Redis that is down.
 _SLOW_CALLS_TO_SKIP = 3
@@ -47,6 +50,10 @@ class CacheStore(Protocol):
 
     async def invalidate_team(self, team: str) -> int:
         """Delete every entry of the team; returns how many."""
+        ...
+
+    async def start(self) -> None:
+        """Get ready for the first request (connect); never raises."""
         ...
 
     async def aclose(self) -> None: ...
@@ -105,6 +112,9 @@ class MemoryStore:
             self._remove(key)
         return len(keys)
 
+    async def start(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         self._slots.clear()
         self._by_team.clear()
@@ -140,7 +150,16 @@ class RedisStore:
         self._redis = Redis.from_url(
             url,
             socket_connect_timeout=max(timeout_s, 0.05),
-            socket_timeout=max(timeout_s, 0.05),
+            # No socket timeout: the deadline is the cache's own (`_call`). With one, redis-py
+            # wraps every send in asyncio.wait_for, which costs a task and a loop turn per call.
+            socket_timeout=None,
+            # RESP2 without CLIENT SETINFO: a new connection is a TCP connect and nothing more.
+            # The default handshake (HELLO, then CLIENT SETINFO, which Redis 7.0 rejects) took
+            # about 4.5 ms, so the reconnect after a call past its deadline (a cancelled read
+            # drops the connection) missed the deadline too, and three in a row closed the cache
+            # for retry_after_s.
+            protocol=2,
+            driver_info=None,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
@@ -152,6 +171,15 @@ class RedisStore:
         self._bypassed = 0
         self._slow_in_a_row = 0
         self._slow_warned_at = -_SLOW_WARNING_EVERY_S
+
+    async def start(self) -> None:
+        """Open a connection before the first request needs one; never raises."""
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                await self._redis.ping()
+        except (TimeoutError, RedisError, OSError) as exc:
+            # Not fatal: the first requests then bypass the cache and the usual retry applies.
+            log.warning("prompt cache: Redis did not answer at start (%r)", exc)
 
     def _key(self, team: str, key: str) -> str:
         return f"{self._prefix}{team}:{key}"
