@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.utils
 
 from gateway.cache import RedisStore
 from tests.cache_support import ask, cached_gateway, prompt_cache
@@ -240,3 +241,7 @@ async def test_a_redis_call_creates_no_task(own_redis: ThrowawayRedis) -> None:
     finally:
         await store.aclose()
     assert created == []
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    assert redis.utils.HIREDIS_AVAILABLE
