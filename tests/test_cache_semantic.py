@@ -283,3 +283,12 @@ def test_unfinished_stream_is_not_assembled() -> None:
     assembler = StreamAssembler()
     assembler.add({"id": "c", "choices": [{"index": 0, "delta": {"content": "Par"}}]})
     assert assembler.completion({"prompt_tokens": 1, "completion_tokens": 1}) is None
+
+
+def test_hit_response_is_stamped_now_and_leaves_the_stored_entry_as_it_was() -> None:
+    answer = CachedAnswer("t", "k", "d", {**COMPLETION, "created": 1})
+    body = answer.response()
+    body["choices"] = []
+    assert body["created"] > 1
+    assert answer.completion["created"] == 1
+    assert answer.response()["choices"] == COMPLETION["choices"]
