@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.utils
 
-from gateway.cache import RedisStore
+from gateway.cache import CacheUnavailable, RedisStore
 from tests.cache_support import ask, cached_gateway, prompt_cache
 from tests.conftest import IN_CI, InProcessGateway
 from tests.fake_upstream import ANSWER, RunningUpstream, free_port
@@ -245,3 +245,44 @@ async def test_a_redis_call_creates_no_task(own_redis: ThrowawayRedis) -> None:
 
 def test_redis_replies_are_parsed_by_hiredis() -> None:
     assert redis.utils.HIREDIS_AVAILABLE
+
+
+# The deadline counts Redis's time, not the event loop's own stalls
+
+
+def _stall_the_loop_soon(seconds: float) -> None:
+    """Block the event loop a turn from now: while a call that starts now is waiting on Redis."""
+
+    async def stall() -> None:
+        await asyncio.sleep(0)
+        time.sleep(seconds)  # noqa: ASYNC251 (blocking the loop is the point)
+
+    asyncio.get_running_loop().create_task(stall())
+
+
+async def test_a_stall_of_the_event_loop_is_not_blamed_on_redis(own_redis: ThrowawayRedis) -> None:
+    store = RedisStore(own_redis.url, "rightsize-test:", timeout_s=0.02, retry_after_s=0.2)
+    try:
+        await store.start()
+        await store.set("search", "k", b"value", 60)
+        for _ in range(5):
+            # Three deadlines of stall while the GET is out; Redis answers meanwhile.
+            _stall_the_loop_soon(0.06)
+            assert await store.get("search", "k") == b"value"
+    finally:
+        await store.aclose()
+
+
+async def test_a_slow_redis_is_still_cut_one_deadline_after_a_stall() -> None:
+    server = await asyncio.start_server(_blackhole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", "t:", timeout_s=0.02, retry_after_s=0)
+    try:
+        _stall_the_loop_soon(0.06)
+        started = time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await store.get("search", "k")
+        assert time.monotonic() - started < 0.5
+    finally:
+        await store.aclose()
+        server.close()

@@ -218,8 +218,12 @@ class RedisStore:
             self._bypassed += 1
             raise CacheUnavailable("unavailable")
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await operation()
+            async with asyncio.timeout(None) as cut:
+                deadline = _Deadline(cut, self._timeout)
+                try:
+                    result = await operation()
+                finally:
+                    deadline.cancel()
         except TimeoutError:
             self._slow(what)
             raise CacheUnavailable("timeout") from None
@@ -266,6 +270,38 @@ class RedisStore:
             )
         else:
             log.debug("prompt cache: Redis %s still failing (%s)", what, why)
+
+
+class _Deadline:
+    """Cuts a Redis call after `seconds` of Redis's time, not of the event loop's own stalls.
+
+    When the loop was blocked past the deadline (a GC pause, a spend-log flush, another
+    request's CPU work), the reply may be sitting in the socket while the timer runs first;
+    cutting then would blame Redis for the gateway's stall and bypass a good hit. A timer that
+    fires late by half the deadline or more is taken for a stall: the call gets one fresh
+    deadline from then, so a really slow Redis is still cut, at most one stall later.
+    """
+
+    def __init__(self, cut: asyncio.Timeout, seconds: float) -> None:
+        self._cut = cut
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._forgiven = False
+        due = self._loop.time() + seconds
+        self._handle = self._loop.call_at(due, self._expire, due)
+
+    def _expire(self, due: float) -> None:
+        now = self._loop.time()
+        if not self._forgiven and now - due >= self._seconds / 2:
+            self._forgiven = True
+            self._handle = self._loop.call_at(
+                now + self._seconds, self._expire, now + self._seconds
+            )
+            return
+        self._cut.reschedule(now)  # the Timeout cancels the call and raises TimeoutError
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _glob_escape(text: str) -> str:
