@@ -23,7 +23,7 @@ from gateway.schemas import ChatRequest
 from tests.cache_support import STORES, delete_prefix, shared_redis
 
 DIM = 384
-# Cosines just above and just below the default threshold (0.99999 for the router's
+# Cosines just above and just below the default threshold (0.999 for the router's
 # embedding), far enough from it for float32 rounding (about 1e-7) not to matter.
 ABOVE_DEFAULT = (DEFAULT_SEMANTIC_THRESHOLD + 1) / 2
 BELOW_DEFAULT = DEFAULT_SEMANTIC_THRESHOLD - (1 - DEFAULT_SEMANTIC_THRESHOLD)

@@ -4,19 +4,20 @@ The router's static embedding is a mean of token vectors: blind to word order an
 to digits, so "5 balls in 3 boxes" and "3 balls in 5 boxes" score 1.0. The guard adds what it
 misses, from the same text the embedding is of (no second encode):
 
-- a signature that must match exactly: every number with the token before it (which quantity
-  it is) and how many negations the prompt holds; it becomes part of the semantic partition,
-  so prompts that differ in it are never even compared;
+- a signature that must match exactly: every number with the content token before it (which
+  quantity it is) and how many negations the prompt holds; it becomes part of the semantic
+  partition, so prompts that differ in it are never even compared;
 - its content-word bigrams, for the order check: a candidate must share at least a given
   share of the shorter prompt's bigrams, so the same words in another order ("Celsius to
   Fahrenheit" / "Fahrenheit to Celsius") do not hit;
 - its content words (all but a short list of grammatical words), for the replacement check:
   one prompt's content words must all occur in the other's, which may add at most two. Words
   may be added ("Quick question: ..."), not swapped: "the capital of France" / "of Spain",
-  "Dave is playing" / "Claire is playing". In a long prompt one word moves a mean embedding
-  by less than 1e-4.
+  "Dave is playing" / "Claire is playing". With one word replaced, more than half of the dev
+  prompts still score 0.99 or more against their original.
 
-Casing, spacing and sentence punctuation change neither (docs/cache.md says why that is sound).
+Casing, spacing and sentence punctuation change none of them (docs/cache.md says why that is
+sound).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ _FUNCTION_WORDS = frozenset(
 )
 
 Hashes = npt.NDArray[np.int64]
-# A hit may add a greeting or a "please" ("Hi!", "Quick question:"), not a clause: an appended
-# sentence moves a mean embedding of a long prompt by less than 1e-3 (docs/benchmarks.md).
+# A hit may add a greeting or a "please" ("Hi!", "Quick question:"), not a clause: with a
+# sentence appended, 23% of the dev prompts still score 0.99 or more (docs/benchmarks.md).
 MAX_ADDED_WORDS = 2
 
 
