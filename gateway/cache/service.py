@@ -180,7 +180,7 @@ class PromptCache:
         return {"store": self.backend.name, **self.metrics.as_dict()}
 
     async def start(self) -> None:
-        """Connect the store before the first request (a Redis connect is not cheap on a hit)."""
+        """Connect the store before the first request, so that no request pays for it."""
         await self.backend.start()
 
     async def aclose(self) -> None:
