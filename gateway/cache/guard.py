@@ -97,11 +97,12 @@ def tokens(text: str) -> list[str]:
         elif word is None:
             found.append(match.group("sym"))
         elif word.endswith("n't"):
-            found += [_IRREGULAR_NOT.get(word, word[:-3]), "not"]
+            base = _IRREGULAR_NOT.get(word, word[:-3])
+            found += [base, "not"] if base else ["not"]  # "n't" alone, as tokenisers write it
         elif word == "cannot":
             found += ["can", "not"]
         else:
-            found += word.split("'")  # "what's" is "what" and the clitic "s"
+            found += [part for part in word.split("'") if part]  # "what's": "what", "s"
     return found
 
 
