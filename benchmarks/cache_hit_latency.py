@@ -156,6 +156,7 @@ def run(store: str, total: int) -> str:
          "--port", str(gw_port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    load = os.getloadavg()[0]  # the 1-minute load average as the run starts (uptime)
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/_requests", upstream)
         base = f"http://127.0.0.1:{gw_port}"
@@ -174,11 +175,14 @@ def run(store: str, total: int) -> str:
         raw, overhead, misses = time_raw(gw_port, auth, total)
         via_httpx = time_httpx(base, {**auth, "content-type": "application/json"}, total)
         stats = httpx.get(base + "/admin/cache", headers=admin).json()
+        bypassed = stats["bypassed"]
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(bypassed.items()))
         return (
             f"| {store} | {percentile(raw, 0.5):.3f} | {percentile(raw, 0.99):.3f} "
             f"| {statistics.mean(raw):.3f} | {percentile(via_httpx, 0.5):.3f} "
             f"| {percentile(via_httpx, 0.99):.3f} | {statistics.median(overhead):.3f} "
-            f"| {misses} | {sum(stats['bypassed'].values())} |"
+            f"| {misses} | {sum(bypassed.values())}{f' ({reasons})' if reasons else ''} "
+            f"| {load:.2f} |"
         )
     finally:
         gateway.terminate()
@@ -200,9 +204,9 @@ def main() -> None:
     print(f"exact cache hits, concurrency 1, {args.requests} timed requests per client (ms)")
     print(
         "| store | raw p50 | raw p99 | raw mean | httpx p50 | httpx p99 "
-        "| overhead header p50 | raw non-hits | Redis bypasses |"
+        "| overhead header p50 | raw non-hits | Redis bypasses | load average |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for store in args.stores.split(","):
         print(run(store, args.requests), flush=True)
 

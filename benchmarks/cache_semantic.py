@@ -7,6 +7,12 @@ pairs). Paraphrases that should hit: generated from each prompt by one determini
 in the data. A paraphrase counts as a correct hit when its nearest stored prompt is its own
 original at or above the threshold, and as a wrong hit when the nearest is another prompt.
 
+Both are measured with the embedding alone and with the gateway's lexical guard
+(gateway/cache/guard.py: same signature, i.e. partition, then the order and replacement
+checks on the nearest, as the gateway does). Three sets of rule-made negatives follow, each
+prompt edited once into a different question: one number changed, one word replaced, a
+sentence of another prompt appended; each edited prompt is compared with its own original.
+
 The default encoder is what the gateway feeds the semantic tier: the router's embedding,
 `Router.load().embed_batch` of `prompt_from_messages` of the request's messages (here one user
 message holding the prompt), with the shipped artifact's default runtime. `--encoder minilm`
@@ -18,7 +24,7 @@ encoder the first threshold was measured with). Any other embed function plugs i
 is encoded afresh.
 
     python benchmarks/cache_semantic.py [--data ../shared/data/routing] [--limit 1500]
-        [--encoder router|minilm | --embed module:function]
+        [--encoder router|minilm | --embed module:function] [--threshold T] [--min-overlap M]
 """
 
 from __future__ import annotations
@@ -42,8 +48,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.cache.config import DEFAULT_SEMANTIC_THRESHOLD  # noqa: E402
+from gateway.cache.config import (  # noqa: E402
+    DEFAULT_MIN_WORD_ORDER_OVERLAP,
+    DEFAULT_SEMANTIC_THRESHOLD,
+)
+from gateway.cache.guard import PromptGuard, prompt_guard  # noqa: E402
 from gateway.cache.semantic import SemanticIndex  # noqa: E402
+from router import prompt_from_messages  # noqa: E402
 
 Embed = Callable[[list[str]], np.ndarray]
 # Up to five nines: a static (averaged-token) embedding puts prompts that share their words
@@ -212,6 +223,197 @@ def lookup_cost(sizes: Sequence[int], dims: int, queries: int = 2000) -> list[st
     return lines
 
 
+def guards_of(texts: list[str]) -> tuple[list[PromptGuard], list[float]]:
+    """The gateway's guard of each text (as a user message), and what computing it cost (us)."""
+    found, costs = [], []
+    for text in texts:
+        prompt = prompt_from_messages([{"role": "user", "content": text}])
+        started = time.perf_counter()
+        found.append(prompt_guard(prompt))
+        costs.append((time.perf_counter() - started) * 1e6)
+    return found, costs
+
+
+class Outcome:
+    """Hardest negatives and paraphrase lookups under one matching rule (guard or none).
+
+    With the guard, a prompt is only compared with prompts of the same signature (the gateway's
+    partition), and the nearest one must also pass the word-order and replacement checks; as in
+    the gateway, only the nearest is checked.
+    """
+
+    def __init__(
+        self,
+        originals: np.ndarray,
+        rewritten: np.ndarray,
+        guards: tuple[list[PromptGuard], list[PromptGuard]] | None,
+        min_overlap: float,
+    ) -> None:
+        n = len(originals)
+        similarity = originals @ originals.T
+        np.fill_diagonal(similarity, -np.inf)
+        scores = rewritten @ originals.T
+        self.pass_negative = np.ones(n, dtype=bool)
+        self.pass_paraphrase = np.ones(n, dtype=bool)
+        if guards is not None:
+            of_originals, of_rewritten = guards
+            ids: dict[str, int] = {}
+            o = np.array([ids.setdefault(g.signature, len(ids)) for g in of_originals])
+            p = np.array([ids.setdefault(g.signature, len(ids)) for g in of_rewritten])
+            similarity = np.where(o[:, None] == o[None, :], similarity, -np.inf)
+            scores = np.where(p[:, None] == o[None, :], scores, -np.inf)
+        self.neighbour = similarity.argmax(axis=1)
+        self.nearest_other = similarity[np.arange(n), self.neighbour]
+        self.best = scores.argmax(axis=1)
+        self.best_score = scores[np.arange(n), self.best]
+        self.own = self.best == np.arange(n)
+        self.similarity = similarity
+        if guards is not None:
+            of_originals, of_rewritten = guards
+            self.pass_negative = np.array(
+                [of_originals[i].refuses(of_originals[j], min_overlap) is None
+                 for i, j in enumerate(self.neighbour)]
+            )  # fmt: skip
+            self.pass_paraphrase = np.array(
+                [of_rewritten[i].refuses(of_originals[j], min_overlap) is None
+                 for i, j in enumerate(self.best)]
+            )  # fmt: skip
+
+    def false_hits(self, t: float) -> np.ndarray:
+        return (self.nearest_other >= t) & self.pass_negative
+
+    def hits(self, t: float) -> np.ndarray:
+        return (self.best_score >= t) & self.pass_paraphrase
+
+
+def grid(outcome: Outcome, rows: list[dict[str, str]], default: float, label: str) -> float | None:
+    """Print the threshold table; returns the lowest threshold with no false hit outside bbh."""
+    n = len(rows)
+    free_form = np.array([r["source"] != "bbh" for r in rows])
+    print(
+        "| threshold | false hits (nearest distinct prompt) | false hits without bbh "
+        "| paraphrase correct hits | paraphrase wrong hits |"
+    )
+    print("|---|---|---|---|---|")
+    lowest = None
+    for t in sorted({*THRESHOLDS, default}):
+        marker = f" ({label})" if t == default else ""
+        false_hits = outcome.false_hits(t)
+        hits = outcome.hits(t)
+        free_hits = int((false_hits & free_form).sum())
+        if free_hits == 0 and lowest is None:
+            lowest = t
+        shown = f"{t:.6f}".rstrip("0").ljust(4, "0")
+        print(
+            f"| {shown}{marker} | {rate(int(false_hits.sum()), n)} "
+            f"| {rate(free_hits, int(free_form.sum()))} "
+            f"| {rate(int((hits & outcome.own).sum()), n)} "
+            f"| {rate(int((hits & ~outcome.own).sum()), n)} |"
+        )
+    return lowest
+
+
+def breakdown(
+    outcome: Outcome, rows: list[dict[str, str]], rules: list[str], threshold: float
+) -> None:
+    print("| rule | paraphrases | correct hits |")
+    print("|---|---|---|")
+    by_rule: dict[str, list[bool]] = defaultdict(list)
+    for rule, hit, mine in zip(rules, outcome.hits(threshold), outcome.own, strict=True):
+        by_rule[rule].append(bool(hit and mine))
+    for rule in RULES:
+        hits = by_rule[rule]
+        print(f"| {rule} | {len(hits)} | {rate(sum(hits), len(hits))} |")
+    print()
+    print("| source | prompts | false hits |")
+    print("|---|---|---|")
+    by_source: dict[str, list[bool]] = defaultdict(list)
+    for row, false_hit in zip(rows, outcome.false_hits(threshold), strict=True):
+        by_source[row["source"]].append(bool(false_hit))
+    for source, flags in sorted(by_source.items()):
+        print(f"| {source} | {len(flags)} | {rate(sum(flags), len(flags))} |")
+
+
+def hardest(outcome: Outcome, rows: list[dict[str, str]], free_only: bool, count: int = 5) -> None:
+    """The nearest negatives that the matching rule lets through, where the two first differ."""
+    shown = 0
+    for i in np.argsort(-np.where(outcome.pass_negative, outcome.nearest_other, -np.inf)):
+        if not outcome.pass_negative[i] or not np.isfinite(outcome.nearest_other[i]):
+            break
+        if free_only and rows[i]["source"] == "bbh":
+            continue
+        j = int(outcome.neighbour[i])
+        a, b = rows[i]["prompt"], rows[j]["prompt"]
+        at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
+        print(
+            f"- {outcome.nearest_other[i]:.6f} ({rows[i]['source']}/{rows[j]['source']}): ", end=""
+        )
+        print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
+        shown += 1
+        if shown == count:
+            break
+
+
+def replace_a_word(text: str, vocabulary: list[str]) -> str | None:
+    """The prompt with its middle word of 5+ letters replaced by another word of the sample."""
+    words = list(re.finditer(r"\b[A-Za-z]{5,}\b", text))
+    if not words:
+        return None
+    word = words[len(words) // 2]
+    digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+    other = vocabulary[digest % len(vocabulary)]
+    if other == word.group().lower():
+        return None
+    return text[: word.start()] + other + text[word.end() :]
+
+
+def append_a_sentence(text: str, sentences: list[str]) -> str:
+    """The prompt with a sentence of another prompt appended (a different, longer question)."""
+    digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+    return text.rstrip() + " " + sentences[digest % len(sentences)]
+
+
+def rule_made_negatives(
+    name: str,
+    made: list[tuple[int, str]],
+    embed: Embed,
+    originals: np.ndarray,
+    guards_o: list[PromptGuard],
+    args: argparse.Namespace,
+    tag: str,
+) -> None:
+    """Each made prompt (a different question) against its original: embedding alone, guard."""
+    vectors = cached_embed(embed, [text for _, text in made], args.cache_dir, tag)
+    guards, _ = guards_of([text for _, text in made])
+    index = [i for i, _ in made]
+    scores = np.einsum("ij,ij->i", vectors, originals[index])
+    passes = np.array(
+        [
+            g.signature == guards_o[i].signature
+            and g.refuses(guards_o[i], args.min_overlap) is None
+            for g, i in zip(guards, index, strict=True)
+        ]
+    )
+    print(f"{name} ({len(made)} prompts): the made prompt finds its original at or above")
+    print("| threshold | embedding alone | with the guard |")
+    print("|---|---|---|")
+    for t in sorted({0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999, 0.99999, args.threshold}):
+        above = scores >= t
+        print(
+            f"| {t:g} | {rate(int(above.sum()), len(made))} "
+            f"| {rate(int((above & passes).sum()), len(made))} |"
+        )
+    print()
+
+
+def change_a_number(text: str) -> str | None:
+    """The same prompt with its first number increased by one (a different question), or None."""
+    match = re.search(r"\d+", text)
+    if match is None:
+        return None
+    return text[: match.start()] + str(int(match.group()) + 1) + text[match.end() :]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "routing")
@@ -228,6 +430,12 @@ def main() -> None:
         "--cache-dir", type=Path, default=Path.home() / ".cache" / "rightsize-bench"
     )
     parser.add_argument("--threshold", type=float, default=DEFAULT_SEMANTIC_THRESHOLD)
+    parser.add_argument(
+        "--min-overlap",
+        type=float,
+        default=DEFAULT_MIN_WORD_ORDER_OVERLAP,
+        help="the guard's word-order check (share of word bigrams a hit must share)",
+    )
     args = parser.parse_args()
 
     embed = load_embed(args.embed, args.encoder)
@@ -240,79 +448,78 @@ def main() -> None:
         paraphrase(r["prompt"], rule, i)
         for i, (r, rule) in enumerate(zip(rows, rules, strict=True))
     ]
+    changed = [change_a_number(r["prompt"]) for r in rows]
+    with_number = [i for i, c in enumerate(changed) if c is not None]
     originals = cached_embed(embed, [r["prompt"] for r in rows], args.cache_dir, tag)
     rewritten = cached_embed(embed, paraphrases, args.cache_dir, tag)
-
-    # Hardest negatives: each prompt against every other distinct prompt.
-    similarity = originals @ originals.T
-    np.fill_diagonal(similarity, -np.inf)
-    nearest_other = similarity.max(axis=1)
-    worst = np.argsort(-nearest_other)[:5]
-
-    # Paraphrase lookups against the index of all originals.
-    scores = rewritten @ originals.T
-    best = scores.argmax(axis=1)
-    best_score = scores[np.arange(len(rows)), best]
-    own = best == np.arange(len(rows))
+    guards_o, cost = guards_of([r["prompt"] for r in rows])
+    guards_p, _ = guards_of(paraphrases)
 
     n = len(rows)
     sources = dict(Counter(r["source"] for r in rows))
     print(f"encoder {tag}; {n} distinct {args.split} prompts; sources {sources}")
     print()
-    print(
-        "| threshold | false hits (nearest distinct prompt) | false hits without bbh "
-        "| paraphrase correct hits | paraphrase wrong hits |"
-    )
-    print("|---|---|---|---|---|")
-    free_form = np.array([r["source"] != "bbh" for r in rows])
-    for t in sorted({*THRESHOLDS, args.threshold}):
-        marker = " (default)" if t == args.threshold else ""
-        false_hits = int((nearest_other >= t).sum())
-        correct = int(((best_score >= t) & own).sum())
-        wrong = int(((best_score >= t) & ~own).sum())
-        free_hits = int(((nearest_other >= t) & free_form).sum())
-        shown = f"{t:.6f}".rstrip("0").ljust(4, "0")
-        print(
-            f"| {shown}{marker} | {rate(false_hits, n)} | {rate(free_hits, int(free_form.sum()))} "
-            f"| {rate(correct, n)} | {rate(wrong, n)} |"
-        )
-    print()
-    print(f"at the default threshold {args.threshold}: by paraphrase rule and by source")
-    print("| rule | paraphrases | correct hits |")
-    print("|---|---|---|")
-    by_rule: dict[str, list[bool]] = defaultdict(list)
-    for rule, score, mine in zip(rules, best_score, own, strict=True):
-        by_rule[rule].append(bool(score >= args.threshold and mine))
-    for rule in RULES:
-        hits = by_rule[rule]
-        print(f"| {rule} | {len(hits)} | {rate(sum(hits), len(hits))} |")
-    print()
-    print("| source | prompts | false hits |")
-    print("|---|---|---|")
-    by_source: dict[str, list[bool]] = defaultdict(list)
-    for row, score in zip(rows, nearest_other, strict=True):
-        by_source[row["source"]].append(bool(score >= args.threshold))
-    for source, flags in sorted(by_source.items()):
-        print(f"| {source} | {len(flags)} | {rate(sum(flags), len(flags))} |")
-    print()
-    print("hardest negatives (similarity, where the two prompts first differ):")
-    for i in worst:
-        j = int(np.argmax(similarity[i]))
-        a, b = rows[i]["prompt"], rows[j]["prompt"]
-        at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-        print(f"- {nearest_other[i]:.6f} ({rows[i]['source']}, {len(a)} chars): ", end="")
-        print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
-    free_worst = [int(i) for i in np.argsort(-nearest_other) if free_form[i]][:5]
+    print("embedding alone:")
+    alone = Outcome(originals, rewritten, None, 0.0)
+    lowest_alone = grid(alone, rows, args.threshold, "given threshold")
+    print(f"lowest threshold with no false hit outside bbh, embedding alone: {lowest_alone}")
     print()
     print(
-        "hardest negatives outside bbh (a threshold above the first has no false hit outside bbh):"
+        f"with the lexical guard (signature must match, word-order overlap >= {args.min_overlap}):"
     )
-    for i in free_worst:
-        j = int(np.argmax(similarity[i]))
-        a, b = rows[i]["prompt"], rows[j]["prompt"]
-        at = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-        print(f"- {nearest_other[i]:.6f} ({rows[i]['source']}/{rows[j]['source']}): ", end="")
-        print(f"{a[max(0, at - 30) : at + 50]!r} / {b[max(0, at - 30) : at + 50]!r}")
+    guarded = Outcome(originals, rewritten, (guards_o, guards_p), args.min_overlap)
+    lowest = grid(guarded, rows, args.threshold, "given threshold")
+    print(f"lowest threshold with no false hit outside bbh, with the guard: {lowest}")
+    refused = int(((guarded.nearest_other >= args.threshold) & ~guarded.pass_negative).sum())
+    print(f"nearest negatives at or above {args.threshold} that the guard refused: {refused}")
+    print()
+    print(f"at the threshold {args.threshold} with the guard: by paraphrase rule and by source")
+    breakdown(guarded, rows, rules, args.threshold)
+    print()
+    print("rule-made negatives: different questions made from each prompt by one edit")
+    print()
+    rule_made_negatives(
+        "one number changed (the first, plus one)",
+        [(i, str(changed[i])) for i in with_number],
+        embed, originals, guards_o, args, tag,
+    )  # fmt: skip
+    vocabulary = sorted({w for r in rows for w in re.findall(r"\b[a-z]{5,9}\b", r["prompt"])})
+    replaced = [(i, replace_a_word(r["prompt"], vocabulary)) for i, r in enumerate(rows)]
+    rule_made_negatives(
+        "one word replaced (the middle word of 5+ letters, by another word of the sample)",
+        [(i, text) for i, text in replaced if text is not None],
+        embed, originals, guards_o, args, tag,
+    )  # fmt: skip
+    # Sentences without digits or negations: the guard's signature cannot tell them apart.
+    plain = sorted(
+        {
+            sentence
+            for r in rows
+            for sentence in re.split(r"(?<=[.?!])\s+", r["prompt"])
+            if 20 <= len(sentence) <= 200
+            and not re.search(r"\d|\b(?:not|no|never|none|nor|without)\b|n't", sentence.lower())
+        }
+    )
+    rule_made_negatives(
+        "a sentence of another prompt appended (without digits or negations)",
+        [(i, append_a_sentence(r["prompt"], plain)) for i, r in enumerate(rows)],
+        embed, originals, guards_o, args, tag,
+    )  # fmt: skip
+    print(
+        "hardest negatives the guard lets through (similarity, where the two prompts first differ):"
+    )
+    hardest(guarded, rows, free_only=False)
+    print()
+    print("hardest negatives outside bbh the guard lets through:")
+    hardest(guarded, rows, free_only=True)
+    print()
+    bigrams = [len(g.bigrams) for g in guards_o]
+    print(
+        f"guard per prompt: p50 {statistics.median(cost):.0f} us, "
+        f"p99 {sorted(cost)[int(0.99 * len(cost))]:.0f} us; "
+        f"bigrams per prompt: median {statistics.median(bigrams):.0f}, max {max(bigrams)} "
+        f"({8 * statistics.mean(bigrams) / 1024:.1f} KiB per index entry on average)"
+    )
     print()
     print("semantic index lookup (one team and partition, exact search, microseconds)")
     print("| entries | p50 | p99 | matrix MiB |")
@@ -320,7 +527,7 @@ def main() -> None:
     for line in lookup_cost((256, 1024, 4096, 16384), originals.shape[1]):
         print(line)
     print()
-    to_original = scores[np.arange(n), np.arange(n)].tolist()
+    to_original = np.einsum("ij,ij->i", rewritten, originals).tolist()
     print(
         f"median similarity of a paraphrase to its original: {statistics.median(to_original):.4f}"
     )

@@ -93,6 +93,7 @@ def create_app(
             cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
             ledger=open_ledger(settings, store),
         )
+        await app.state.gateway.cache.start()
         try:
             yield
         finally:

@@ -365,23 +365,67 @@ async def test_corrupted_entry_is_replaced_by_the_fresh_answer(gw: InProcessGate
 # Semantic tier through the gateway, with the router's embedding
 
 
-async def test_a_paraphrase_is_a_semantic_hit_with_the_routers_embedding(
-    upstream: RunningUpstream, tmp_path: Path
+HASH_TABLE = (
+    "{} explain how a hash table handles collisions when two keys map to the same bucket, and "
+    "what the trade-offs between separate chaining and open addressing are in terms of memory "
+    "use and cache locality?"
+)
+PARAPHRASES = {
+    "casing": ("What is the capital city of France?", "what is the capital city of france ?"),
+    "whitespace": (
+        "What is the capital city of France?",
+        "  What is the capital   city of France?\n",
+    ),
+    "punctuation": ("What is the capital city of France?", "What is the capital city of France"),
+    "filler": (HASH_TABLE.format("Can you"), HASH_TABLE.format("Could you")),
+}
+
+
+@pytest.mark.parametrize("paraphrase", list(PARAPHRASES))
+async def test_a_paraphrase_is_a_semantic_hit_at_the_default_with_the_routers_embedding(
+    upstream: RunningUpstream, tmp_path: Path, paraphrase: str
 ) -> None:
-    # The default threshold: a change of casing and spacing is a hit with the router's embedding.
     teams = {"search": {"semantic": True}}
-    first = [{"role": "user", "content": "What is the capital city of France?"}]
-    again = [{"role": "user", "content": "what is the capital city of france ?"}]
+    first, again = PARAPHRASES[paraphrase]
     async with cached_gateway("memory", upstream, tmp_path, teams=teams) as gw:
-        miss = await ask(gw, messages=first)
+        miss = await ask(gw, messages=[{"role": "user", "content": first}])
         assert miss.headers["x-rightsize-cache"] == "miss"
         calls = upstream_calls(upstream)
-        hit = await ask(gw, messages=again)
+        hit = await ask(gw, messages=[{"role": "user", "content": again}])
     assert hit.status_code == 200
     assert hit.headers["x-rightsize-cache"] == "hit"
     assert float(hit.headers["x-rightsize-cache-similarity"]) >= DEFAULT_SEMANTIC_THRESHOLD
     assert upstream_calls(upstream) == calls
     assert hit.json()["choices"][0]["message"]["content"] == ANSWER
+
+
+async def test_a_question_that_differs_only_in_a_number_is_a_miss_with_the_routers_embedding(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    # The router's embedding scores this pair 0.997: only the guard tells them apart.
+    teams = {"search": {"semantic": True, "semantic_threshold": 0.99}}
+    question = "A ball is dropped from a height of {} feet. How long does it take to land?"
+    async with cached_gateway("memory", upstream, tmp_path, teams=teams) as gw:
+        await ask(gw, messages=[{"role": "user", "content": question.format(10)}])
+        calls = upstream_calls(upstream)
+        other = await ask(gw, messages=[{"role": "user", "content": question.format(12)}])
+    assert other.headers["x-rightsize-cache"] == "miss"
+    assert upstream_calls(upstream) == calls + 1
+
+
+async def test_a_paraphrase_never_hits_another_teams_answer_with_the_routers_embedding(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    teams = {"search": {"semantic": True}, "ads": {"semantic": True}}
+    first, again = PARAPHRASES["casing"]
+    async with cached_gateway("memory", upstream, tmp_path, teams=teams) as gw:
+        await gw.admin.team("ads")
+        ads = (await gw.admin.key("ads"))["key"]
+        await ask(gw, messages=[{"role": "user", "content": first}])
+        other = await ask(gw, key=ads, messages=[{"role": "user", "content": again}])
+        own = await ask(gw, messages=[{"role": "user", "content": again}])
+    assert other.headers["x-rightsize-cache"] == "miss"
+    assert own.headers["x-rightsize-cache"] == "hit"
 
 
 async def test_semantic_tier_without_a_router_is_skipped_visibly(

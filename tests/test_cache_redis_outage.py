@@ -1,4 +1,5 @@
-"""Redis stopped or slow under the prompt cache: requests succeed, it is logged, caching resumes.
+"""Redis stopped or slow under the prompt cache: requests succeed, it is logged, caching resumes;
+and what the store's connection costs (no handshake, no task per call, connected at start).
 
 These tests run their own throwaway redis-server on a free port; the shared one is never touched.
 """
@@ -12,10 +13,13 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.utils
 
+from gateway.cache import CacheUnavailable, RedisStore
 from tests.cache_support import ask, cached_gateway, prompt_cache
 from tests.conftest import IN_CI, InProcessGateway
 from tests.fake_upstream import ANSWER, RunningUpstream, free_port
@@ -161,3 +165,124 @@ async def test_invalidation_while_redis_is_stopped_is_503_in_the_openai_shape(
     response = await gw.client.delete("/admin/cache/teams/search", headers=gw.admin.headers)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "cache_unavailable"
+
+
+# The connection: what a call and a reconnect cost
+
+
+def _server(own_redis: ThrowawayRedis) -> redis.Redis:
+    return redis.Redis(port=own_redis.port, socket_timeout=2)
+
+
+def _store(own_redis: ThrowawayRedis) -> RedisStore:
+    return RedisStore(own_redis.url, "rightsize-test:", timeout_s=0.5, retry_after_s=0.2)
+
+
+async def test_a_redis_connection_opens_without_a_handshake(own_redis: ThrowawayRedis) -> None:
+    # A reconnect follows every call past its deadline; with HELLO and CLIENT SETINFO it took
+    # milliseconds and missed the deadline in turn. Now it is the TCP connect alone.
+    server = _server(own_redis)
+    server.config_resetstat()
+    store = _store(own_redis)
+    try:
+        await store.get("search", "k")
+    finally:
+        await store.aclose()
+    commands = set(server.info("commandstats")) - {"cmdstat_config|resetstat", "cmdstat_info"}
+    assert commands == {"cmdstat_get"}
+    assert server.info("errorstats") == {}
+
+
+async def test_redis_store_connects_at_start_not_on_the_first_request(
+    own_redis: ThrowawayRedis,
+) -> None:
+    server = _server(own_redis)
+    server.ping()
+    store = _store(own_redis)
+    try:
+        await store.start()
+        connections = server.info("stats")["total_connections_received"]
+        await store.get("search", "k")
+        assert server.info("stats")["total_connections_received"] == connections
+    finally:
+        await store.aclose()
+
+
+async def test_redis_store_starts_without_redis_and_warns(
+    own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    own_redis.stop()
+    store = _store(own_redis)
+    try:
+        await store.start()
+    finally:
+        await store.aclose()
+    assert any("did not answer at start" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_redis_call_creates_no_task(own_redis: ThrowawayRedis) -> None:
+    # asyncio.wait_for (redis-py's socket timeout) runs each send as a task of its own.
+    store = _store(own_redis)
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await store.start()
+        await store.set("search", "k", b"value", 60)
+        loop.set_task_factory(counting_factory)
+        try:
+            assert await store.get("search", "k") == b"value"
+        finally:
+            loop.set_task_factory(None)
+    finally:
+        await store.aclose()
+    assert created == []
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    assert redis.utils.HIREDIS_AVAILABLE
+
+
+# The deadline counts Redis's time, not the event loop's own stalls
+
+
+def _stall_the_loop_soon(seconds: float) -> None:
+    """Block the event loop a turn from now: while a call that starts now is waiting on Redis."""
+
+    async def stall() -> None:
+        await asyncio.sleep(0)
+        time.sleep(seconds)  # noqa: ASYNC251 (blocking the loop is the point)
+
+    asyncio.get_running_loop().create_task(stall())
+
+
+async def test_a_stall_of_the_event_loop_is_not_blamed_on_redis(own_redis: ThrowawayRedis) -> None:
+    store = RedisStore(own_redis.url, "rightsize-test:", timeout_s=0.02, retry_after_s=0.2)
+    try:
+        await store.start()
+        await store.set("search", "k", b"value", 60)
+        for _ in range(5):
+            # Three deadlines of stall while the GET is out; Redis answers meanwhile.
+            _stall_the_loop_soon(0.06)
+            assert await store.get("search", "k") == b"value"
+    finally:
+        await store.aclose()
+
+
+async def test_a_slow_redis_is_still_cut_one_deadline_after_a_stall() -> None:
+    server = await asyncio.start_server(_blackhole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", "t:", timeout_s=0.02, retry_after_s=0)
+    try:
+        _stall_the_loop_soon(0.06)
+        started = time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await store.get("search", "k")
+        assert time.monotonic() - started < 0.5
+    finally:
+        await store.aclose()
+        server.close()

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.cache import (
     CachedAnswer,
@@ -18,12 +20,13 @@ from gateway.cache import (
     StreamAssembler,
     cache_key,
 )
-from gateway.cache.config import DEFAULT_SEMANTIC_THRESHOLD
+from gateway.cache.config import DEFAULT_MIN_WORD_ORDER_OVERLAP, DEFAULT_SEMANTIC_THRESHOLD
+from gateway.cache.guard import prompt_guard
 from gateway.schemas import ChatRequest
 from tests.cache_support import STORES, delete_prefix, shared_redis
 
 DIM = 384
-# Cosines just above and just below the default threshold (0.99999 for the router's
+# Cosines just above and just below the default threshold (0.999 for the router's
 # embedding), far enough from it for float32 rounding (about 1e-7) not to matter.
 ABOVE_DEFAULT = (DEFAULT_SEMANTIC_THRESHOLD + 1) / 2
 BELOW_DEFAULT = DEFAULT_SEMANTIC_THRESHOLD - (1 - DEFAULT_SEMANTIC_THRESHOLD)
@@ -48,6 +51,11 @@ def near(vector: np.ndarray, cosine: float, seed: int = 99) -> np.ndarray:
     other = other - (other @ vector) * vector
     other /= np.linalg.norm(other)
     return (cosine * vector + np.sqrt(1 - cosine**2) * other).astype(np.float32)
+
+
+# The stored question's casing paraphrase: it passes the lexical guard, so a miss with it is
+# the embedding's or the partition's doing, not the guard's.
+PARAPHRASE = "what is the capital of france"
 
 
 def chat(question: str = "What is the capital of France?", system: str = "Be brief.") -> Any:
@@ -95,11 +103,7 @@ async def test_near_embedding_above_the_threshold_is_a_semantic_hit(cache: Promp
     v = unit(1)
     await remember(cache, "search", chat(), v)
     found = await cache.lookup(
-        "search",
-        "direct",
-        chat("what is the capital of france"),
-        {},
-        embedding=near(v, ABOVE_DEFAULT),
+        "search", "direct", chat(PARAPHRASE), {}, embedding=near(v, ABOVE_DEFAULT)
     )
     assert found.tier == "semantic"
     assert found.answer is not None
@@ -111,43 +115,43 @@ async def test_near_embedding_above_the_threshold_is_a_semantic_hit(cache: Promp
 async def test_embedding_below_the_threshold_is_a_miss(cache: PromptCache, cosine: float) -> None:
     v = unit(1)
     await remember(cache, "search", chat(), v)
-    found = await cache.lookup("search", "direct", chat("Capital of Peru?"), {}, near(v, cosine))
+    found = await cache.lookup("search", "direct", chat(PARAPHRASE), {}, near(v, cosine))
     assert not found.hit
 
 
 async def test_semantic_tier_never_serves_another_teams_answer(cache: PromptCache) -> None:
     v = unit(1)
     await remember(cache, "search", chat(), v)
-    found = await cache.lookup("ads", "direct", chat("Capital of France?"), {}, embedding=v)
+    found = await cache.lookup("ads", "direct", chat(PARAPHRASE), {}, embedding=v)
     assert not found.hit
 
 
 async def test_semantic_tier_never_crosses_a_different_system_prompt(cache: PromptCache) -> None:
     v = unit(1)
     await remember(cache, "search", chat(), v)
-    other = chat("Capital of France?", system="Answer in French.")
+    other = chat(PARAPHRASE, system="Answer in French.")
     assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
 
 
 async def test_semantic_tier_never_crosses_deployments(cache: PromptCache) -> None:
     v = unit(1)
     await remember(cache, "search", chat(), v)
-    assert not (await cache.lookup("search", "small", chat("Capital?"), {}, embedding=v)).hit
+    assert not (await cache.lookup("search", "small", chat(PARAPHRASE), {}, embedding=v)).hit
 
 
 async def test_team_threshold_overrides_the_default(cache: PromptCache) -> None:
     v = unit(1)
     for team in ("loose", "search"):
         await remember(cache, team, chat(), v)
-    nearby = near(v, 0.995)
-    assert (await cache.lookup("loose", "direct", chat("Capital?"), {}, embedding=nearby)).hit
-    assert not (await cache.lookup("search", "direct", chat("Capital?"), {}, nearby)).hit
+    nearby = near(v, 0.995)  # between the loose team's 0.99 and the default
+    assert (await cache.lookup("loose", "direct", chat(PARAPHRASE), {}, embedding=nearby)).hit
+    assert not (await cache.lookup("search", "direct", chat(PARAPHRASE), {}, nearby)).hit
 
 
 async def test_team_without_the_semantic_opt_in_gets_no_semantic_hit(cache: PromptCache) -> None:
     v = unit(1)
     await remember(cache, "plain", chat(), v)
-    found = await cache.lookup("plain", "direct", chat("Capital?"), {}, embedding=v)
+    found = await cache.lookup("plain", "direct", chat(PARAPHRASE), {}, embedding=v)
     assert not found.hit
     assert cache.semantic.size("plain") == 0
 
@@ -156,7 +160,7 @@ async def test_pointer_to_a_deleted_entry_is_a_miss_and_is_dropped(cache: Prompt
     v = unit(1)
     await remember(cache, "search", chat(), v)
     await cache.backend.invalidate_team("search")
-    found = await cache.lookup("search", "direct", chat("Capital?"), {}, embedding=v)
+    found = await cache.lookup("search", "direct", chat(PARAPHRASE), {}, embedding=v)
     assert not found.hit
     assert cache.semantic.size("search") == 0
 
@@ -165,6 +169,85 @@ async def test_invalidating_a_team_clears_its_semantic_index(cache: PromptCache)
     await remember(cache, "search", chat(), unit(1))
     await cache.invalidate_team("search")
     assert cache.semantic.size("search") == 0
+
+
+# The lexical guard: what the embedding cannot see. Each pair gets the same vector (cosine 1.0,
+# what the router's averaged embedding gives such pairs or nearly), so only the guard decides.
+
+
+async def test_the_same_prompt_with_the_same_vector_is_a_semantic_hit(cache: PromptCache) -> None:
+    # The control for the refusals below: same words, another casing and spacing.
+    v = unit(1)
+    await remember(cache, "search", chat("A ball falls 10 feet. How long does it take?"), v)
+    again = chat("a ball falls  10 feet. how long does it take")
+    assert (await cache.lookup("search", "direct", again, {}, embedding=v)).hit
+
+
+async def test_a_prompt_that_differs_only_in_a_number_is_never_a_semantic_hit(
+    cache: PromptCache,
+) -> None:
+    # Long enough for the order check to pass: the signature alone refuses it.
+    story = "A ball is dropped from the roof of a building. Ignoring air resistance and taking "
+    story += (
+        "gravity as constant, how long does it take to reach the ground? The roof is {} m high."
+    )
+    v = unit(1)
+    await remember(cache, "search", chat(story.format(10)), v)
+    other = chat(story.format(1000))
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+
+
+async def test_numbers_attached_to_other_things_are_never_a_semantic_hit(
+    cache: PromptCache,
+) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat("Put 5 balls in 3 boxes. In how many ways?"), v)
+    other = chat("Put 3 balls in 5 boxes. In how many ways?")
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+
+
+async def test_a_negated_question_is_never_a_semantic_hit(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat("Which of these animals is a mammal?"), v)
+    other = chat("Which of these animals is not a mammal?")
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+
+
+async def test_a_contraction_is_the_words_it_stands_for(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat("What can I do if I do not have a receipt?"), v)
+    again = chat("What can I do if I don't have a receipt?")
+    assert (await cache.lookup("search", "direct", again, {}, embedding=v)).hit
+
+
+async def test_the_same_words_in_another_order_are_refused_and_counted(
+    cache: PromptCache,
+) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat("Convert Celsius to Fahrenheit"), v)
+    other = chat("Convert Fahrenheit to Celsius")
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+    assert cache.metrics.semantic_refused == {"word_order": 1}
+
+
+async def test_a_replaced_word_is_refused_and_counted(cache: PromptCache) -> None:
+    v = unit(1)
+    # Long enough for the order check to pass: one name in thirty words.
+    team = "Alice, Bob, Claire, Dave and Eve are on the same team in a soccer match. At the start "
+    team += "of the match, they are each assigned to a position on the field. At the end, "
+    await remember(cache, "search", chat(team + "Dave is playing goalkeeper."), v)
+    other = chat(team + "Claire is playing goalkeeper.")
+    assert not (await cache.lookup("search", "direct", other, {}, embedding=v)).hit
+    assert cache.metrics.semantic_refused == {"words_replaced": 1}
+
+
+async def test_a_greeting_may_be_added_but_not_a_clause(cache: PromptCache) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(), v)
+    greeted = chat("Hi! What is the capital of France?")
+    longer = chat("What is the capital of France, and how many people live in its suburbs?")
+    assert (await cache.lookup("search", "direct", greeted, {}, embedding=v)).hit
+    assert not (await cache.lookup("search", "direct", longer, {}, embedding=v)).hit
 
 
 @pytest.mark.parametrize(
@@ -283,3 +366,26 @@ def test_unfinished_stream_is_not_assembled() -> None:
     assembler = StreamAssembler()
     assembler.add({"id": "c", "choices": [{"index": 0, "delta": {"content": "Par"}}]})
     assert assembler.completion({"prompt_tokens": 1, "completion_tokens": 1}) is None
+
+
+def test_hit_response_is_stamped_now_and_leaves_the_stored_entry_as_it_was() -> None:
+    answer = CachedAnswer("t", "k", "d", {**COMPLETION, "created": 1})
+    body = answer.response()
+    body["choices"] = []
+    assert body["created"] > 1
+    assert answer.completion["created"] == 1
+    assert answer.response()["choices"] == COMPLETION["choices"]
+
+
+# The guard on its own
+
+
+@given(st.text())
+def test_the_guard_takes_any_text_and_never_refuses_the_same_prompt(text: str) -> None:
+    guard = prompt_guard(text)
+    assert guard.refuses(prompt_guard(text), DEFAULT_MIN_WORD_ORDER_OVERLAP) is None
+
+
+@pytest.mark.parametrize("text", ["do n't", "n't", "'s", "???", ""])
+def test_the_guard_takes_tokenised_and_empty_text(text: str) -> None:
+    assert prompt_guard(text).refuses(prompt_guard(text), 0.9) is None

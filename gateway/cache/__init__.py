@@ -2,6 +2,7 @@
 
 from gateway.cache.config import CacheSettings, SemanticSettings, TeamCacheSettings
 from gateway.cache.entry import CachedAnswer, CorruptEntry, StreamAssembler
+from gateway.cache.guard import PromptGuard, prompt_guard
 from gateway.cache.keys import CacheKey, cache_key
 from gateway.cache.semantic import BadEmbedding, Neighbour, SemanticIndex
 from gateway.cache.service import NOT_CACHED, CacheLookup, CacheMetrics, PromptCache
@@ -21,10 +22,12 @@ __all__ = [
     "MemoryStore",
     "Neighbour",
     "PromptCache",
+    "PromptGuard",
     "RedisStore",
     "SemanticIndex",
     "SemanticSettings",
     "StreamAssembler",
     "TeamCacheSettings",
     "cache_key",
+    "prompt_guard",
 ]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gateway.cache.guard import PromptGuard
+
 Vector = npt.NDArray[np.float32]
 
 # Rows per matrix-vector product. OpenBLAS goes multi-threaded above about this size, and on a
@@ -27,6 +29,7 @@ class BadEmbedding(ValueError):
 class Neighbour:
     key: str
     similarity: float
+    guard: PromptGuard | None = None
 
 
 @dataclass(slots=True)
@@ -34,8 +37,9 @@ class _Partition:
     vectors: Vector
     keys: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
+    guards: dict[str, PromptGuard] = field(default_factory=dict)
 
-    def put(self, key: str, vector: Vector) -> None:
+    def put(self, key: str, vector: Vector, guard: PromptGuard | None) -> None:
         row = self.rows.get(key)
         if row is None:
             row = len(self.keys)
@@ -46,9 +50,12 @@ class _Partition:
             self.keys.append(key)
             self.rows[key] = row
         self.vectors[row] = vector
+        if guard is not None:
+            self.guards[key] = guard
 
     def remove(self, key: str) -> None:
         row = self.rows.pop(key, None)
+        self.guards.pop(key, None)
         if row is None:
             return
         last = len(self.keys) - 1
@@ -66,7 +73,10 @@ class _Partition:
             row = int(np.argmax(block))
             if block[row] > best:
                 best_row, best = start + row, float(block[row])
-        return Neighbour(self.keys[best_row], best) if best_row >= 0 else None
+        if best_row < 0:
+            return None
+        key = self.keys[best_row]
+        return Neighbour(key, best, self.guards.get(key))
 
 
 @dataclass(slots=True)
@@ -95,14 +105,21 @@ class SemanticIndex:
             raise BadEmbedding("the embedding is all zeros")
         return vector / norm
 
-    def add(self, team: str, partition: str, key: str, vector: Vector) -> None:
+    def add(
+        self,
+        team: str,
+        partition: str,
+        key: str,
+        vector: Vector,
+        guard: PromptGuard | None = None,
+    ) -> None:
         index = self._teams.setdefault(team, _Team())
         slot = index.partitions.get(partition)
         if slot is None:
             slot = index.partitions[partition] = _Partition(
                 np.zeros((8, self.dimensions), dtype=np.float32)
             )
-        slot.put(key, vector)
+        slot.put(key, vector, guard)
         index.order[(partition, key)] = None
         index.order.move_to_end((partition, key))
         while len(index.order) > self._max_entries:
