@@ -17,11 +17,14 @@ _TARGETS = """\
   - `math`: weak supervision, 0.1 x MATH level (0.1..0.5).
   - `gsm8k`, `humaneval`: weak supervision, 0.1 + 0.3 x within-source percentile of the reference solution length
     (more solution steps, more small-model failures).
-  - `arena_hard_1k`: 0.6 x prompt rating / 10 (rated difficulty; claude-2 / gpt-3.5 ratings where no mean score).
-  - `arena_hard_v01`, `arena_hard_v2`: no per-prompt difficulty signal, not used for demand.
+  - `arena_hard_1k`, `arena_hard_v01`, `arena_hard_v2`: not used for demand. The 1k set's prompt ratings rate
+    prompts, not a small and a strong model's outcomes, and favour shorter prompts (Spearman -0.29 with length),
+    which made short chit-chat look hard.
   - Model: ridge regression of within-source percentile ranks of these targets on the 18 features, with
     per-source means removed (fixed effects), every source weighted equally: leave-one-source-out showed that
-    embedding-based and pooled demand heads do not transfer to unseen sources (docs/router.md).
+    embedding-based and pooled demand heads do not transfer to unseen sources (docs/router.md). Each category
+    has its own coefficients, shrunk towards a shared vector (deviation weight {demand_category_weight:g} under one
+    ridge penalty, alpha {demand_alpha:g}), and its raw score is centred on its own training prompts.
   - Calibration: Platt scaling of out-of-fold scores against the pairwise labels (mmlu_pro Mixtral-8x7B-Instruct
     vs gpt-4o, bbh direct vs cot) with one intercept per category; code borrows math's intercept, writing and
     chat the lowest (assumptions). The output is a calibrated probability on those pairs; elsewhere it is a
@@ -70,7 +73,7 @@ def write_model_card(
             f"{manifest['created']}` (seeded; identical bytes on the same platform)."
         ),
         "",
-        _TARGETS,
+        _TARGETS.format(**training["fit"]),
     ]
     for kind, rows in dev_tables.items():
         parts += [f"## Dev metrics — {kind} heads", "", markdown_table(rows), ""]

@@ -20,11 +20,14 @@ class FitConfig:
 
     demand_embedding_weight scales the (standardised) embedding columns for the demand head:
     0 means demand uses only the hand-crafted features, which is what transferred across
-    sources in leave-one-source-out validation (docs/router.md).
+    sources in leave-one-source-out validation (docs/router.md). demand_category_weight scales
+    each category's own deviation from the shared demand coefficients (0: one shared vector;
+    smaller: shrunk harder towards it; docs/router.md).
     """
 
-    demand_alpha: float = 1000.0
+    demand_alpha: float = 300.0
     demand_embedding_weight: float = 0.0
+    demand_category_weight: float = 0.5
     budget_alpha: float = 10.0
     category_c: float = 1.0
     folds: int = 3
@@ -65,15 +68,47 @@ def _rank_in_source(y: Array, source: npt.NDArray[np.str_]) -> Array:
 
 
 def _fit_demand(
-    x: Array, t: Targets, mask: npt.NDArray[np.bool_], col_weight: Array, alpha: float
+    x: Array,
+    t: Targets,
+    mask: npt.NDArray[np.bool_],
+    col_weight: Array,
+    alpha: float,
+    category_weight: float,
 ) -> Array:
+    """Coefficients (n_categories, d) of the within-source demand ridge.
+
+    The design is [x, w * x * (category == c) for each c]: one ridge penalty shrinks every
+    category's own coefficients towards the shared ones (harder for a smaller weight w), so a
+    category with little data (or none) keeps the shared vector. What makes a math word
+    problem hard for a small model (more quantities, more steps) is not what makes a
+    knowledge question hard.
+    """
     from sklearn.linear_model import Ridge
 
     y = _rank_in_source(t.demand[mask], t.source[mask])
-    xc, yc = _within_source(x[mask] * col_weight, y, t.demand_weight[mask], t.source[mask])
+    xw = x[mask] * col_weight
+    cats = t.category[mask]
+    # With a weight of 0 the deviation blocks are zero columns, whose ridge coefficients are 0.
+    blocks = [xw] + [category_weight * xw * (cats == c)[:, None] for c in range(len(CATEGORIES))]
+    xc, yc = _within_source(np.hstack(blocks), y, t.demand_weight[mask], t.source[mask])
     model = Ridge(alpha=alpha, fit_intercept=False)
     model.fit(xc, yc, sample_weight=t.demand_weight[mask])
-    return np.asarray(model.coef_, dtype=np.float64) * col_weight
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(len(blocks), x.shape[1])
+    return np.asarray((coef[0] + category_weight * coef[1:]) * col_weight, dtype=np.float64)
+
+
+def _category_centres(x: Array, coef: Array, category: npt.NDArray[np.int64]) -> Array:
+    """Minus each category's mean raw score over its training prompts.
+
+    Centred scores leave each category's level to its calibrated offset alone; the
+    coefficients only rank prompts inside the category.
+    """
+    centres = np.zeros(len(CATEGORIES))
+    for c in range(len(CATEGORIES)):
+        rows = category == c
+        if rows.any():
+            centres[c] = -float(x[rows].mean(axis=0) @ coef[c])
+    return centres
 
 
 def _fit_ridge(x: Array, y: Array, w: Array, alpha: float) -> tuple[Array, float]:
@@ -171,7 +206,12 @@ def fit_heads(
     oof_resid = np.full(len(x), np.nan)
     for k in range(cfg.folds):
         tr, te = fold != k, fold == k
-        oof_score[te] = x[te] @ _fit_demand(x, targets, tr & dem, col_weight, cfg.demand_alpha)
+        coef = _fit_demand(
+            x, targets, tr & dem, col_weight, cfg.demand_alpha, cfg.demand_category_weight
+        )
+        centres = _category_centres(x[tr], coef, targets.category[tr])
+        cat_te = targets.category[te]
+        oof_score[te] = np.einsum("nd,nd->n", x[te], coef[cat_te]) + centres[cat_te]
         bcoef, bicpt = _fit_ridge(
             x[tr & bud],
             targets.log_budget[tr & bud],
@@ -181,6 +221,10 @@ def fit_heads(
         oof_resid[te] = targets.log_budget[te] - (x[te] @ bcoef + bicpt)
 
     # Calibrated on the pairwise labels, so the output is P(weak fails, strong succeeds).
+    demand_coef = _fit_demand(
+        x, targets, dem, col_weight, cfg.demand_alpha, cfg.demand_category_weight
+    )
+    demand_intercept = _category_centres(x, demand_coef, targets.category)
     labelled = ~np.isnan(pair_labels)
     demand_platt, offsets_demand = _calibrate_demand(
         oof_score[labelled], pair_labels[labelled], targets.category[labelled]
@@ -205,8 +249,8 @@ def fit_heads(
     return Heads(
         input_mean=mean,
         input_scale=scale,
-        demand_coef=_fit_demand(x, targets, dem, col_weight, cfg.demand_alpha),
-        demand_intercept=0.0,
+        demand_coef=demand_coef,
+        demand_intercept=demand_intercept,
         demand_platt=demand_platt,
         demand_category_offset=offsets_demand,
         budget_coef=b_coef,

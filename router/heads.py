@@ -21,8 +21,8 @@ class Heads:
 
     input_mean: Array  # over [embedding, features]
     input_scale: Array
-    demand_coef: Array  # (d,)
-    demand_intercept: float
+    demand_coef: Array  # (n_categories, d): one row per predicted category
+    demand_intercept: Array  # (n_categories,): centres each category's raw score on zero
     demand_platt: Array  # (2,): calibrated logit = a * raw + b + category offset
     demand_category_offset: Array  # (n_categories,)
     budget_coef: Array  # (d,) -> mean log tokens
@@ -40,7 +40,7 @@ class Heads:
 
     def demand(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
         """Calibrated probability that the small model fails where the strong one succeeds."""
-        raw = x @ self.demand_coef + self.demand_intercept
+        raw = np.einsum("nd,nd->n", x, self.demand_coef[category]) + self.demand_intercept[category]
         logit = (
             self.demand_platt[0] * raw
             + self.demand_platt[1]
@@ -92,6 +92,10 @@ class Heads:
             else np.asarray(data[name], dtype=np.float64)
             for name in _FIELDS
         }
+        if values["demand_coef"].ndim == 1:
+            # Format 1 artifacts had one demand vector and intercept shared by every category.
+            values["demand_coef"] = np.tile(values["demand_coef"], (len(CATEGORIES), 1))
+            values["demand_intercept"] = np.full(len(CATEGORIES), values["demand_intercept"])
         return cls(**values)
 
     def save(self, path: Path) -> None:

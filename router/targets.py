@@ -117,15 +117,9 @@ def _demand(
                 y[i], has[i] = label, True
         elif rec.source == "math" and rec.difficulty is not None:
             y[i], has[i] = 0.1 * float(rec.difficulty), True  # level 1..5 -> 0.1..0.5
-        elif rec.source == "arena_hard_1k":
-            ratings = rec.meta.get("prompt_ratings") or {}
-            score = (
-                rec.difficulty
-                if rec.difficulty is not None
-                else (np.mean(list(ratings.values())) if ratings else None)
-            )
-            if score is not None:
-                y[i], has[i] = 0.6 * float(score) / 10.0, True
+        # arena_hard_1k's prompt ratings are left out: they rate prompts, they are not outcomes
+        # of a small and a strong model, and their pull (shorter arena prompts rated harder,
+        # Spearman -0.29 with length) made short chit-chat look hard (docs/router.md).
         elif rec.source in ref_len and "reference" in rec.output_tokens:
             ref_len[rec.source][i] = float(rec.output_tokens["reference"])
     for values in ref_len.values():

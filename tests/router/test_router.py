@@ -30,6 +30,19 @@ def test_multi_step_proof_scores_higher_demand_than_translation(router: Router) 
     assert router.estimate(PROOF).reasoning_demand > router.estimate(TRANSLATION).reasoning_demand
 
 
+def test_small_talk_scores_lower_demand_than_a_multi_step_word_problem(router: Router) -> None:
+    word_problem = (
+        "A shop sells pencils at 3 for $1.20 and pens at 2 for $3.50. Maria buys 12 pencils and "
+        "5 pens, pays with a $20 bill and gets a 10% discount on the pens. How much change does "
+        "she get?"
+    )
+    small_talk = "Hi! How are you today?"
+    assert (
+        router.estimate(small_talk).reasoning_demand
+        < router.estimate(word_problem).reasoning_demand
+    )
+
+
 def test_multi_step_proof_gets_a_larger_token_budget_than_translation(
     router: Router,
 ) -> None:

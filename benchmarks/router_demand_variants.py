@@ -1,0 +1,121 @@
+"""Compare demand-head variants on the dev split: in distribution, per held-out source, and
+per held-out MMLU-Pro subject group (the closest thing here to an unseen knowledge set).
+
+Usage: python benchmarks/router_demand_variants.py --data DIR [--weights 0,0.5,1]
+A variant is FitConfig.demand_category_weight (0: one demand vector shared by every category).
+Static embeddings of the shipped artifact; the heads are refitted for every variant and fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import numpy as np
+
+from router import Router
+from router.crossval import leave_one_source_out
+from router.dataset import RoutingRecord, load_split
+from router.evaluate import score_rows, source_groups
+from router.features import features_batch
+from router.fit import FitConfig, fit_heads
+from router.targets import build_targets, weak_pool
+from router.train import pair_labels, predictions
+
+SUBJECT_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("chemistry", "physics"),
+    ("engineering", "computer science"),
+    ("business", "economics"),
+    ("biology", "psychology"),
+    ("math",),
+)
+
+
+def _subject(record: RoutingRecord) -> str:
+    return str(record.meta.get("subject", "")) if record.source == "mmlu_pro" else ""
+
+
+def _fit_and_score(
+    train: Sequence[RoutingRecord],
+    keep: np.ndarray,
+    emb: tuple[np.ndarray, np.ndarray],
+    feats: np.ndarray,
+    dev: Sequence[RoutingRecord],
+    config: FitConfig,
+    groups: dict[str, list[int]],
+) -> list[dict[str, object]]:
+    kept = [r for r, k in zip(train, keep, strict=True) if k]
+    heads = fit_heads(
+        emb[0][keep], feats[keep], build_targets(kept, weak_pool(kept)), pair_labels(kept), config
+    )
+    return score_rows(dev, [predictions("router", heads, emb[1], dev)], groups)
+
+
+def _cell(row: dict[str, object], key: str) -> str:
+    value = row.get(key)
+    return "" if value is None else f"{float(str(value)):.3f}"
+
+
+def main() -> None:
+    """Print one markdown table per validation scheme."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--weights", default="0,1", help="demand_category_weight values")
+    args = parser.parse_args()
+    shipped = FitConfig().demand_category_weight
+    variants = {
+        f"category weight {w:g}" + (" (shipped)" if w == shipped else ""): FitConfig(
+            demand_category_weight=w
+        )
+        for w in (float(v) for v in args.weights.split(","))
+    }
+    train, dev = load_split(args.data, "train"), load_split(args.data, "dev")
+    encoder = Router.load(runtime="static", cache_size=0).encoder
+    emb = (encoder.encode([r.prompt for r in train]), encoder.encode([r.prompt for r in dev]))
+    feats = features_batch([r.prompt for r in train])
+    everything = np.ones(len(train), dtype=bool)
+
+    print("In distribution (dev):\n")
+    print("| variant | mmlu_pro apgr | bbh apgr | overall apgr | overall auc | math rho_level |")
+    print("|---|---|---|---|---|---|")
+    for name, config in variants.items():
+        rows = {
+            str(r["group"]): r
+            for r in _fit_and_score(train, everything, emb, feats, dev, config, source_groups(dev))
+        }
+        print(
+            f"| {name} | {_cell(rows['mmlu_pro'], 'apgr')} | {_cell(rows['bbh'], 'apgr')} | "
+            f"{_cell(rows['overall'], 'apgr')} | {_cell(rows['overall'], 'auc')} | "
+            f"{_cell(rows['math'], 'rho_level')} |"
+        )
+
+    print("\nLeave one source out (heads refitted without the source):\n")
+    print("| variant | bbh apgr | mmlu_pro apgr | math rho_level |")
+    print("|---|---|---|---|")
+    for name, config in variants.items():
+        loso = {
+            str(r["group"]): r
+            for r in leave_one_source_out(encoder, train, dev, config, cache_dir=None)
+            if str(r["method"]).startswith("router")
+        }
+        print(
+            f"| {name} | {_cell(loso['bbh'], 'apgr')} | {_cell(loso['mmlu_pro'], 'apgr')} | "
+            f"{_cell(loso['math'], 'rho_level')} |"
+        )
+
+    print("\nLeave one MMLU-Pro subject group out (APGR on that group's dev questions):\n")
+    print("| variant | " + " | ".join(" + ".join(g) for g in SUBJECT_GROUPS) + " |")
+    print("|---|" + "---|" * len(SUBJECT_GROUPS))
+    train_subject = np.array([_subject(r) for r in train])
+    for name, config in variants.items():
+        cells = []
+        for group in SUBJECT_GROUPS:
+            keep = ~np.isin(train_subject, group)
+            idx = [i for i, r in enumerate(dev) if _subject(r) in group]
+            rows = _fit_and_score(train, keep, emb, feats, dev, config, {"held out": idx})
+            cells.append(_cell(rows[0], "apgr"))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

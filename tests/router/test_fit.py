@@ -1,0 +1,92 @@
+"""The demand head: one coefficient row per category, each centred on its own prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from router.estimate import CATEGORIES
+from router.fit import FitConfig, fit_heads
+from router.heads import Heads
+from router.metrics import spearman
+from router.targets import Targets
+
+MATH, KNOWLEDGE = CATEGORIES.index("math"), CATEGORIES.index("knowledge")
+
+
+def _opposed_categories(
+    n: int = 1200, seed: int = 0
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Targets, npt.NDArray[np.float64]]:
+    """Two sources, one category each; feature 0 raises demand in one and lowers it in the other."""
+    rng = np.random.default_rng(seed)
+    category = np.where(np.arange(n) % 2 == 0, MATH, KNOWLEDGE).astype(np.int64)
+    source = np.where(category == MATH, "gsm8k", "mmlu_pro").astype(np.str_)
+    features = rng.normal(size=(n, 3)).astype(np.float32)
+    sign = np.where(category == MATH, 1.0, -1.0)
+    demand = 1.0 / (1.0 + np.exp(-(2.0 * sign * features[:, 0] + 0.3 * rng.normal(size=n))))
+    labels = (rng.random(n) < demand).astype(np.float64)
+    targets = Targets(
+        demand=demand,
+        demand_weight=np.ones(n),
+        log_budget=np.log(100.0 + 50.0 * rng.random(n)),
+        budget_weight=np.ones(n),
+        category=category,
+        source=source,
+    )
+    embeddings = rng.normal(size=(n, 4)).astype(np.float32)
+    return embeddings, features, targets, labels
+
+
+def _ranking_within(heads: Heads, emb, feats, targets: Targets, cat: int) -> float:
+    rows = targets.category == cat
+    x = heads.design(emb[rows], feats[rows])
+    score = heads.demand(x, np.full(rows.sum(), cat, dtype=np.int64))
+    return spearman(score, targets.demand[rows])
+
+
+def test_each_category_learns_its_own_direction_of_demand() -> None:
+    emb, feats, targets, labels = _opposed_categories()
+    heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0))
+    assert _ranking_within(heads, emb, feats, targets, MATH) > 0.8
+    assert _ranking_within(heads, emb, feats, targets, KNOWLEDGE) > 0.8
+
+
+def test_one_shared_demand_vector_cannot_rank_opposed_categories() -> None:
+    emb, feats, targets, labels = _opposed_categories()
+    shared = fit_heads(
+        emb, feats, targets, labels, FitConfig(demand_alpha=10.0, demand_category_weight=0.0)
+    )
+    worst = min(_ranking_within(shared, emb, feats, targets, cat) for cat in (MATH, KNOWLEDGE))
+    assert worst < 0.3
+
+
+def test_raw_demand_is_centred_on_each_categorys_training_prompts() -> None:
+    emb, feats, targets, labels = _opposed_categories()
+    heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0))
+    x = heads.design(emb, feats)
+    for cat in (MATH, KNOWLEDGE):
+        rows = targets.category == cat
+        raw = x[rows] @ heads.demand_coef[cat] + heads.demand_intercept[cat]
+        assert abs(raw.mean()) < 1e-9
+
+
+def test_a_format_1_head_with_one_demand_vector_loads_for_every_category() -> None:
+    emb, feats, targets, labels = _opposed_categories(n=300)
+    heads = fit_heads(
+        emb, feats, targets, labels, FitConfig(demand_alpha=10.0, demand_category_weight=0.0)
+    )
+    old = heads.to_json()
+    old["demand_coef"] = old["demand_coef"][MATH]
+    old["demand_intercept"] = 0.25
+    loaded = Heads.from_json(old)
+    assert loaded.demand_coef.shape == (len(CATEGORIES), emb.shape[1] + feats.shape[1])
+    x = heads.design(emb, feats)
+    cats = targets.category
+    expected_raw = x @ np.asarray(old["demand_coef"]) + 0.25
+    logit = (
+        loaded.demand_platt[0] * expected_raw
+        + loaded.demand_platt[1]
+        + loaded.demand_category_offset[cats]
+    )
+    assert loaded.demand(x, cats) == pytest.approx(1.0 / (1.0 + np.exp(-logit)))
