@@ -51,6 +51,11 @@ def _fit_and_score(
     return score_rows(dev, [predictions("router", heads, emb[1], dev)], groups)
 
 
+def _by_group(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    """The router's row of each group (baseline rows left out)."""
+    return {str(r["group"]): r for r in rows if str(r["method"]).startswith("router")}
+
+
 def _cell(row: dict[str, object], key: str) -> str:
     value = row.get(key)
     return "" if value is None else f"{float(str(value)):.3f}"
@@ -79,10 +84,9 @@ def main() -> None:
     print("| variant | mmlu_pro apgr | bbh apgr | overall apgr | overall auc | math rho_level |")
     print("|---|---|---|---|---|---|")
     for name, config in variants.items():
-        rows = {
-            str(r["group"]): r
-            for r in _fit_and_score(train, everything, emb, feats, dev, config, source_groups(dev))
-        }
+        rows = _by_group(
+            _fit_and_score(train, everything, emb, feats, dev, config, source_groups(dev))
+        )
         print(
             f"| {name} | {_cell(rows['mmlu_pro'], 'apgr')} | {_cell(rows['bbh'], 'apgr')} | "
             f"{_cell(rows['overall'], 'apgr')} | {_cell(rows['overall'], 'auc')} | "
@@ -93,11 +97,7 @@ def main() -> None:
     print("| variant | bbh apgr | mmlu_pro apgr | math rho_level |")
     print("|---|---|---|---|")
     for name, config in variants.items():
-        loso = {
-            str(r["group"]): r
-            for r in leave_one_source_out(encoder, train, dev, config, cache_dir=None)
-            if str(r["method"]).startswith("router")
-        }
+        loso = _by_group(leave_one_source_out(encoder, train, dev, config, cache_dir=None))
         print(
             f"| {name} | {_cell(loso['bbh'], 'apgr')} | {_cell(loso['mmlu_pro'], 'apgr')} | "
             f"{_cell(loso['math'], 'rho_level')} |"
