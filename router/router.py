@@ -13,7 +13,7 @@ import numpy.typing as npt
 from router.artifact import RUNTIMES, default_artifact_dir, read_manifest
 from router.encoders.base import Encoder
 from router.estimate import Estimate
-from router.features import features_batch
+from router.features import FEATURE_NAMES, features_batch
 from router.heads import Heads
 
 
@@ -97,6 +97,13 @@ class Router:
         """
         directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
         manifest = read_manifest(directory)
+        trained_on = list(manifest.get("feature_names", []))
+        if trained_on != list(FEATURE_NAMES):
+            raise ValueError(
+                f"the router artifact in {directory} was trained on the features {trained_on}, "
+                f"but this code computes {list(FEATURE_NAMES)}: retrain it with "
+                "`rightsize train --data DIR --out DIR`"
+            )
         chosen = runtime or str(manifest["default_runtime"])
         heads_file = (
             manifest["static"]["heads"] if chosen == "static" else manifest["transformer"]["heads"]

@@ -59,3 +59,20 @@ def test_training_on_synthetic_data_learns_that_hard_prompts_are_harder(
     easy = router.estimate("Translate 'river' to French.")
     assert hard.reasoning_demand > easy.reasoning_demand
     assert hard.token_budget_p50 > easy.token_budget_p50
+
+
+def test_an_artifact_trained_on_other_features_is_refused_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import pytest
+
+    data = write_synthetic_data(tmp_path / "data")
+    _train(data, tmp_path / "artifact")
+    manifest_path = tmp_path / "artifact" / "router.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["feature_names"] = manifest["feature_names"][:-1]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="retrain"):
+        Router.load(tmp_path / "artifact", runtime="static")
