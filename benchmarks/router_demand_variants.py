@@ -17,7 +17,7 @@ from router import Router
 from router.crossval import leave_one_source_out
 from router.dataset import RoutingRecord, load_split
 from router.evaluate import score_rows, source_groups
-from router.features import features_batch
+from router.features import FEATURE_NAMES, features_batch
 from router.fit import FitConfig, fit_heads
 from router.targets import build_targets, weak_pool
 from router.train import pair_labels, predictions
@@ -46,7 +46,12 @@ def _fit_and_score(
 ) -> list[dict[str, object]]:
     kept = [r for r, k in zip(train, keep, strict=True) if k]
     heads = fit_heads(
-        emb[0][keep], feats[keep], build_targets(kept, weak_pool(kept)), pair_labels(kept), config
+        emb[0][keep],
+        feats[keep],
+        build_targets(kept, weak_pool(kept)),
+        pair_labels(kept),
+        config,
+        FEATURE_NAMES,
     )
     return score_rows(dev, [predictions("router", heads, emb[1], dev)], groups)
 

@@ -91,26 +91,106 @@ SPOT_CHECKS: list[tuple[str, str]] = [
     ),
 ]
 
+# A second set, written on 2026-12-01 before the content-based category labels were tried and
+# scored only before and after that change (never used to choose between variants).
+SPOT_CHECKS_B: list[tuple[str, str]] = [
+    ("math", "What is 15% of 240?"),
+    (
+        "math",
+        "A rectangle has a perimeter of 36 cm and its length is twice its width. Find its area.",
+    ),
+    ("math", "Integrate x * e^x with respect to x."),
+    ("math", "Show that the square of any odd integer leaves remainder 1 when divided by 8."),
+    (
+        "math",
+        "Tom buys 4 notebooks at $2.50 each and pays with a $20 bill. How much change does he get?",
+    ),
+    ("math", "What is the greatest common divisor of 84 and 126?"),
+    ("math", "Find all real solutions of x^2 - 5x + 6 = 0."),
+    ("code", "Write a JavaScript function that debounces another function."),
+    ("code", "How do I read a CSV file into a pandas DataFrame and drop rows with missing values?"),
+    (
+        "code",
+        "My Rust code fails with 'borrowed value does not live long enough'. What does that mean?",
+    ),
+    ("code", "Write a Dockerfile for a Flask app that listens on port 8000."),
+    ("code", "Implement binary search in C++ and explain its complexity."),
+    (
+        "code",
+        "Convert this loop to a list comprehension: result = []; for x in xs: if x > 0: result.append(x * 2)",
+    ),
+    ("code", "Write a regular expression that matches valid IPv4 addresses."),
+    (
+        "reasoning",
+        "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. How much does the ball cost?",
+    ),
+    (
+        "reasoning",
+        "If all bloops are razzies and all razzies are lazzies, are all bloops definitely lazzies?",
+    ),
+    (
+        "reasoning",
+        "You have two ropes that each take an hour to burn, unevenly. How can you measure 45 minutes?",
+    ),
+    ("reasoning", "Which number comes next in the sequence 2, 6, 12, 20, 30?"),
+    (
+        "reasoning",
+        "Five friends sit in a row. Ann is left of Ben, Ben is left of Cal, and Dee sits at the right end. Who could sit in the middle?",
+    ),
+    (
+        "reasoning",
+        "A farmer must cross a river with a wolf, a goat and a cabbage. His boat holds one item. How does he do it?",
+    ),
+    ("knowledge", "Who wrote 'Pride and Prejudice'?"),
+    ("knowledge", "What is the difference between mitosis and meiosis?"),
+    ("knowledge", "Why did the Roman Empire split into east and west?"),
+    ("knowledge", "How do noise-cancelling headphones work?"),
+    ("knowledge", "What does GDP measure, and what are its limitations?"),
+    (
+        "knowledge",
+        "What is the boiling point of water at the top of Mount Everest, roughly, and why is it lower?",
+    ),
+    ("knowledge", "Explain the theory of plate tectonics."),
+    ("writing", "Write a limerick about a cat who loves coffee."),
+    ("writing", "Write a cover letter for a junior data analyst position."),
+    ("writing", "Create a product description for a handmade leather wallet."),
+    ("writing", "Write the opening paragraph of a mystery novel set in Venice."),
+    ("writing", "Draft a short speech for my sister's wedding toast."),
+    ("writing", "Write a LinkedIn post announcing that our startup raised its seed round."),
+    ("chat", "Good morning! Any plans for the weekend?"),
+    ("chat", "Tell me a joke about penguins."),
+    ("chat", "Can you recommend a few sci-fi movies like Interstellar?"),
+    ("chat", "Act as my personal trainer and motivate me to go for a run."),
+    ("chat", "Thanks, that was really helpful!"),
+    ("chat", "Translate 'where is the train station' into Spanish."),
+    ("chat", "Summarise this review in five words: The food was cold and the waiter was rude."),
+]
+
 
 def main() -> None:
     """Print the table and the summary lines."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runtime", default="static")
+    parser.add_argument(
+        "--set", choices=("a", "b"), default="a", help="a: the first 40; b: the second"
+    )
+    parser.add_argument("--artifact", default=None, help="artifact directory (default: shipped)")
     args = parser.parse_args()
-    router = Router.load(runtime=args.runtime, cache_size=0)
-    estimates = router.estimate_batch([prompt for _, prompt in SPOT_CHECKS])
+    checks = SPOT_CHECKS if args.set == "a" else SPOT_CHECKS_B
+    router = Router.load(args.artifact, runtime=args.runtime, cache_size=0)
+    estimates = router.estimate_batch([prompt for _, prompt in checks])
     demand: dict[str, list[float]] = defaultdict(list)
     hits = 0
     print("| intended | category | demand | p50/p90 | prompt |")
     print("|---|---|---|---|---|")
-    for (intended, prompt), est in zip(SPOT_CHECKS, estimates, strict=True):
+    for (intended, prompt), est in zip(checks, estimates, strict=True):
         hits += est.category == intended
         demand[intended].append(est.reasoning_demand)
         print(
             f"| {intended} | {est.category} | {est.reasoning_demand:.3f} | "
             f"{est.token_budget_p50}/{est.token_budget_p90} | {prompt[:70]} |"
         )
-    print(f"\ncategory right: {hits} of {len(SPOT_CHECKS)}")
+    print(f"\ncategory right: {hits} of {len(checks)}")
     means = sorted(((sum(v) / len(v), k) for k, v in demand.items()), reverse=True)
     print("mean demand by intended category: " + ", ".join(f"{k} {m:.2f}" for m, k in means))
 

@@ -20,22 +20,25 @@ _TARGETS = """\
   - `arena_hard_1k`, `arena_hard_v01`, `arena_hard_v2`: not used for demand. The 1k set's prompt ratings rate
     prompts, not a small and a strong model's outcomes, and favour shorter prompts (Spearman -0.29 with length),
     which made short chit-chat look hard.
-  - Model: ridge regression of within-source percentile ranks of these targets on the 18 features, with
+  - Model: ridge regression of within-source percentile ranks of these targets on the {n_features} features, with
     per-source means removed (fixed effects), every source weighted equally: leave-one-source-out showed that
     embedding-based and pooled demand heads do not transfer to unseen sources (docs/router.md). Each category
     has its own coefficients, shrunk towards a shared vector (deviation weight {demand_category_weight:g} under one
     ridge penalty, alpha {demand_alpha:g}), and its raw score is centred on its own training prompts.
   - Calibration: Platt scaling of out-of-fold scores against the pairwise labels (mmlu_pro Mixtral-8x7B-Instruct
-    vs gpt-4o, bbh direct vs cot) with one intercept per category; code borrows math's intercept, writing and
-    chat the lowest (assumptions). The output is a calibrated probability on those pairs; elsewhere it is a
-    ranking score on the same scale.
+    vs gpt-4o, bbh direct vs cot) with one intercept per (source, category). Each category's level is read on the
+    {calibration_source} pair's scale: a category that source lacks (reasoning) is placed by its gap to a category both
+    sources label (math), so a pair's own base rate does not become a category's level. Code borrows math's level,
+    writing and chat the lowest fitted one (assumptions). The output is a calibrated probability for the
+    {calibration_source} pair; elsewhere it is a ranking score on the same scale.
 - **Token budget** = log cl100k tokens of a strong chat model's answer: gpt-4o (mmlu_pro), gpt-4 (arena_hard_1k),
   mean of log gpt-4-0314 / gpt-4-0613 (arena_hard_v01), o3-mini visible answer (arena_hard_v2), davinci-cot x 1.5 (bbh);
   human references are terse, so they are scaled to chat-answer length: gsm8k x 3, math x 2, humaneval x 4
-  (assumptions, not measured on these prompts). Ridge regression of the mean; p50 / p90 add the out-of-fold residual
-  quantiles of the predicted category.
-- **Category**: source labels mapped to math / code / reasoning / knowledge (MMLU-Pro stem + humanities) / writing /
-  chat (unlabelled arena prompts). No extraction data exists in the training set.
+  (assumptions, not measured on these prompts). Ridge regression of the mean on the embedding and the features but
+  {budget_skipped_features}; p50 / p90 add the out-of-fold residual quantiles of the predicted category.
+- **Category**: source labels mapped to math / code / reasoning / knowledge (MMLU-Pro stem + humanities) / writing;
+  arena_hard_1k and arena_hard_v01 prompts, which have none, are labelled by content rules (code, math, puzzle and
+  writing words, first match; else chat; `router/targets.py`). No extraction data exists in the training set.
 """
 
 
@@ -60,10 +63,14 @@ def write_model_card(
             f"{manifest['static']['max_tokens']} tokens."
         ),
         (
-            "- Inputs: the last user turn's text (see docs/router.md for the measurement); 18 hand-crafted features "
+            "- Inputs: the last user turn's text (see docs/router.md for the measurement); "
+            f"{len(manifest['feature_names'])} hand-crafted features "
             f"({', '.join(manifest['feature_names'])})."
         ),
-        "- Data: /work/shared/data/routing (train / dev split by sha256 of the id; Apache-2.0 / MIT sources).",
+        (
+            "- Data: the shared routing data (`train.jsonl.gz` / `dev.jsonl.gz`, split by sha256 of the id; "
+            "Apache-2.0 / MIT sources)."
+        ),
         f"- Train records: {_dict_lines(training['records'])}",
         f"- Dev records: {_dict_lines(training['dev_records'])}",
         f"- Weak pool (mmlu_pro): {', '.join(training['weak_pool'])}",
@@ -73,7 +80,13 @@ def write_model_card(
             f"{manifest['created']}` (seeded; identical bytes on the same platform)."
         ),
         "",
-        _TARGETS.format(**training["fit"]),
+        _TARGETS.format(
+            **{
+                **training["fit"],
+                "budget_skipped_features": ", ".join(training["fit"]["budget_skipped_features"]),
+            },
+            n_features=len(manifest["feature_names"]),
+        ),
     ]
     for kind, rows in dev_tables.items():
         parts += [f"## Dev metrics — {kind} heads", "", markdown_table(rows), ""]

@@ -10,7 +10,7 @@ from router.dataset import RoutingRecord
 from router.embedding_cache import cached_encode
 from router.encoders.base import Encoder
 from router.evaluate import length_baseline, score_rows
-from router.features import features_batch
+from router.features import FEATURE_NAMES, features_batch
 from router.fit import FitConfig, fit_heads
 from router.targets import build_targets, weak_pool
 from router.train import pair_labels, predictions
@@ -43,6 +43,7 @@ def leave_one_source_out(
             build_targets(kept, weak_pool(kept)),
             labels,
             config,
+            FEATURE_NAMES,
         )
         idx = [i for i, r in enumerate(dev) if r.source == source]
         sub = [dev[i] for i in idx]

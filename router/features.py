@@ -35,6 +35,9 @@ _COUNTS: dict[str, re.Pattern[str]] = {
     "digit": re.compile(r"\d"),
 }
 _UPPER = re.compile(r"[A-Z]")
+# Multiple-choice option lines ("A. ...", "(b) ...") with their text, on the lower-cased prompt.
+_OPTION_LINE = re.compile(r"^\s*\(?[a-j][.)]\s(.*)$", re.MULTILINE)
+_HAS_DIGIT = re.compile(r"\d")
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -55,6 +58,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_latex",
     "log_options",
     "log_questions",
+    "log_stem_chars",
+    "log_option_chars",
+    "numeric_option_share",
 )
 
 
@@ -64,6 +70,13 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
     lower = text.lower()
     counts = {name: len(pattern.findall(lower)) for name, pattern in _COUNTS.items()}
     has = {name: float(pattern.search(lower) is not None) for name, pattern in _KEYWORDS.items()}
+    matches = list(_OPTION_LINE.finditer(lower))
+    options = [m.group(1) for m in matches]
+    option_chars = sum(len(o) for o in options)
+    # What a multiple-choice question asks (its stem) and what it offers carry different
+    # signals: on MMLU-Pro a longer stem and numeric options go with small-model failures,
+    # longer options with fewer (docs/router.md); without options the stem is the prompt.
+    stem_chars = max(len(text) - sum(m.end() - m.start() + 1 for m in matches), 0)
     digits = counts["digit"]
     upper = len(_UPPER.findall(text))
     values = [
@@ -85,6 +98,9 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
         np.log1p(counts["latex"]),
         np.log1p(counts["options"]),
         np.log1p(counts["question"]),
+        np.log1p(stem_chars),
+        np.log1p(option_chars / len(options)) if options else 0.0,
+        sum(_HAS_DIGIT.search(o) is not None for o in options) / len(options) if options else 0.0,
     ]
     return np.asarray(values, dtype=np.float32)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,14 @@ class FitConfig:
     demand_category_weight: float = 0.5
     budget_alpha: float = 10.0
     category_c: float = 1.0
+    calibration_source: str = "mmlu_pro"
+    # Left out of the budget head: multiple-choice shape features help rank demand, but the
+    # budget head extrapolated them badly to an unseen multiple-choice source (docs/router.md).
+    budget_skipped_features: tuple[str, ...] = (
+        "log_stem_chars",
+        "log_option_chars",
+        "numeric_option_share",
+    )
     folds: int = 3
     seed: int = 0
 
@@ -126,23 +135,43 @@ def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
 
 
 def _calibrate_demand(
-    score: Array, labels: Array, category: npt.NDArray[np.int64]
+    score: Array,
+    labels: Array,
+    category: npt.NDArray[np.int64],
+    source: npt.NDArray[np.str_],
+    reference_source: str,
 ) -> tuple[Array, Array]:
-    """Platt scaling with one intercept per labelled category: logit = a * score + b[cat].
+    """Platt scaling, logit = a * score + b[source, category], then one level per category.
 
-    Pairwise labels exist only for math, reasoning and knowledge prompts. The other
-    categories borrow an intercept (an assumption, stated in the model card): code that of
-    math, writing and chat the lowest fitted one, since small models most often match strong
-    ones on open-ended prose.
+    Each labelled source has its own model pair, and a pair's base rate (how often its weak
+    model fails where its strong one succeeds) says nothing about prompts. So the intercepts are
+    fitted per (source, category) and a category's level is read on the reference source's
+    scale: its own intercept there, or, for a category the reference source lacks, its gap to a
+    category both sources share (math is in MMLU-Pro and in BBH, which puts BBH's reasoning on
+    MMLU-Pro's scale); with no shared category, its own intercept. Pairwise labels exist only
+    for math, reasoning and knowledge prompts; the other categories borrow a level (an
+    assumption, stated in the model card): code that of math, writing and chat the lowest
+    fitted one, since small models most often match strong ones on open-ended prose.
     """
     from sklearn.linear_model import LogisticRegression
 
-    present = sorted({int(c) for c in category})
-    onehot = (category[:, None] == np.array(present)[None, :]).astype(np.float64)
+    cells = sorted({(str(s), int(c)) for s, c in zip(source, category, strict=True)})
+    onehot = np.stack([(source == s) & (category == c) for s, c in cells], axis=1).astype(
+        np.float64
+    )
     model = LogisticRegression(C=1e4, max_iter=1000, fit_intercept=False)
     model.fit(np.hstack([score[:, None], onehot]), labels)
     slope = float(model.coef_[0, 0])
-    fitted = dict(zip(present, model.coef_[0, 1:].tolist(), strict=True))
+    icpt = dict(zip(cells, model.coef_[0, 1:].tolist(), strict=True))
+    ref = {c: b for (s, c), b in icpt.items() if s == reference_source}
+    fitted: dict[int, float] = dict(ref)
+    for cat in sorted({c for _, c in cells} - set(ref)):
+        levels = []
+        for src in sorted({s for s, c in cells if c == cat}):
+            shared = [c for (s, c) in icpt if s == src and c in ref]
+            gaps = [icpt[(src, cat)] - icpt[(src, c)] + ref[c] for c in shared]
+            levels.append(float(np.mean(gaps)) if gaps else icpt[(src, cat)])
+        fitted[cat] = float(np.mean(levels))
     lowest = min(fitted.values())
     offsets = np.full(len(CATEGORIES), lowest)
     for ci, name in enumerate(CATEGORIES):
@@ -184,8 +213,12 @@ def fit_heads(
     targets: Targets,
     pair_labels: Array,
     config: FitConfig | None = None,
+    feature_names: Sequence[str] = (),
 ) -> Heads:
-    """Train demand, budget and category heads; pair_labels (NaN = none) calibrate demand."""
+    """Train demand, budget and category heads; pair_labels (NaN = none) calibrate demand.
+
+    feature_names names the feature columns, so config.budget_skipped_features can be found.
+    """
 
     cfg = config or FitConfig()
     raw = np.hstack([embeddings.astype(np.float64), features.astype(np.float64)])
@@ -197,6 +230,11 @@ def fit_heads(
             np.ones(features.shape[1]),
         ]
     )
+    budget_cols = np.ones(x.shape[1])
+    for i, name in enumerate(feature_names):
+        if name in cfg.budget_skipped_features:
+            budget_cols[embeddings.shape[1] + i] = 0.0
+    xb = x * budget_cols
     dem = targets.demand_weight > 0
     bud = targets.budget_weight > 0
     fold = _folds(len(x), cfg.folds, cfg.seed)
@@ -213,12 +251,12 @@ def fit_heads(
         cat_te = targets.category[te]
         oof_score[te] = np.einsum("nd,nd->n", x[te], coef[cat_te]) + centres[cat_te]
         bcoef, bicpt = _fit_ridge(
-            x[tr & bud],
+            xb[tr & bud],
             targets.log_budget[tr & bud],
             targets.budget_weight[tr & bud],
             cfg.budget_alpha,
         )
-        oof_resid[te] = targets.log_budget[te] - (x[te] @ bcoef + bicpt)
+        oof_resid[te] = targets.log_budget[te] - (xb[te] @ bcoef + bicpt)
 
     # Calibrated on the pairwise labels, so the output is P(weak fails, strong succeeds).
     demand_coef = _fit_demand(
@@ -227,7 +265,11 @@ def fit_heads(
     demand_intercept = _category_centres(x, demand_coef, targets.category)
     labelled = ~np.isnan(pair_labels)
     demand_platt, offsets_demand = _calibrate_demand(
-        oof_score[labelled], pair_labels[labelled], targets.category[labelled]
+        oof_score[labelled],
+        pair_labels[labelled],
+        targets.category[labelled],
+        targets.source[labelled],
+        cfg.calibration_source,
     )
 
     offsets = np.zeros((len(CATEGORIES), 2))
@@ -243,8 +285,9 @@ def fit_heads(
             offsets[ci] = all_q
 
     b_coef, b_icpt = _fit_ridge(
-        x[bud], targets.log_budget[bud], targets.budget_weight[bud], cfg.budget_alpha
+        xb[bud], targets.log_budget[bud], targets.budget_weight[bud], cfg.budget_alpha
     )
+    b_coef = b_coef * budget_cols
     cat_coef, cat_icpt = _category_head(x, targets, cfg.category_c, cfg.seed)
     return Heads(
         input_mean=mean,

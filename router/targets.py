@@ -39,10 +39,45 @@ BUDGET_SOURCES: dict[str, tuple[tuple[str, ...], float]] = {
 }
 
 
-_CODE_REQUEST = re.compile(
-    r"```|\b(python|javascript|typescript|java|c\+\+|c#|rust|golang|kotlin|swift|php|sql|bash|powershell|html|css|"
-    r"regex|code|function|script|program|class|api|dockerfile|yaml|json|vba|matlab|react|django|flask|pandas)\b",
-    re.IGNORECASE,
+# Content rules for the prompts whose source gives no category (arena_hard_1k, arena_hard_v01),
+# tried in this order. Without them every such prompt without a code word was "chat", and the
+# category head learnt that open requests are chat whatever they ask (docs/router.md).
+_CONTENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "code",
+        re.compile(
+            r"```|\b(python|javascript|typescript|java|c\+\+|c#|rust|golang|kotlin|swift|php|sql|"
+            r"bash|powershell|html|css|regex|code|function|script|program|class|api|dockerfile|"
+            r"yaml|json|vba|matlab|react|django|flask|pandas)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "math",
+        re.compile(
+            r"\b(equation|integral|integrate|derivative|probability|prime|integers?|polynomial|"
+            r"matrix|matrices|theorem|prove|proof|geometry|triangle|calculate|compute|solve|"
+            r"percent|fraction|divisible|sum of|how many|how much)\b|[0-9]\s*[-+*/^=]\s*[0-9x]",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "reasoning",
+        re.compile(
+            r"\b(riddle|puzzle|logic|logical|deduce|which of the following must|who is lying|"
+            r"sequence)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "writing",
+        re.compile(
+            r"\b(poem|poetry|story|stories|essay|e-?mail|letter|blog|article|speech|song|lyrics|"
+            r"limerick|haiku|novel|screenplay|slogan|tagline|toast|cover letter|linkedin post|"
+            r"tweet|rewrite|rephrase|paraphrase|proofread)\b",
+            re.IGNORECASE,
+        ),
+    ),
 )
 
 
@@ -64,8 +99,11 @@ def category_of(record: RoutingRecord) -> str:
         return "knowledge"
     if record.category in CATEGORIES:
         return record.category
-    # Unlabelled arena prompts: many are programming requests, so weak-label those as code.
-    return "code" if _CODE_REQUEST.search(record.prompt) else "chat"
+    # Unlabelled arena prompts: label by what they ask (first matching rule), else chat.
+    for category, pattern in _CONTENT_RULES:
+        if pattern.search(record.prompt):
+            return category
+    return "chat"
 
 
 def weak_pool(records: Sequence[RoutingRecord]) -> list[str]:

@@ -131,6 +131,7 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
             targets,
             labels,
             options.fit,
+            FEATURE_NAMES,
         )
         heads.save(out / heads_file)
         if dev:

@@ -90,3 +90,38 @@ def test_a_format_1_head_with_one_demand_vector_loads_for_every_category() -> No
         + loaded.demand_category_offset[cats]
     )
     assert loaded.demand(x, cats) == pytest.approx(1.0 / (1.0 + np.exp(-logit)))
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+def test_category_levels_are_read_on_the_reference_pairs_scale() -> None:
+    """A source's own base rate must not leak into its categories' levels.
+
+    mmlu_pro (the reference pair) labels math and knowledge, bbh (another pair, with a lower
+    base rate) labels math and reasoning: reasoning's level is its gap to math inside bbh,
+    added to math's level in mmlu_pro.
+    """
+    from router.fit import _calibrate_demand
+
+    reasoning = CATEGORIES.index("reasoning")
+    cells = [
+        ("mmlu_pro", MATH, 0.6),
+        ("mmlu_pro", KNOWLEDGE, 0.4),
+        ("bbh", MATH, 0.3),
+        ("bbh", reasoning, 0.2),
+    ]
+    n = 1000
+    labels = np.concatenate([(np.arange(n) < rate * n).astype(np.float64) for *_, rate in cells])
+    category = np.repeat([c for _, c, _ in cells], n).astype(np.int64)
+    source = np.repeat([s for s, _, _ in cells], n).astype(np.str_)
+    _, offsets = _calibrate_demand(np.zeros(len(labels)), labels, category, source, "mmlu_pro")
+    assert offsets[MATH] == pytest.approx(_logit(0.6), abs=0.01)
+    assert offsets[KNOWLEDGE] == pytest.approx(_logit(0.4), abs=0.01)
+    # On bbh's own scale reasoning would sit at logit(0.2), below knowledge; linked, above it.
+    assert offsets[reasoning] == pytest.approx(_logit(0.6) + _logit(0.2) - _logit(0.3), abs=0.01)
+    # Categories without labels borrow: code takes math's level, writing and chat the lowest.
+    assert offsets[CATEGORIES.index("code")] == offsets[MATH]
+    lowest = min(offsets[MATH], offsets[KNOWLEDGE], offsets[reasoning])
+    assert offsets[CATEGORIES.index("writing")] == offsets[CATEGORIES.index("chat")] == lowest

@@ -1,0 +1,27 @@
+"""Multiple-choice shape features: the stem is measured apart from the options."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.features import FEATURE_NAMES, prompt_features
+
+
+def _named(text: str) -> dict[str, float]:
+    return dict(zip(FEATURE_NAMES, prompt_features(text).tolist(), strict=True))
+
+
+STEM = "A 2 kg block slides down a frictionless ramp of height 5 m. What is its final speed?"
+
+
+def test_option_lines_are_split_from_the_stem() -> None:
+    numeric = _named(f"{STEM}\nA. 5 m/s\nB. 9.9 m/s\nC. 12 m/s\nD. 20 m/s")
+    worded = _named(f"{STEM}\nA. It stops\nB. It speeds up forever\nC. Nothing\nD. Unknown")
+    plain = _named(STEM)
+    # The stem is the same with either set of options, and equals the whole prompt without any.
+    assert numeric["log_stem_chars"] == worded["log_stem_chars"]
+    assert numeric["log_stem_chars"] == pytest.approx(plain["log_stem_chars"], abs=0.05)
+    assert numeric["numeric_option_share"] == 1.0
+    assert worded["numeric_option_share"] == 0.0
+    assert worded["log_option_chars"] > numeric["log_option_chars"] > 0.0
+    assert plain["log_option_chars"] == plain["numeric_option_share"] == 0.0
