@@ -27,7 +27,9 @@ _COUNTS: dict[str, re.Pattern[str]] = {
         re.MULTILINE,
     ),
     "latex": re.compile(r"\$|\\frac|\\sqrt|\\sum|\\int|\\cdot|\\le|\\ge|\^"),
-    "options": re.compile(r"^\s*\(?[a-j][.)]\s", re.MULTILINE),
+    # [ \t]*, not \s*: at every line start \s* would run across all the blank lines after
+    # it, which made a prompt of newlines quadratic (20 KB took 12 s).
+    "options": re.compile(r"^[ \t]*\(?[a-j][.)]\s", re.MULTILINE),
     "question": re.compile(r"\?"),
     "number": re.compile(r"\d+(?:\.\d+)?"),
     "math_symbol": re.compile(r"[=+\-*/<>%\u00d7\u00f7\u221a\u2211\u222b\u03c0]"),
@@ -36,7 +38,7 @@ _COUNTS: dict[str, re.Pattern[str]] = {
 }
 _UPPER = re.compile(r"[A-Z]")
 # Multiple-choice option lines ("A. ...", "(b) ...") with their text, on the lower-cased prompt.
-_OPTION_LINE = re.compile(r"^\s*\(?[a-j][.)]\s(.*)$", re.MULTILINE)
+_OPTION_LINE = re.compile(r"^[ \t]*\(?[a-j][.)]\s(.*)$", re.MULTILINE)
 _HAS_DIGIT = re.compile(r"\d")
 
 FEATURE_NAMES: tuple[str, ...] = (

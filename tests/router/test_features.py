@@ -25,3 +25,12 @@ def test_option_lines_are_split_from_the_stem() -> None:
     assert worded["numeric_option_share"] == 0.0
     assert worded["log_option_chars"] > numeric["log_option_chars"] > 0.0
     assert plain["log_option_chars"] == plain["numeric_option_share"] == 0.0
+
+
+def test_blank_lines_before_the_options_belong_to_the_stem() -> None:
+    """Option patterns stay on their own line: one that ran across blank lines (\\s* at a
+    line start) made a prompt of newlines quadratic to scan (20 KB took 12 s)."""
+    spaced = _named(STEM + "\n" * 50 + "A. 5 m/s\nB. 9.9 m/s")
+    tight = _named(STEM + "\nA. 5 m/s\nB. 9.9 m/s")
+    assert spaced["log_options"] == tight["log_options"] > 0.0
+    assert spaced["log_stem_chars"] > tight["log_stem_chars"]
