@@ -2,7 +2,10 @@
 per held-out MMLU-Pro subject group (the closest thing here to an unseen knowledge set).
 
 Usage: python benchmarks/router_demand_variants.py --data DIR [--weights 0,0.5,1]
-A variant is FitConfig.demand_category_weight (0: one demand vector shared by every category).
+    [--knowledge-embedding 0,0.2]
+A variant is FitConfig.demand_category_weight (0: one demand vector shared by every category)
+with the column weight of the embedding in the knowledge row (FitConfig.demand_category_embedding;
+0: features only), every pair of the two lists.
 Static embeddings of the shipped artifact; the heads are refitted for every variant and fold.
 """
 
@@ -71,13 +74,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--weights", default="0,1", help="demand_category_weight values")
+    parser.add_argument(
+        "--knowledge-embedding",
+        default=None,
+        help="column weights of the embedding in the knowledge row (default: the shipped one)",
+    )
     args = parser.parse_args()
-    shipped = FitConfig().demand_category_weight
+    shipped = FitConfig()
+    shipped_emb = dict(shipped.demand_category_embedding).get("knowledge", 0.0)
+    emb_weights = (
+        [float(v) for v in args.knowledge_embedding.split(",")]
+        if args.knowledge_embedding
+        else [shipped_emb]
+    )
     variants = {
-        f"category weight {w:g}" + (" (shipped)" if w == shipped else ""): FitConfig(
-            demand_category_weight=w
+        f"category weight {w:g}, knowledge embedding {e:g}"
+        + (" (shipped)" if (w, e) == (shipped.demand_category_weight, shipped_emb) else ""): (
+            FitConfig(
+                demand_category_weight=w,
+                demand_category_embedding=(("knowledge", e),) if e else (),
+            )
         )
         for w in (float(v) for v in args.weights.split(","))
+        for e in emb_weights
     }
     train, dev = load_split(args.data, "train"), load_split(args.data, "dev")
     encoder = Router.load(runtime="static", cache_size=0).encoder
@@ -109,17 +128,18 @@ def main() -> None:
         )
 
     print("\nLeave one MMLU-Pro subject group out (APGR on that group's dev questions):\n")
-    print("| variant | " + " | ".join(" + ".join(g) for g in SUBJECT_GROUPS) + " |")
-    print("|---|" + "---|" * len(SUBJECT_GROUPS))
+    print("| variant | " + " | ".join(" + ".join(g) for g in SUBJECT_GROUPS) + " | mean |")
+    print("|---|" + "---|" * (len(SUBJECT_GROUPS) + 1))
     train_subject = np.array([_subject(r) for r in train])
     for name, config in variants.items():
-        cells = []
+        cells, apgrs = [], []
         for group in SUBJECT_GROUPS:
             keep = ~np.isin(train_subject, group)
             idx = [i for i, r in enumerate(dev) if _subject(r) in group]
             rows = _fit_and_score(train, keep, emb, feats, dev, config, {"held out": idx})
             cells.append(_cell(rows[0], "apgr"))
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            apgrs.append(float(str(rows[0]["apgr"])))
+        print(f"| {name} | " + " | ".join(cells) + f" | {np.mean(apgrs):.3f} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ _TARGETS = """\
     per-source means removed (fixed effects), every source weighted equally: leave-one-source-out showed that
     embedding-based and pooled demand heads do not transfer to unseen sources (docs/router.md). Each category
     has its own coefficients, shrunk towards a shared vector (deviation weight {demand_category_weight:g} under one
-    ridge penalty, alpha {demand_alpha:g}), and its raw score is centred on its own training prompts.
+    ridge penalty, alpha {demand_alpha:g}), and its raw score is centred on its demand-labelled training prompts
+    (all its prompts when it has fewer than 30). Rows that also read the embedding (category, column weight):
+    {demand_category_embedding}; within MMLU-Pro the subject moves the weak models' failure rate, and the gain
+    held for held-out subject groups.
   - Calibration: Platt scaling of out-of-fold scores against the pairwise labels (mmlu_pro Mixtral-8x7B-Instruct
     vs gpt-4o, bbh direct vs cot) with one intercept per (source, category). Each category's level is read on the
     {calibration_source} pair's scale: a category that source lacks (reasoning) is placed by its gap to a category both
@@ -84,6 +87,11 @@ def write_model_card(
             **{
                 **training["fit"],
                 "budget_skipped_features": ", ".join(training["fit"]["budget_skipped_features"]),
+                "demand_category_embedding": ", ".join(
+                    f"{name} {weight:g}"
+                    for name, weight in training["fit"]["demand_category_embedding"]
+                )
+                or "none",
             },
             n_features=len(manifest["feature_names"]),
         ),

@@ -15,6 +15,25 @@ from router.targets import Targets
 MATH, KNOWLEDGE = CATEGORIES.index("math"), CATEGORIES.index("knowledge")
 
 
+def _targets(
+    demand: npt.NDArray[np.float64],
+    demand_weight: npt.NDArray[np.float64],
+    category: npt.NDArray[np.int64],
+    source: npt.NDArray[np.str_],
+    rng: np.random.Generator,
+) -> Targets:
+    """Targets with the given demand labels and a flat, uninformative budget target."""
+    n = len(demand)
+    return Targets(
+        demand=demand,
+        demand_weight=demand_weight,
+        log_budget=np.log(100.0 + 50.0 * rng.random(n)),
+        budget_weight=np.ones(n),
+        category=category,
+        source=source,
+    )
+
+
 def _opposed_categories(
     n: int = 1200, seed: int = 0
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Targets, npt.NDArray[np.float64]]:
@@ -26,14 +45,7 @@ def _opposed_categories(
     sign = np.where(category == MATH, 1.0, -1.0)
     demand = 1.0 / (1.0 + np.exp(-(2.0 * sign * features[:, 0] + 0.3 * rng.normal(size=n))))
     labels = (rng.random(n) < demand).astype(np.float64)
-    targets = Targets(
-        demand=demand,
-        demand_weight=np.ones(n),
-        log_budget=np.log(100.0 + 50.0 * rng.random(n)),
-        budget_weight=np.ones(n),
-        category=category,
-        source=source,
-    )
+    targets = _targets(demand, np.ones(n), category, source, rng)
     embeddings = rng.normal(size=(n, 4)).astype(np.float32)
     return embeddings, features, targets, labels
 
@@ -61,7 +73,7 @@ def test_one_shared_demand_vector_cannot_rank_opposed_categories() -> None:
     assert worst < 0.3
 
 
-def test_raw_demand_is_centred_on_each_categorys_training_prompts() -> None:
+def test_raw_demand_is_centred_on_each_categorys_labelled_training_prompts() -> None:
     emb, feats, targets, labels = _opposed_categories()
     heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0))
     x = heads.design(emb, feats)
@@ -69,6 +81,57 @@ def test_raw_demand_is_centred_on_each_categorys_training_prompts() -> None:
         rows = targets.category == cat
         raw = x[rows] @ heads.demand_coef[cat] + heads.demand_intercept[cat]
         assert abs(raw.mean()) < 1e-9
+
+
+def test_a_category_is_centred_where_its_row_was_fitted_not_on_its_unlabelled_prompts() -> None:
+    """Code's labelled prompts are short, its unlabelled ones long (arena requests with code):
+    a short code request must sit at code's level, not below it. A category with no labels
+    (writing here) is centred on all its prompts."""
+    rng = np.random.default_rng(1)
+    code, writing = CATEGORIES.index("code"), CATEGORIES.index("writing")
+    n = 300
+    category = np.repeat([MATH, code, code, writing], n).astype(np.int64)
+    source = np.repeat(["gsm8k", "humaneval", "arena_hard_v2", "arena_hard_v01"], n).astype(np.str_)
+    features = rng.normal(size=(4 * n, 2)).astype(np.float32)
+    features[2 * n : 3 * n, 0] += 3.0  # the unlabelled code prompts are much longer
+    labelled = np.repeat([True, True, False, False], n)
+    demand = np.where(labelled, 1.0 / (1.0 + np.exp(-2.0 * features[:, 0])), 0.0)
+    targets = _targets(demand, labelled.astype(np.float64), category, source, rng)
+    labels = np.where(source == "gsm8k", (rng.random(4 * n) < demand).astype(float), np.nan)
+    labels[:n] = (rng.random(n) < demand[:n]).astype(float)
+    emb = rng.normal(size=(4 * n, 3)).astype(np.float32)
+    heads = fit_heads(emb, features, targets, labels, FitConfig(demand_alpha=10.0))
+    x = heads.design(emb, features)
+    raw = np.einsum("nd,nd->n", x, heads.demand_coef[category]) + heads.demand_intercept[category]
+    assert heads.demand_coef[code, emb.shape[1]] > 0.1  # longer = more demand inside code
+    assert abs(raw[n : 2 * n].mean()) < 1e-9  # labelled code prompts: centred
+    # The long unlabelled ones sit well above the level.
+    assert raw[2 * n : 3 * n].mean() > 2.0 * raw[n : 2 * n].std()
+    assert abs(raw[3 * n :].mean()) < 1e-9  # writing has no labels: all its prompts
+
+
+def test_only_the_named_categories_demand_rows_read_the_embedding() -> None:
+    """Within knowledge, demand follows the embedding (MMLU-Pro's subjects); within math a
+    feature. The knowledge row learns the embedding direction, the math row stays blind to it."""
+    rng = np.random.default_rng(2)
+    n = 1200
+    category = np.where(np.arange(n) % 2 == 0, MATH, KNOWLEDGE).astype(np.int64)
+    source = np.where(category == MATH, "gsm8k", "mmlu_pro").astype(np.str_)
+    features = rng.normal(size=(n, 3)).astype(np.float32)
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    signal = np.where(category == MATH, features[:, 0], emb[:, 0])
+    demand = 1.0 / (1.0 + np.exp(-(2.0 * signal + 0.3 * rng.normal(size=n))))
+    targets = _targets(demand, np.ones(n), category, source, rng)
+    labels = (rng.random(n) < demand).astype(np.float64)
+    with_emb = fit_heads(emb, features, targets, labels, FitConfig(demand_alpha=10.0))
+    without = fit_heads(
+        emb, features, targets, labels, FitConfig(demand_alpha=10.0, demand_category_embedding=())
+    )
+    assert _ranking_within(with_emb, emb, features, targets, KNOWLEDGE) > 0.8
+    assert abs(_ranking_within(without, emb, features, targets, KNOWLEDGE)) < 0.2
+    assert _ranking_within(with_emb, emb, features, targets, MATH) > 0.8
+    assert np.all(with_emb.demand_coef[MATH, : emb.shape[1]] == 0.0)
+    assert np.all(without.demand_coef[:, : emb.shape[1]] == 0.0)
 
 
 def test_a_format_1_head_with_one_demand_vector_loads_for_every_category() -> None:
