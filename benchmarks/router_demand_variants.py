@@ -2,10 +2,10 @@
 per held-out MMLU-Pro subject group (the closest thing here to an unseen knowledge set).
 
 Usage: python benchmarks/router_demand_variants.py --data DIR [--weights 0,0.5,1]
-    [--knowledge-embedding 0,0.2]
+    [--knowledge-embedding 0,0.2] [--math-embedding 0,0.1]
 A variant is FitConfig.demand_category_weight (0: one demand vector shared by every category)
-with the column weight of the embedding in the knowledge row (FitConfig.demand_category_embedding;
-0: features only), every pair of the two lists.
+with the column weights of the embedding in the knowledge and math rows
+(FitConfig.demand_category_embedding; 0: features only), every combination of the lists.
 Static embeddings of the shipped artifact; the heads are refitted for every variant and fold.
 """
 
@@ -74,30 +74,36 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--weights", default="0,1", help="demand_category_weight values")
-    parser.add_argument(
-        "--knowledge-embedding",
-        default=None,
-        help="column weights of the embedding in the knowledge row (default: the shipped one)",
-    )
+    for name in ("knowledge", "math"):
+        parser.add_argument(
+            f"--{name}-embedding",
+            default=None,
+            help=f"column weights of the embedding in the {name} row (default: the shipped one)",
+        )
     args = parser.parse_args()
     shipped = FitConfig()
-    shipped_emb = dict(shipped.demand_category_embedding).get("knowledge", 0.0)
-    emb_weights = (
-        [float(v) for v in args.knowledge_embedding.split(",")]
-        if args.knowledge_embedding
-        else [shipped_emb]
-    )
-    variants = {
-        f"category weight {w:g}, knowledge embedding {e:g}"
-        + (" (shipped)" if (w, e) == (shipped.demand_category_weight, shipped_emb) else ""): (
-            FitConfig(
-                demand_category_weight=w,
-                demand_category_embedding=(("knowledge", e),) if e else (),
-            )
-        )
-        for w in (float(v) for v in args.weights.split(","))
-        for e in emb_weights
-    }
+    shipped_emb = dict(shipped.demand_category_embedding)
+
+    def weights(name: str) -> list[float]:
+        given = getattr(args, f"{name}_embedding")
+        return [float(v) for v in given.split(",")] if given else [shipped_emb.get(name, 0.0)]
+
+    variants = {}
+    for w in (float(v) for v in args.weights.split(",")):
+        for k in weights("knowledge"):
+            for m in weights("math"):
+                is_shipped = (w, k, m) == (
+                    shipped.demand_category_weight,
+                    shipped_emb.get("knowledge", 0.0),
+                    shipped_emb.get("math", 0.0),
+                )
+                name = f"category weight {w:g}, embedding: knowledge {k:g}, math {m:g}"
+                variants[name + (" (shipped)" if is_shipped else "")] = FitConfig(
+                    demand_category_weight=w,
+                    demand_category_embedding=tuple(
+                        (c, e) for c, e in (("knowledge", k), ("math", m)) if e
+                    ),
+                )
     train, dev = load_split(args.data, "train"), load_split(args.data, "dev")
     encoder = Router.load(runtime="static", cache_size=0).encoder
     emb = (encoder.encode([r.prompt for r in train]), encoder.encode([r.prompt for r in dev]))

@@ -123,7 +123,8 @@ def test_only_the_named_categories_demand_rows_read_the_embedding() -> None:
     demand = 1.0 / (1.0 + np.exp(-(2.0 * signal + 0.3 * rng.normal(size=n))))
     targets = _targets(demand, np.ones(n), category, source, rng)
     labels = (rng.random(n) < demand).astype(np.float64)
-    with_emb = fit_heads(emb, features, targets, labels, FitConfig(demand_alpha=10.0))
+    knowledge_only = FitConfig(demand_alpha=10.0, demand_category_embedding=(("knowledge", 0.2),))
+    with_emb = fit_heads(emb, features, targets, labels, knowledge_only)
     without = fit_heads(
         emb, features, targets, labels, FitConfig(demand_alpha=10.0, demand_category_embedding=())
     )
