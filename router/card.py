@@ -101,7 +101,9 @@ def write_model_card(
     parts += [
         (
             "APGR / CPT / AUC use the pair named above per source (overall = the pooled scorable prompts, each with its "
-            "own pair); rho_level = Spearman of demand with MATH level; budget metrics are against the (scaled) targets."
+            "own pair); ece = calibration error of demand against the pair label (ten equal-count bins), "
+            "ece_floor = what a calibrated predictor shows from sampling alone, brier = mean squared error; "
+            "rho_level = Spearman of demand with MATH level; budget metrics are against the (scaled) targets."
         ),
         "",
     ]

@@ -9,7 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from router.dataset import RoutingRecord
-from router.metrics import budget_scores, routing_scores, spearman
+from router.metrics import (
+    budget_scores,
+    calibration_scores,
+    gap_label,
+    routing_scores,
+    spearman,
+)
 from router.targets import EVAL_PAIRS, build_targets
 
 Array = npt.NDArray[np.float64]
@@ -24,6 +30,9 @@ class Predictions:
     demand: Array
     p50: Array
     p90: Array
+    # Whether demand is meant as a probability of the pair label (ECE and Brier are scored);
+    # the length baseline's demand is a log length, a ranking only.
+    probability: bool = True
 
 
 def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
@@ -46,7 +55,11 @@ def length_baseline(
     lx = np.log1p([len(r.prompt) for r in records])
     mu = slope * lx + icpt
     return Predictions(
-        "length", np.asarray(lx, dtype=np.float64), np.exp(mu + q50), np.exp(mu + q90)
+        "length",
+        np.asarray(lx, dtype=np.float64),
+        np.exp(mu + q50),
+        np.exp(mu + q90),
+        probability=False,
     )
 
 
@@ -107,6 +120,9 @@ def score_rows(
                     cpt80=scores.cpt80,
                     auc=scores.auc,
                 )
+                if pred.probability:
+                    cal = calibration_scores(pred.demand[keep], gap_label(weak, strong))
+                    row.update(ece=cal.ece, ece_floor=cal.ece_floor, brier=cal.brier)
             if len(level) > 1:
                 lv = np.array([records[i].difficulty for i in level], dtype=np.float64)
                 row["rho_level"] = spearman(pred.demand[level], lv)
@@ -170,6 +186,9 @@ COLUMNS: tuple[str, ...] = (
     "cpt50",
     "cpt80",
     "auc",
+    "ece",
+    "ece_floor",
+    "brier",
     "rho_level",
     "within_2x",
     "med_log2",

@@ -75,8 +75,55 @@ def routing_scores(score: Array, weak: Array, strong: Array) -> RoutingScores:
         hit = np.nonzero(pgr >= x)[0]
         return float(share[hit[0]]) if len(hit) else 1.0
 
-    label = ((weak < 0.5) & (strong >= 0.5)).astype(np.float64)
-    return RoutingScores(apgr=apgr, cpt50=cpt(0.5), cpt80=cpt(0.8), auc=roc_auc(score, label))
+    return RoutingScores(
+        apgr=apgr, cpt50=cpt(0.5), cpt80=cpt(0.8), auc=roc_auc(score, gap_label(weak, strong))
+    )
+
+
+def gap_label(weak: Array, strong: Array) -> Array:
+    """1.0 where the weak model fails and the strong one succeeds (the demand target), else 0."""
+    return ((weak < 0.5) & (strong >= 0.5)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class CalibrationScores:
+    """How well a demand read as a probability matches the pair label's rate.
+
+    ece_floor is the ECE a perfectly calibrated predictor with the same probabilities would
+    show from sampling alone (mean over draws of labels ~ Bernoulli(prob)): an ECE near it is
+    as calibrated as the sample can tell.
+    """
+
+    ece: float
+    brier: float
+    ece_floor: float
+
+
+def _ece(prob: Array, label: Array, runs: list[npt.NDArray[np.intp]]) -> float:
+    return float(sum(len(r) * abs(prob[r].mean() - label[r].mean()) for r in runs) / len(prob))
+
+
+def calibration_scores(
+    prob: Array, label: Array, bins: int = 10, draws: int = 200, seed: int = 0
+) -> CalibrationScores:
+    """Expected calibration error over equal-count bins of prob, the Brier score, the ECE floor.
+
+    ECE = sum over bins of (bin share) * |mean prob - label rate|. Equal-count bins (prompts
+    sorted by prob, split into `bins` runs) estimate every bin's rate from as many prompts.
+    """
+    if len(prob) == 0:
+        return CalibrationScores(ece=float("nan"), brier=float("nan"), ece_floor=float("nan"))
+    order = np.argsort(prob, kind="stable")
+    runs = [run for run in np.array_split(order, min(bins, len(prob))) if len(run)]
+    rng = np.random.default_rng(seed)
+    floor = np.mean(
+        [_ece(prob, (rng.random(len(prob)) < prob).astype(np.float64), runs) for _ in range(draws)]
+    )
+    return CalibrationScores(
+        ece=_ece(prob, label, runs),
+        brier=float(np.mean((prob - label) ** 2)),
+        ece_floor=float(floor),
+    )
 
 
 @dataclass(frozen=True)

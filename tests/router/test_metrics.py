@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.metrics import budget_scores, routing_scores
+from router.metrics import budget_scores, calibration_scores, gap_label, routing_scores
 
 
 def _pairs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,3 +36,41 @@ def test_budget_scores_count_within_2x_and_p90_coverage() -> None:
     )
     assert scores.within_2x == 0.75
     assert scores.p90_coverage == 0.75
+
+
+def test_calibration_scores_tell_a_calibrated_probability_from_a_shifted_one() -> None:
+    rng = np.random.default_rng(1)
+    prob = rng.random(20_000)
+    label = (rng.random(20_000) < prob).astype(float)
+    calibrated = calibration_scores(prob, label)
+    shifted = calibration_scores(np.clip(prob + 0.2, 0.0, 1.0), label)
+    assert calibrated.ece < 0.02
+    assert shifted.ece > 0.15
+    assert calibrated.brier < shifted.brier
+    # Sampling noise alone: the calibrated predictor sits at its floor, the shifted far above.
+    assert abs(calibrated.ece - calibrated.ece_floor) < 0.01
+    assert shifted.ece > 5 * shifted.ece_floor
+
+
+def test_the_ece_floor_grows_when_fewer_prompts_fill_each_bin() -> None:
+    rng = np.random.default_rng(2)
+    prob = rng.random(4_000)
+    label = (rng.random(4_000) < prob).astype(float)
+    many = calibration_scores(prob, label).ece_floor
+    few = calibration_scores(prob[:400], label[:400]).ece_floor
+    assert few > 2 * many
+
+
+def test_calibration_error_is_weighted_by_equal_count_bins() -> None:
+    # Two bins of two prompts: predictions 0.1 against a rate of 0.5, then 0.9 against 1.0.
+    scores = calibration_scores(
+        np.array([0.1, 0.1, 0.9, 0.9]), np.array([0.0, 1.0, 1.0, 1.0]), bins=2
+    )
+    assert abs(scores.ece - (0.5 * 0.4 + 0.5 * 0.1)) < 1e-12
+    assert abs(scores.brier - (0.01 + 0.81 + 0.01 + 0.01) / 4) < 1e-12
+
+
+def test_the_gap_label_is_weak_fails_and_strong_succeeds() -> None:
+    weak = np.array([0.0, 1.0, 0.0, 1.0])
+    strong = np.array([1.0, 1.0, 0.0, 0.0])
+    assert gap_label(weak, strong).tolist() == [1.0, 0.0, 0.0, 0.0]
