@@ -72,8 +72,17 @@ def train(
 @click.option(
     "--data",
     "data_dir",
-    required=True,
+    default=None,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory with train.jsonl.gz and dev.jsonl.gz: scores the dev split.",
+)
+@click.option(
+    "--pairs",
+    "pairs_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON lines of your own prompts with a weak and a strong model's quality on each "
+    '({"prompt", "weak", "strong", "strong_tokens"?, "group"?}; docs/router.md): scores them.',
 )
 @click.option(
     "--artifact",
@@ -92,14 +101,39 @@ def train(
     is_flag=True,
     help="Also retrain per held-out source (leave-one-source-out) and report it.",
 )
-def eval_cmd(data_dir: Path, artifact_dir: Path | None, runtime: str | None, loso: bool) -> None:
-    """Print dev metrics per source and overall, with random and prompt-length baselines."""
-    from router.dataset import load_split
-    from router.evaluate import evaluate, markdown_table
+def eval_cmd(
+    data_dir: Path | None,
+    pairs_path: Path | None,
+    artifact_dir: Path | None,
+    runtime: str | None,
+    loso: bool,
+) -> None:
+    """Print routing and budget metrics per group, with random and prompt-length baselines.
+
+    Either the dev split of --data (per source and overall) or your own --pairs file.
+    """
+    from router.evaluate import markdown_table
     from router.router import Router
+
+    if (data_dir is None) == (pairs_path is None):
+        raise click.UsageError("give exactly one of --data DIR and --pairs FILE")
+    if loso and data_dir is None:
+        raise click.UsageError("--loso retrains on the training split: it needs --data DIR")
+    if pairs_path is not None:
+        from router.pairs import PairFileError, evaluate_pairs, load_pairs
+
+        try:
+            rows = load_pairs(pairs_path)  # a bad row fails before the router loads
+        except PairFileError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(markdown_table(evaluate_pairs(Router.load(artifact_dir, runtime), rows)))
+        return
+    assert data_dir is not None  # checked above; narrows the type
+    router = Router.load(artifact_dir, runtime)
+    from router.dataset import load_split
+    from router.evaluate import evaluate
     from router.train import predictions
 
-    router = Router.load(artifact_dir, runtime)
     train_records, dev = load_split(data_dir, "train"), load_split(data_dir, "dev")
     dev_emb = router.embed_batch([r.prompt for r in dev])
     click.echo(

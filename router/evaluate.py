@@ -92,6 +92,29 @@ def _pair_arrays(
     return np.array(keep, dtype=np.int64), np.array(weak), np.array(strong)
 
 
+def routing_cells(
+    demand: Array, weak: Array, strong: Array, probability: bool
+) -> dict[str, object]:
+    """APGR, CPTs and AUC of one method on one pair; ECE, its floor and Brier if a probability."""
+    scores = routing_scores(demand, weak, strong)
+    cells: dict[str, object] = {
+        "apgr": scores.apgr,
+        "cpt50": scores.cpt50,
+        "cpt80": scores.cpt80,
+        "auc": scores.auc,
+    }
+    if probability:
+        cal = calibration_scores(demand, gap_label(weak, strong))
+        cells.update(ece=cal.ece, ece_floor=cal.ece_floor, brier=cal.brier)
+    return cells
+
+
+def budget_cells(p50: Array, p90: Array, actual: Array) -> dict[str, object]:
+    """Within-2x share, median |log2| error and p90 coverage against actual answer lengths."""
+    b = budget_scores(p50, p90, actual)
+    return {"within_2x": b.within_2x, "med_log2": b.median_abs_log2, "p90_cov": b.p90_coverage}
+
+
 def score_rows(
     records: Sequence[RoutingRecord],
     preds: Sequence[Predictions],
@@ -113,39 +136,31 @@ def score_rows(
                 "n": len(idx),
             }
             if len(keep) > 1:
-                scores = routing_scores(pred.demand[keep], weak, strong)
-                row.update(
-                    apgr=scores.apgr,
-                    cpt50=scores.cpt50,
-                    cpt80=scores.cpt80,
-                    auc=scores.auc,
-                )
-                if pred.probability:
-                    cal = calibration_scores(pred.demand[keep], gap_label(weak, strong))
-                    row.update(ece=cal.ece, ece_floor=cal.ece_floor, brier=cal.brier)
+                row.update(routing_cells(pred.demand[keep], weak, strong, pred.probability))
             if len(level) > 1:
                 lv = np.array([records[i].difficulty for i in level], dtype=np.float64)
                 row["rho_level"] = spearman(pred.demand[level], lv)
             if len(bud):
                 actual = np.exp(targets.log_budget[bud])
-                b = budget_scores(pred.p50[bud], pred.p90[bud], actual)
-                row.update(
-                    within_2x=b.within_2x,
-                    med_log2=b.median_abs_log2,
-                    p90_cov=b.p90_coverage,
-                )
+                row.update(budget_cells(pred.p50[bud], pred.p90[bud], actual))
             rows.append(row)
     return rows
 
 
+def index_groups(keys: Sequence[str], overall: bool = True) -> dict[str, list[int]]:
+    """Indices per key, in key order, plus 'overall' (every index) unless overall is False."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    groups = dict(sorted(groups.items()))
+    if overall:
+        groups["overall"] = list(range(len(keys)))
+    return groups
+
+
 def source_groups(records: Sequence[RoutingRecord]) -> dict[str, list[int]]:
     """Indices per source, plus 'overall'."""
-    groups: dict[str, list[int]] = {}
-    for i, rec in enumerate(records):
-        groups.setdefault(rec.source, []).append(i)
-    groups = dict(sorted(groups.items()))
-    groups["overall"] = list(range(len(records)))
-    return groups
+    return index_groups([rec.source for rec in records])
 
 
 def average_random(rows: list[dict[str, object]]) -> list[dict[str, object]]:
