@@ -2,16 +2,19 @@
 per held-out MMLU-Pro subject group (the closest thing here to an unseen knowledge set).
 
 Usage: python benchmarks/router_demand_variants.py --data DIR [--weights 0,0.5,1]
-    [--knowledge-embedding 0,0.2] [--math-embedding 0,0.1]
+    [--knowledge-embedding 0,0.2] [--math-embedding 0,0.1] [--neighbour-k 0,20]
 A variant is FitConfig.demand_category_weight (0: one demand vector shared by every category)
 with the column weights of the embedding in the knowledge and math rows
-(FitConfig.demand_category_embedding; 0: features only), every combination of the lists.
+(FitConfig.demand_category_embedding; 0: features only) and the number of neighbours whose
+mean demand the knowledge row reads (FitConfig.demand_neighbour_k; 0: none), every
+combination of the lists.
 Static embeddings of the shipped artifact; the heads are refitted for every variant and fold.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,6 +83,11 @@ def main() -> None:
             default=None,
             help=f"column weights of the embedding in the {name} row (default: the shipped one)",
         )
+    parser.add_argument(
+        "--neighbour-k",
+        default=None,
+        help="FitConfig.demand_neighbour_k values (0: no neighbour column; default: shipped)",
+    )
     args = parser.parse_args()
     shipped = FitConfig()
     shipped_emb = dict(shipped.demand_category_embedding)
@@ -88,22 +96,32 @@ def main() -> None:
         given = getattr(args, f"{name}_embedding")
         return [float(v) for v in given.split(",")] if given else [shipped_emb.get(name, 0.0)]
 
+    neighbour_ks = (
+        [int(v) for v in args.neighbour_k.split(",")]
+        if args.neighbour_k
+        else [shipped.demand_neighbour_k]
+    )
     variants = {}
-    for w in (float(v) for v in args.weights.split(",")):
-        for k in weights("knowledge"):
-            for m in weights("math"):
-                is_shipped = (w, k, m) == (
-                    shipped.demand_category_weight,
-                    shipped_emb.get("knowledge", 0.0),
-                    shipped_emb.get("math", 0.0),
-                )
-                name = f"category weight {w:g}, embedding: knowledge {k:g}, math {m:g}"
-                variants[name + (" (shipped)" if is_shipped else "")] = FitConfig(
-                    demand_category_weight=w,
-                    demand_category_embedding=tuple(
-                        (c, e) for c, e in (("knowledge", k), ("math", m)) if e
-                    ),
-                )
+    for w, k, m, nk in itertools.product(
+        (float(v) for v in args.weights.split(",")),
+        weights("knowledge"),
+        weights("math"),
+        neighbour_ks,
+    ):
+        is_shipped = (w, k, m, nk) == (
+            shipped.demand_category_weight,
+            shipped_emb.get("knowledge", 0.0),
+            shipped_emb.get("math", 0.0),
+            shipped.demand_neighbour_k,
+        )
+        name = f"category weight {w:g}, embedding: knowledge {k:g}, math {m:g}, neighbours k {nk}"
+        variants[name + (" (shipped)" if is_shipped else "")] = FitConfig(
+            demand_category_weight=w,
+            demand_category_embedding=tuple(
+                (c, e) for c, e in (("knowledge", k), ("math", m)) if e
+            ),
+            demand_neighbour_k=nk,
+        )
     train, dev = load_split(args.data, "train"), load_split(args.data, "dev")
     encoder = Router.load(runtime="static", cache_size=0).encoder
     emb = (encoder.encode([r.prompt for r in train]), encoder.encode([r.prompt for r in dev]))

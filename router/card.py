@@ -28,6 +28,10 @@ _TARGETS = """\
     (all its prompts when it has fewer than 30). Rows that also read the embedding (category, column weight):
     {demand_category_embedding}. Within MMLU-Pro the subject moves the weak models' failure rate, and the gain
     held for held-out subject groups; inside math the embedding also ranked held-out MATH and GSM8K better.
+    Rows that also read the neighbour column, the mean demand target of the {demand_neighbour_k} most similar
+    (cosine of embeddings) demand-labelled {calibration_source} training prompts (out of fold in training; the
+    bank ships as `heads_*_bank.npy`): {demand_neighbour_categories}. Inside MMLU-Pro what a small model gets
+    wrong clusters by topic more finely than a linear read of the embedding; held-out subject groups gained too.
   - Calibration: Platt scaling of out-of-fold scores against the pairwise labels (mmlu_pro Mixtral-8x7B-Instruct
     vs gpt-4o, bbh direct vs cot) with one intercept per (source, category). Each category's level is read on the
     {calibration_source} pair's scale: a category that source lacks (reasoning) is placed by its gap to a category both
@@ -77,7 +81,10 @@ def write_model_card(
         f"- Train records: {_dict_lines(training['records'])}",
         f"- Dev records: {_dict_lines(training['dev_records'])}",
         f"- Weak pool (mmlu_pro): {', '.join(training['weak_pool'])}",
-        "- Format: JSON heads + float16 .npy table + tokenizer JSON; nothing executes code on load.",
+        (
+            "- Format: JSON heads + float16 .npy token table and neighbour banks + tokenizer JSON; "
+            "nothing executes code on load."
+        ),
         (
             "- Reproduce: `rightsize train --data DIR --date "
             f"{manifest['created']}` (seeded; identical bytes on the same platform)."
@@ -87,6 +94,10 @@ def write_model_card(
             **{
                 **training["fit"],
                 "budget_skipped_features": ", ".join(training["fit"]["budget_skipped_features"]),
+                "demand_neighbour_categories": ", ".join(
+                    training["fit"].get("demand_neighbour_categories", ())
+                )
+                or "none",
                 "demand_category_embedding": ", ".join(
                     f"{name} {weight:g}"
                     for name, weight in training["fit"]["demand_category_embedding"]

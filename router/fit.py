@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.estimate import CATEGORIES
-from router.heads import Heads
+from router.heads import Heads, Neighbours
 from router.targets import Targets
 
 Array = npt.NDArray[np.float64]
@@ -35,6 +35,10 @@ class FitConfig:
     demand_embedding_weight: float = 0.0
     demand_category_weight: float = 0.5
     demand_category_embedding: tuple[tuple[str, float], ...] = (("knowledge", 0.2), ("math", 0.1))
+    # The rows that also read the neighbour column: the mean demand of the prompt's k most
+    # similar demand-labelled calibration-source (MMLU-Pro) training prompts; k = 0: none.
+    demand_neighbour_k: int = 20
+    demand_neighbour_categories: tuple[str, ...] = ("knowledge",)
     budget_alpha: float = 10.0
     category_c: float = 1.0
     calibration_source: str = "mmlu_pro"
@@ -247,28 +251,37 @@ def fit_heads(
     """
 
     cfg = config or FitConfig()
-    raw = np.hstack([embeddings.astype(np.float64), features.astype(np.float64)])
-    mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
-    x = (raw - mean) / scale
-    col_weight = np.concatenate(
-        [
-            np.full(embeddings.shape[1], cfg.demand_embedding_weight),
-            np.ones(features.shape[1]),
-        ]
-    )
-    embedding_cols = np.concatenate([np.ones(embeddings.shape[1]), np.zeros(features.shape[1])])
-    category_columns = [
-        (CATEGORIES.index(name), weight * embedding_cols)
-        for name, weight in cfg.demand_category_embedding
-    ]
-    budget_cols = np.ones(x.shape[1])
-    for i, name in enumerate(feature_names):
-        if name in cfg.budget_skipped_features:
-            budget_cols[embeddings.shape[1] + i] = 0.0
-    xb = x * budget_cols
     dem = targets.demand_weight > 0
     bud = targets.budget_weight > 0
-    fold = _folds(len(x), cfg.folds, cfg.seed)
+    fold = _folds(len(embeddings), cfg.folds, cfg.seed)
+    neighbours, neighbour_col = _neighbours(embeddings, targets, dem, fold, cfg)
+    parts = [embeddings.astype(np.float64), features.astype(np.float64)]
+    if neighbours is not None:
+        parts.append(neighbour_col[:, None])
+    raw = np.hstack(parts)
+    mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+    x = (raw - mean) / scale
+    n_emb, n_extra = embeddings.shape[1], raw.shape[1] - embeddings.shape[1] - features.shape[1]
+    col_weight = np.concatenate(
+        [np.full(n_emb, cfg.demand_embedding_weight), np.ones(features.shape[1]), np.zeros(n_extra)]
+    )
+    # Blocks of columns that only one category's demand row reads: its embedding (at a column
+    # weight) and the neighbour column.
+    blocks: dict[int, Array] = {}
+    for name, weight in cfg.demand_category_embedding:
+        block = blocks.setdefault(CATEGORIES.index(name), np.zeros(x.shape[1]))
+        block[:n_emb] = weight
+    if neighbours is not None:
+        for name in cfg.demand_neighbour_categories:
+            blocks.setdefault(CATEGORIES.index(name), np.zeros(x.shape[1]))[-1] = 1.0
+    category_columns = list(blocks.items())
+    # Budget and category heads read neither the neighbour column nor the skipped features.
+    other_cols = np.concatenate([np.ones(n_emb + features.shape[1]), np.zeros(n_extra)])
+    budget_cols = other_cols.copy()
+    for i, name in enumerate(feature_names):
+        if name in cfg.budget_skipped_features:
+            budget_cols[n_emb + i] = 0.0
+    xb = x * budget_cols
 
     # Out-of-fold predictions give honest scores for calibration and residuals for quantiles.
     oof_score = np.full(len(x), np.nan)
@@ -331,7 +344,7 @@ def fit_heads(
         xb[bud], targets.log_budget[bud], targets.budget_weight[bud], cfg.budget_alpha
     )
     b_coef = b_coef * budget_cols
-    cat_coef, cat_icpt = _category_head(x, targets, cfg.category_c, cfg.seed)
+    cat_coef, cat_icpt = _category_head(x * other_cols, targets, cfg.category_c, cfg.seed)
     return Heads(
         input_mean=mean,
         input_scale=scale,
@@ -344,4 +357,34 @@ def fit_heads(
         budget_offsets=offsets,
         category_coef=cat_coef,
         category_intercept=cat_icpt,
+        neighbours=neighbours,
     )
+
+
+def _neighbours(
+    embeddings: npt.NDArray[np.float32],
+    targets: Targets,
+    labelled: npt.NDArray[np.bool_],
+    fold: npt.NDArray[np.int64],
+    cfg: FitConfig,
+) -> tuple[Neighbours | None, Array]:
+    """The neighbour bank and every training row's out-of-fold neighbour column.
+
+    The bank is the calibration source's demand-labelled prompts, as float16 like the stored
+    artifact. A training row's column is read from the bank rows of the other folds, so it
+    sees what a new prompt would: never its own label. None when k is 0 or the bank is empty
+    (the source left out, as in leave-one-source-out).
+    """
+    in_bank = labelled & (targets.source == cfg.calibration_source)
+    if cfg.demand_neighbour_k <= 0 or not in_bank.any():
+        return None, np.zeros(len(embeddings))
+    bank = embeddings[in_bank].astype(np.float16).astype(np.float64)
+    value = targets.demand[in_bank]
+    column = np.zeros(len(embeddings))
+    bank_fold = fold[in_bank]
+    for k in range(cfg.folds):
+        rows = fold == k
+        other = bank_fold != k
+        part = Neighbours(bank=bank[other], value=value[other], k=cfg.demand_neighbour_k)
+        column[rows] = part.column(embeddings[rows])
+    return Neighbours(bank=bank, value=value, k=cfg.demand_neighbour_k), column

@@ -16,8 +16,40 @@ Array = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
+class Neighbours:
+    """Demand-labelled training prompts: a prompt's column is its k nearest ones' mean demand.
+
+    Inside MMLU-Pro, what a small model gets wrong clusters by topic more finely than the
+    subject; a linear read of the embedding misses it, the neighbours' own labels carry it
+    (docs/router.md). The bank is stored as float16; training and inference both read those
+    values, in float64, so which prompts are nearest does not hang on float32 rounding.
+    """
+
+    bank: Array  # (n, dim) L2-normalised embeddings, float16 values held as float64
+    value: Array  # (n,) their demand targets
+    k: int
+
+    def column(self, embeddings: npt.NDArray[np.float32]) -> Array:
+        """Mean value of each row's k most cosine-similar bank prompts (0 with an empty bank)."""
+        if len(self.value) == 0 or len(embeddings) == 0:
+            return np.zeros(len(embeddings))
+        k = min(self.k, len(self.value))
+        out = np.empty(len(embeddings))
+        # A few rows at a time: the (rows, bank) similarity and index arrays stay well under a
+        # megabyte (bounded memory for classify's batches), and one prompt costs the same.
+        for start in range(0, len(embeddings), _NEIGHBOUR_ROWS):
+            rows = embeddings[start : start + _NEIGHBOUR_ROWS].astype(np.float64)
+            top = np.argpartition(-(rows @ self.bank.T), k - 1, axis=1)[:, :k]
+            out[start : start + len(rows)] = self.value[top].mean(axis=1)
+        return out
+
+
+_NEIGHBOUR_ROWS = 8
+
+
+@dataclass(frozen=True)
 class Heads:
-    """Linear heads over standardised [embedding, features]."""
+    """Linear heads over standardised [embedding, features, neighbour column if any]."""
 
     input_mean: Array  # over [embedding, features]
     input_scale: Array
@@ -30,13 +62,16 @@ class Heads:
     budget_offsets: Array  # (n_categories, 2): residual p50 / p90 per predicted category
     category_coef: Array  # (n_categories, d)
     category_intercept: Array  # (n_categories,)
+    neighbours: Neighbours | None = None  # adds the last design column (format 3)
 
     def design(
         self, embeddings: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
     ) -> Array:
-        """Concatenate embeddings with features and standardise every column."""
-        raw = np.hstack([embeddings.astype(np.float64), features.astype(np.float64)])
-        return (raw - self.input_mean) / self.input_scale
+        """Concatenate embeddings, features (and the neighbour column); standardise each."""
+        parts = [embeddings.astype(np.float64), features.astype(np.float64)]
+        if self.neighbours is not None:
+            parts.append(self.neighbours.column(embeddings)[:, None])
+        return (np.hstack(parts) - self.input_mean) / self.input_scale
 
     def demand(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
         """Calibrated probability that the small model fails where the strong one succeeds."""
@@ -80,12 +115,19 @@ class Heads:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        """Plain lists of floats; repr-exact, so a JSON round trip is lossless."""
-        return {name: _plain(getattr(self, name)) for name in _FIELDS}
+        """Plain lists of floats; repr-exact, so a JSON round trip is lossless.
+
+        The neighbour bank is not in it (save() writes it as .npy); its values and k are.
+        """
+        data: dict[str, Any] = {name: _plain(getattr(self, name)) for name in _FIELDS}
+        if self.neighbours is not None:
+            data["neighbour_k"] = self.neighbours.k
+            data["neighbour_value"] = _plain(self.neighbours.value)
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Heads:
-        """Rebuild heads from to_json() output."""
+    def from_json(cls, data: dict[str, Any], bank: npt.NDArray[np.floating] | None = None) -> Heads:
+        """Rebuild heads from to_json() output (and the neighbour bank, if the heads have one)."""
         values: dict[str, Any] = {
             name: float(data[name])
             if isinstance(data[name], float)
@@ -96,22 +138,41 @@ class Heads:
             # Format 1 artifacts had one demand vector and intercept shared by every category.
             values["demand_coef"] = np.tile(values["demand_coef"], (len(CATEGORIES), 1))
             values["demand_intercept"] = np.full(len(CATEGORIES), values["demand_intercept"])
+        if "neighbour_k" in data:
+            if bank is None:
+                raise ValueError("these heads read a neighbour bank, and none was given")
+            values["neighbours"] = Neighbours(
+                bank=bank.astype(np.float64),
+                value=np.asarray(data["neighbour_value"], dtype=np.float64),
+                k=int(data["neighbour_k"]),
+            )
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        """Write the heads as JSON (no pickles: loading runs no code)."""
+        """Write the heads as JSON and the neighbour bank as float16 .npy (no pickles)."""
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(self.to_json(), handle, separators=(",", ":"))
             handle.write("\n")
+        if self.neighbours is not None:
+            np.save(neighbour_bank_path(path), self.neighbours.bank.astype(np.float16))
 
     @classmethod
     def load(cls, path: Path) -> Heads:
         """Read heads written by save()."""
         with open(path, encoding="utf-8") as handle:
-            return cls.from_json(json.load(handle))
+            data = json.load(handle)
+        bank = None
+        if "neighbour_k" in data:
+            bank = np.load(neighbour_bank_path(path), allow_pickle=False)
+        return cls.from_json(data, bank)
 
 
-_FIELDS: tuple[str, ...] = tuple(Heads.__dataclass_fields__)
+def neighbour_bank_path(heads_path: Path) -> Path:
+    """Where save() puts the neighbour bank of a heads file: heads_x.json -> heads_x_bank.npy."""
+    return heads_path.with_name(heads_path.stem + "_bank.npy")
+
+
+_FIELDS: tuple[str, ...] = tuple(n for n in Heads.__dataclass_fields__ if n != "neighbours")
 
 
 def _plain(value: Array | float) -> list[Any] | float:

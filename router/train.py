@@ -139,7 +139,7 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
             dev_tables[kind] = evaluate(train, dev, predictions("router", heads, dev_emb, dev))
 
     manifest: dict[str, Any] = {
-        "format_version": 2,
+        "format_version": 3,
         "created": options.date,
         "default_runtime": options.default_runtime,
         "categories": list(CATEGORIES),

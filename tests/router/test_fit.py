@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from router.estimate import CATEGORIES
-from router.fit import FitConfig, fit_heads
-from router.heads import Heads
+from router.fit import FitConfig, _folds, _neighbours, fit_heads
+from router.heads import Heads, neighbour_bank_path
 from router.metrics import spearman
 from router.targets import Targets
 
@@ -73,9 +75,14 @@ def test_one_shared_demand_vector_cannot_rank_opposed_categories() -> None:
     assert worst < 0.3
 
 
+# Tests that re-design training prompts turn the neighbour column off: a training prompt's
+# column was fitted out of fold, and read again through the full bank it finds itself.
+NO_NEIGHBOURS = {"demand_neighbour_k": 0}
+
+
 def test_raw_demand_is_centred_on_each_categorys_labelled_training_prompts() -> None:
     emb, feats, targets, labels = _opposed_categories()
-    heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0))
+    heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0, **NO_NEIGHBOURS))
     x = heads.design(emb, feats)
     for cat in (MATH, KNOWLEDGE):
         rows = targets.category == cat
@@ -123,10 +130,16 @@ def test_only_the_named_categories_demand_rows_read_the_embedding() -> None:
     demand = 1.0 / (1.0 + np.exp(-(2.0 * signal + 0.3 * rng.normal(size=n))))
     targets = _targets(demand, np.ones(n), category, source, rng)
     labels = (rng.random(n) < demand).astype(np.float64)
-    knowledge_only = FitConfig(demand_alpha=10.0, demand_category_embedding=(("knowledge", 0.2),))
+    knowledge_only = FitConfig(
+        demand_alpha=10.0, demand_category_embedding=(("knowledge", 0.2),), **NO_NEIGHBOURS
+    )
     with_emb = fit_heads(emb, features, targets, labels, knowledge_only)
     without = fit_heads(
-        emb, features, targets, labels, FitConfig(demand_alpha=10.0, demand_category_embedding=())
+        emb,
+        features,
+        targets,
+        labels,
+        FitConfig(demand_alpha=10.0, demand_category_embedding=(), **NO_NEIGHBOURS),
     )
     assert _ranking_within(with_emb, emb, features, targets, KNOWLEDGE) > 0.8
     assert abs(_ranking_within(without, emb, features, targets, KNOWLEDGE)) < 0.2
@@ -138,7 +151,11 @@ def test_only_the_named_categories_demand_rows_read_the_embedding() -> None:
 def test_a_format_1_head_with_one_demand_vector_loads_for_every_category() -> None:
     emb, feats, targets, labels = _opposed_categories(n=300)
     heads = fit_heads(
-        emb, feats, targets, labels, FitConfig(demand_alpha=10.0, demand_category_weight=0.0)
+        emb,
+        feats,
+        targets,
+        labels,
+        FitConfig(demand_alpha=10.0, demand_category_weight=0.0, **NO_NEIGHBOURS),
     )
     old = heads.to_json()
     old["demand_coef"] = old["demand_coef"][MATH]
@@ -189,3 +206,72 @@ def test_category_levels_are_read_on_the_reference_pairs_scale() -> None:
     assert offsets[CATEGORIES.index("code")] == offsets[MATH]
     lowest = min(offsets[MATH], offsets[KNOWLEDGE], offsets[reasoning])
     assert offsets[CATEGORIES.index("writing")] == offsets[CATEGORIES.index("chat")] == lowest
+
+
+def _clustered_knowledge(
+    n: int, seed: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Targets, npt.NDArray[np.float64]]:
+    """Math and knowledge prompts; knowledge demand is set by which of 12 topic clusters a prompt
+    is in, high and low clusters interleaved around a circle: no linear read of the embedding
+    ranks it, the cluster's own labelled prompts do."""
+    rng = np.random.default_rng(seed)
+    category = np.where(np.arange(n) % 2 == 0, MATH, KNOWLEDGE).astype(np.int64)
+    source = np.where(category == MATH, "gsm8k", "mmlu_pro").astype(np.str_)
+    cluster = rng.integers(0, 12, size=n)
+    angle = 2 * np.pi * cluster / 12 + 0.05 * rng.normal(size=n)
+    emb = np.stack([np.cos(angle), np.sin(angle), 0.05 * rng.normal(size=n)], axis=1)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    features = rng.normal(size=(n, 2)).astype(np.float32)
+    level = np.where(cluster % 2 == 0, 0.8, 0.2)
+    demand = np.where(category == MATH, 1 / (1 + np.exp(-2 * features[:, 0])), level)
+    demand = np.clip(demand + 0.05 * rng.normal(size=n), 0.0, 1.0)
+    targets = _targets(demand, np.ones(n), category, source, rng)
+    return emb, features, targets, (rng.random(n) < demand).astype(np.float64)
+
+
+def test_the_knowledge_row_reads_its_neighbours_labels_and_nothing_else_does() -> None:
+    emb, feats, targets, labels = _clustered_knowledge(2000, seed=3)
+    cfg = FitConfig(demand_alpha=10.0, demand_category_embedding=())
+    with_nb = fit_heads(emb, feats, targets, labels, cfg)
+    without = fit_heads(emb, feats, targets, labels, FitConfig(**{**vars(cfg), **NO_NEIGHBOURS}))
+    new_emb, new_feats, new_targets, _ = _clustered_knowledge(1000, seed=4)  # unseen prompts
+    assert _ranking_within(with_nb, new_emb, new_feats, new_targets, KNOWLEDGE) > 0.7
+    assert abs(_ranking_within(without, new_emb, new_feats, new_targets, KNOWLEDGE)) < 0.3
+    assert with_nb.neighbours is not None and without.neighbours is None
+    # The column is the last design column: only knowledge's demand row reads it.
+    reads = with_nb.demand_coef[:, -1] != 0.0
+    assert reads[KNOWLEDGE] and reads.sum() == 1
+    assert with_nb.budget_coef[-1] == 0.0 and np.all(with_nb.category_coef[:, -1] == 0.0)
+
+
+def test_a_training_prompts_neighbour_column_never_reads_its_own_label() -> None:
+    """Every prompt is its own nearest neighbour (k = 1). Fitted out of fold, its column is
+    another prompt's label; through the full bank, as at inference, it is its own."""
+    rng = np.random.default_rng(5)
+    n = 300
+    emb = rng.normal(size=(n, 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    targets = _targets(
+        rng.random(n), np.ones(n), np.full(n, KNOWLEDGE), np.full(n, "mmlu_pro"), rng
+    )
+    cfg = FitConfig(demand_neighbour_k=1)
+    bank, column = _neighbours(emb, targets, np.ones(n, dtype=bool), _folds(n, 3, 0), cfg)
+    assert bank is not None
+    assert np.all(column != targets.demand)
+    assert bank.column(emb) == pytest.approx(targets.demand, abs=1e-12)
+
+
+def test_heads_with_a_neighbour_bank_save_and_load_without_pickles(tmp_path: Path) -> None:
+    emb, feats, targets, labels = _clustered_knowledge(600, seed=6)
+    heads = fit_heads(emb, feats, targets, labels, FitConfig(demand_alpha=10.0))
+    path = tmp_path / "heads_static.json"
+    heads.save(path)
+    bank_file = neighbour_bank_path(path)
+    assert bank_file.name == "heads_static_bank.npy"
+    assert np.load(bank_file, allow_pickle=False).dtype == np.float16
+    loaded = Heads.load(path)
+    x, y = heads.design(emb, feats), loaded.design(emb, feats)
+    cats = targets.category
+    assert np.array_equal(x, y) and np.array_equal(heads.demand(x, cats), loaded.demand(y, cats))
+    with pytest.raises(ValueError, match="neighbour bank"):
+        Heads.from_json(heads.to_json())

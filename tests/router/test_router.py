@@ -114,3 +114,14 @@ def test_default_runtime_imports_neither_torch_nor_sklearn() -> None:
         check=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+
+
+def test_the_shipped_heads_read_a_neighbour_bank_in_the_knowledge_row_only(
+    router: Router,
+) -> None:
+    neighbours = router.heads.neighbours
+    assert neighbours is not None
+    assert neighbours.bank.shape == (len(neighbours.value), router.encoder.dim)
+    assert np.allclose(np.linalg.norm(neighbours.bank, axis=1), 1.0, atol=1e-2)
+    reads = router.heads.demand_coef[:, -1] != 0.0
+    assert reads.tolist() == [name == "knowledge" for name in CATEGORIES]
