@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +22,42 @@ class Neighbours:
     Inside MMLU-Pro, what a small model gets wrong clusters by topic more finely than the
     subject; a linear read of the embedding misses it, the neighbours' own labels carry it
     (docs/router.md). The bank is stored as float16; training and inference both read those
-    values, in float64, so which prompts are nearest does not hang on float32 rounding.
+    values. Candidates are found in float32 (cheap) and the k nearest chosen among them in
+    float64, so which prompts are nearest does not hang on float32 rounding.
     """
 
     bank: Array  # (n, dim) L2-normalised embeddings, float16 values held as float64
     value: Array  # (n,) their demand targets
     k: int
+    _bank32: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bank32", self.bank.astype(np.float32))
 
     def column(self, embeddings: npt.NDArray[np.float32]) -> Array:
         """Mean value of each row's k most cosine-similar bank prompts (0 with an empty bank)."""
         if len(self.value) == 0 or len(embeddings) == 0:
             return np.zeros(len(embeddings))
         k = min(self.k, len(self.value))
+        n_cand = min(_CANDIDATES * k, len(self.value))
         out = np.empty(len(embeddings))
-        # A few rows at a time: the (rows, bank) similarity and index arrays stay well under a
-        # megabyte (bounded memory for classify's batches), and one prompt costs the same.
+        # A few rows at a time: the (rows, bank) similarity and index arrays stay near a
+        # megabyte (bounded memory for classify's batches).
         for start in range(0, len(embeddings), _NEIGHBOUR_ROWS):
-            rows = embeddings[start : start + _NEIGHBOUR_ROWS].astype(np.float64)
-            top = np.argpartition(-(rows @ self.bank.T), k - 1, axis=1)[:, :k]
+            rows = embeddings[start : start + _NEIGHBOUR_ROWS]
+            rough = rows.astype(np.float32) @ self._bank32.T
+            cand = np.argpartition(-rough, n_cand - 1, axis=1)[:, :n_cand]
+            exact = np.einsum("rd,rcd->rc", rows.astype(np.float64), self.bank[cand])
+            best = np.argpartition(-exact, k - 1, axis=1)[:, :k]
+            # Sorted indices: the mean sums in one order whatever order argpartition returned.
+            top = np.sort(np.take_along_axis(cand, best, axis=1), axis=1)
             out[start : start + len(rows)] = self.value[top].mean(axis=1)
         return out
 
 
-_NEIGHBOUR_ROWS = 8
+_NEIGHBOUR_ROWS = 16
+# The k nearest are chosen in float64 among the CANDIDATES * k nearest in float32.
+_CANDIDATES = 2
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from router.estimate import CATEGORIES
 from router.fit import FitConfig, _folds, _neighbours, fit_heads
-from router.heads import Heads, neighbour_bank_path
+from router.heads import Heads, Neighbours, neighbour_bank_path
 from router.metrics import spearman
 from router.targets import Targets
 
@@ -275,3 +275,19 @@ def test_heads_with_a_neighbour_bank_save_and_load_without_pickles(tmp_path: Pat
     assert np.array_equal(x, y) and np.array_equal(heads.demand(x, cats), loaded.demand(y, cats))
     with pytest.raises(ValueError, match="neighbour bank"):
         Heads.from_json(heads.to_json())
+
+
+def test_the_neighbour_column_equals_a_brute_force_float64_search() -> None:
+    """Candidates are found in float32 and the nearest chosen in float64: the result must be
+    what an exact search gives, also with near-ties (bank rows that differ in the 4th digit)."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(50, 32))
+    bank = np.repeat(base, 20, axis=0) + 1e-4 * rng.normal(size=(1000, 32))
+    bank = (bank / np.linalg.norm(bank, axis=1, keepdims=True)).astype(np.float16).astype(float)
+    value = rng.random(1000)
+    queries = rng.normal(size=(100, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    column = Neighbours(bank=bank, value=value, k=20).column(queries)
+    sims = queries.astype(np.float64) @ bank.T
+    nearest = np.sort(np.argsort(-sims, axis=1, kind="stable")[:, :20], axis=1)
+    assert np.array_equal(column, value[nearest].mean(axis=1))
