@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
     parser.add_argument("--no-router", action="store_true", help="Serve without the router.")
+    parser.add_argument("--gateway-log", default=os.devnull, help="File for the gateway's log.")
     args = parser.parse_args()
 
     up_port, gw_port = free_port(), free_port()
@@ -105,10 +106,11 @@ def main() -> None:
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_upstream", "--port", str(up_port)], cwd=ROOT
     )
+    gateway_log = open(args.gateway_log, "ab")  # closed after the processes end
     gateway = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(workdir / "bench.yaml"),
          "--port", str(gw_port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/_requests", upstream)
@@ -149,6 +151,7 @@ def main() -> None:
         upstream.terminate()
         gateway.wait(timeout=15)
         upstream.wait(timeout=15)
+        gateway_log.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import threadpoolctl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -119,7 +120,23 @@ def create_app(
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the config path travels in RIGHTSIZE_CONFIG."""
     settings, source = load_settings()
+    hold_blas_threads(settings)
     return create_app(settings, source=source)
+
+
+def hold_blas_threads(settings: Settings) -> None:
+    """Cap numpy's BLAS threads in this serving process at server.blas_threads.
+
+    The gateway's matrix products are small (one batch of prompts against a few thousand
+    rows); OpenBLAS's extra threads buy nothing there and, on a host whose cores are busy,
+    wait for a core and add milliseconds to the tail (docs/benchmarks.md, gateway overhead).
+    Called by `rightsize serve` only: the library and the tests keep the default.
+    """
+    threads = settings.server.blas_threads
+    if threads is None:
+        return
+    threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+    log.info("numpy BLAS held to %d thread(s) (server.blas_threads)", threads)
 
 
 async def list_models(request: Request) -> Response:

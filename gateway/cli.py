@@ -48,7 +48,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     """Start the gateway."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, hold_blas_threads
     from gateway.store import Store
 
     logging.basicConfig(
@@ -58,6 +58,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
+    hold_blas_threads(settings)
     try:
         app = create_app(settings, source=source)
     except ConfigError as exc:

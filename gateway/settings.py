@@ -35,6 +35,13 @@ class ServerSettings(BaseModel):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    blas_threads: int | None = Field(
+        default=1,
+        ge=1,
+        description="Threads numpy's BLAS may use in each serving process (the router's "
+        "neighbour search, the semantic cache); null leaves the library's own default "
+        "(OPENBLAS_NUM_THREADS, else one per core).",
+    )
 
 
 class StoreSettings(BaseModel):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -142,3 +143,60 @@ def test_calibrate_writes_thresholds_that_give_the_requested_shares(tmp_path: Pa
     shares = shares_of(demands, thresholds)
     assert abs(shares["reasoning"] - 0.2) <= 0.02 and abs(shares["standard"] - 0.5) <= 0.02
     assert yaml.safe_load(out.read_text())["models"][0]["name"] == "small"
+
+
+# `serve` with uvicorn.run replaced: prints numpy's BLAS thread count in the process that
+# would serve. The process starts at three BLAS threads (whatever the host's cores), standing
+# in for the library's default. For several workers, run() plays a fresh worker: back to three,
+# then the worker factory uvicorn would call.
+SERVE_AND_REPORT_BLAS = """\
+import sys
+
+import threadpoolctl
+import uvicorn
+
+from gateway.cli import main
+
+
+def blas_threads():
+    return sorted({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                   if i["user_api"] == "blas"})
+
+
+def run(app, **kwargs):
+    if kwargs.get("factory"):
+        threadpoolctl.threadpool_limits(limits=3, user_api="blas")
+        from gateway.app import app_from_env
+        app_from_env()
+    print("BLAS", blas_threads())
+
+
+uvicorn.run = run
+threadpoolctl.threadpool_limits(limits=3, user_api="blas")
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("workers", "server_yaml", "expected"),
+    [
+        (1, "", [1]),
+        (2, "", [1]),
+        (1, "server: {blas_threads: 2}\n", [2]),
+        (2, "server: {blas_threads: null}\n", [3]),
+    ],
+)
+def test_serve_holds_numpy_blas_to_server_blas_threads(
+    tmp_path: Path, workers: int, server_yaml: str, expected: list[int]
+) -> None:
+    path = tmp_path / "rightsize.yaml"
+    path.write_text(f"store:\n  url: sqlite:///{tmp_path / 'rs.db'}\n" + server_yaml)
+    serve = ["serve", "--config", str(path), "--workers", str(workers)]
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_AND_REPORT_BLAS, *serve],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"BLAS {expected}" in result.stdout, result.stdout + result.stderr
