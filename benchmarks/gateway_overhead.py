@@ -5,6 +5,10 @@ then sends the same chat request straight to the upstream and through the gatewa
 concurrency 1 and 32, and prints p50/p99 of both and of the gateway's own overhead header.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--transport openai_http|litellm]
+        [--busy K] [--gateway-log FILE]
+
+--busy starts K busy-looping processes for the run (a host whose cores are taken); requests
+that fail at the connection are counted as dropped, not timed.
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 async def run_load(
     url: str, headers: dict[str, str], total: int, concurrency: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], int]:
+    """Latencies, overhead headers, and how many requests failed at the connection."""
     latencies: list[float] = []
     overheads: list[float] = []
+    dropped = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         for _ in range(50):  # warm-up: connections, litellm's first call, caches
@@ -63,11 +69,15 @@ async def run_load(
         remaining = total
 
         async def worker() -> None:
-            nonlocal remaining
+            nonlocal remaining, dropped
             while remaining > 0:
                 remaining -= 1
                 start = time.perf_counter()
-                response = await client.post(url, content=BODY, headers=headers)
+                try:
+                    response = await client.post(url, content=BODY, headers=headers)
+                except httpx.TransportError:  # e.g. a kept-alive connection the server closed
+                    dropped += 1
+                    continue
                 latencies.append((time.perf_counter() - start) * 1000)
                 if response.status_code != 200:
                     raise SystemExit(f"{url}: {response.status_code} {response.text}")
@@ -75,7 +85,7 @@ async def run_load(
                     overheads.append(float(response.headers["x-rightsize-overhead-ms"]))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, overheads
+    return latencies, overheads, dropped
 
 
 def main() -> None:
@@ -84,6 +94,7 @@ def main() -> None:
     parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
     parser.add_argument("--no-router", action="store_true", help="Serve without the router.")
     parser.add_argument("--gateway-log", default=os.devnull, help="File for the gateway's log.")
+    parser.add_argument("--busy", type=int, default=0, help="Busy-looping processes alongside.")
     args = parser.parse_args()
 
     up_port, gw_port = free_port(), free_port()
@@ -103,6 +114,7 @@ def main() -> None:
     }
     (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RIGHTSIZE_MASTER_KEY": "bench", "RIGHTSIZE_KEY_SECRET": "bench"}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_upstream", "--port", str(up_port)], cwd=ROOT
     )
@@ -124,11 +136,12 @@ def main() -> None:
         print(f"transport={args.transport} router={router} requests={args.requests} (per run)")
         print(
             "| concurrency | direct p50 | direct p99 | gateway p50 | gateway p99 "
-            "| added p50 | added p99 | overhead header p50 | p99 |"
+            "| added p50 | added p99 | overhead header p50 | p99 "
+            "| dropped direct | dropped gateway |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for concurrency in (1, 32):
-            direct, _ = asyncio.run(
+            direct, _, direct_dropped = asyncio.run(
                 run_load(
                     f"http://127.0.0.1:{up_port}/v1/chat/completions",
                     {"content-type": "application/json"},
@@ -136,7 +149,7 @@ def main() -> None:
                     concurrency,
                 )
             )
-            through, overhead = asyncio.run(
+            through, overhead, dropped = asyncio.run(
                 run_load(gw + "/v1/chat/completions", auth, args.requests, concurrency)
             )
             d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
@@ -144,7 +157,8 @@ def main() -> None:
             print(
                 f"| {concurrency} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
                 f"| {g50 - d50:.2f} | {g99 - d99:.2f} "
-                f"| {statistics.median(overhead):.3f} | {percentile(overhead, 0.99):.3f} |"
+                f"| {statistics.median(overhead):.3f} | {percentile(overhead, 0.99):.3f} "
+                f"| {direct_dropped} | {dropped} |"
             )
     finally:
         gateway.terminate()
@@ -152,6 +166,8 @@ def main() -> None:
         gateway.wait(timeout=15)
         upstream.wait(timeout=15)
         gateway_log.close()
+        for process in busy:
+            process.kill()
 
 
 if __name__ == "__main__":

@@ -63,23 +63,22 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         app = create_app(settings, source=source)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": False,
+        "timeout_keep_alive": settings.server.keep_alive_s,
+    }
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(app, **options)
         return
     # Several workers: migrate once here, then each worker rebuilds the app from the same file.
     _run(_migrate(Store.connect(settings.store_url())))
     if config_path:
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     os.environ["RIGHTSIZE_STORE__MIGRATE_ON_START"] = "false"
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        access_log=False,
-    )
+    uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
 
 
 async def _migrate(store: Any) -> None:

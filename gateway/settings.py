@@ -35,6 +35,14 @@ class ServerSettings(BaseModel):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="Seconds an idle client connection is kept open. Longer than clients' own "
+        "idle expiry (httpx under the openai and anthropic SDKs: 5 s; load balancers: about "
+        "60 s), so that the client closes an idle connection first instead of reusing one the "
+        "gateway is closing, and longer than the gateway's stalls under overload.",
+    )
     blas_threads: int | None = Field(
         default=1,
         ge=1,

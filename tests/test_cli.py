@@ -145,11 +145,11 @@ def test_calibrate_writes_thresholds_that_give_the_requested_shares(tmp_path: Pa
     assert yaml.safe_load(out.read_text())["models"][0]["name"] == "small"
 
 
-# `serve` with uvicorn.run replaced: prints numpy's BLAS thread count in the process that
-# would serve. The process starts at three BLAS threads (whatever the host's cores), standing
-# in for the library's default. For several workers, run() plays a fresh worker: back to three,
-# then the worker factory uvicorn would call.
-SERVE_AND_REPORT_BLAS = """\
+# `serve` with uvicorn.run replaced: prints the keep-alive uvicorn was given and numpy's BLAS
+# thread count in the process that would serve. The process starts at three BLAS threads
+# (whatever the host's cores), standing in for the library's default. For several workers,
+# run() plays a fresh worker: back to three, then the worker factory uvicorn would call.
+SERVE_AND_REPORT = """\
 import sys
 
 import threadpoolctl
@@ -168,6 +168,7 @@ def run(app, **kwargs):
         threadpoolctl.threadpool_limits(limits=3, user_api="blas")
         from gateway.app import app_from_env
         app_from_env()
+    print("KEEPALIVE", kwargs["timeout_keep_alive"])
     print("BLAS", blas_threads())
 
 
@@ -178,25 +179,28 @@ main(sys.argv[1:])
 
 
 @pytest.mark.parametrize(
-    ("workers", "server_yaml", "expected"),
+    ("workers", "server_yaml", "blas", "keep_alive"),
     [
-        (1, "", [1]),
-        (2, "", [1]),
-        (1, "server: {blas_threads: 2}\n", [2]),
-        (2, "server: {blas_threads: null}\n", [3]),
+        (1, "", [1], 75),
+        (2, "", [1], 75),
+        (1, "server: {blas_threads: 2, keep_alive_s: 30}\n", [2], 30),
+        (2, "server: {blas_threads: null, keep_alive_s: 30}\n", [3], 30),
     ],
 )
-def test_serve_holds_numpy_blas_to_server_blas_threads(
-    tmp_path: Path, workers: int, server_yaml: str, expected: list[int]
+def test_serve_passes_keep_alive_and_holds_numpy_blas_threads(
+    tmp_path: Path, workers: int, server_yaml: str, blas: list[int], keep_alive: int
 ) -> None:
     path = tmp_path / "rightsize.yaml"
     path.write_text(f"store:\n  url: sqlite:///{tmp_path / 'rs.db'}\n" + server_yaml)
     serve = ["serve", "--config", str(path), "--workers", str(workers)]
     result = subprocess.run(
-        [sys.executable, "-c", SERVE_AND_REPORT_BLAS, *serve],
+        [sys.executable, "-c", SERVE_AND_REPORT, *serve],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert f"BLAS {expected}" in result.stdout, result.stdout + result.stderr
+    assert f"BLAS {blas}" in result.stdout, result.stdout + result.stderr
+    # uvicorn's own default (5 s) equals the SDKs' idle expiry: a reused connection can meet
+    # the server closing it (docs/benchmarks.md).
+    assert f"KEEPALIVE {keep_alive}\n" in result.stdout
