@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from router.artifact import RUNTIMES, default_artifact_dir
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 
 @click.command("train")
@@ -182,22 +177,17 @@ def classify(
     """Estimate every {"id", "prompt"} row of a JSONL file; bad rows become {"id", "error"} rows."""
     from tqdm import tqdm
 
-    from router.classify import classify_stream
+    from router.classify import classify_stream, read_lines
     from router.router import Router
 
     router = Router.load(artifact_dir, runtime)
     total = os.path.getsize(input_path)
     with (
-        open(input_path, encoding="utf-8", errors="replace") as src,
-        open(output_path, "w", encoding="utf-8") as sink,
+        open(input_path, "rb") as src,
+        # A lone surrogate (an id of "\ud800") is written back as that same JSON escape.
+        open(output_path, "w", encoding="utf-8", errors="backslashreplace") as sink,
         tqdm(total=total, unit="B", unit_scale=True, desc="classify", disable=None) as bar,
     ):
-        rows, errors = classify_stream(router, _progress(src, bar), sink, batch_size)
+        lines = read_lines(src, on_bytes=bar.update)
+        rows, errors = classify_stream(router, lines, sink, batch_size)
     click.echo(f"{rows} rows, {errors} errors -> {output_path}", err=True)
-
-
-def _progress(lines: Iterable[str], bar: tqdm[Any]) -> Iterator[str]:
-    """Yield lines while advancing a byte-based progress bar."""
-    for line in lines:
-        bar.update(len(line.encode("utf-8", errors="replace")))
-        yield line

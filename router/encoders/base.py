@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import numpy as np
@@ -10,6 +11,10 @@ import numpy.typing as npt
 # Characters kept before tokenising: a 1 MB prompt must not cost a 1 MB tokenisation,
 # and the encoders only look at the first few hundred tokens anyway.
 MAX_ENCODED_CHARS = 8_000
+
+# A Python str may hold lone surrogates (JSON's "\ud800" decodes to one), which no tokenizer
+# accepts; they are not text, so each becomes U+FFFD before encoding.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Encoder(Protocol):
@@ -31,5 +36,13 @@ def l2_normalise(matrix: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
 
 
 def clip_texts(texts: list[str]) -> list[str]:
-    """Cut every text to MAX_ENCODED_CHARS characters."""
-    return [t[:MAX_ENCODED_CHARS] for t in texts]
+    """Cut every text to MAX_ENCODED_CHARS characters of well-formed Unicode."""
+    return [_well_formed(t[:MAX_ENCODED_CHARS]) for t in texts]
+
+
+def _well_formed(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text

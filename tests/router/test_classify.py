@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from router import Router
-from router.classify import classify_stream
+from router import Estimate, Router
+from router.classify import OverlongLine, classify_stream, read_lines
 from router.cli import classify
 
 OUTPUT_KEYS = {
@@ -73,3 +73,77 @@ def test_classifying_10000_rows_streams_in_bounded_memory(router: Router) -> Non
     assert (rows, errors, sink.rows) == (10_000, 0, 10_000)
     # The input is ~9 MB of text; holding it all would show up here.
     assert peak < 3 * 1024 * 1024
+
+
+def _classify_file(tmp_path: Path, content: bytes) -> list[dict[str, object]]:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(content)
+    result = CliRunner().invoke(classify, ["--input", str(src), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_lone_surrogate_in_a_prompt_or_an_id_is_estimated_and_the_id_kept(
+    tmp_path: Path,
+) -> None:
+    rows = _classify_file(
+        tmp_path,
+        b'{"id": "a\\ud800", "prompt": "Sum 2 and \\udc00 3."}\n{"id": 2, "prompt": "Hi"}\n',
+    )
+    assert [row["id"] for row in rows] == ["a\ud800", 2]
+    assert set(rows[0]) == OUTPUT_KEYS and set(rows[1]) == OUTPUT_KEYS
+
+
+def test_a_file_starting_with_a_utf8_bom_reads_its_first_row(tmp_path: Path) -> None:
+    rows = _classify_file(tmp_path, b'\xef\xbb\xbf{"id": 1, "prompt": "Hi"}\n')
+    assert set(rows[0]) == OUTPUT_KEYS
+
+
+def test_a_chat_row_is_read_as_the_gateway_reads_it(tmp_path: Path, router: Router) -> None:
+    chat = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Translate 'hello' to French."},
+        {"role": "assistant", "content": "Bonjour."},
+        {"role": "user", "content": "Prove that there are infinitely many primes."},
+    ]
+    lines = [{"id": 1, "messages": chat}, {"id": 2, "messages": "not a chat"}]
+    rows = _classify_file(tmp_path, "\n".join(map(json.dumps, lines)).encode())
+    expected = router.estimate("Prove that there are infinitely many primes.").as_dict()
+    assert rows[0] == {"id": 1, **expected}
+    assert set(rows[1]) == {"id", "error"}
+
+
+def test_a_line_over_the_limit_is_an_error_row_read_in_bounded_memory() -> None:
+    huge = b'{"id": 1, "prompt": "' + b"x" * 2_000_000 + b'"}\n'
+    stream = io.BytesIO(huge + b'{"id": 2, "prompt": "Hi"}\n')
+    tracemalloc.start()
+    lines = list(read_lines(stream, max_line_bytes=10_000))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert lines == [OverlongLine(len(huge)), '{"id": 2, "prompt": "Hi"}\n']
+    assert peak < 200_000  # the 2 MB line was never held whole
+
+    sink = io.StringIO()
+    assert classify_stream(Router.load(), lines, sink) == (2, 1)
+    first, second = map(json.loads, sink.getvalue().splitlines())
+    assert first == {"id": None, "error": first["error"]} and "bytes, over" in first["error"]
+    assert set(second) == OUTPUT_KEYS
+
+
+def test_a_prompt_the_router_fails_on_is_an_error_row_and_its_batch_is_still_estimated(
+    router: Router,
+) -> None:
+    class _FailsOnPoison:
+        def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
+            if "poison" in prompts:
+                raise RuntimeError("encoder broke")
+            return router.estimate_batch(prompts)
+
+    prompts = ["What is 2 + 2?", "poison", "Prove Fermat's little theorem."]
+    source = [json.dumps({"id": i, "prompt": p}) for i, p in enumerate(prompts)]
+    sink = io.StringIO()
+    assert classify_stream(_FailsOnPoison(), source, sink, batch_size=8) == (3, 1)
+    rows = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert rows[1] == {"id": 1, "error": "line 2: not estimated (RuntimeError: encoder broke)"}
+    assert rows[0] == {"id": 0, **router.estimate(prompts[0]).as_dict()}
+    assert rows[2] == {"id": 2, **router.estimate(prompts[2]).as_dict()}

@@ -11,6 +11,7 @@ import pytest
 
 from router import Estimate, Router
 from router.artifact import default_artifact_dir
+from router.encoders.base import clip_texts
 from router.estimate import CATEGORIES
 
 PROOF = (
@@ -94,6 +95,12 @@ def test_a_code_prompt_is_categorised_as_code(router: Router) -> None:
 def test_a_one_megabyte_prompt_is_estimated_without_error(router: Router) -> None:
     estimate = router.estimate("word " * 200_000)
     assert 0.0 <= estimate.reasoning_demand <= 1.0
+
+
+def test_a_lone_surrogate_is_estimated_as_a_replacement_character(router: Router) -> None:
+    # json.loads('"\\ud800"') gives such a str; tokenizers reject it outright.
+    assert router.estimate("Sum 2 and \ud800 3.") == router.estimate("Sum 2 and \ufffd 3.")
+    assert clip_texts(["a\udc00b\ud83d"]) == ["a\ufffdb\ufffd"]
 
 
 def test_shipped_artifact_is_small_and_has_no_pickles() -> None:
