@@ -119,11 +119,12 @@ class PolicyEngine:
                     f"nothing admissible in tier {visited[-1]!r}: next tier {current!r}"
                 )
         if not chosen:
+            why = [f"{c.deployment}: {c.why}" for c in trace.candidates if not c.kept]
             raise Refusal(
                 400,
                 "no_admissible_deployment",
                 "No deployment can serve this request: "
-                + "; ".join(f"{c.deployment}: {c.why}" for c in trace.candidates if not c.kept),
+                + ("; ".join(why) or "no deployment is configured"),
                 tuple(trace.candidates),
             )
         first = chosen[0]

@@ -264,3 +264,11 @@ def test_capabilities_unknown_to_the_catalog_are_assumed_present() -> None:
         request(needs_tools=True), EASY
     )
     assert decision.deployment.name == "x"
+
+
+def test_with_no_deployment_configured_the_refusal_says_so() -> None:
+    catalog = Catalog.build([], lambda _: ModelInfo(price=None))
+    eng = PolicyEngine(catalog, PolicySpec.model_validate({}), default=None)
+    with pytest.raises(Refusal) as caught:
+        eng.decide(request(), EASY)
+    assert str(caught.value).endswith(": no deployment is configured")
