@@ -16,6 +16,25 @@ class BatchEstimator(Protocol):
     def estimate_batch(self, prompts: list[str]) -> list[Estimate]: ...
 
 
+def estimate_each(router: BatchEstimator, prompts: list[str]) -> list[Estimate | Exception]:
+    """One estimate per prompt in one call; if that raises, each prompt alone.
+
+    So a prompt the encoder fails on fails only itself, not everything batched with it.
+    """
+    try:
+        return list(router.estimate_batch(prompts))
+    except Exception as exc:
+        if len(prompts) == 1:
+            return [exc]
+    out: list[Estimate | Exception] = []
+    for prompt in prompts:
+        try:
+            out.extend(router.estimate_batch([prompt]))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 class EstimateBatcher:
     """Collects requests for up to max_wait_s (or max_batch_size) and estimates them together.
 
@@ -70,16 +89,17 @@ class EstimateBatcher:
             prompts = [prompt for prompt, _ in batch]
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._router.estimate_batch, prompts
+                    self._executor, estimate_each, self._router, prompts
                 )
-            # Any encoder failure goes to every waiting caller; the loop keeps serving.
+            # A failure outside the estimates goes to every waiting caller; the loop keeps serving.
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                results = [exc] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
 
     async def aclose(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from router.batcher import BatchEstimator
+from router.batcher import BatchEstimator, estimate_each
 from router.estimate import Estimate
 from router.messages import prompt_from_messages
 
@@ -119,18 +119,14 @@ def _batches(lines: Iterable[str | OverlongLine], batch_size: int) -> Iterator[l
 
 
 def _estimates(router: BatchEstimator, rows: list[_Row]) -> list[Estimate | str]:
-    """One estimate per row, or the error that row raised; one encoder call when none fails."""
+    """One estimate per row, or the error the router raised on that row."""
     prompts = [row.prompt for row in rows if row.prompt is not None]
-    try:
-        return list(router.estimate_batch(prompts))
-    except Exception:  # one bad prompt must not cost its batch or the run
-        out: list[Estimate | str] = []
-        for row, prompt in zip(rows, prompts, strict=True):
-            try:
-                out.append(router.estimate_batch([prompt])[0])
-            except Exception as exc:  # reported on the row that raised it
-                out.append(f"line {row.line_no}: not estimated ({type(exc).__name__}: {exc})")
-        return out
+    return [
+        f"line {row.line_no}: not estimated ({type(result).__name__}: {result})"
+        if isinstance(result, Exception)
+        else result
+        for row, result in zip(rows, estimate_each(router, prompts), strict=True)
+    ]
 
 
 def classify_stream(

@@ -67,6 +67,31 @@ def test_an_encoder_error_reaches_the_callers_and_the_batcher_keeps_serving() ->
     assert asyncio.run(main()).category == "chat"
 
 
+def test_a_prompt_the_encoder_fails_on_fails_only_its_own_caller() -> None:
+    class _FailsOnPoison(_RecordingRouter):
+        def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
+            if "poison" in prompts:
+                raise ValueError("encoder failed")
+            return super().estimate_batch(prompts)
+
+    router = _FailsOnPoison()
+
+    async def main() -> list[Estimate | BaseException]:
+        batcher = EstimateBatcher(router, max_batch_size=64, max_wait_s=0.01)
+        prompts = ["a", "bb", "poison", "dddd"]
+        calls = (batcher.estimate(p) for p in prompts)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await batcher.aclose()
+        return list(results)
+
+    first, second, poisoned, fourth = asyncio.run(main())
+    assert isinstance(poisoned, ValueError)
+    estimates = [r for r in (first, second, fourth) if isinstance(r, Estimate)]
+    assert [r.token_budget_p50 for r in estimates] == [1, 2, 4]
+    # The batch of four raised; each prompt was then estimated alone.
+    assert router.batches == [["a"], ["bb"], ["dddd"]]
+
+
 def test_a_closed_batcher_refuses_new_calls() -> None:
     async def main() -> None:
         batcher = EstimateBatcher(_RecordingRouter())
