@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -88,41 +90,43 @@ async def run_load(
     return latencies, overheads, dropped
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
-    parser.add_argument("--no-router", action="store_true", help="Serve without the router.")
-    parser.add_argument("--gateway-log", default=os.devnull, help="File for the gateway's log.")
-    parser.add_argument("--busy", type=int, default=0, help="Busy-looping processes alongside.")
-    args = parser.parse_args()
+@contextlib.contextmanager
+def serving(
+    transport: str = "openai_http",
+    router_enabled: bool = True,
+    busy: int = 0,
+    gateway_log: str = os.devnull,
+) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """Start the fake upstream and `rightsize serve` (one worker, SQLite) on loopback.
 
+    Yields the upstream's URL, the gateway's URL and the headers of a fresh virtual key.
+    """
     up_port, gw_port = free_port(), free_port()
     workdir = Path(tempfile.mkdtemp(prefix="rightsize-bench-"))
     config = {
         "store": {"url": f"sqlite:///{workdir / 'bench.db'}"},
-        "router": {"enabled": not args.no_router},
+        "router": {"enabled": router_enabled},
         "models": [
             {
                 "name": "pinned",
                 "model": "openai/fake-ok",
                 "api_base": f"http://127.0.0.1:{up_port}/v1",
-                "transport": args.transport,
+                "transport": transport,
                 "local": True,
             }
         ],
     }
     (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RIGHTSIZE_MASTER_KEY": "bench", "RIGHTSIZE_KEY_SECRET": "bench"}
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    busy_loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_upstream", "--port", str(up_port)], cwd=ROOT
     )
-    gateway_log = open(args.gateway_log, "ab")  # closed after the processes end
+    log = open(gateway_log, "ab")  # closed after the processes end
     gateway = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(workdir / "bench.yaml"),
          "--port", str(gw_port)],
-        env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/_requests", upstream)
@@ -132,6 +136,28 @@ def main() -> None:
         httpx.post(gw + "/admin/teams", json={"name": "bench"}, headers=admin).raise_for_status()
         key = httpx.post(gw + "/admin/keys", json={"team": "bench"}, headers=admin).json()["key"]
         auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        yield f"http://127.0.0.1:{up_port}", gw, auth
+    finally:
+        gateway.terminate()
+        upstream.terminate()
+        gateway.wait(timeout=15)
+        upstream.wait(timeout=15)
+        log.close()
+        for process in busy_loops:
+            process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--transport", default="openai_http", choices=["openai_http", "litellm"])
+    parser.add_argument("--no-router", action="store_true", help="Serve without the router.")
+    parser.add_argument("--gateway-log", default=os.devnull, help="File for the gateway's log.")
+    parser.add_argument("--busy", type=int, default=0, help="Busy-looping processes alongside.")
+    args = parser.parse_args()
+
+    with serving(args.transport, not args.no_router, args.busy, args.gateway_log) as stack:
+        upstream, gw, auth = stack
         router = "off" if args.no_router else "on"
         print(f"transport={args.transport} router={router} requests={args.requests} (per run)")
         print(
@@ -143,7 +169,7 @@ def main() -> None:
         for concurrency in (1, 32):
             direct, _, direct_dropped = asyncio.run(
                 run_load(
-                    f"http://127.0.0.1:{up_port}/v1/chat/completions",
+                    upstream + "/v1/chat/completions",
                     {"content-type": "application/json"},
                     args.requests,
                     concurrency,
@@ -160,14 +186,6 @@ def main() -> None:
                 f"| {statistics.median(overhead):.3f} | {percentile(overhead, 0.99):.3f} "
                 f"| {direct_dropped} | {dropped} |"
             )
-    finally:
-        gateway.terminate()
-        upstream.terminate()
-        gateway.wait(timeout=15)
-        upstream.wait(timeout=15)
-        gateway_log.close()
-        for process in busy:
-            process.kill()
 
 
 if __name__ == "__main__":

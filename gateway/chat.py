@@ -34,7 +34,7 @@ from gateway.ledger.metering import reserve_cache_hit, reserve_request, settle_r
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
-from gateway.tokens import prompt_tokens
+from gateway.tokens import count_prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
 from policies import (
     Decision,
@@ -88,7 +88,8 @@ async def chat_completions(request: Request) -> Response:
             return await _from_cache(gateway, call, key, chat, payload, cached)
         call.estimate = await _estimate(gateway, payload["messages"])
         team = TeamContext(key.team, budget_used=await _budget_used(gateway, key))
-        decision = _decide(gateway, key, chat, payload, call.estimate, team)
+        n_prompt = await count_prompt_tokens(payload["messages"])
+        decision = _decide(gateway, key, chat, payload, n_prompt, call.estimate, team)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
         # The hold is what the router predicts (p90 output tokens), not the worst case.
@@ -160,12 +161,13 @@ def _decide(
     key: ApiKey,
     chat: ChatRequest,
     payload: dict[str, Any],
+    n_prompt_tokens: int,
     estimate: Estimate | None,
     team: TeamContext | None = None,
 ) -> Decision:
     routing = RoutingRequest(
         model=chat.model,
-        prompt_tokens=prompt_tokens(payload["messages"]),
+        prompt_tokens=n_prompt_tokens,
         max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
         needs_tools=bool(chat.tools or chat.functions),
         needs_vision=_has_images(payload["messages"]),
@@ -229,7 +231,8 @@ async def _from_cache(
     """Answer from the prompt cache: no upstream call, cost 0, the saved cost in the spend log."""
     assert cached.answer is not None
     # The team's and key's rules still apply to a stored answer (they may have changed).
-    decision = _decide(gateway, key, chat, payload, None)
+    n_prompt = await count_prompt_tokens(payload["messages"])
+    decision = _decide(gateway, key, chat, payload, n_prompt, None)
     deployment = gateway.catalog.get(cached.answer.deployment) or decision.deployment
     call.record.deployment = deployment.name
     call.record.tier = gateway.policy.tier_of(deployment.name) or deployment.tier

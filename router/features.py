@@ -22,8 +22,10 @@ _KEYWORDS: dict[str, re.Pattern[str]] = {
     ),
 }
 _COUNTS: dict[str, re.Pattern[str]] = {
+    # The lookahead on each alternative's first character matches the same text about three
+    # times faster: Python's engine otherwise tries all seven alternatives at every position.
     "code": re.compile(
-        r"```|\bdef |\bclass |\bimport |\breturn\b|;\s*$|[{}]|\bfunction\b",
+        r"(?=[`dcirf;{}])(?:```|\bdef |\bclass |\bimport |\breturn\b|;\s*$|[{}]|\bfunction\b)",
         re.MULTILINE,
     ),
     "latex": re.compile(r"\$|\\frac|\\sqrt|\\sum|\\int|\\cdot|\\le|\\ge|\^"),
@@ -40,6 +42,12 @@ _UPPER = re.compile(r"[A-Z]")
 # Multiple-choice option lines ("A. ...", "(b) ...") with their text, on the lower-cased prompt.
 _OPTION_LINE = re.compile(r"^[ \t]*\(?[a-j][.)]\s(.*)$", re.MULTILINE)
 _HAS_DIGIT = re.compile(r"\d")
+
+# Patterns are matched in the first FEATURE_WINDOW_CHARS characters only, and counts scaled
+# to the whole prompt, so a 4 MB prompt costs what a 32 KB one does in the router's shared
+# worker thread (every request waits on it). The longest training prompt has 27,586
+# characters: features of every prompt the heads were fitted on are exact.
+FEATURE_WINDOW_CHARS = 32_000
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -68,8 +76,10 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 def prompt_features(text: str) -> npt.NDArray[np.float32]:
     """Return the fixed-length feature vector of one prompt (see FEATURE_NAMES)."""
-    n_chars = max(len(text), 1)
-    lower = text.lower()
+    window = text[:FEATURE_WINDOW_CHARS]
+    scale = len(text) / len(window) if len(text) > len(window) else 1.0
+    n_chars = max(len(window), 1)
+    lower = window.lower()
     counts = {name: len(pattern.findall(lower)) for name, pattern in _COUNTS.items()}
     has = {name: float(pattern.search(lower) is not None) for name, pattern in _KEYWORDS.items()}
     matches = list(_OPTION_LINE.finditer(lower))
@@ -78,28 +88,32 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
     # What a multiple-choice question asks (its stem) and what it offers carry different
     # signals: on MMLU-Pro a longer stem and numeric options go with small-model failures,
     # longer options with fewer (docs/router.md); without options the stem is the prompt.
-    stem_chars = max(len(text) - sum(m.end() - m.start() + 1 for m in matches), 0)
-    digits = counts["digit"]
-    upper = len(_UPPER.findall(text))
+    option_span = sum(m.end() - m.start() + 1 for m in matches)
+    stem_chars = max(len(text) - option_span * scale, 0)
+
+    def log_total(count: int) -> float:
+        """log1p of a count in the window, scaled to the whole prompt."""
+        return float(np.log1p(count * scale))
+
     values = [
         np.log1p(len(text)),
-        np.log1p(len(text.split())),
+        log_total(len(window.split())),
         np.log1p(text.count("\n") + 1),
-        np.log1p(counts["sentence"]),
-        np.log1p(counts["number"]),
-        digits / n_chars,
+        log_total(counts["sentence"]),
+        log_total(counts["number"]),
+        counts["digit"] / n_chars,
         counts["math_symbol"] / n_chars,
-        upper / n_chars,
+        len(_UPPER.findall(window)) / n_chars,
         has["prove"],
         has["step_by_step"],
         has["explain"],
         has["compute"],
         has["write"],
         has["short_task"],
-        np.log1p(counts["code"]),
-        np.log1p(counts["latex"]),
-        np.log1p(counts["options"]),
-        np.log1p(counts["question"]),
+        log_total(counts["code"]),
+        log_total(counts["latex"]),
+        log_total(counts["options"]),
+        log_total(counts["question"]),
         np.log1p(stem_chars),
         np.log1p(option_chars / len(options)) if options else 0.0,
         sum(_HAS_DIGIT.search(o) is not None for o in options) / len(options) if options else 0.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from router import features
 from router.features import FEATURE_NAMES, prompt_features
 
 
@@ -34,3 +35,17 @@ def test_blank_lines_before_the_options_belong_to_the_stem() -> None:
     tight = _named(STEM + "\nA. 5 m/s\nB. 9.9 m/s")
     assert spaced["log_options"] == tight["log_options"] > 0.0
     assert spaced["log_stem_chars"] > tight["log_stem_chars"]
+
+
+def test_a_prompt_longer_than_the_window_has_its_counts_scaled_from_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    block = f"{STEM} Explain why, step by step.\nA. 5 m/s\nB. 9.9 m/s\n```\ndef f(x):\n    return x\n```\n"
+    text = block * (3 * features.FEATURE_WINDOW_CHARS // len(block))
+    windowed = prompt_features(text)
+    monkeypatch.setattr(features, "FEATURE_WINDOW_CHARS", len(text))
+    exact = prompt_features(text)
+    # Every count, share and length of a prompt that repeats itself extrapolates from the
+    # window to within rounding at the window's edge.
+    # Without the scaling the log counts would be log(3) ~ 1.1 short.
+    assert windowed == pytest.approx(exact, abs=0.01)
