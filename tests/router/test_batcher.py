@@ -21,6 +21,19 @@ class _RecordingRouter:
         return [Estimate(len(p) / 100, len(p), 2 * len(p), "chat") for p in prompts]
 
 
+class _FailsOn(_RecordingRouter):
+    """Raises on any batch holding the poison prompt (and records only the batches it serves)."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
+        if self.poison in prompts:
+            raise ValueError("encoder failed")
+        return super().estimate_batch(prompts)
+
+
 def test_concurrent_calls_are_grouped_into_one_batch_in_a_worker_thread() -> None:
     router = _RecordingRouter()
 
@@ -50,14 +63,8 @@ def test_batches_never_exceed_the_max_batch_size() -> None:
 
 
 def test_an_encoder_error_reaches_the_callers_and_the_batcher_keeps_serving() -> None:
-    class _Flaky(_RecordingRouter):
-        def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
-            if "boom" in prompts:
-                raise ValueError("encoder failed")
-            return super().estimate_batch(prompts)
-
     async def main() -> Estimate:
-        batcher = EstimateBatcher(_Flaky(), max_wait_s=0.0)
+        batcher = EstimateBatcher(_FailsOn("boom"), max_wait_s=0.0)
         with pytest.raises(ValueError):
             await batcher.estimate("boom")
         result = await batcher.estimate("fine")
@@ -68,13 +75,7 @@ def test_an_encoder_error_reaches_the_callers_and_the_batcher_keeps_serving() ->
 
 
 def test_a_prompt_the_encoder_fails_on_fails_only_its_own_caller() -> None:
-    class _FailsOnPoison(_RecordingRouter):
-        def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
-            if "poison" in prompts:
-                raise ValueError("encoder failed")
-            return super().estimate_batch(prompts)
-
-    router = _FailsOnPoison()
+    router = _FailsOn("poison")
 
     async def main() -> list[Estimate | BaseException]:
         batcher = EstimateBatcher(router, max_batch_size=64, max_wait_s=0.01)
