@@ -358,6 +358,7 @@ def fit_heads(
         category_coef=cat_coef,
         category_intercept=cat_icpt,
         neighbours=neighbours,
+        feature_range=np.vstack([features.min(axis=0), features.max(axis=0)]).astype(np.float64),
     )
 
 

@@ -76,12 +76,19 @@ class Heads:
     category_coef: Array  # (n_categories, d)
     category_intercept: Array  # (n_categories,)
     neighbours: Neighbours | None = None  # adds the last design column (format 3)
+    # Each feature's range over the training prompts: a prompt outside it is read at its edge,
+    # so a linear head never extrapolates past what it was fitted on (a 300 KB JSON prompt
+    # got a p90 budget of 23,000 tokens). None in artifacts from before 2026-12-02, evening.
+    feature_range: Array | None = None  # (2, n_features): low, high
 
     def design(
         self, embeddings: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
     ) -> Array:
         """Concatenate embeddings, features (and the neighbour column); standardise each."""
-        parts = [embeddings.astype(np.float64), features.astype(np.float64)]
+        read = features.astype(np.float64)
+        if self.feature_range is not None:
+            read = np.clip(read, self.feature_range[0], self.feature_range[1])
+        parts = [embeddings.astype(np.float64), read]
         if self.neighbours is not None:
             parts.append(self.neighbours.column(embeddings)[:, None])
         return (np.hstack(parts) - self.input_mean) / self.input_scale
@@ -136,6 +143,8 @@ class Heads:
         if self.neighbours is not None:
             data["neighbour_k"] = self.neighbours.k
             data["neighbour_value"] = _plain(self.neighbours.value)
+        if self.feature_range is not None:
+            data["feature_range"] = _plain(self.feature_range)
         return data
 
     @classmethod
@@ -159,6 +168,8 @@ class Heads:
                 value=np.asarray(data["neighbour_value"], dtype=np.float64),
                 k=int(data["neighbour_k"]),
             )
+        if "feature_range" in data:
+            values["feature_range"] = np.asarray(data["feature_range"], dtype=np.float64)
         return cls(**values)
 
     def save(self, path: Path) -> None:
@@ -185,7 +196,9 @@ def neighbour_bank_path(heads_path: Path) -> Path:
     return heads_path.with_name(heads_path.stem + "_bank.npy")
 
 
-_FIELDS: tuple[str, ...] = tuple(n for n in Heads.__dataclass_fields__ if n != "neighbours")
+_FIELDS: tuple[str, ...] = tuple(
+    n for n in Heads.__dataclass_fields__ if n not in ("neighbours", "feature_range")
+)
 
 
 def _plain(value: Array | float) -> list[Any] | float:

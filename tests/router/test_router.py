@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,36 @@ def test_a_lone_surrogate_is_estimated_as_a_replacement_character(router: Router
     # json.loads('"\\ud800"') gives such a str; tokenizers reject it outright.
     assert router.estimate("Sum 2 and \ud800 3.") == router.estimate("Sum 2 and \ufffd 3.")
     assert clip_texts(["a\udc00b\ud83d"]) == ["a\ufffdb\ufffd"]
+
+
+REPORT = (
+    "The committee reviewed the quarterly figures. Revenue rose 12% to $4.1 million, while "
+    "costs grew faster than planned; see the table below for each region.\n"
+    "Region | Q1 | Q2\nNorth | 1.2 | 1.4\nSouth | 0.9 | 1.1\n"
+    "Why did costs rise? The report lists three causes and asks the board to decide.\n\n"
+)
+
+
+def test_past_the_longest_training_prompts_a_longer_prompt_changes_no_estimate(
+    router: Router,
+) -> None:
+    # Features are read at the edge of their training range: the linear heads do not
+    # extrapolate (without it the p90 budget kept growing with the prompt).
+    ask = "Summarise the following in three sentences.\n\n"
+    long, longer = (ask + REPORT * n for n in (1_000, 4_000))  # 0.3 MB and 1.2 MB
+    assert router.estimate(long) == router.estimate(longer)
+
+
+def test_heads_read_a_feature_outside_the_training_range_at_its_edge(router: Router) -> None:
+    heads = router.heads
+    assert heads.feature_range is not None
+    low, high = heads.feature_range
+    emb = router.embed_batch(["Summarise this report."])
+    beyond = (high + 5.0 * (high - low + 1.0))[None, :].astype(np.float32)
+    at_edge = high[None, :].astype(np.float32)
+    assert heads.estimates(emb, beyond) == heads.estimates(emb, at_edge)
+    unbounded = dataclasses.replace(heads, feature_range=None)  # artifacts before the range
+    assert unbounded.estimates(emb, beyond) != heads.estimates(emb, beyond)
 
 
 def test_shipped_artifact_is_small_and_has_no_pickles() -> None:
