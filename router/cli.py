@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from router.artifact import RUNTIMES, default_artifact_dir
+from router.encoders.sentence_transformer import DEFAULT_MODEL
 
 
 @click.command("train")
@@ -43,12 +44,21 @@ from router.artifact import RUNTIMES, default_artifact_dir
     show_default=True,
     help="Embedding cache.",
 )
+@click.option(
+    "--encoder-model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="The sentence-transformers model the static table is distilled from and the "
+    "sentence-transformers runtime encodes with: the packaged default, a directory, or a "
+    "name already in the Hugging Face cache (nothing is downloaded).",
+)
 def train(
     data_dir: Path,
     out_dir: Path | None,
     date: str | None,
     no_transformer: bool,
     cache_dir: Path,
+    encoder_model: str,
 ) -> None:
     """Train the router heads (and the static encoder); write the artifact and model card."""
     from router.train import TrainOptions, train_artifact
@@ -58,6 +68,7 @@ def train(
         date=date or dt.date.today().isoformat(),
         with_transformer=not no_transformer,
         cache_dir=cache_dir,
+        transformer_model=encoder_model,
     )
     train_artifact(data_dir, options)
     click.echo(f"wrote {options.out_dir}")

@@ -7,6 +7,7 @@ and down-weighted for frequent tokens (SIF weighting), in the spirit of model2ve
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -56,12 +57,21 @@ def _pca(matrix: npt.NDArray[np.float32], dims: int) -> npt.NDArray[np.float32]:
     return np.asarray(centred @ vt[:dims].T, dtype=np.float32)
 
 
+def _local_directory(model: str) -> str:
+    """A model directory as given, or a name's snapshot in the Hugging Face cache (offline)."""
+    if Path(model).is_dir():
+        return model
+    from huggingface_hub import snapshot_download
+
+    return str(snapshot_download(model, local_files_only=True))
+
+
 def distill_static(
     corpus: list[str], model: str = DEFAULT_MODEL, dims: int = 128, sif_a: float = 1e-3
 ) -> StaticEncoder:
     """Build a StaticEncoder from `model`; `corpus` supplies token frequencies for SIF weights."""
-    model_path = resolve_model_path(model)
-    tokenizer = Tokenizer.from_file(f"{model_path}/tokenizer.json")
+    model_path = _local_directory(resolve_model_path(model))
+    tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
     vocab_size = tokenizer.get_vocab_size()
     table = _pca(_token_vectors(model_path, vocab_size), dims)
     tokenizer.no_truncation()

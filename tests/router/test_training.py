@@ -76,3 +76,34 @@ def test_an_artifact_trained_on_other_features_is_refused_with_a_clear_error(
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="retrain"):
         Router.load(tmp_path / "artifact", runtime="static")
+
+
+def test_train_takes_any_sentence_transformers_model_by_path(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from router.cli import train
+    from tests.router.tiny_encoder import write_tiny_sentence_model
+
+    model = write_tiny_sentence_model(tmp_path / "model")
+    data = write_synthetic_data(tmp_path / "data")
+    out = tmp_path / "artifact"
+    args = ["--data", str(data), "--out", str(out), "--date", "2026-12-03"]
+    args += ["--encoder-model", str(model), "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output
+
+    manifest = json.loads((out / "router.json").read_text())
+    assert manifest["transformer"]["model"] == str(model)
+    assert manifest["static"]["distilled_from"] == str(model)
+    for runtime in ("sentence-transformers", "static"):
+        router = Router.load(out, runtime=runtime)
+        assert router.encoder.dim == 32  # the tiny model's width, not MiniLM's 384
+        hard = router.estimate(
+            "Prove that for every integer n > 7, the sum of the first n odd numbers is n^2, "
+            "step by step."
+        )
+        assert (
+            hard.reasoning_demand > router.estimate("Translate 'river' to French.").reasoning_demand
+        )
