@@ -1,8 +1,9 @@
 """Out-of-distribution spot checks: prompts written for this check, not taken from any data set.
 
-Usage: python benchmarks/router_spot_checks.py [--runtime static]
+Usage: python benchmarks/router_spot_checks.py [--runtime static] [--set a|b|c]
 Prints each prompt's intended category, the router's category, demand and budget, then the
-category hit rate and the mean demand per intended category (docs/router.md).
+category hit rate, the mean demand per intended category and the separation AUC of the
+categories where small and strong models differ most from the rest (docs/router.md).
 """
 
 from __future__ import annotations
@@ -167,16 +168,151 @@ SPOT_CHECKS_B: list[tuple[str, str]] = [
 ]
 
 
+# A third set, written on 2026-12-03 (eight prompts per intended category, in the style of an
+# open-chat benchmark: roleplay and extraction count as chat, open STEM and humanities
+# questions as knowledge) and scored on the shipped artifact as it was, with no change made
+# or chosen after it.
+SPOT_CHECKS_C: list[tuple[str, str]] = [
+    (
+        "math",
+        "A store discounts a jacket by 20% and then by another 15% off the reduced price. What single discount is equivalent?",
+    ),
+    ("math", "The sum of three consecutive even numbers is 78. What is the largest of them?"),
+    ("math", "Evaluate the limit of (1 - cos x) / x^2 as x approaches 0, and justify each step."),
+    ("math", "In how many ways can the letters of the word BANANA be arranged?"),
+    ("math", "Let f(x) = 2x^2 - 3x + 1. Find the minimum value of f and the x at which it occurs."),
+    (
+        "math",
+        "A tank fills in 6 hours with pipe A and in 9 hours with pipe B. How long with both pipes open together?",
+    ),
+    (
+        "math",
+        "Prove by induction that 1 + 3 + 5 + ... + (2n - 1) = n^2 for every positive integer n.",
+    ),
+    ("math", "What is the remainder when 7^100 is divided by 5?"),
+    ("code", "Write a Go HTTP handler that returns the current server time as JSON."),
+    (
+        "code",
+        "Given a linked list, write a function in Python that reverses it in place and returns the new head.",
+    ),
+    (
+        "code",
+        "What is the time complexity of inserting into a balanced binary search tree, and why?",
+    ),
+    (
+        "code",
+        "Refactor this JavaScript to use async/await instead of promise chains: fetch(url).then(r => r.json()).then(d => console.log(d)).catch(e => console.error(e))",
+    ),
+    (
+        "code",
+        "Write unit tests with pytest for a function is_palindrome(s) that ignores case and spaces.",
+    ),
+    (
+        "code",
+        "Design a class hierarchy in TypeScript for shapes that can compute their area and perimeter.",
+    ),
+    (
+        "code",
+        "Write a shell one-liner that counts the lines of every .py file in a directory tree and prints the total.",
+    ),
+    (
+        "code",
+        "Implement Dijkstra's shortest path algorithm for a graph given as an adjacency list.",
+    ),
+    (
+        "reasoning",
+        "Some cats are black. All black things absorb heat. Can we conclude that some cats absorb heat? Explain your reasoning.",
+    ),
+    (
+        "reasoning",
+        "There are three light switches outside a closed room with one bulb inside. You may enter the room once. How can you tell which switch controls the bulb?",
+    ),
+    (
+        "reasoning",
+        "If it takes five machines five minutes to make five widgets, how long would it take 100 machines to make 100 widgets?",
+    ),
+    (
+        "reasoning",
+        "Mary's father has five daughters: Nana, Nene, Nini, Nono. What is the name of the fifth daughter?",
+    ),
+    (
+        "reasoning",
+        "A is the father of B. B is the sister of C. C is the son of D. How is D related to A?",
+    ),
+    (
+        "reasoning",
+        "Four people need to cross a bridge at night with one torch. They take 1, 2, 5 and 10 minutes. At most two can cross at once. What is the shortest total time?",
+    ),
+    (
+        "reasoning",
+        "Is the following argument valid? If it rains, the street is wet. The street is wet. Therefore it rained.",
+    ),
+    (
+        "reasoning",
+        "In a village the barber shaves everyone who does not shave themselves. Who shaves the barber?",
+    ),
+    ("knowledge", "What causes the seasons on Earth?"),
+    (
+        "knowledge",
+        "Explain the main differences between the Baroque and Classical periods in music.",
+    ),
+    ("knowledge", "What is the role of mitochondria in a cell?"),
+    ("knowledge", "Describe the causes and consequences of the 2008 financial crisis."),
+    ("knowledge", "How does public-key cryptography allow two strangers to communicate securely?"),
+    ("knowledge", "What did the Treaty of Westphalia establish?"),
+    ("knowledge", "Explain what inflation is and how central banks try to control it."),
+    ("knowledge", "Why is the sky blue?"),
+    ("writing", "Write a short motivational speech for a high school graduation."),
+    ("writing", "Compose a haiku about a rainy Monday morning."),
+    ("writing", "Write a product announcement email for our new noise-cancelling earbuds."),
+    ("writing", "Write a two-paragraph fairy tale about a fox who wants to fly."),
+    ("writing", "Draft a persuasive op-ed on why remote work is good for employees and companies."),
+    (
+        "writing",
+        "Edit this sentence for grammar and flow: Me and him goes to the store yesterday for buying some food.",
+    ),
+    ("writing", "Write a heartfelt thank-you note to a teacher who changed my life."),
+    ("writing", "Write song lyrics about leaving your hometown."),
+    ("chat", "Hey, what's up?"),
+    ("chat", "Imagine you are Sherlock Holmes. Introduce yourself to a new client."),
+    ("chat", "What should I cook for dinner tonight? I have eggs, spinach and cheese."),
+    ("chat", "Can you suggest a name for my new bakery?"),
+    ("chat", "I'm feeling a bit stressed about exams. Any advice?"),
+    (
+        "chat",
+        "Pull out every person's name from this sentence: Yesterday Maria met John and Aiko at the cafe.",
+    ),
+    ("chat", "Say something nice to cheer me up."),
+    ("chat", "Rank these fruits by how much you like them: mango, kiwi, apple."),
+]
+
+# Between a small and a strong chat model the quality gap is widest on math, reasoning and
+# code, and narrowest on open writing, chat and knowledge questions (MT-Bench's per-category
+# scores): a router should rank the first group above the second.
+HIGH_GAP = ("math", "code", "reasoning")
+
+
+def separation_auc(intended: list[str], demand: list[float]) -> float:
+    """P(a high-gap prompt scores above a low-gap one), ties counting half."""
+    high = [d for i, d in zip(intended, demand, strict=True) if i in HIGH_GAP]
+    low = [d for i, d in zip(intended, demand, strict=True) if i not in HIGH_GAP]
+    wins = sum((h > lo) + 0.5 * (h == lo) for h in high for lo in low)
+    return wins / (len(high) * len(low))
+
+
 def main() -> None:
     """Print the table and the summary lines."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runtime", default="static")
     parser.add_argument(
-        "--set", choices=("a", "b"), default="a", help="a: the first 40; b: the second"
+        "--set",
+        choices=("a", "b", "c"),
+        default="a",
+        help="a: the first 40; b: the second 40; c: the 48 of 2026-12-03",
     )
     parser.add_argument("--artifact", default=None, help="artifact directory (default: shipped)")
     args = parser.parse_args()
-    checks = SPOT_CHECKS if args.set == "a" else SPOT_CHECKS_B
+    checks = {"a": SPOT_CHECKS, "b": SPOT_CHECKS_B, "c": SPOT_CHECKS_C}[args.set]
     router = Router.load(args.artifact, runtime=args.runtime, cache_size=0)
     estimates = router.estimate_batch([prompt for _, prompt in checks])
     demand: dict[str, list[float]] = defaultdict(list)
@@ -193,6 +329,10 @@ def main() -> None:
     print(f"\ncategory right: {hits} of {len(checks)}")
     means = sorted(((sum(v) / len(v), k) for k, v in demand.items()), reverse=True)
     print("mean demand by intended category: " + ", ".join(f"{k} {m:.2f}" for m, k in means))
+    auc = separation_auc(
+        [intended for intended, _ in checks], [e.reasoning_demand for e in estimates]
+    )
+    print(f"separation AUC ({', '.join(HIGH_GAP)} above the rest): {auc:.3f}")
 
 
 if __name__ == "__main__":
