@@ -98,7 +98,13 @@ async def _empty_tables(url: str) -> None:
     try:
         await store.migrate()
         async with store.engine.begin() as conn:
-            for ledger_table in ("budgets", "ledger_counters", "ledger_reservations"):
+            for ledger_table in (
+                "budgets",
+                "ledger_counters",
+                "ledger_reservations",
+                "ledger_workers",
+                "archived_teams",
+            ):
                 await conn.exec_driver_sql(f"DELETE FROM {ledger_table}")  # gateway/ledger
             await conn.exec_driver_sql("DELETE FROM spend_log")
             await conn.exec_driver_sql("DELETE FROM api_keys")

@@ -12,7 +12,7 @@ budgets = Table(
     # "team:search:monthly" or "key:key_0123:daily": one budget per subject and period.
     Column("id", String(200), primary_key=True),
     Column("scope", String(8), nullable=False),
-    Column("subject", String(64), nullable=False),
+    Column("subject", String(128), nullable=False),
     Column("period", String(16), nullable=False),
     Column("limit_picousd", BigInteger, nullable=True),
     Column("limit_tokens", BigInteger, nullable=True),
@@ -45,6 +45,15 @@ ledger_reservations = Table(
     Column("requests", BigInteger, nullable=False),
     Column("expires_at_ms", BigInteger, nullable=False),
     Index("ix_ledger_reservations_counter", "counter", "expires_at_ms"),
+)
+
+# Each serving process's heartbeat (revision 0006): holds whose owner's heartbeat stopped are
+# released before their time to live. A hold id starts with its owner's id.
+ledger_workers = Table(
+    "ledger_workers",
+    metadata,
+    Column("owner", String(32), primary_key=True),
+    Column("seen_at_ms", BigInteger, nullable=False),
 )
 
 # Reports over every team scan a time range; the per-team (team, created_at) index exists.

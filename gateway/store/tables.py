@@ -51,7 +51,8 @@ spend_log = Table(
     ),
     Column("request_id", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("team", String(64), nullable=True),
+    # A team's name, or `name~id` once the team was deleted and archived (archived_teams).
+    Column("team", String(128), nullable=True),
     Column("key_id", String(32), nullable=True),
     Column("requested_model", String(256), nullable=True),
     Column("deployment", String(256), nullable=True),
@@ -70,6 +71,21 @@ spend_log = Table(
     Column("error_type", String(64), nullable=True),
     Column("route_reason", Text, nullable=True),
     Column("attempts", Integer, nullable=False, default=1),
+    # The gateway's own id of the row (request_id is the client's and may repeat): unique, so a
+    # replayed journal or fallback file writes each row at most once (revision 0006).
+    Column("record_id", String(32), nullable=True),
     Index("ix_spend_log_request_id", "request_id"),
+    Index("ix_spend_log_record_id", "record_id", unique=True),
     Index("ix_spend_log_team_created", "team", "created_at"),
+)
+
+# A deleted team (revision 0006): its spend rows and budgets were renamed to its id, `name~hex`.
+archived_teams = Table(
+    "archived_teams",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True), nullable=False),
+    Index("ix_archived_teams_name", "name"),
 )
