@@ -8,10 +8,19 @@ in the data. A paraphrase counts as a correct hit when its nearest stored prompt
 original at or above the threshold, and as a wrong hit when the nearest is another prompt.
 
 Both are measured with the embedding alone and with the gateway's lexical guard
-(gateway/cache/guard.py: same signature, i.e. partition, then the order and replacement
-checks on the nearest, as the gateway does). Three sets of rule-made negatives follow, each
-prompt edited once into a different question: one number changed, one word replaced, a
-sentence of another prompt appended; each edited prompt is compared with its own original.
+(gateway/cache/guard.py: same signature, i.e. partition, then the guard's check of the
+nearest, as the gateway does). Three sets of rule-made negatives follow, each prompt edited
+once into a different question: one number changed, one word replaced, a sentence of another
+prompt appended; each edited prompt is compared with its own original.
+
+Long prompts (issue 17) come last: twins made from a few templates, a long few-shot prompt
+and its copy with two phrases swapped, and a long shared preamble (a system prompt written
+into the user turn) followed by final questions that differ by one entity, a negation, swapped
+roles or a tense; each twin is compared with its original. Their paraphrases (casing,
+punctuation, whitespace, a greeting and thanks, a contraction) should hit. Then the guard's
+cost on 2,000-character prompts. `--long-only` runs just this part; `--guard FILE` measures
+another guard module (e.g. `git show REV:gateway/cache/guard.py > old_guard.py`) on the same
+prompts.
 
 The default encoder is what the gateway feeds the semantic tier: the router's embedding,
 `Router.load().embed_batch` of `prompt_from_messages` of the request's messages (here one user
@@ -25,6 +34,7 @@ is encoded afresh.
 
     python benchmarks/cache_semantic.py [--data ../shared/data/routing] [--limit 1500]
         [--encoder router|minilm | --embed module:function] [--threshold T] [--min-overlap M]
+        [--guard FILE] [--long-only]
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import argparse
 import gzip
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -41,6 +52,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +69,7 @@ from gateway.cache.semantic import SemanticIndex  # noqa: E402
 from router import prompt_from_messages  # noqa: E402
 
 Embed = Callable[[list[str]], np.ndarray]
+MakeGuard = Callable[[str], PromptGuard]
 # Up to five nines: a static (averaged-token) embedding puts prompts that share their words
 # within 1e-4 of each other, so the grid has to reach that far to show where false hits stop.
 THRESHOLDS = (
@@ -223,13 +236,26 @@ def lookup_cost(sizes: Sequence[int], dims: int, queries: int = 2000) -> list[st
     return lines
 
 
-def guards_of(texts: list[str]) -> tuple[list[PromptGuard], list[float]]:
-    """The gateway's guard of each text (as a user message), and what computing it cost (us)."""
+def load_guard(path: Path | None) -> MakeGuard:
+    """The gateway's guard, or the `prompt_guard` of another guard module (e.g. an older one)."""
+    if path is None:
+        return prompt_guard
+    spec = importlib.util.spec_from_file_location("guard_under_test", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load a guard module from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module.prompt_guard  # type: ignore[no-any-return]
+
+
+def guards_of(texts: list[str], make: MakeGuard) -> tuple[list[PromptGuard], list[float]]:
+    """The guard of each text (as a user message), and what computing it cost (us)."""
     found, costs = [], []
     for text in texts:
         prompt = prompt_from_messages([{"role": "user", "content": text}])
         started = time.perf_counter()
-        found.append(prompt_guard(prompt))
+        found.append(make(prompt))
         costs.append((time.perf_counter() - started) * 1e6)
     return found, costs
 
@@ -381,10 +407,11 @@ def rule_made_negatives(
     guards_o: list[PromptGuard],
     args: argparse.Namespace,
     tag: str,
+    make: MakeGuard,
 ) -> None:
     """Each made prompt (a different question) against its original: embedding alone, guard."""
     vectors = cached_embed(embed, [text for _, text in made], args.cache_dir, tag)
-    guards, _ = guards_of([text for _, text in made])
+    guards, _ = guards_of([text for _, text in made], make)
     index = [i for i, _ in made]
     scores = np.einsum("ij,ij->i", vectors, originals[index])
     passes = np.array(
@@ -414,6 +441,403 @@ def change_a_number(text: str) -> str | None:
     return text[: match.start()] + str(int(match.group()) + 1) + text[match.end() :]
 
 
+# Long prompts (issue 17): twins made from a few templates, where a few words differ in a long
+# shared text. The static embedding is a mean over every token, so such twins score 0.999 or
+# more; what tells them apart is the guard's reading of the differing span.
+
+_FEW_SHOT_HEADERS = (
+    "Answer each question in a few words, then give the reason in one sentence. Read the whole "
+    "question before answering: the details matter, and the examples below show the expected "
+    "length and tone. Do not repeat the question, do not add a greeting, and do not hedge when "
+    "the question contains everything needed to answer it.",
+    "Read each question carefully. Reply with the answer first and one sentence of explanation. "
+    "The examples below were checked by a teacher; follow their format exactly, keep the "
+    "explanation to the facts given in the question, and never invent information that the "
+    "question does not contain.",
+    "You are a careful tutor. For each question, state the answer and say briefly why. Your "
+    "students are preparing for an exam in which every question is short and every answer is "
+    "judged on being correct and on the reason given, so be precise, use the words of the "
+    "question, and prefer one clear sentence over several.",
+)
+# (worked examples, final question with the two phrases {a} and {b}, the phrase pairs)
+_FEW_SHOT = (
+    (
+        """Q: Ana studied nursing at a community college for two years, then transferred to a \
+state university to finish her bachelor's degree. Where did she start her studies?
+A: At the community college: she transferred to the university only after two years there.
+
+Q: Ben trained as a welder at a trade school after high school, and ten years later he \
+enrolled at a university to study engineering part-time. Which did he attend first?
+A: The trade school: he went straight there after high school and enrolled at the university \
+a decade later.
+
+Q: Chloe left an online course after three weeks because it had no teacher, and joined an \
+evening class at the local library instead, which she finished. Which course did she complete?
+A: The evening class: she dropped the online course and finished the library class.
+
+Q: Dmitri was admitted to a conservatory and to a medical school in the same spring, chose \
+the conservatory, and now plays the cello in an orchestra. Which offer did he turn down?
+A: The medical school: he accepted the conservatory and became a cellist.""",
+        "Q: {name} spent a year at {a} studying history, then moved to {b}, where {they} "
+        "qualified as an electrician. Which did {they} leave?\nA:",
+        (
+            ("a university", "a trade school"),
+            ("a community college", "a technical institute"),
+            ("a music conservatory", "a nursing school"),
+            ("an art school", "a police academy"),
+            ("a seminary", "a law school"),
+            ("a boarding school", "a flight school"),
+        ),
+    ),
+    (
+        """Q: On the market's scale, the bag of flour is heavier than the bag of sugar. Which \
+is lighter?
+A: The bag of sugar: the scale shows the flour as the heavier of the two.
+
+Q: On the market's scale, the melon is heavier than the pineapple, and the pineapple is \
+heavier than the lemon. Which is the lightest?
+A: The lemon: it is lighter than the pineapple, which is lighter than the melon.
+
+Q: On the market's scale, the basket of plums weighs the same as the basket of cherries. \
+Which is heavier?
+A: Neither: the scale shows the two baskets with the same weight.
+
+Q: On the market's scale, the sack of potatoes is lighter than the sack of onions. Which is \
+heavier?
+A: The sack of onions: the potatoes are the lighter sack.""",
+        "Q: On the market's scale, {a} is heavier than {b}{name}. Which is lighter?\nA:",
+        (
+            ("the crate of apples", "the box of books"),
+            ("the jar of honey", "the bottle of olive oil"),
+            ("the wheel of cheese", "the loaf of bread"),
+            ("the bag of rice", "the bag of lentils"),
+            ("the tray of eggs", "the carton of milk"),
+            ("the bunch of bananas", "the net of oranges"),
+        ),
+    ),
+    (
+        """Q: Convert 2 inches to centimetres.
+A: 5.08 centimetres: an inch is exactly 2.54 centimetres, so 2 inches are 2 x 2.54.
+
+Q: Convert 3 kilograms to pounds.
+A: About 6.61 pounds: a kilogram is about 2.2046 pounds, so 3 kilograms are 3 x 2.2046.
+
+Q: Convert 100 degrees Celsius to degrees Fahrenheit.
+A: 212 degrees Fahrenheit: multiply by 9/5 and add 32, so 100 x 1.8 + 32 = 212.
+
+Q: Convert 5 US gallons to litres.
+A: About 18.93 litres: a US gallon is about 3.785 litres, so 5 gallons are 5 x 3.785.""",
+        "Q: Convert 12 {a} to {b}{name}.\nA:",
+        (
+            ("miles", "kilometres"),
+            ("pounds", "kilograms"),
+            ("degrees Celsius", "degrees Fahrenheit"),
+            ("litres", "US gallons"),
+            ("inches", "centimetres"),
+            ("knots", "kilometres per hour"),
+        ),
+    ),
+    (
+        """Q: Maria lent her bicycle to Jonas for the summer, and he returned it with a flat \
+tyre. Who owned the bicycle?
+A: Maria: she lent it, so it was hers, and Jonas only borrowed it.
+
+Q: The landlord sent the tenant a notice that the rent would rise in March. Who received the \
+notice?
+A: The tenant: the landlord sent it to them.
+
+Q: The bakery hired the delivery company to bring flour every Monday. Who pays for the \
+deliveries?
+A: The bakery: it hired the company, so it is the customer.
+
+Q: Kofi taught Lena to play chess, and a year later she beat him in a tournament. Who was the \
+teacher?
+A: Kofi: he taught Lena before she beat him.""",
+        "Q: {a} sold a used car to {b}{name}, and it broke down a week later. Who received "
+        "the money?\nA:",
+        (
+            ("Alice", "Bob"),
+            ("the dealer", "the collector"),
+            ("the garage", "the taxi driver"),
+            ("my aunt", "my neighbour"),
+            ("the school", "the football club"),
+            ("Hannah", "Oskar"),
+        ),
+    ),
+)
+# Fills {name} and {they}: the education template's person, a place-holder elsewhere so that
+# each template gives as many twins.
+_PEOPLE = (("Emeka", "he"), ("Priya", "she"), ("Tomas", "he"), ("Yuki", "she"))
+_ELSEWHERE = ("", " last week", " in the spring", " yesterday")
+
+_PREAMBLES = (
+    """You are the support assistant of Northwind Travel. Follow these rules in every answer.
+
+1. Answer only from the booking policy below; if it does not cover the question, say so and \
+offer to connect the customer with an agent.
+2. Be brief: at most three sentences, no lists unless the customer asks for one.
+3. Never promise a refund, a voucher or an upgrade; say what the policy allows and who decides.
+4. Quote amounts in the currency of the booking.
+
+Booking policy:
+- A booking may be cancelled free of charge up to 24 hours after it was made. Later \
+cancellations cost a fee of one night or, for flights, the airline's own fee.
+- The travel date may be changed once without a fee if the change is made at least 14 days \
+before departure; later changes cost the difference in fare plus a service fee.
+- A ticket is personal. It may be transferred to another traveller on the same booking only by \
+the lead passenger, and only before check-in opens.
+- Entry requirements (passports, visas, vaccinations) are the traveller's responsibility; we \
+link the official government pages but do not give legal advice.
+- Luggage allowances are those of the carrier named on the ticket.
+
+Customer question: """,
+    """You answer questions from customers of Harbour Bank in the bank's chat. Rules:
+
+- Use only the account terms below. When they do not answer the question, say so and give the \
+number of the branch.
+- Never ask for a PIN, a password or a full card number, and never confirm a balance.
+- Keep answers under 80 words and in plain language.
+
+Account terms:
+- A current account has a monthly fee of 4 euros, waived in any month with at least 1,000 \
+euros paid in.
+- A card that is reported lost or stolen is blocked at once; a new card arrives within five \
+working days.
+- A joint account may be closed only with the written consent of every holder; either \
+holder may make payments.
+- Transfers abroad cost 0.5% of the amount, at least 3 euros; transfers within the euro area \
+are free.
+- Overdrafts need an agreement; without one, a payment that would overdraw the account is \
+refused.
+- Statements are in the app every month; a paper statement costs 2 euros.
+
+Customer: """,
+    """You are the HR assistant of a company with 400 employees. Answer from the staff \
+handbook extract below and nothing else; if the handbook is silent, say that the question \
+should go to the HR team by e-mail.
+
+Staff handbook (extract):
+- Annual leave is 25 days a year, plus public holidays. Up to 5 unused days may be carried \
+into the next year and must be taken by the end of March.
+- Leave requests go to the line manager at least two weeks ahead; the manager approves them \
+and HR records them.
+- Sick leave needs a doctor's note from the fourth day of absence.
+- Remote work is allowed up to three days a week with the manager's agreement; equipment is \
+provided by the company and stays its property.
+- Expenses are reimbursed within 30 days of a claim with receipts; travel is booked through \
+the travel desk.
+- The employee and the manager meet twice a year for a review; the employee writes a \
+self-assessment before each meeting.
+
+Employee question: """,
+)
+# (question, another question) by the kind of difference. Each keeps the numbers and the
+# count of negations, except "negation added", which the signature refuses by construction.
+_FINAL_QUESTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "entity replaced": (
+        ("Where do I find the rules for Ghana?", "Where do I find the rules for Kenya?"),
+        ("Does this apply to my trip to Portugal?", "Does this apply to my trip to Spain?"),
+        ("Can I pay in euros?", "Can I pay in dollars?"),
+        ("Is my husband covered too?", "Is my daughter covered too?"),
+        ("Who decides about my laptop?", "Who decides about my phone?"),
+    ),
+    "entity qualified": (
+        (
+            "Where do I find the rules for Guinea?",
+            "Where do I find the rules for Equatorial Guinea?",
+        ),
+        ("Does this apply to Korea?", "Does this apply to South Korea?"),
+        ("Can my partner use it?", "Can my business partner use it?"),
+        ("Is the fee charged in the app?", "Is the fee charged in the old app?"),
+        ("Does this cover my account?", "Does this cover my joint account?"),
+    ),
+    "negation moved": (
+        (
+            "Is there a fee if I do not cancel and change the date?",
+            "Is there a fee if I cancel and do not change the date?",
+        ),
+        (
+            "What happens if I do not report it and wait a week?",
+            "What happens if I report it and do not wait a week?",
+        ),
+        (
+            "Is it fine if my manager agrees and I do not ask HR?",
+            "Is it fine if my manager does not agree and I ask HR?",
+        ),
+        (
+            "Do I pay if I do not sign in and I reset my password?",
+            "Do I pay if I sign in and I do not reset my password?",
+        ),
+        (
+            "Can I keep it if I leave and do not return the form?",
+            "Can I keep it if I do not leave and return the form?",
+        ),
+    ),
+    "negation added": (
+        ("Is the deposit refundable?", "Is the deposit not refundable?"),
+        (
+            "Which fees apply to a cancelled booking?",
+            "Which fees do not apply to a cancelled booking?",
+        ),
+        ("Can my manager approve it alone?", "Can my manager not approve it alone?"),
+        ("Do I need a receipt?", "Do I need no receipt?"),
+        ("Should I call the branch?", "Should I never call the branch?"),
+    ),
+    "roles swapped": (
+        (
+            "Can the lead passenger transfer the ticket to my friend?",
+            "Can my friend transfer the ticket to the lead passenger?",
+        ),
+        (
+            "Must the tenant notify the landlord first?",
+            "Must the landlord notify the tenant first?",
+        ),
+        (
+            "Can my manager cancel leave that HR approved?",
+            "Can HR cancel leave that my manager approved?",
+        ),
+        ("Does the sender or the bank pay the fee?", "Does the bank or the sender pay the fee?"),
+        (
+            "Can my colleague use the equipment I was given?",
+            "Can I use the equipment my colleague was given?",
+        ),
+    ),
+    "tense or mood": (
+        ("Is the service fee charged?", "Was the service fee charged?"),
+        ("Will my card be blocked?", "Was my card blocked?"),
+        ("Can I change the date?", "Could I have changed the date?"),
+        ("Does the manager approve it?", "Did the manager approve it?"),
+        ("Is the account closed?", "Should the account be closed?"),
+    ),
+}
+# Rewrites that keep the question: what the tier is for. Each applies where it can.
+_CONTRACTIONS = (
+    ("do not", "don't"), ("does not", "doesn't"), ("I am", "I'm"), ("it is", "it's"),
+    ("What is", "What's"), ("can not", "can't"), ("is not", "isn't"),
+)  # fmt: skip
+LONG_RULES = ("casing", "punctuation", "whitespace", "greeting and thanks", "contraction")
+
+
+def long_twins() -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """Pairs of long prompts that ask different questions, by kind; and the originals."""
+    negatives: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    originals: list[str] = []
+    for header in _FEW_SHOT_HEADERS:
+        for examples, final, pairs in _FEW_SHOT:
+            for (a, b), (name, they), place in zip(
+                pairs, _PEOPLE * 2, _ELSEWHERE * 2, strict=False
+            ):
+                extra = {"name": name if "{they}" in final else place, "they": they}
+                asked = f"{header}\n\n{examples}\n\n{final.format(a=a, b=b, **extra)}"
+                other = f"{header}\n\n{examples}\n\n{final.format(a=b, b=a, **extra)}"
+                negatives["few-shot, two phrases swapped"].append((asked, other))
+                originals.append(asked)
+    for preamble in _PREAMBLES:
+        for kind, questions in _FINAL_QUESTIONS.items():
+            for asked, other in questions:
+                negatives[f"long preamble, {kind}"].append((preamble + asked, preamble + other))
+                originals.append(preamble + asked)
+    return dict(negatives), originals
+
+
+def long_paraphrase(text: str, rule: str) -> str | None:
+    """A rewrite of a long prompt that keeps its question, or None where the rule cannot apply."""
+    if rule == "casing":
+        return text.lower()
+    if rule == "punctuation":
+        return re.sub(r"[?!.,;]+(\s|$)", r"\1", text)
+    if rule == "whitespace":
+        return "\n " + "  ".join(text.split()) + " \n"
+    if rule == "greeting and thanks":
+        return "Hi! " + text + (" Thanks!" if text.rstrip()[-1:] in ("?", ".") else "")
+    for long, short in _CONTRACTIONS:
+        for old, new in ((long, short), (short, long)):
+            if re.search(rf"\b{re.escape(old)}\b", text):
+                return re.sub(rf"\b{re.escape(old)}\b", new, text, count=1)
+    return None
+
+
+def long_prompts(embed: Embed, make: MakeGuard, args: argparse.Namespace, tag: str) -> None:
+    """False hits on long twins, true hits on their paraphrases, and the guard's cost."""
+    negatives, originals = long_twins()
+    thresholds = sorted({0.95, 0.99, 0.999, args.threshold})
+    print(f"long prompts: twins from {len(_FEW_SHOT) * len(_FEW_SHOT_HEADERS)} few-shot prompts "
+          f"and {len(_PREAMBLES)} preambles; each pair is a different question")  # fmt: skip
+    print()
+    header = " | ".join(f">= {t:g} alone | >= {t:g} with the guard" for t in thresholds)
+    print(f"| kind | pairs | median chars | min similarity | {header} |")
+    print("|---|---|---|---|" + "---|---|" * len(thresholds))
+    for kind, pairs in negatives.items():
+        asked = cached_embed(embed, [a for a, _ in pairs], args.cache_dir, tag)
+        other = cached_embed(embed, [b for _, b in pairs], args.cache_dir, tag)
+        scores = np.einsum("ij,ij->i", asked, other)
+        guards_a, _ = guards_of([a for a, _ in pairs], make)
+        guards_b, _ = guards_of([b for _, b in pairs], make)
+        passes = np.array(
+            [g.signature == h.signature and g.refuses(h, args.min_overlap) is None
+             for g, h in zip(guards_b, guards_a, strict=True)]
+        )  # fmt: skip
+        cells = " | ".join(
+            f"{rate(int((scores >= t).sum()), len(pairs))} "
+            f"| {rate(int(((scores >= t) & passes).sum()), len(pairs))}"
+            for t in thresholds
+        )
+        chars = statistics.median(len(a) for a, _ in pairs)
+        print(f"| {kind} | {len(pairs)} | {chars:.0f} | {scores.min():.5f} | {cells} |")
+    print()
+    print("paraphrases of the long prompts (the same question): a hit at the threshold")
+    print("| rule | prompts | similarity >= threshold alone | hit with the guard |")
+    print("|---|---|---|---|")
+    guards_o, _ = guards_of(originals, make)
+    vectors_o = cached_embed(embed, originals, args.cache_dir, tag)
+    for rule in LONG_RULES:
+        made = [(i, p) for i, t in enumerate(originals) if (p := long_paraphrase(t, rule))]
+        vectors = cached_embed(embed, [p for _, p in made], args.cache_dir, tag)
+        scores = np.einsum("ij,ij->i", vectors, vectors_o[[i for i, _ in made]])
+        guards, _ = guards_of([p for _, p in made], make)
+        passes = np.array(
+            [g.signature == guards_o[i].signature
+             and g.refuses(guards_o[i], args.min_overlap) is None
+             for g, (i, _) in zip(guards, made, strict=True)]
+        )  # fmt: skip
+        above = scores >= args.threshold
+        print(
+            f"| {rule} | {len(made)} | {rate(int(above.sum()), len(made))} "
+            f"| {rate(int((above & passes).sum()), len(made))} |"
+        )
+    print()
+    guard_cost(make, negatives["few-shot, two phrases swapped"], args.min_overlap)
+
+
+def guard_cost(make: MakeGuard, pairs: list[tuple[str, str]], min_overlap: float) -> None:
+    """The guard's cost on 2,000-character prompts: building it, a hit, a refusal (us)."""
+    filler = " ".join(_PREAMBLES)
+    texts = [((a + "\n\n" + filler)[:2000], (b + "\n\n" + filler)[:2000]) for a, b in pairs]
+    built: list[float] = []
+    accepted: list[float] = []
+    refused: list[float] = []
+    for _ in range(20):
+        for a, b in texts:
+            started = time.perf_counter()
+            guard = make(a)
+            built.append((time.perf_counter() - started) * 1e6)
+            same, other = make(a.upper()), make(b)
+            started = time.perf_counter()
+            same.refuses(guard, min_overlap)
+            accepted.append((time.perf_counter() - started) * 1e6)
+            started = time.perf_counter()
+            other.refuses(guard, min_overlap)
+            refused.append((time.perf_counter() - started) * 1e6)
+    print(f"guard cost on {len(texts)} prompts of 2,000 characters, 20 rounds (microseconds)")
+    print("| step | p50 | p99 |")
+    print("|---|---|---|")
+    for step, costs in (("build (tokenise, normalise)", built), ("compare: a hit", accepted),
+                        ("compare: a refusal (two phrases swapped)", refused)):  # fmt: skip
+        costs.sort()
+        print(f"| {step} | {costs[len(costs) // 2]:.0f} | {costs[int(0.99 * len(costs))]:.0f} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "routing")
@@ -434,12 +858,25 @@ def main() -> None:
         "--min-overlap",
         type=float,
         default=DEFAULT_MIN_WORD_ORDER_OVERLAP,
-        help="the guard's word-order check (share of word bigrams a hit must share)",
+        help="the bigram-share check of a --guard from before issue 17 (the current guard has "
+        "no such share: every differing span refuses)",
+    )
+    parser.add_argument(
+        "--guard",
+        type=Path,
+        help="measure the prompt_guard of this guard module instead (e.g. an older guard.py)",
+    )
+    parser.add_argument(
+        "--long-only", action="store_true", help="only the long-prompt twins and the guard's cost"
     )
     args = parser.parse_args()
 
     embed = load_embed(args.embed, args.encoder)
     tag = getattr(embed, "name", args.embed or "embed").replace("/", "_").replace(":", "_")
+    make = load_guard(args.guard)
+    if args.long_only:
+        long_prompts(embed, make, args, tag)
+        return
     rows = sample(args.data / f"{args.split}.jsonl.gz", args.limit)
     rules = [
         RULES[int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) % len(RULES)] for r in rows
@@ -452,8 +889,8 @@ def main() -> None:
     with_number = [i for i, c in enumerate(changed) if c is not None]
     originals = cached_embed(embed, [r["prompt"] for r in rows], args.cache_dir, tag)
     rewritten = cached_embed(embed, paraphrases, args.cache_dir, tag)
-    guards_o, cost = guards_of([r["prompt"] for r in rows])
-    guards_p, _ = guards_of(paraphrases)
+    guards_o, cost = guards_of([r["prompt"] for r in rows], make)
+    guards_p, _ = guards_of(paraphrases, make)
 
     n = len(rows)
     sources = dict(Counter(r["source"] for r in rows))
@@ -465,7 +902,7 @@ def main() -> None:
     print(f"lowest threshold with no false hit outside bbh, embedding alone: {lowest_alone}")
     print()
     print(
-        f"with the lexical guard (signature must match, word-order overlap >= {args.min_overlap}):"
+        f"with the lexical guard ({args.guard or 'gateway/cache/guard.py'}; signature must match):"
     )
     guarded = Outcome(originals, rewritten, (guards_o, guards_p), args.min_overlap)
     lowest = grid(guarded, rows, args.threshold, "given threshold")
@@ -481,14 +918,14 @@ def main() -> None:
     rule_made_negatives(
         "one number changed (the first, plus one)",
         [(i, str(changed[i])) for i in with_number],
-        embed, originals, guards_o, args, tag,
+        embed, originals, guards_o, args, tag, make,
     )  # fmt: skip
     vocabulary = sorted({w for r in rows for w in re.findall(r"\b[a-z]{5,9}\b", r["prompt"])})
     replaced = [(i, replace_a_word(r["prompt"], vocabulary)) for i, r in enumerate(rows)]
     rule_made_negatives(
         "one word replaced (the middle word of 5+ letters, by another word of the sample)",
         [(i, text) for i, text in replaced if text is not None],
-        embed, originals, guards_o, args, tag,
+        embed, originals, guards_o, args, tag, make,
     )  # fmt: skip
     # Sentences without digits or negations: the guard's signature cannot tell them apart.
     plain = sorted(
@@ -503,7 +940,7 @@ def main() -> None:
     rule_made_negatives(
         "a sentence of another prompt appended (without digits or negations)",
         [(i, append_a_sentence(r["prompt"], plain)) for i, r in enumerate(rows)],
-        embed, originals, guards_o, args, tag,
+        embed, originals, guards_o, args, tag, make,
     )  # fmt: skip
     print(
         "hardest negatives the guard lets through (similarity, where the two prompts first differ):"
@@ -513,14 +950,19 @@ def main() -> None:
     print("hardest negatives outside bbh the guard lets through:")
     hardest(guarded, rows, free_only=True)
     print()
-    bigrams = [len(g.bigrams) for g in guards_o]
+    # What an index entry keeps of the guard: its arrays (old and new guards alike).
+    kept = [
+        sum(v.nbytes for f in fields(g) if isinstance(v := getattr(g, f.name), np.ndarray))
+        for g in guards_o
+    ]
     print(
         f"guard per prompt: p50 {statistics.median(cost):.0f} us, "
         f"p99 {sorted(cost)[int(0.99 * len(cost))]:.0f} us; "
-        f"bigrams per prompt: median {statistics.median(bigrams):.0f}, max {max(bigrams)} "
-        f"({8 * statistics.mean(bigrams) / 1024:.1f} KiB per index entry on average)"
+        f"kept per index entry: median {statistics.median(kept) / 1024:.2f} KiB, "
+        f"mean {statistics.mean(kept) / 1024:.2f} KiB, max {max(kept) / 1024:.1f} KiB"
     )
     print()
+    long_prompts(embed, make, args, tag)
     print("semantic index lookup (one team and partition, exact search, microseconds)")
     print("| entries | p50 | p99 | matrix MiB |")
     print("|---|---|---|---|")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -248,6 +249,130 @@ async def test_a_greeting_may_be_added_but_not_a_clause(cache: PromptCache) -> N
     longer = chat("What is the capital of France, and how many people live in its suburbs?")
     assert (await cache.lookup("search", "direct", greeted, {}, embedding=v)).hit
     assert not (await cache.lookup("search", "direct", longer, {}, embedding=v)).hit
+
+
+# Long prompts (issue 17): a few differing words in a long shared text. The router's embedding
+# is a mean over every token: it scores each pair below between 0.9993 and 1.0, above the
+# default threshold. The guard must judge the differing span itself, not its share of the
+# prompt.
+
+FEW_SHOT = """Answer each question about the person's education in a few words, then give the \
+reason.
+
+Q: Ana studied nursing at a community college for two years, then transferred to a state \
+university to finish her bachelor's degree. Where did she start her studies?
+A: At the community college: she transferred to the university only after two years there.
+
+Q: Ben trained as a welder at a trade school after high school, and ten years later he enrolled \
+at a university to study engineering part-time. Which did he attend first?
+A: The trade school: he went straight there after high school and enrolled at the university a \
+decade later.
+
+Q: Chloe left an online course after three weeks because it had no teacher, and joined an \
+evening class at the local library instead, which she finished. Which course did she complete?
+A: The evening class: she dropped the online course and finished the library class.
+
+Q: Dmitri was admitted to a conservatory and to a medical school in the same spring, chose the \
+conservatory, and now plays the cello in an orchestra. Which offer did he turn down?
+A: The medical school: he accepted the conservatory and became a cellist.
+
+Q: Emeka spent a year at {first} studying history, then moved to {second}, where he qualified \
+as an electrician. Which did he leave?
+A:"""
+FEW_SHOT_ASKED = FEW_SHOT.format(first="a university", second="a trade school")
+
+PREAMBLE = """You are the support assistant of Northwind Travel. Follow these rules in every \
+answer.
+
+1. Answer only from the booking policy below; if it does not cover the question, say so and \
+offer to connect the customer with an agent.
+2. Be brief: at most three sentences, no lists unless the customer asks for one.
+3. Never promise a refund, a voucher or an upgrade; say what the policy allows and who decides.
+4. Quote amounts in the currency of the booking.
+
+Booking policy:
+- A booking may be cancelled free of charge up to 24 hours after it was made. Later \
+cancellations cost a fee of one night or, for flights, the airline's own fee.
+- The travel date may be changed once without a fee if the change is made at least 14 days \
+before departure; later changes cost the difference in fare plus a service fee.
+- A ticket is personal. It may be transferred to another traveller on the same booking only by \
+the lead passenger, and only before check-in opens.
+- Entry requirements (passports, visas, vaccinations) are the traveller's responsibility; we \
+link the official government pages but do not give legal advice.
+- Luggage allowances are those of the carrier named on the ticket.
+
+Customer question: """
+# (stored question, another question, why the guard refuses it): each pair keeps the numbers
+# and the count of negations, so the signature cannot tell them apart; only the words can.
+OTHER_FINAL_QUESTIONS = {
+    "entity": (
+        "Where do I find the visa rules for Guinea?",
+        "Where do I find the visa rules for Equatorial Guinea?",
+        "words_added",
+    ),
+    "negation": (
+        "Is there a fee if I do not cancel and change the date?",
+        "Is there a fee if I cancel and do not change the date?",
+        "word_order",
+    ),
+    "roles": (
+        "Can the lead passenger transfer the ticket to my friend?",
+        "Can my friend transfer the ticket to the lead passenger?",
+        "word_order",
+    ),
+}
+
+
+async def test_a_long_few_shot_prompt_with_two_phrases_swapped_is_a_miss(
+    cache: PromptCache,
+) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(FEW_SHOT_ASKED), v)
+    swapped = FEW_SHOT.format(first="a trade school", second="a university")
+    found = await cache.lookup("search", "direct", chat(swapped), {}, embedding=v)
+    assert not found.hit
+    assert cache.metrics.semantic_refused == {"word_order": 1}
+
+
+@pytest.mark.parametrize("kind", list(OTHER_FINAL_QUESTIONS))
+async def test_a_long_preamble_with_another_final_question_is_a_miss(
+    cache: PromptCache, kind: str
+) -> None:
+    asked, other, reason = OTHER_FINAL_QUESTIONS[kind]
+    v = unit(1)
+    await remember(cache, "search", chat(PREAMBLE + asked), v)
+    found = await cache.lookup("search", "direct", chat(PREAMBLE + other), {}, v)
+    assert not found.hit
+    assert cache.metrics.semantic_refused == {reason: 1}
+
+
+def _respaced(text: str) -> str:
+    return "\n " + "  ".join(text.split()) + " \n"
+
+
+def _unpunctuated(text: str) -> str:
+    return re.sub(r"[?!.,;:]+(\s|$)", r"\1", text)
+
+
+@pytest.mark.parametrize(
+    "rewrite", [str.upper, _unpunctuated, _respaced], ids=["case", "punctuation", "whitespace"]
+)
+async def test_a_long_prompt_differing_only_in_spelling_still_hits(
+    cache: PromptCache, rewrite: Callable[[str], str]
+) -> None:
+    v = unit(1)
+    await remember(cache, "search", chat(FEW_SHOT_ASKED), v)
+    again = chat(rewrite(FEW_SHOT_ASKED))
+    assert (await cache.lookup("search", "direct", again, {}, embedding=v)).hit
+
+
+async def test_a_greeting_and_thanks_around_a_long_prompt_still_hit(cache: PromptCache) -> None:
+    v = unit(1)
+    question = "Can the lead passenger transfer the ticket to my friend?"
+    await remember(cache, "search", chat(PREAMBLE + question), v)
+    polite = f"Hi! Quick question: {PREAMBLE}Please, c{question[1:]} Thank you!"
+    found = await cache.lookup("search", "direct", chat(polite), {}, embedding=v)
+    assert found.hit
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # prompt. Without the guard it had to be 0.99999: the averaged embedding cannot see numbers or
 # word order (docs/cache.md, docs/benchmarks.md).
 DEFAULT_SEMANTIC_THRESHOLD = 0.999
-# The guard's order check: a hit has 90% of the shorter prompt's content-word bigrams. 0.8 let
-# BBH boolean expressions of the same words in another order through; 0.9 cost 0.1% of the
-# rule-made paraphrases.
+# Retired with the bigram-share guard (issue 17): the guard now refuses every differing span
+# that is not an allowed difference. Still accepted so that existing files validate.
 DEFAULT_MIN_WORD_ORDER_OVERLAP = 0.9
 
 
@@ -40,7 +39,8 @@ class SemanticSettings(BaseModel):
         default=DEFAULT_MIN_WORD_ORDER_OVERLAP,
         ge=0,
         le=1,
-        description="A semantic hit has at least this share of the shorter prompt's word bigrams.",
+        description="Retired and ignored: the guard refuses every differing span that is not an "
+        "allowed difference (docs/cache.md), whatever share of the prompt it is.",
     )
     max_entries_per_team: int = Field(default=4096, gt=0)
     dimensions: int = Field(default=384, gt=0)

@@ -234,11 +234,7 @@ class PromptCache:
         if neighbour is None or neighbour.similarity < threshold:
             return None
         # Only the nearest is checked: a refused nearest means a miss, never a farther hit.
-        refusal = (
-            guard.refuses(neighbour.guard, self.settings.semantic.min_word_order_overlap)
-            if neighbour.guard is not None
-            else "no_guard"
-        )
+        refusal = guard.refuses(neighbour.guard) if neighbour.guard is not None else "no_guard"
         if refusal is not None:
             self.metrics.semantic_refused[refusal] += 1
             return None
