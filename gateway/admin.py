@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import bearer_token, check_master_key
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import json_response
+from gateway.ledger.ledger import Ledger
 from gateway.state import Gateway
-from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Team
+from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Store, Team
+from gateway.store.store import ArchivedTeam
 
 log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -29,6 +31,14 @@ class NoSuch(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class TeamArchived(GatewayError):
+    """409: a deleted team's id; its budgets and spend are read-only history."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "team_archived"
 
 
 class CacheUnavailable(GatewayError):
@@ -68,26 +78,74 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 @router.post("/teams", status_code=201)
 async def create_team(body: TeamIn, gateway: AdminGateway) -> Response:
     try:
-        team = await gateway.store.create_team(body.name)
+        team = await open_team(gateway.store, gateway.ledger, body.name)
     except Conflict as exc:
         raise Exists(str(exc), param="name") from None
     return json_response(team_json(team), status=201)
 
 
 @router.get("/teams")
-async def list_teams(gateway: AdminGateway) -> Response:
+async def list_teams(gateway: AdminGateway, archived: bool = False) -> Response:
+    """The teams; `?archived=true`: the deleted ones instead, by id (their spend and budgets)."""
+    if archived:
+        found = await gateway.store.archived_teams()
+        return json_response({"data": [archived_team_json(t) for t in found]})
     return json_response({"data": [team_json(t) for t in await gateway.store.list_teams()]})
 
 
 @router.delete("/teams/{name}")
 async def delete_team(name: str, gateway: AdminGateway) -> Response:
+    """Delete a team: its spend rows and budgets are archived under a new id, its keys go."""
+    # Revoking first drops the keys from this process's key cache at once: a request with one
+    # of them must not be charged to a new team of the same name (other workers: within 5 s).
+    for key in await gateway.store.list_keys(name):
+        if key.revoked_at is None:
+            await gateway.keys.revoke(key.id)
     try:
-        await gateway.store.delete_team(name)
+        archived = await archive_team(gateway.store, gateway.ledger, name)
     except Missing as exc:
         raise NoSuch(str(exc)) from None
     # A team created again under the same name must not inherit the old team's answers.
     await _drop_cached_answers(gateway, name)
-    return json_response({"name": name, "deleted": True})
+    return json_response({"name": name, "deleted": True, "archived_id": archived.id})
+
+
+async def open_team(store: Store, ledger: Ledger, name: str) -> Team:
+    """Create a team that starts clean, whatever a deleted team of that name left behind: spend
+    rows logged after its deletion and leftover budgets go to its archive, counters its
+    in-flight requests rebuilt after the deletion are dropped."""
+    if name in {t.name for t in await store.list_teams()}:
+        raise Conflict(f"team {name!r} already exists")
+    await _forget_counters(ledger, name, "created")
+    team = await store.create_team(name, relabel=[ledger.budgets.archive_team])
+    ledger.forget_budgets()
+    return team
+
+
+async def archive_team(store: Store, ledger: Ledger, name: str) -> ArchivedTeam:
+    """Delete a team, archiving its spend rows and budgets under its new id in one transaction,
+    then drop its counters and this process's cached budgets."""
+    archived = await store.delete_team(name, relabel=[ledger.budgets.archive_team])
+    ledger.forget_budgets()
+    await _forget_counters(ledger, name, "archived")
+    return archived
+
+
+async def _forget_counters(ledger: Ledger, name: str, done: str) -> None:
+    """Drop the counters of the team's name, best effort: deleting and creating a team both do
+    it, so the counters of an old team survive only when both ran while the counters were
+    unreachable (Redis down), and each such miss is logged. The admin API keeps working in an
+    outage of the counters."""
+    try:
+        await ledger.counters.forget(_team_counters(name))
+    except Exception as exc:
+        log.warning("team %s %s, but its ledger counters could not be dropped: %r", name, done, exc)
+
+
+def _team_counters(name: str) -> str:
+    # The prefix of every counter of the team's budgets (Budget.counter); a key's counters are
+    # named by its id, which is never reused.
+    return f"team:{name}:"
 
 
 @router.post("/keys", status_code=201)
@@ -125,7 +183,7 @@ async def spend(
     gateway: AdminGateway,
     request_id: str | None = None,
     team: str | None = None,
-    limit: int = 100,
+    limit: Annotated[int, Query(ge=1)] = 100,
 ) -> Response:
     rows = await gateway.store.spend(request_id=request_id, team=team, limit=min(limit, 1000))
     return json_response({"data": [spend_json(r) for r in rows]})
@@ -158,6 +216,15 @@ async def _drop_cached_answers(gateway: Gateway, team: str) -> None:
 
 def team_json(team: Team) -> dict[str, Any]:
     return {"name": team.name, "created_at": team.created_at.isoformat()}
+
+
+def archived_team_json(team: ArchivedTeam) -> dict[str, Any]:
+    return {
+        "id": team.id,
+        "name": team.name,
+        "created_at": team.created_at.isoformat(),
+        "deleted_at": team.deleted_at.isoformat(),
+    }
 
 
 def key_json(key: ApiKey) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,28 +13,33 @@ import threadpoolctl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
-from gateway import __version__
+from gateway import __version__, outage
 from gateway.admin import router as admin_router
 from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.chat import chat_completions
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest
 from gateway.http import error_response, json_response
 from gateway.ledger.admin import router as ledger_admin_router
 from gateway.ledger.build import open_ledger
 from gateway.llm import model_info
+from gateway.openapi import CHAT_OPENAPI_EXTRA, CHAT_RESPONSES, install_openapi
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
+from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
-from gateway.spend import SpendWriter
+from gateway.spend import SpendWriter, default_fallback_file, default_journal_dir
 from gateway.state import Gateway, resolve_api_keys
-from gateway.store import Store, sqlite_path
+from gateway.store import Store
+from gateway.timeouts import with_client_timeouts
 from policies import Catalog, PolicyEngine
 from router import EstimateBatcher, Router
 
 log = logging.getLogger("rightsize")
+_READY_TIMEOUT_S = 2.0  # a readiness probe answers within this, whatever the dependencies do
 
 
 def create_app(
@@ -52,13 +58,16 @@ def create_app(
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
     master_key = env.get(settings.auth.master_key_env) or None
+    # Upstream error text reaches tenants and the log: every secret this app holds is cut.
+    redactor = Redactor([*api_keys.values(), master_key, key_secret])
+    redact_logs(redactor)
     if settings.cache.backend == "redis" and not settings.store.redis_url:
         raise ConfigError(f"{source}: cache.backend: redis needs store.redis_url to be set")
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.connect(settings.store_url())
+        store = Store.connect(settings.store_url(), settings.store.pool())
         if settings.store.migrate_on_start:
             await store.migrate()
         spend = SpendWriter(
@@ -66,11 +75,16 @@ def create_app(
             flush_interval_s=settings.spend_log.flush_interval_ms / 1000,
             batch_size=settings.spend_log.batch_size,
             fallback_file=_fallback_file(settings),
+            journal_dir=_journal_dir(settings),
+            replay_interval_s=settings.spend_log.replay_interval_s,
         )
-        spend.start()
-        providers: dict[str, Provider] = {"openai_http": OpenAIHTTPProvider(api_keys)}
+        # Before serving: a counter rebuilt from the spend log must see the replayed rows.
+        await spend.start()
+        providers: dict[str, Provider] = {
+            "openai_http": OpenAIHTTPProvider(api_keys, redactor=redactor)
+        }
         if any(d.transport == "litellm" for d in catalog.deployments):
-            providers["litellm"] = LiteLLMProvider(api_keys)
+            providers["litellm"] = LiteLLMProvider(api_keys, redactor=redactor)
         estimator = (
             EstimateBatcher(
                 router,
@@ -95,6 +109,9 @@ def create_app(
             ledger=open_ledger(settings, store),
         )
         await app.state.gateway.cache.start()
+        # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
+        # process's heartbeat retired) by ledger.aclose() below.
+        app.state.gateway.ledger.start()
         try:
             yield
         finally:
@@ -107,10 +124,27 @@ def create_app(
                 await provider.aclose()
             await store.aclose()
 
-    app = FastAPI(title="Rightsize", version=__version__, lifespan=lifespan)
-    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    # The API description is public knowledge only where the operator says so.
+    spec = settings.server.openapi
+    app = FastAPI(
+        title="Rightsize",
+        version=__version__,
+        lifespan=with_client_timeouts(lifespan, settings.server),
+        openapi_url="/openapi.json" if spec else None,
+        docs_url="/docs" if spec else None,
+        redoc_url="/redoc" if spec else None,
+    )
+    install_openapi(app)
+    app.add_api_route(
+        "/v1/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        responses=CHAT_RESPONSES,
+        openapi_extra=CHAT_OPENAPI_EXTRA,
+    )
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     _install_error_handlers(app)
@@ -119,9 +153,16 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the config path travels in RIGHTSIZE_CONFIG."""
+    from gateway.workers import SUPERVISOR_ENV, follow_supervisor, warm_up
+
+    # First, before the slow part: a worker whose supervisor dies while it loads ends too.
+    if supervisor := os.environ.get(SUPERVISOR_ENV):
+        follow_supervisor(int(supervisor))
     settings, source = load_settings()
     hold_blas_threads(settings)
-    return create_app(settings, source=source)
+    app = create_app(settings, source=source)
+    warm_up()  # uvicorn reports the worker started only after this factory has returned
+    return app
 
 
 def hold_blas_threads(settings: Settings) -> None:
@@ -158,7 +199,41 @@ async def list_models(request: Request) -> Response:
 
 
 async def healthz() -> Response:
+    """Liveness: the process answers. No dependency is called (see /readyz)."""
     return json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the store, Redis (when configured) and the router; 503 naming what is down."""
+    gateway: Gateway = request.app.state.gateway
+    checks: dict[str, dict[str, str]] = {
+        "store": await _check(_ping_store(gateway.store)),
+    }
+    if gateway.settings.store.redis_url:
+        checks["redis"] = await _check(gateway.ledger.counters.ping())
+    checks["router"] = {"status": "loaded" if gateway.router is not None else "disabled"}
+    down = sorted(name for name, check in checks.items() if check["status"] == "down")
+    body = {"status": "unavailable" if down else "ready", "down": down, "checks": checks}
+    if down:
+        return json_response(body, status=503, headers={"retry-after": str(RETRY_AFTER_S)})
+    return json_response(body)
+
+
+async def _ping_store(store: Store) -> None:
+    async with store.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _check(probe: Awaitable[None]) -> dict[str, str]:
+    """One dependency's state; a probe that hangs counts as down after _READY_TIMEOUT_S."""
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT_S):
+            await probe
+    except Exception as exc:
+        # /readyz is unauthenticated: the class of the failure, its detail (hosts) in the log.
+        log.warning("readiness check failed: %r", exc)
+        return {"status": "down", "error": type(exc).__name__}
+    return {"status": "up"}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -166,10 +241,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
         return error_response(exc)
 
+    async def _outage(_: Request, exc: Exception) -> Response:
+        # The admin API and the other routes call the store directly: a dependency that is
+        # down is a 503; anything else of these classes (a bad query) goes on to the 500.
+        unavailable = outage.unavailable(exc)
+        if unavailable is None:
+            raise exc
+        log.warning("%s: %r", unavailable.message, exc)
+        return error_response(unavailable)
+
+    for kind in outage.EXCEPTION_CLASSES:
+        app.add_exception_handler(kind, _outage)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         error = exc.errors()[0]
-        param = ".".join(str(p) for p in error["loc"] if p != "body") or None
+        loc = tuple(error["loc"])
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]  # where the value was sent, not part of its name
+        param = ".".join(str(p) for p in loc) or None
         if param is None:
             message = "The body must be a JSON object sent with Content-Type: application/json"
         else:
@@ -211,9 +301,15 @@ def _cache_settings(settings: Settings, router: Router | None) -> CacheSettings:
 
 
 def _fallback_file(settings: Settings) -> Path:
-    path = sqlite_path(settings.store_url())
-    base = path.parent if path else Path.cwd()
-    return base / "spend-log-unwritten.jsonl"
+    if settings.spend_log.fallback_file is not None:
+        return settings.spend_log.fallback_file
+    return default_fallback_file(settings.store_url())
+
+
+def _journal_dir(settings: Settings) -> Path:
+    if settings.spend_log.journal_dir is not None:
+        return settings.spend_log.journal_dir
+    return default_journal_dir(_fallback_file(settings), settings.store_url())
 
 
 def _log_configuration(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import AuthenticationFailed, RevokedKey
+from gateway.outage import store_outage_as_503
 from gateway.settings import ConfigError, Settings
 from gateway.store import ApiKey, Store, sqlite_path
 
@@ -90,7 +91,9 @@ class KeyService:
         if cached is not None and cached[0] > now:
             key = cached[1]
         else:
-            found = await self._store.find_key(digest)
+            # The store down: 503 (try again), not 500 and not 401 (the key may be fine).
+            with store_outage_as_503():
+                found = await self._store.find_key(digest)
             if found is None or not hmac.compare_digest(found[1], digest):
                 raise AuthenticationFailed("Incorrect API key provided")
             key = found[0]

@@ -31,7 +31,10 @@ from gateway.errors import (
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
 from gateway.ledger.ledger import Hold
 from gateway.ledger.metering import reserve_cache_hit, reserve_request, settle_request
+from gateway.limits import check_chat_shape
+from gateway.outage import unavailable
 from gateway.schemas import ChatRequest
+from gateway.settings import ServerSettings
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
 from gateway.tokens import count_prompt_tokens
@@ -70,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         key = await gateway.keys.authenticate(bearer_token(request.headers))
         call.record.team, call.record.key_id = key.team, key.id
-        chat = parse_chat_request(await read_json(request, gateway.settings.server.max_body_bytes))
+        chat = await read_json(request, gateway.settings.server, parse_chat_request)
         call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
         payload = chat.upstream_payload()
         # The cache comes before the router: an exact hit costs no encode. Its key holds the
@@ -107,17 +110,26 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError as exc:
         await _log_failure(gateway, call, exc)
         return error_response(exc, call.record.request_id)
-    except Exception:
+    except Exception as exc:
+        # The store or Redis down before the request was admitted: 503, try again later. After
+        # admission no dependency of ours is called (a settlement keeps itself for a retry), so
+        # anything else is a bug: 500 with its traceback.
+        outage = unavailable(exc) if call.hold is None else None
+        if outage is not None:
+            log.warning("request %s refused: %s: %r", call.record.request_id, outage.message, exc)
+            await _log_failure(gateway, call, outage)
+            return error_response(outage, call.record.request_id)
         log.exception("request %s failed inside the gateway", call.record.request_id)
         internal = GatewayError(f"Internal gateway error (request {call.record.request_id})")
         await _log_failure(gateway, call, internal)
         return error_response(internal, call.record.request_id)
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
+def parse_chat_request(body: Any, server: ServerSettings) -> ChatRequest:
     """Validate a decoded body; the first problem becomes a 400 naming the field."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
+    check_chat_shape(body, server)
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
@@ -255,8 +267,8 @@ async def _from_cache(
     else:
         headers["x-rightsize-cost-usd"] = "0"
         response = json_response(cached.answer.response(), headers=headers)
-    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
+    await settle_request(gateway.ledger, call.hold, call.record)
     return response
 
 
@@ -293,8 +305,8 @@ async def _complete(
         call.record.usage_estimated = True
     cost = _charge(call, deployment.price.cost(usage), usage)
     call.record.overhead_ms = call.elapsed_ms() - call.record.upstream_ms
-    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
+    await settle_request(gateway.ledger, call.hold, call.record)
     headers = _routing_headers(call)
     headers["x-rightsize-cost-usd"] = _usd(cost)
     response = json_response(result, headers=headers)
@@ -411,8 +423,8 @@ async def _relay(
             if call.record.status != 200:
                 usage = await _final_usage(call, deployment.model, chat, reported, text)
                 _charge(call, deployment.price.cost(usage), usage)
+            gateway.spend.record(call.record)
             await settle_request(gateway.ledger, call.hold, call.record)
-        gateway.spend.record(call.record)
     if completion is not None and call.record.status == 200:
         # After [DONE] has gone out: the client does not wait for the cache.
         await gateway.cache.store(cached, deployment.name, completion)
@@ -471,8 +483,8 @@ async def _log_failure(gateway: Gateway, call: _Call, exc: GatewayError) -> None
     call.record.error_type = exc.code or exc.type
     if call.record.overhead_ms is None:
         call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
-    await settle_request(gateway.ledger, call.hold, call.record)
     gateway.spend.record(call.record)
+    await settle_request(gateway.ledger, call.hold, call.record)
 
 
 def _usd(cost: Decimal) -> str:

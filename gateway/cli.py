@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import logging.config
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -49,11 +49,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     import uvicorn
 
     from gateway.app import create_app, hold_blas_threads
-    from gateway.store import Store
+    from gateway.workers import SUPERVISOR_ENV, log_config, warm_up
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The same configuration here and in every worker uvicorn spawns (it applies it again there).
+    logging_config = log_config()
+    logging.config.dictConfig(logging_config)
     settings, source = _settings(config_path)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
@@ -67,23 +67,40 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         "host": host,
         "port": port,
         "log_level": "info",
+        "log_config": logging_config,
         "access_log": False,
         "timeout_keep_alive": settings.server.keep_alive_s,
+        "http": "gateway.timeouts:SlowClientProtocol",  # header and body timeouts
     }
+    # Several workers: migrate once here, then each worker rebuilds the app from the same file.
+    _run(_prepare_store(settings, workers, migrate=workers > 1))
     if workers == 1:
+        warm_up()
         uvicorn.run(app, **options)
         return
-    # Several workers: migrate once here, then each worker rebuilds the app from the same file.
-    _run(_migrate(Store.connect(settings.store_url())))
     if config_path:
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     os.environ["RIGHTSIZE_STORE__MIGRATE_ON_START"] = "false"
-    uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # each worker ends when this process does
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=settings.server.worker_start_timeout_s,
+        **options,
+    )
 
 
-async def _migrate(store: Any) -> None:
+async def _prepare_store(settings: Settings, workers: int, *, migrate: bool) -> None:
+    """Check the workers' pools against the database's connection limit; migrate if asked."""
+    from gateway.store import Store
+    from gateway.workers import check_connection_budget
+
+    store = Store.connect(settings.store_url())
     try:
-        await store.migrate()
+        await check_connection_budget(store, workers, settings.store.pool())
+        if migrate:
+            await store.migrate()
     finally:
         await store.aclose()
 
@@ -98,17 +115,33 @@ def teams() -> None:
 @click.argument("name")
 def teams_create(config_path: str | None, name: str) -> None:
     """Create a team."""
-    team = _with_store(config_path, lambda store: store.create_team(name))
+    import re
+
+    from gateway.admin import TEAM_NAME, open_team
+
+    # The admin API's rule: above all no `~`, which only archived teams' ids contain.
+    if not re.fullmatch(TEAM_NAME, name):
+        raise click.ClickException(
+            "a team name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit"
+        )
+    team = _with_team_ledger(config_path, lambda store, ledger: open_team(store, ledger, name))
     click.echo(f"created team {team.name}")
 
 
 @teams.command("list")
 @config_option
+@click.option("--archived", is_flag=True, help="List deleted teams by their archived id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def teams_list(config_path: str | None, as_json: bool) -> None:
-    """List teams."""
-    from gateway.admin import team_json
+def teams_list(config_path: str | None, archived: bool, as_json: bool) -> None:
+    """List teams (or, with --archived, the deleted ones: reports take their id as --team)."""
+    from gateway.admin import archived_team_json, team_json
 
+    if archived:
+        found = _with_store(config_path, lambda store: store.archived_teams())
+        columns = ["id", "name", "created_at", "deleted_at"]
+        _print_rows([archived_team_json(t) for t in found], columns, as_json)
+        return
     rows = [team_json(t) for t in _with_store(config_path, lambda store: store.list_teams())]
     _print_rows(rows, ["name", "created_at"], as_json)
 
@@ -117,9 +150,13 @@ def teams_list(config_path: str | None, as_json: bool) -> None:
 @config_option
 @click.argument("name")
 def teams_delete(config_path: str | None, name: str) -> None:
-    """Delete a team and its keys (its spend-log rows stay)."""
-    _with_store(config_path, lambda store: store.delete_team(name))
-    click.echo(f"deleted team {name}")
+    """Delete a team and its keys; its spend rows and budgets are archived under a new id."""
+    from gateway.admin import archive_team
+
+    archived = _with_team_ledger(
+        config_path, lambda store, ledger: archive_team(store, ledger, name)
+    )
+    click.echo(f"deleted team {name}; its spend and budgets are archived as {archived.id}")
 
 
 @main.group()
@@ -253,6 +290,23 @@ def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]])
         return _run(run())
     except (Conflict, Missing) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _with_team_ledger(config_path: str | None, action: Callable[[Any, Any], Awaitable[_T]]) -> _T:
+    """Run a team verb that also clears the team's ledger counters (store, ledger)."""
+    from gateway.ledger.build import open_ledger
+
+    def with_ledger(store: Any) -> Awaitable[_T]:
+        async def run() -> _T:
+            ledger = open_ledger(_settings(config_path)[0], store)
+            try:
+                return await action(store, ledger)
+            finally:
+                await ledger.aclose()
+
+        return run()
+
+    return _with_store(config_path, with_ledger)
 
 
 def _config_call(action: Callable[[], _T]) -> _T:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# Seconds a client is told to wait after a 503 (a dependency down): long enough not to hammer a
+# recovering server, short enough that a blip costs little.
+RETRY_AFTER_S = 2
+
 
 class GatewayError(Exception):
     """Base of every error the gateway returns to a client."""
@@ -110,3 +114,35 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+class ServiceUnavailable(GatewayError):
+    """503: a dependency (the store, Redis) cannot be reached; the code names which one.
+
+    `retry-after` tells clients (the OpenAI SDKs retry 503s) when trying again makes sense.
+    """
+
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int = RETRY_AFTER_S, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database (teams, keys, budgets, spend log) cannot be reached."""
+
+    code = "store_unavailable"
+
+
+class LedgerUnavailable(ServiceUnavailable):
+    """The budget counters (Redis, or the database without Redis) cannot be reached."""
+
+    code = "ledger_unavailable"

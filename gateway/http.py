@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.settings import ServerSettings
 
+T = TypeVar("T")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -21,22 +26,55 @@ def request_id(request: Request) -> str:
     return given if given and _REQUEST_ID.match(given) else "req_" + uuid.uuid4().hex
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body, refusing anything over `limit` bytes before reading all of it."""
+class RequestTimedOut(GatewayError):
+    """408: the client did not send its request in time (or hung up while sending it)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}
+
+
+async def read_json(
+    request: Request, server: ServerSettings, parse: Callable[[Any, ServerSettings], T]
+) -> T:
+    """The body, decoded and handed to `parse`, refusing anything over server.max_body_bytes
+    before reading all of it. A large body is decoded and parsed in a worker thread: both take
+    time in proportion to its size, which on the event loop would stall every other request."""
+    limit = server.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes")
+    except ClientDisconnect:
+        # The client went away, or the server cut it off for sending too slowly
+        # (server.body_timeout_s): nobody reads this answer, but the spend log does.
+        raise RequestTimedOut(
+            f"The request body did not arrive within {server.body_timeout_s:g}s "
+            "(server.body_timeout_s), or the client closed the connection"
+        ) from None
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object")
+    if len(body) >= server.thread_parse_bytes:
+        return await asyncio.to_thread(_decode_and_parse, bytes(body), server, parse)
+    return _decode_and_parse(body, server, parse)
+
+
+def _decode_and_parse(
+    body: bytes | bytearray, server: ServerSettings, parse: Callable[[Any, ServerSettings], T]
+) -> T:
     try:
-        return orjson.loads(body)
+        decoded = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    return parse(decoded, server)
 
 
 def json_response(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.cache.config import CacheSettings
 from gateway.ledger.settings import LedgerSettings
+from gateway.store.store import PoolLimits
 from policies import (
     Catalog,
     CatalogError,
@@ -35,6 +36,46 @@ class ServerSettings(BaseModel):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Request shape, checked on the decoded body before validation: a body under the byte
+    # limit can still cost seconds of CPU (100,000 messages) or break recursive code (deep
+    # nesting). Each refusal is a 400 naming the limit and its setting (gateway/limits.py).
+    max_messages: int = Field(default=4096, gt=0, description="Messages in one request.")
+    max_message_parts: int = Field(
+        default=10_000,
+        gt=0,
+        description="Content parts and tool calls, over all the messages of one request: each "
+        "is validated as a model, which costs microseconds and holds the interpreter's lock.",
+    )
+    max_json_depth: int = Field(
+        default=64, gt=0, description="Nesting of JSON objects and arrays in a request body."
+    )
+    max_tools: int = Field(default=128, gt=0, description="Tools (and functions) in one request.")
+    max_tool_schema_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Serialized size of one tool's definition."
+    )
+    thread_parse_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="Bodies of at least this many bytes are decoded and validated in a worker "
+        "thread, off the event loop.",
+    )
+    header_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="A client must send its request line and headers within this many seconds "
+        "of connecting (or of starting a request on a kept-alive connection); else 408 and the "
+        "connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="A client must send the whole request body within this many seconds after "
+        "its headers; else 408 and the connection is closed.",
+    )
+    openapi: bool = Field(
+        default=False,
+        description="Serve /openapi.json, /docs and /redoc (unauthenticated); off: 404.",
+    )
     keep_alive_s: int = Field(
         default=75,
         ge=1,
@@ -49,6 +90,14 @@ class ServerSettings(BaseModel):
         description="Threads numpy's BLAS may use in each serving process (the router's "
         "neighbour search, the semantic cache); null leaves the library's own default "
         "(OPENBLAS_NUM_THREADS, else one per core).",
+    )
+    worker_start_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        description="With several workers: seconds the supervisor waits for a worker to answer "
+        "its health check before killing it. A new worker answers only once it has imported "
+        "its code, which takes seconds on a busy host (uvicorn's own default, 5, crash-loops "
+        "there); a started worker answers from a thread of its own at once.",
     )
 
 
@@ -66,6 +115,37 @@ class StoreSettings(BaseModel):
         description="Redis for replicas and the scale-out mode (prompt cache, ledger counters, "
         "reservations, rate limits); default None: embedded mode.",
     )
+    # PostgreSQL connections per worker process: each worker has one engine (store, budgets
+    # and ledger counters share it), so a replica opens at most
+    # workers x (pool_size + max_overflow). The defaults keep 4 workers at 40, well under
+    # PostgreSQL's default max_connections of 100; `serve` warns when the product exceeds it.
+    pool_size: int = Field(
+        default=5, ge=1, description="PostgreSQL connections each worker keeps open."
+    )
+    max_overflow: int = Field(
+        default=5,
+        ge=0,
+        description="Connections a worker may open beyond pool_size under load (closed again "
+        "when returned).",
+    )
+    pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a free connection of its worker's pool.",
+    )
+
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to open a PostgreSQL connection before the request gets 503 "
+        "store_unavailable (a host that drops packets).",
+    )
+
+    def pool(self) -> PoolLimits:
+        """The connection pool of one worker's engine."""
+        return PoolLimits(
+            self.pool_size, self.max_overflow, self.pool_timeout_s, self.connect_timeout_s
+        )
 
 
 class AuthSettings(BaseModel):
@@ -102,6 +182,13 @@ class SpendLogSettings(BaseModel):
 
     flush_interval_ms: int = Field(default=200, gt=0)
     batch_size: int = Field(default=500, gt=0)
+    # Rows the store refused, kept for the replay; null: beside the SQLite file, else in the
+    # working directory named for the store (gateway.spend.default_fallback_file).
+    fallback_file: Path | None = None
+    # Each process's write-ahead journal; null: spend-journal/STORE/ beside the fallback file.
+    journal_dir: Path | None = None
+    # How often the fallback file and dead processes' journals are replayed (also at start).
+    replay_interval_s: float = Field(default=30, gt=0)
 
 
 class Settings(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -128,9 +129,16 @@ def gateway_config(store_url: str, upstream: RunningUpstream, **overrides: Any) 
             **extra,
         }
 
+    # The spend writer's journal and fallback file: a directory of this configuration's own, so
+    # that no test replays another's rows and nothing lands in the working tree.
+    spend_dir = Path(tempfile.mkdtemp(prefix="rightsize-spend-"))
     config: dict[str, Any] = {
         "store": {"url": store_url},
-        "spend_log": {"flush_interval_ms": 20},
+        "spend_log": {
+            "flush_interval_ms": 20,
+            "fallback_file": str(spend_dir / "spend-log-unwritten.jsonl"),
+            "journal_dir": str(spend_dir / "journal"),
+        },
         "models": [
             model("small", "fake-ok", "litellm", "light", price=PRICE_SMALL),
             model("direct", "fake-ok", "openai_http", "standard", price=PRICE_DIRECT),

@@ -7,6 +7,7 @@ fake-500         HTTP 500 with an OpenAI error body
 fake-400         HTTP 400 with an OpenAI error body
 fake-slow        waits 3 s before answering
 fake-midstream   streams two chunks, then breaks the connection
+fake-echo        HTTP 500 whose error message quotes the request's API key and headers
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class FakeUpstream:
             return _error(500, "the fake upstream fell over")
         if model.endswith("fake-400"):
             return _error(400, "the fake upstream rejects this request")
+        if model.endswith("fake-echo"):
+            return _echo_credentials(request)
         if model.endswith("fake-slow"):
             await asyncio.sleep(3)
         if body.get("stream"):
@@ -111,6 +114,17 @@ def _sse(data: dict[str, Any]) -> bytes:
 def _error(status: int, message: str) -> Response:
     body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _echo_credentials(request: Request) -> Response:
+    """A 500 whose body quotes the request's credentials, as careless upstreams do."""
+    header = request.headers.get("authorization") or request.headers.get("x-api-key") or ""
+    key = header.removeprefix("Bearer ").strip()
+    message = (
+        f"Incorrect API key provided: {key}. Request headers: "
+        f"{{'authorization': '{header}', 'x-api-key': '{key}'}}"
+    )
+    return _error(500, message)
 
 
 def free_port() -> int:

@@ -226,3 +226,15 @@ async def test_admin_api_rejects_a_wrong_master_key(gateway: InProcessGateway) -
 async def test_unknown_route_is_an_openai_shaped_404(gateway: InProcessGateway) -> None:
     response = await gateway.client.get("/v1/nothing-here")
     assert_openai_error(response, 404, "not_found")
+
+
+async def test_a_spend_listing_limit_below_one_is_400_not_a_database_overflow(
+    gateway: InProcessGateway,
+) -> None:
+    # Found by schemathesis: SQLite overflowed on a limit below -2**63 and the API answered 500.
+    for limit in ("0", "-9223372036854775809"):
+        response = await gateway.client.get(
+            "/admin/spend", params={"limit": limit}, headers=gateway.admin.headers
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "limit"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.admin import AdminGateway, NoSuch
+from gateway.admin import AdminGateway, NoSuch, TeamArchived
 from gateway.errors import InvalidRequest
 from gateway.http import json_response
 from gateway.ledger.budgets import Budget, budget_id
@@ -67,6 +67,7 @@ async def put_budget(body: BudgetIn, gateway: AdminGateway) -> Response:
     budget = body.budget()
     if budget.scope == "team":
         if budget.subject not in {t.name for t in await gateway.store.list_teams()}:
+            await _refuse_archived(gateway, budget.subject)
             raise NoSuch(f"team {budget.subject!r} does not exist", param="team")
     elif budget.subject not in {k.id for k in await gateway.store.list_keys()}:
         raise NoSuch(f"key {budget.subject!r} does not exist", param="key_id")
@@ -98,6 +99,9 @@ async def get_budget(id_: str, gateway: AdminGateway) -> Response:
 
 @router.delete("/budgets/{id_}")
 async def delete_budget(id_: str, gateway: AdminGateway) -> Response:
+    budget = await gateway.ledger.budgets.get(id_)
+    if budget is not None and budget.scope == "team":
+        await _refuse_archived(gateway, budget.subject)
     if not await gateway.ledger.budgets.delete(id_):
         raise NoSuch(f"budget {id_!r} does not exist")
     gateway.ledger.forget_budgets()
@@ -110,8 +114,24 @@ async def team_usage(team: str, gateway: AdminGateway) -> Response:
     return json_response({"team": team, "data": await team_usage_rows(gateway, team)})
 
 
+async def _refuse_archived(gateway: Gateway, team: str) -> None:
+    """A deleted team's budgets are the record of what it was allowed: they stay as they are."""
+    archived = await gateway.store.archived_team(team)
+    if archived is not None:
+        raise TeamArchived(
+            f"team {team!r} is the archive of team {archived.name!r}, deleted "
+            f"{archived.deleted_at.isoformat()}: its budgets are read-only",
+            param="team",
+        )
+
+
 async def team_usage_rows(gateway: Gateway, team: str) -> list[dict[str, Any]]:
     if team not in {t.name for t in await gateway.store.list_teams()}:
+        if await gateway.store.archived_team(team) is not None:
+            raise NoSuch(
+                f"team {team!r} was deleted: it has no current windows; its spend is in "
+                f"/admin/reports/costs?team={team}"
+            )
         raise NoSuch(f"team {team!r} does not exist")
     keys = {k.id for k in await gateway.store.list_keys(team)}
     budgets = [

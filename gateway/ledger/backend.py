@@ -47,6 +47,11 @@ class NeedsRebuild:
     indexes: tuple[int, ...]
 
 
+def owner_of(hold_id: str) -> str:
+    """The process a hold belongs to: hold ids are `owner.random`."""
+    return hold_id.partition(".")[0]
+
+
 class CounterBackend(Protocol):
     """Atomic counters: every method is one transaction or one script."""
 
@@ -60,9 +65,19 @@ class CounterBackend(Protocol):
     ) -> Admitted | Refused | NeedsRebuild: ...
 
     async def settle(
-        self, hold_id: str, claims: Sequence[Claim], actual: Amounts, reserved: Amounts
+        self,
+        hold_id: str,
+        claims: Sequence[Claim],
+        actual: Amounts,
+        reserved: Amounts,
+        *,
+        only_held: bool = False,
     ) -> tuple[CounterState, ...]:
-        """Add the actual use to spent and drop the hold; returns the counters afterwards."""
+        """Add the actual use to spent and drop the hold; returns the counters afterwards.
+
+        only_held: charge only the counters that still hold the hold (a retried settlement: a
+        counter rebuilt from the spend log meanwhile already counts the request's row).
+        """
         ...
 
     async def initialize(self, claim: Claim, spent: Amounts, now_ms: int) -> None:
@@ -73,4 +88,26 @@ class CounterBackend(Protocol):
         """Counters as they stand, expired holds dropped; None for an unknown counter."""
         ...
 
+    async def heartbeat(self, owner: str, now_ms: int) -> None:
+        """Record that the process owning holds `owner.*` is alive."""
+        ...
+
+    async def sweep(self, stale_before_ms: int, limit: int) -> int:
+        """Release the holds of up to `limit` owners last seen before `stale_before_ms`;
+        returns how many holds were released."""
+        ...
+
+    async def retire(self, owner: str) -> None:
+        """Forget a process's heartbeat at a clean shutdown (its holds are settled)."""
+        ...
+
+    async def ping(self) -> None:
+        """One trivial round trip; raises when the counters cannot be reached."""
+        ...
+
     async def aclose(self) -> None: ...
+
+    async def forget(self, counter_prefix: str) -> int:
+        """Drop every counter whose name starts with the prefix, and its holds (a deleted
+        team's, `team:search:`); returns how many counters went."""
+        ...

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import String, and_, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.ledger.periods import Period, Window
 from gateway.ledger.tables import budgets
@@ -19,8 +19,16 @@ from gateway.store.tables import spend_log
 Scope = Literal["team", "key"]
 Mode = Literal["hard", "soft"]
 
-# Spend-log rows of requests the ledger never admitted: they hold no budget.
-UNMETERED_ERRORS = ("budget_exceeded", "rate_limit_exceeded")
+# Spend-log rows of requests the ledger never admitted: they hold no budget. Refused by a budget
+# (429), or by an outage (503) before the ledger admitted them: the counters or the budgets could
+# not be reached, or the fail-open allowance was used up.
+UNMETERED_ERRORS = (
+    "budget_exceeded",
+    "rate_limit_exceeded",
+    "ledger_unavailable",
+    "store_unavailable",
+    "service_unavailable",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,19 @@ class BudgetStore:
         )
         async with self.engine.connect() as conn:
             return [_budget(r._mapping) for r in await conn.execute(query)]
+
+    async def archive_team(self, conn: AsyncConnection, name: str, archived_id: str) -> int:
+        """Move a deleted team's budgets to its archived id, in the caller's transaction
+        (Store.delete_team, Store.create_team): a new team of that name starts without them."""
+        moved = await conn.execute(
+            update(budgets)
+            .where(budgets.c.scope == "team", budgets.c.subject == name)
+            .values(
+                subject=archived_id,
+                id=literal(f"team:{archived_id}:", String) + budgets.c.period,
+            )
+        )
+        return int(moved.rowcount)
 
     async def spent(self, budget: Budget, window: Window) -> Amounts:
         """What the spend log says this budget's subject used in the window (the rebuild source)."""

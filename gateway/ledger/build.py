@@ -1,5 +1,6 @@
 """Build the ledger the configuration asks for: Redis counters when store.redis_url is set,
-else counters in the SQL store (SQLite: the embedded backend; PostgreSQL: row locks)."""
+else counters in the SQL store (SQLite: the embedded backend; PostgreSQL: row locks, on the
+store's own engine, so that a worker holds one connection pool)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ from gateway.store import Store, sqlite_path
 def open_ledger(settings: Settings, store: Store, *, clock: Clock | None = None) -> Ledger:
     counters: CounterBackend
     if settings.store.redis_url:
-        counters = RedisCounters.connect(settings.store.redis_url, settings.ledger.redis_prefix)
+        counters = RedisCounters.connect(
+            settings.store.redis_url,
+            settings.ledger.redis_prefix,
+            connect_timeout_s=settings.ledger.redis_connect_timeout_s,
+            timeout_s=settings.ledger.redis_timeout_s,
+        )
     elif (path := sqlite_path(settings.store_url())) is not None:
         counters = SQLiteCounters(path)
     else:
-        counters = SQLCounters.connect(settings.store_url())
+        counters = SQLCounters.connect(store)
     return Ledger(BudgetStore(store.engine), counters, settings.ledger, clock=clock)

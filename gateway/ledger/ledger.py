@@ -2,7 +2,12 @@
 
 reserve() runs before the upstream call and refuses (429) when a hold does not fit; settle()
 runs after it, success or failure, with what the spend log records for the request. A hold
-that is never settled (a crashed worker) expires after `ledger.reservation_ttl_s`.
+that is never settled (a crashed worker) is released once its process's heartbeat stops
+(`ledger.heartbeat_timeout_s`), at the latest after `ledger.reservation_ttl_s`.
+
+When the counters cannot be reached, reserve() answers 503 (`ledger.on_outage: fail_closed`) or
+admits a bounded allowance per process and team (`fail_open`); a settlement that fails then is
+retried once they are back.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,11 +25,12 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, LedgerUnavailable, StoreUnavailable
 from gateway.ledger.backend import Admitted, Claim, CounterBackend, CounterState, NeedsRebuild
 from gateway.ledger.budgets import Amounts, Budget, BudgetStore, usd
 from gateway.ledger.periods import Period, Window, window_at
 from gateway.ledger.settings import LedgerSettings
+from gateway.outage import is_outage, ledger_unavailable
 from policies import TokenPrice, Usage
 
 log = logging.getLogger("rightsize.ledger")
@@ -31,6 +38,9 @@ log = logging.getLogger("rightsize.ledger")
 Clock = Callable[[], datetime]
 _PICO = Decimal(10) ** 12
 _DIMENSIONS = ("usd", "tokens", "requests")
+# Settlements that failed during an outage, kept for a retry; beyond this the oldest are dropped
+# (their holds still expire; the spend log still has their rows).
+_MAX_UNSETTLED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,8 @@ class Hold:
     amounts: Amounts
     state: BudgetState = field(default_factory=BudgetState)
     settled: bool = False
+    # Admitted on the fail-open allowance while the counters were unreachable: not in them.
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,18 @@ class Ledger:
         self._soft_logged: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._webhook = httpx.AsyncClient(timeout=5) if settings.alert_webhook_url else None
+        # This process's id: every hold id starts with it, its heartbeat is kept under it.
+        self.owner = secrets.token_hex(6)
+        self._maintenance: asyncio.Task[None] | None = None
+        self._down_since: datetime | None = None
+        self._allowance_used: dict[str, Amounts] = {}
+        self._unsettled: deque[tuple[Hold, Amounts]] = deque()
+        self._stale_budgets_logged = False
+
+    def start(self) -> None:
+        """Start the heartbeat, the retry of failed settlements and the sweep of dead holds."""
+        if self._maintenance is None:
+            self._maintenance = asyncio.create_task(self._maintain(), name="ledger-maintenance")
 
     async def budgets_for(self, team: str, key_id: str) -> list[Budget]:
         """This request's budgets, reused for `ledger.budget_cache_s` within the process."""
@@ -132,7 +156,22 @@ class Ledger:
         cached = self._cache.get((team, key_id))
         if cached is not None and cached[0] > loop_now:
             return cached[1]
-        found = await self.budgets.for_request(team, key_id)
+        try:
+            found = await self.budgets.for_request(team, key_id)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if cached is not None:
+                # The store is down: the budgets read last are still the best answer.
+                if not self._stale_budgets_logged:
+                    self._stale_budgets_logged = True
+                    log.warning("budgets cannot be read (%r); using the ones read last", exc)
+                return cached[1]
+            raise StoreUnavailable(
+                "Budgets cannot be read: the gateway cannot reach its database; "
+                "the request was not sent. Retry in a moment"
+            ) from exc
+        self._stale_budgets_logged = False
         self._cache[(team, key_id)] = (loop_now + self.settings.budget_cache_s, found)
         return found
 
@@ -148,15 +187,22 @@ class Ledger:
         now = self.clock()
         windows = tuple(window_at(b.period, now, self.zone) for b in budgets)
         claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
-        hold_id = secrets.token_hex(8)
+        hold_id = f"{self.owner}.{secrets.token_hex(8)}"
         now_ms = _ms(now)
         expires = now_ms + int(self.settings.reservation_ttl_s * 1000)
         for _ in range(4):
-            result = await self.counters.reserve(hold_id, claims, amounts, now_ms, expires)
-            if isinstance(result, NeedsRebuild):
-                for i in result.indexes:
-                    await self._rebuild(budgets[i], windows[i], claims[i], now_ms)
-                continue
+            try:
+                result = await self.counters.reserve(hold_id, claims, amounts, now_ms, expires)
+                if isinstance(result, NeedsRebuild):
+                    for i in result.indexes:
+                        await self._rebuild(budgets[i], windows[i], claims[i], now_ms)
+                    continue
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._outage(exc)
+                return self._admit_locally(team, budgets, windows, claims, hold_id, amounts, exc)
+            self._recovered()
             if isinstance(result, Admitted):
                 state = self._budget_state(budgets, windows, result.states)
                 return Hold(hold_id, tuple(budgets), windows, claims, amounts, state)
@@ -171,7 +217,15 @@ class Ledger:
         if hold.settled:
             return
         hold.settled = True
-        states = await self.counters.settle(hold.id, hold.claims, actual, hold.amounts)
+        try:
+            states = await self.counters.settle(hold.id, hold.claims, actual, hold.amounts)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._outage(exc)
+            self._keep_unsettled(hold, actual)
+            return
+        self._recovered()
         for budget, window, state in zip(hold.budgets, hold.windows, states, strict=True):
             self._alerts(budget, window, state, actual)
 
@@ -181,7 +235,12 @@ class Ledger:
         budgets = [b for b in await self.budgets_for(team, key_id) if b.mode == "soft"]
         if not budgets:
             return BudgetState()
-        found = await self.usage(budgets)
+        try:
+            found = await self.usage(budgets)
+        except LedgerUnavailable:
+            if self.settings.on_outage == "fail_closed":
+                raise
+            return BudgetState()  # fail_open: reserve() applies the allowance
         states = [CounterState("", u.spent, u.reserved) for u in found]
         return self._budget_state(budgets, [u.window for u in found], states)
 
@@ -189,8 +248,14 @@ class Ledger:
         """The largest share (spent + reserved) / limit over the USD and token limits of this
         team's and key's budgets (rate limits aside): policies.TeamContext.budget_used."""
         budgets = [b for b in await self.budgets_for(team, key_id) if b.period is not Period.MINUTE]
+        try:
+            found = await self.usage(budgets) if budgets else []
+        except LedgerUnavailable:
+            if self.settings.on_outage == "fail_closed":
+                raise
+            return None  # fail_open: the policy decides as without budgets
         shares = []
-        for u in await self.usage(budgets) if budgets else []:
+        for u in found:
             for limit, used in (
                 (u.budget.limit_picousd, u.spent.picousd + u.reserved.picousd),
                 (u.budget.limit_tokens, u.spent.tokens + u.reserved.tokens),
@@ -204,22 +269,181 @@ class Ledger:
         now = self.clock()
         windows = [window_at(b.period, now, self.zone) for b in budgets]
         claims = [_claim(b, w) for b, w in zip(budgets, windows, strict=True)]
-        states = list(await self.counters.read(claims, _ms(now)))
-        for i, state in enumerate(states):
-            if state is None:
-                await self._rebuild(budgets[i], windows[i], claims[i], _ms(now))
-                states[i] = (await self.counters.read([claims[i]], _ms(now)))[0]
+        try:
+            states = list(await self.counters.read(claims, _ms(now)))
+            for i, state in enumerate(states):
+                if state is None:
+                    await self._rebuild(budgets[i], windows[i], claims[i], _ms(now))
+                    states[i] = (await self.counters.read([claims[i]], _ms(now)))[0]
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._outage(exc)
+            raise ledger_unavailable(exc) from exc
+        self._recovered()
         return [
             _usage(b, w, s or CounterState(c.counter, Amounts(), Amounts()))
             for b, w, c, s in zip(budgets, windows, claims, states, strict=True)
         ]
 
     async def aclose(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+            await self._retry_unsettled()
+            if self._unsettled:
+                # Not retired: its heartbeat goes stale, and the other processes' sweep
+                # releases these holds. The spend log has the requests' rows.
+                log.error(
+                    "ledger: %d settlements still pending at shutdown (counters unreachable); "
+                    "their holds are released once this process's heartbeat times out",
+                    len(self._unsettled),
+                )
+            else:
+                try:
+                    await self.counters.retire(self.owner)
+                except Exception as exc:
+                    log.warning("ledger: could not retire this process's heartbeat: %r", exc)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._webhook is not None:
             await self._webhook.aclose()
         await self.counters.aclose()
+
+    # Outages
+
+    def _outage(self, exc: BaseException) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = self.clock()
+        if self.settings.on_outage == "fail_closed":
+            then = "budgeted requests get 503 until they are back (ledger.on_outage: fail_closed)"
+        else:
+            then = (
+                "budgeted requests are admitted on the fail-open allowance of "
+                f"{_allowance_text(self.settings)} per team in this process, then get 503"
+            )
+        log.error("ledger counters unreachable (%r): %s", exc, then)
+
+    def _recovered(self) -> None:
+        if self._down_since is None:
+            return
+        down_s = (self.clock() - self._down_since).total_seconds()
+        self._down_since = None
+        admitted = dict(self._allowance_used)
+        self._allowance_used.clear()
+        log.warning(
+            "ledger counters are back after %.1f s; admitted meanwhile on the fail-open "
+            "allowance: %s",
+            down_s,
+            {team: f"${usd(a.picousd)}, {a.requests} requests" for team, a in admitted.items()}
+            or "nothing",
+        )
+
+    def _admit_locally(
+        self,
+        team: str,
+        budgets: Sequence[Budget],
+        windows: Sequence[Window],
+        claims: Sequence[Claim],
+        hold_id: str,
+        amounts: Amounts,
+        exc: BaseException,
+    ) -> Hold:
+        """fail_open: admit without the counters while this team's allowance lasts."""
+        if self.settings.on_outage == "fail_closed":
+            raise ledger_unavailable(exc) from exc
+        used = self._allowance_used.get(team, Amounts()) + amounts
+        cap_usd = self.settings.outage_allowance_usd
+        cap_requests = self.settings.outage_allowance_requests
+        if (cap_usd is not None and used.picousd > _pico(cap_usd)) or (
+            cap_requests is not None and used.requests > cap_requests
+        ):
+            log.error(
+                "ledger counters unreachable: team %s has used its fail-open allowance (%s); "
+                "refusing with 503",
+                team,
+                _allowance_text(self.settings),
+            )
+            error = ledger_unavailable(exc)
+            error.message += (
+                f" (the fail-open allowance of {_allowance_text(self.settings)} is used)"
+            )
+            raise error from exc
+        self._allowance_used[team] = used
+        log.error(
+            "FAIL-OPEN: ledger counters unreachable; admitted a request of team %s unchecked "
+            "(allowance used in this process: $%s, %d requests; allowance %s)",
+            team,
+            usd(used.picousd),
+            used.requests,
+            _allowance_text(self.settings),
+        )
+        return Hold(hold_id, tuple(budgets), tuple(windows), tuple(claims), amounts, local=True)
+
+    def _keep_unsettled(self, hold: Hold, actual: Amounts) -> None:
+        if len(self._unsettled) >= _MAX_UNSETTLED:
+            dropped, _ = self._unsettled.popleft()
+            log.error("ledger: too many settlements pending; dropped hold %s", dropped.id)
+        self._unsettled.append((hold, actual))
+        log.warning(
+            "ledger counters unreachable: settlement of hold %s kept for a retry (%d pending)",
+            hold.id,
+            len(self._unsettled),
+        )
+
+    async def _retry_unsettled(self) -> None:
+        """Settle what failed during an outage. A hold still held is charged; one that was
+        lost with the counters is not (a rebuild counts its spend-log row instead)."""
+        while self._unsettled:
+            hold, actual = self._unsettled[0]
+            try:
+                # A local hold never was in the counters: charge it where they survived.
+                await self.counters.settle(
+                    hold.id, hold.claims, actual, hold.amounts, only_held=not hold.local
+                )
+            except Exception as exc:
+                if is_outage(exc):
+                    return
+                log.exception("ledger: retried settlement of hold %s failed; dropped", hold.id)
+            self._unsettled.popleft()
+
+    async def _maintain(self) -> None:
+        """Every heartbeat_s: say this process is alive, retry failed settlements, and release
+        the holds of processes silent for heartbeat_timeout_s."""
+        healthy_since: float | None = None
+        loop = asyncio.get_running_loop()
+        timeout_ms = int(self.settings.heartbeat_timeout_s * 1000)
+        while True:
+            try:
+                now_ms = _ms(self.clock())
+                await self.counters.heartbeat(self.owner, now_ms)
+                self._recovered()
+                if healthy_since is None:
+                    healthy_since = loop.time()
+                await self._retry_unsettled()
+                # Only once this process has been heard for a whole timeout: after an outage
+                # every process's heartbeat is old, and the others need a beat to renew theirs.
+                if loop.time() - healthy_since >= self.settings.heartbeat_timeout_s:
+                    released = await self.counters.sweep(
+                        now_ms - timeout_ms, self.settings.sweep_batch
+                    )
+                    if released:
+                        log.warning(
+                            "released %d holds of processes silent for over %g s",
+                            released,
+                            self.settings.heartbeat_timeout_s,
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                healthy_since = None
+                if is_outage(exc):
+                    self._outage(exc)
+                else:
+                    log.exception("ledger maintenance failed")
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _rebuild(self, budget: Budget, window: Window, claim: Claim, now_ms: int) -> None:
         spent = await self.budgets.spent(budget, window)
@@ -391,3 +615,16 @@ def _usd_text(picousd: int) -> str:
 
 def _ms(when: datetime) -> int:
     return math.floor(when.timestamp() * 1000)
+
+
+def _pico(value: Decimal) -> int:
+    return int((value * _PICO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def _allowance_text(settings: LedgerSettings) -> str:
+    parts = []
+    if settings.outage_allowance_usd is not None:
+        parts.append(f"${settings.outage_allowance_usd}")
+    if settings.outage_allowance_requests is not None:
+        parts.append(f"{settings.outage_allowance_requests} requests")
+    return " and ".join(parts) or "nothing"

@@ -6,6 +6,10 @@ carries its own amounts ("hold|pico|tokens|requests") so that an expired hold is
 without any other key. Amounts travel as decimal strings and change only through HINCRBY, which
 is exact in 64 bits; Lua's doubles are used only to compare (exact below 2**53 pico-dollars,
 about $9,000, and off by at most a few pico-dollars above).
+
+Per process: its heartbeat in the sorted set `{prefix}workers` (owner -> last seen, ms) and the
+set `{prefix}o:{owner}` of counters it holds in, so that a sweep releases a dead process's holds
+without scanning every counter.
 """
 
 from __future__ import annotations
@@ -14,8 +18,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
+from gateway.ledger.backend import (
+    Admitted,
+    Claim,
+    CounterState,
+    NeedsRebuild,
+    Refused,
+    owner_of,
+)
 from gateway.ledger.budgets import Amounts
 
 _PURGE = """
@@ -36,50 +50,57 @@ local function state(h)
 end
 """
 
-# KEYS: hash, zset per claim. ARGV: now, expiry, member, p, t, r, then per claim: 4 values
-# (limits p, t, r, "" when unlimited; the counter's time to live in seconds, "" for never).
+# KEYS: workers, the owner's set of counters, then hash, zset per claim. ARGV: now, expiry,
+# member, p, t, r, owner, the owner set's time to live, then per claim 5 values: limits p, t, r
+# ("" when unlimited), the counter's time to live in seconds ("" for never), its name.
 _RESERVE = (
     _PURGE
     + """
-local n = #KEYS / 2
+local n = (#KEYS - 2) / 2
 local now = tonumber(ARGV[1])
 local missing = {}
 for i = 1, n do
-  if redis.call('HGET', KEYS[2*i-1], 'built') ~= '1' then table.insert(missing, i - 1) end
+  if redis.call('HGET', KEYS[2*i+1], 'built') ~= '1' then table.insert(missing, i - 1) end
 end
 if #missing > 0 then return {'rebuild', missing} end
 local amount = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 local states = {}
 for i = 1, n do
-  local h, z = KEYS[2*i-1], KEYS[2*i]
+  local h, z = KEYS[2*i+1], KEYS[2*i+2]
   purge(h, z, now)
   local s = state(h)
   for d = 1, 3 do
-    local limit = ARGV[6 + 4*(i-1) + d]
+    local limit = ARGV[8 + 5*(i-1) + d]
     if limit ~= '' and amount[d] > 0 and
        tonumber(s[d] or '0') + tonumber(s[d+3] or '0') + amount[d] > tonumber(limit) then
       return {'refuse', i - 1, s}
     end
   end
 end
+-- A process that reserves is alive: a sweep that found it silent must not take this hold.
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[7])
+if not seen or tonumber(seen) < now then redis.call('ZADD', KEYS[1], now, ARGV[7]) end
 for i = 1, n do
-  local h, z = KEYS[2*i-1], KEYS[2*i]
+  local h, z = KEYS[2*i+1], KEYS[2*i+2]
+  local base = 8 + 5*(i-1)
   redis.call('HINCRBY', h, 'rp', ARGV[4])
   redis.call('HINCRBY', h, 'rt', ARGV[5])
   redis.call('HINCRBY', h, 'rr', ARGV[6])
   redis.call('ZADD', z, ARGV[2], ARGV[3])
-  local at = ARGV[6 + 4*i]
+  local at = ARGV[base + 4]
   if at ~= '' then
     redis.call('EXPIRE', h, at)
     redis.call('EXPIRE', z, at)
   end
+  redis.call('SADD', KEYS[2], ARGV[base + 5])
   states[i] = state(h)
 end
+redis.call('EXPIRE', KEYS[2], ARGV[8])
 return {'ok', states}
 """
 )
 
-# KEYS: hash, zset per claim. ARGV: member, actual p, t, r, reserved p, t, r.
+# KEYS: hash, zset per claim. ARGV: member, actual p, t, r, reserved p, t, r, only_held (1/0).
 _SETTLE = (
     _PURGE
     + """
@@ -87,14 +108,17 @@ local states = {}
 for i = 1, #KEYS / 2 do
   local h, z = KEYS[2*i-1], KEYS[2*i]
   if redis.call('HGET', h, 'built') == '1' then
-    if redis.call('ZREM', z, ARGV[1]) == 1 then
+    local held = redis.call('ZREM', z, ARGV[1]) == 1
+    if held then
       redis.call('HINCRBY', h, 'rp', '-' .. ARGV[5])
       redis.call('HINCRBY', h, 'rt', '-' .. ARGV[6])
       redis.call('HINCRBY', h, 'rr', '-' .. ARGV[7])
     end
-    redis.call('HINCRBY', h, 'sp', ARGV[2])
-    redis.call('HINCRBY', h, 'st', ARGV[3])
-    redis.call('HINCRBY', h, 'sr', ARGV[4])
+    if held or ARGV[8] ~= '1' then
+      redis.call('HINCRBY', h, 'sp', ARGV[2])
+      redis.call('HINCRBY', h, 'st', ARGV[3])
+      redis.call('HINCRBY', h, 'sr', ARGV[4])
+    end
   end
   states[i] = state(h)
 end
@@ -133,6 +157,33 @@ return states
 """
 )
 
+# KEYS: workers, the owner's set of counters, then hash, zset per counter in that set.
+# ARGV: owner, stale before (ms). Releases every hold of the owner unless it was seen since.
+_SWEEP = """
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if seen and tonumber(seen) >= tonumber(ARGV[2]) then return -1 end
+local prefix = ARGV[1] .. '.'
+local released = 0
+for i = 3, #KEYS, 2 do
+  local h, z = KEYS[i], KEYS[i+1]
+  for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+    if string.sub(m, 1, #prefix) == prefix then
+      local _, _, p, t, r = string.find(m, '^[^|]*|(-?%d+)|(-?%d+)|(-?%d+)$')
+      if p and redis.call('HGET', h, 'built') == '1' then
+        redis.call('HINCRBY', h, 'rp', '-' .. p)
+        redis.call('HINCRBY', h, 'rt', '-' .. t)
+        redis.call('HINCRBY', h, 'rr', '-' .. r)
+      end
+      redis.call('ZREM', z, m)
+      released = released + 1
+    end
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return released
+"""
+
 
 class RedisCounters:
     """The scale-out ledger backend."""
@@ -144,16 +195,36 @@ class RedisCounters:
         self._settle = redis.register_script(_SETTLE)
         self._initialize = redis.register_script(_INITIALIZE)
         self._read = redis.register_script(_READ)
+        self._sweep = redis.register_script(_SWEEP)
+        self._workers = f"{prefix}workers"
 
     @classmethod
-    def connect(cls, url: str, prefix: str) -> RedisCounters:
-        return cls(Redis.from_url(url), prefix)
+    def connect(
+        cls, url: str, prefix: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 5.0
+    ) -> RedisCounters:
+        # Bounded waits, and one immediate retry of a connection error only (a pooled
+        # connection that died with a restarted Redis): redis-py's default retries ten times
+        # with backoff, which held a request for seconds when Redis was down, and it would
+        # retry a timed-out script that Redis may have run.
+        client = Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return cls(client, prefix)
 
     def _keys(self, claims: Sequence[Claim]) -> list[str]:
+        return self._counter_keys([claim.counter for claim in claims])
+
+    def _counter_keys(self, counters: Sequence[str]) -> list[str]:
         keys = []
-        for claim in claims:
-            keys += [f"{self.prefix}c:{claim.counter}", f"{self.prefix}z:{claim.counter}"]
+        for counter in counters:
+            keys += [f"{self.prefix}c:{counter}", f"{self.prefix}z:{counter}"]
         return keys
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}o:{owner}"
 
     async def reserve(
         self,
@@ -163,6 +234,7 @@ class RedisCounters:
         now_ms: int,
         expires_at_ms: int,
     ) -> Admitted | Refused | NeedsRebuild:
+        owner = owner_of(hold_id)
         args: list[str | int] = [
             now_ms,
             expires_at_ms,
@@ -170,11 +242,15 @@ class RedisCounters:
             amounts.picousd,
             amounts.tokens,
             amounts.requests,
+            owner,
+            # The owner's list of counters outlives its holds by a minute.
+            _ttl(expires_at_ms + 60_000, now_ms),
         ]
         for claim in claims:
             args += [_opt(claim.limit_picousd), _opt(claim.limit_tokens)]
-            args += [_opt(claim.limit_requests), _ttl(claim.expires_at_ms, now_ms)]
-        reply = await self._reserve(keys=self._keys(claims), args=args)
+            args += [_opt(claim.limit_requests), _ttl(claim.expires_at_ms, now_ms), claim.counter]
+        keys = [self._workers, self._owner_key(owner), *self._keys(claims)]
+        reply = await self._reserve(keys=keys, args=args)
         verdict = _text(reply[0])
         if verdict == "rebuild":
             return NeedsRebuild(tuple(int(i) for i in reply[1]))
@@ -184,7 +260,13 @@ class RedisCounters:
         return Admitted(tuple(_state(c.counter, s) for c, s in zip(claims, reply[1], strict=True)))
 
     async def settle(
-        self, hold_id: str, claims: Sequence[Claim], actual: Amounts, reserved: Amounts
+        self,
+        hold_id: str,
+        claims: Sequence[Claim],
+        actual: Amounts,
+        reserved: Amounts,
+        *,
+        only_held: bool = False,
     ) -> tuple[CounterState, ...]:
         args: list[str | int] = [
             _member(hold_id, reserved),
@@ -192,7 +274,7 @@ class RedisCounters:
             actual.tokens,
             actual.requests,
         ]
-        args += [reserved.picousd, reserved.tokens, reserved.requests]
+        args += [reserved.picousd, reserved.tokens, reserved.requests, int(only_held)]
         reply = await self._settle(keys=self._keys(claims), args=args)
         return tuple(_state(c.counter, s) for c, s in zip(claims, reply, strict=True))
 
@@ -211,8 +293,41 @@ class RedisCounters:
             _state(c.counter, s) if s else None for c, s in zip(claims, reply, strict=True)
         )
 
+    async def heartbeat(self, owner: str, now_ms: int) -> None:
+        await self.redis.zadd(self._workers, {owner: now_ms})
+
+    async def sweep(self, stale_before_ms: int, limit: int) -> int:
+        silent = await self.redis.zrangebyscore(
+            self._workers, "-inf", f"({stale_before_ms}", start=0, num=limit
+        )
+        released = 0
+        for raw in silent:
+            owner = _text(raw)
+            counters = sorted(_text(c) for c in await self.redis.smembers(self._owner_key(owner)))
+            keys = [self._workers, self._owner_key(owner), *self._counter_keys(counters)]
+            released += max(0, int(await self._sweep(keys=keys, args=[owner, stale_before_ms])))
+        return released
+
+    async def retire(self, owner: str) -> None:
+        await self.redis.zrem(self._workers, owner)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+    async def forget(self, counter_prefix: str) -> int:
+        # SCAN's MATCH is a glob: a prefix's own *, ?, [, ] and \ must match only themselves.
+        glob = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+        counters = 0
+        for kind in ("c:", "z:"):  # the counters' hashes, then their holds
+            pattern = f"{self.prefix}{kind}{counter_prefix}".translate(glob) + "*"
+            keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
+            for start in range(0, len(keys), 500):
+                deleted = int(await self.redis.delete(*keys[start : start + 500]))
+                counters += deleted if kind == "c:" else 0
+        return counters
 
 
 def _member(hold_id: str, amounts: Amounts) -> str:

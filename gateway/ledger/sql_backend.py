@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
 from gateway.ledger.budgets import Amounts
 from gateway.ledger.tables import ledger_counters as counters
 from gateway.ledger.tables import ledger_reservations as holds
-from gateway.store.store import async_url
+from gateway.ledger.tables import ledger_workers as workers
+from gateway.store.store import Store
 
 
 class SQLCounters:
@@ -26,8 +27,10 @@ class SQLCounters:
         self.engine = engine
 
     @classmethod
-    def connect(cls, url: str) -> SQLCounters:
-        return cls(create_async_engine(async_url(url), pool_pre_ping=True))
+    def connect(cls, store: Store) -> SQLCounters:
+        """Counters on the store's engine: a worker holds one connection pool, not two, so
+        workers x pool stays within the server's max_connections (store.pool_size)."""
+        return cls(store.engine)
 
     async def reserve(
         self,
@@ -72,15 +75,25 @@ class SQLCounters:
         )
 
     async def settle(
-        self, hold_id: str, claims: Sequence[Claim], actual: Amounts, reserved: Amounts
+        self,
+        hold_id: str,
+        claims: Sequence[Claim],
+        actual: Amounts,
+        reserved: Amounts,
+        *,
+        only_held: bool = False,
     ) -> tuple[CounterState, ...]:
         keys = [c.counter for c in claims]
         async with self.engine.begin() as conn:
             await self._lock(conn, keys)
-            await conn.execute(delete(holds).where(holds.c.hold_id == hold_id))
+            released = await conn.execute(
+                delete(holds).where(holds.c.hold_id == hold_id).returning(holds.c.counter)
+            )
+            holding = {row[0] for row in released}
+            charged = [k for k in keys if k in holding] if only_held else keys
             await conn.execute(
                 update(counters)
-                .where(counters.c.key.in_(keys))
+                .where(counters.c.key.in_(charged))
                 .values(
                     spent_picousd=counters.c.spent_picousd + actual.picousd,
                     spent_tokens=counters.c.spent_tokens + actual.tokens,
@@ -124,8 +137,46 @@ class SQLCounters:
             held = await _reserved(conn, keys)
         return tuple(CounterState(k, spent[k], held[k]) if k in spent else None for k in keys)
 
+    async def heartbeat(self, owner: str, now_ms: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                pg_insert(workers)
+                .values(owner=owner, seen_at_ms=now_ms)
+                .on_conflict_do_update(
+                    index_elements=[workers.c.owner], set_={"seen_at_ms": now_ms}
+                )
+            )
+
+    async def sweep(self, stale_before_ms: int, limit: int) -> int:
+        async with self.engine.begin() as conn:
+            # SKIP LOCKED: two processes sweeping at once split the dead owners between them.
+            silent = list(
+                await conn.scalars(
+                    select(workers.c.owner)
+                    .where(workers.c.seen_at_ms < stale_before_ms)
+                    .order_by(workers.c.seen_at_ms)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            released = 0
+            for owner in silent:
+                result = await conn.execute(delete(holds).where(holds.c.hold_id.like(f"{owner}.%")))
+                released += result.rowcount
+            if silent:
+                await conn.execute(delete(workers).where(workers.c.owner.in_(silent)))
+        return released
+
+    async def retire(self, owner: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(workers).where(workers.c.owner == owner))
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     async def aclose(self) -> None:
-        await self.engine.dispose()
+        """Nothing to close: the engine is the store's, and the store disposes of it."""
 
     async def _lock(self, conn: AsyncConnection, keys: list[str]) -> dict[str, Amounts]:
         query = (
@@ -141,6 +192,17 @@ class SQLCounters:
         )
         rows = await conn.execute(query)
         return {r.key: Amounts(r.spent_picousd, r.spent_tokens, r.spent_requests) for r in rows}
+
+    async def forget(self, counter_prefix: str) -> int:
+        async with self.engine.begin() as conn:
+            # autoescape: a team name's `_` (and `%`) match only themselves in the LIKE.
+            await conn.execute(
+                delete(holds).where(holds.c.counter.startswith(counter_prefix, autoescape=True))
+            )
+            result = await conn.execute(
+                delete(counters).where(counters.c.key.startswith(counter_prefix, autoescape=True))
+            )
+        return int(result.rowcount)
 
 
 async def _reserved(conn: AsyncConnection, keys: list[str]) -> dict[str, Amounts]:

@@ -87,17 +87,30 @@ class SQLiteCounters:
         return await self._call(run)
 
     async def settle(
-        self, hold_id: str, claims: Sequence[Claim], actual: Amounts, reserved: Amounts
+        self,
+        hold_id: str,
+        claims: Sequence[Claim],
+        actual: Amounts,
+        reserved: Amounts,
+        *,
+        only_held: bool = False,
     ) -> tuple[CounterState, ...]:
         keys = [c.counter for c in claims]
 
         def run(conn: sqlite3.Connection) -> tuple[CounterState, ...]:
+            holding = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT counter FROM ledger_reservations WHERE hold_id = ?", (hold_id,)
+                )
+            }
             conn.execute("DELETE FROM ledger_reservations WHERE hold_id = ?", (hold_id,))
+            charged = [k for k in keys if k in holding] if only_held else keys
             conn.executemany(
                 "UPDATE ledger_counters SET spent_picousd = spent_picousd + ?, "
                 "spent_tokens = spent_tokens + ?, spent_requests = spent_requests + ? "
                 "WHERE key = ?",
-                [(actual.picousd, actual.tokens, actual.requests, k) for k in keys],
+                [(actual.picousd, actual.tokens, actual.requests, k) for k in charged],
             )
             spent, held = _spent(conn, keys), _reserved(conn, keys)
             return tuple(CounterState(k, spent.get(k, Amounts()), held[k]) for k in keys)
@@ -132,6 +145,48 @@ class SQLiteCounters:
 
         return await self._call(run)
 
+    async def heartbeat(self, owner: str, now_ms: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO ledger_workers (owner, seen_at_ms) VALUES (?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
+                (owner, now_ms),
+            )
+
+        await self._call(run)
+
+    async def sweep(self, stale_before_ms: int, limit: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            silent = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT owner FROM ledger_workers WHERE seen_at_ms < ? "
+                    "ORDER BY seen_at_ms LIMIT ?",
+                    (stale_before_ms, limit),
+                )
+            ]
+            released = 0
+            for owner in silent:
+                released += conn.execute(
+                    "DELETE FROM ledger_reservations WHERE hold_id LIKE ?", (f"{owner}.%",)
+                ).rowcount
+                conn.execute("DELETE FROM ledger_workers WHERE owner = ?", (owner,))
+            return released
+
+        return await self._call(run)
+
+    async def retire(self, owner: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ledger_workers WHERE owner = ?", (owner,))
+
+        await self._call(run)
+
+    async def ping(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        await self._call(run)
+
     async def aclose(self) -> None:
         def close() -> None:
             if self._conn is not None:
@@ -140,6 +195,21 @@ class SQLiteCounters:
 
         await asyncio.get_running_loop().run_in_executor(self._thread, close)
         self._thread.shutdown(wait=True)
+
+    async def forget(self, counter_prefix: str) -> int:
+        # SQLite's LIKE ignores ASCII case (team `Search` is not `search`): compare the prefix.
+        def run(conn: sqlite3.Connection) -> int:
+            size = len(counter_prefix)
+            conn.execute(
+                "DELETE FROM ledger_reservations WHERE substr(counter, 1, ?) = ?",
+                (size, counter_prefix),
+            )
+            deleted = conn.execute(
+                "DELETE FROM ledger_counters WHERE substr(key, 1, ?) = ?", (size, counter_prefix)
+            )
+            return deleted.rowcount
+
+        return await self._call(run)
 
 
 def _marks(keys: Sequence[str]) -> str:

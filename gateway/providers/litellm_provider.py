@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout
 from gateway.llm import litellm
+from gateway.scrub import Redactor
 from policies import Deployment
 
 _CLIENT_ERRORS = {400, 413, 422}
@@ -17,8 +18,10 @@ _GATEWAY_ONLY = {"model", "stream", "stream_options", "metadata"}
 class LiteLLMProvider:
     """litellm.acompletion with retries off: retries and fallbacks are the gateway's job."""
 
-    def __init__(self, api_keys: Mapping[str, str]) -> None:
+    def __init__(self, api_keys: Mapping[str, str], *, redactor: Redactor | None = None) -> None:
         self._keys = api_keys
+        # litellm's exception text quotes the upstream's error body, which may echo the key.
+        self._redact = redactor or Redactor(api_keys.values())
         self._lib = litellm()
 
     async def aclose(self) -> None:
@@ -28,7 +31,7 @@ class LiteLLMProvider:
         try:
             response = await self._lib.acompletion(**self._kwargs(deployment, payload))
         except Exception as exc:
-            raise _translate(deployment, exc) from exc
+            raise _translate(deployment, exc, self._redact) from exc
         return _openai_shape(response.model_dump(exclude_none=True))
 
     async def stream(
@@ -44,15 +47,23 @@ class LiteLLMProvider:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise _translate(deployment, exc) from exc
+            raise _translate(deployment, exc, self._redact) from exc
 
     def _kwargs(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: v for k, v in payload.items() if k not in _GATEWAY_ONLY}
+        # An explicit null means "the default" in the OpenAI API; litellm takes some of them
+        # for values (web_search_options: null fails inside it), so nulls are left out.
+        kwargs = {k: v for k, v in payload.items() if k not in _GATEWAY_ONLY and v is not None}
         kwargs.update(
             model=deployment.model,
             timeout=deployment.timeout_s,
             num_retries=0,
         )
+        if kwargs.get("tools"):
+            # With tools, litellm first asks its proxy's MCP gateway whether they are MCP
+            # tools, which imports the `mcp` package (not installed: litellm does not depend
+            # on it) and fails every such call as a 500. The gateway has no MCP tools to find;
+            # this is litellm's own switch for skipping that step.
+            kwargs["_skip_mcp_handler"] = True
         if deployment.api_base:
             kwargs["api_base"] = deployment.api_base
         key = self._keys.get(deployment.name)
@@ -72,9 +83,9 @@ def _openai_shape(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _translate(deployment: Deployment, exc: Exception) -> UpstreamError:
+def _translate(deployment: Deployment, exc: Exception, redact: Redactor) -> UpstreamError:
     lib = litellm()
-    message = str(getattr(exc, "message", None) or exc)
+    message = redact(str(getattr(exc, "message", None) or exc))
     status = getattr(exc, "status_code", None)
     if isinstance(exc, lib.Timeout):
         return UpstreamTimeout(deployment.name, f"no answer within {deployment.timeout_s:g}s")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Float, Integer, String
+
+from gateway.store.tables import spend_log
 
 PICO = Decimal(10) ** 12
 
@@ -69,3 +78,96 @@ class SpendRecord:
     error_type: str | None = None
     route_reason: str | None = None
     attempts: int = 1
+    # The gateway's own id of the row, unique in the store: a replay writes it at most once.
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+# PostgreSQL text refuses NUL; asyncpg cannot encode lone surrogates (no UTF-8 form).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_MONEY_COLUMNS = {"cost_usd": "cost_picousd", "saved_usd": "saved_picousd"}
+
+
+def fit_spend_record(record: SpendRecord) -> list[str]:
+    """Fit the record to the spend_log columns in place; say what had to change.
+
+    A row the database refuses would fail its whole batch, other teams' rows with it, and a
+    tenant controls some of the text (the requested model), so nothing unfitted is queued.
+    """
+    changes: list[str] = []
+    for name, fit in _FITS:
+        value = getattr(record, name)
+        fitted = fit(value)
+        if fitted is not value:
+            setattr(record, name, fitted)
+            changes.append(name)
+    return changes
+
+
+def _text(length: int | None, nullable: bool) -> Callable[[Any], Any]:
+    def fit(value: Any) -> Any:
+        if value is None:
+            return None if nullable else ""
+        text = value if isinstance(value, str) else str(value)
+        if _UNSTORABLE.search(text) is not None:
+            text = _UNSTORABLE.sub("", text)
+        if length is not None and len(text) > length:
+            text = text[:length]
+        return value if text == value else text
+
+    return fit
+
+
+def _integer(bits: int, nullable: bool) -> Callable[[Any], Any]:
+    low, high = -(2**bits), 2**bits - 1
+
+    def fit(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None if nullable else 0
+        return value if low <= value <= high else max(low, min(high, value))
+
+    return fit
+
+
+def _money(value: Any) -> Any:
+    # Stored as pico-dollars in a 64-bit integer.
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return Decimal(0)
+    pico = to_picousd(value)
+    return value if -(2**63) <= pico < 2**63 else from_picousd(max(-(2**63), min(2**63 - 1, pico)))
+
+
+def _real(nullable: bool) -> Callable[[Any], Any]:
+    def fit(value: Any) -> Any:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return value if math.isfinite(value) else (None if nullable else 0.0)
+        return None if nullable else 0.0
+
+    return fit
+
+
+def _boolean(value: Any) -> Any:
+    return value if isinstance(value, bool) else bool(value)
+
+
+def _plan() -> list[tuple[str, Callable[[Any], Any]]]:
+    """One fitting function per record field, from the spend_log table's own column types."""
+    plan: list[tuple[str, Callable[[Any], Any]]] = []
+    for name in SpendRecord.__slots__:
+        column = spend_log.c.get(_MONEY_COLUMNS.get(name, name))
+        if column is None or name == "created_at":
+            continue
+        kind, nullable = column.type, bool(column.nullable)
+        if name in _MONEY_COLUMNS:
+            plan.append((name, _money))
+        elif isinstance(kind, String):
+            plan.append((name, _text(kind.length, nullable)))
+        elif isinstance(kind, Boolean):
+            plan.append((name, _boolean))
+        elif isinstance(kind, Integer):
+            plan.append((name, _integer(63 if isinstance(kind, BigInteger) else 31, nullable)))
+        elif isinstance(kind, Float):
+            plan.append((name, _real(nullable)))
+    return plan
+
+
+_FITS = _plan()

@@ -2,22 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.store.records import ApiKey, SpendRecord, Team, from_picousd, to_picousd
-from gateway.store.tables import api_keys, spend_log, teams
+from gateway.store.tables import api_keys, archived_teams, spend_log, teams
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+# Separates a deleted team's name from its archive suffix, `search~1f2e3d4c`. Team names cannot
+# contain it (gateway.admin.TEAM_NAME), so an archived id never names a live team.
+ARCHIVE_SEPARATOR = "~"
+
+# Moves a team's rows of another table to its archived id, in the caller's transaction:
+# (connection, name, archived id) -> rows moved.
+TeamRelabel = Callable[[AsyncConnection, str, str], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedTeam:
+    """A deleted team: its spend rows and budgets now carry `id` instead of `name`."""
+
+    id: str
+    name: str
+    created_at: datetime
+    deleted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """The connections one engine may hold on a database server (SQLite has no pool to bound):
+    `size` kept open, up to `overflow` more under load, `timeout_s` to wait for a free one,
+    `connect_timeout_s` to open one."""
+
+    size: int = 5
+    overflow: int = 5
+    timeout_s: float = 30.0
+    # A host that drops packets would otherwise hold a request for asyncpg's 60 s default.
+    connect_timeout_s: float = 5.0
+
+    @property
+    def most(self) -> int:
+        return self.size + self.overflow
 
 
 class Conflict(ValueError):
@@ -52,11 +91,24 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def connect(cls, url: str) -> Store:
+    def connect(cls, url: str, pool: PoolLimits | None = None) -> Store:
+        """The store on its own engine; in a serving process, the only engine (the ledger's
+        budgets and counters share it), so `pool` bounds the process's connections."""
         path = sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(async_url(url), pool_pre_ping=path is None)
+        options: dict[str, Any] = {}
+        if make_url(url).get_backend_name() != "sqlite":
+            pool = pool or PoolLimits()
+            options = {
+                "pool_pre_ping": True,
+                "pool_size": pool.size,
+                "max_overflow": pool.overflow,
+                "pool_timeout": pool.timeout_s,
+            }
+            if make_url(async_url(url)).drivername == "postgresql+asyncpg":
+                options["connect_args"] = {"timeout": pool.connect_timeout_s}
+        engine = create_async_engine(async_url(url), **options)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)
@@ -71,13 +123,36 @@ class Store:
 
     # Teams
 
-    async def create_team(self, name: str) -> Team:
+    async def create_team(self, name: str, *, relabel: Sequence[TeamRelabel] = ()) -> Team:
+        """Create a team. What still carries the name (spend rows an earlier team of that name
+        logged after its deletion; rows and budgets, with each `relabel`, of a team deleted
+        before deletions archived) moves to that team's archive first: the new one starts clean."""
         team = Team(name=name, created_at=_now())
-        try:
-            async with self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
+            try:
                 await conn.execute(insert(teams).values(name=name, created_at=team.created_at))
-        except IntegrityError:
-            raise Conflict(f"team {name!r} already exists") from None
+            except IntegrityError:
+                raise Conflict(f"team {name!r} already exists") from None
+            latest = await conn.scalar(
+                select(archived_teams.c.id)
+                .where(archived_teams.c.name == name)
+                .order_by(archived_teams.c.deleted_at.desc())
+                .limit(1)
+            )
+            archived_id = latest or _archive_id(name)
+            if await _move_to_archive(conn, name, archived_id, relabel) and latest is None:
+                # A team deleted before revision 0006: when it was deleted is unknown.
+                first = await conn.scalar(
+                    select(func.min(spend_log.c.created_at)).where(spend_log.c.team == archived_id)
+                )
+                await conn.execute(
+                    insert(archived_teams).values(
+                        id=archived_id,
+                        name=name,
+                        created_at=first or team.created_at,
+                        deleted_at=team.created_at,
+                    )
+                )
         return team
 
     async def list_teams(self) -> list[Team]:
@@ -85,13 +160,46 @@ class Store:
             rows = await conn.execute(select(teams).order_by(teams.c.name))
             return [Team(name=r.name, created_at=_aware(r.created_at)) for r in rows]
 
-    async def delete_team(self, name: str) -> None:
-        """Delete a team and its keys; its spend-log rows stay."""
+    async def delete_team(self, name: str, *, relabel: Sequence[TeamRelabel] = ()) -> ArchivedTeam:
+        """Archive a team under a new id, `name~hex`: its spend rows (and what each `relabel`
+        moves, in the same transaction) take the id; its keys and its name are gone."""
+        deleted_at = _now()
+        archived_id = _archive_id(name)
         async with self.engine.begin() as conn:
+            # Locked so that two deletions of one team archive it once (PostgreSQL; SQLite
+            # serialises writers anyway).
+            created_at = await conn.scalar(
+                select(teams.c.created_at).where(teams.c.name == name).with_for_update()
+            )
+            if created_at is None:
+                raise Missing(f"team {name!r} does not exist")
+            archived = ArchivedTeam(archived_id, name, _aware(created_at), deleted_at)
+            await conn.execute(
+                insert(archived_teams).values(
+                    id=archived_id, name=name, created_at=created_at, deleted_at=deleted_at
+                )
+            )
+            await _move_to_archive(conn, name, archived_id, relabel)
             await conn.execute(delete(api_keys).where(api_keys.c.team == name))
-            result = await conn.execute(delete(teams).where(teams.c.name == name))
-        if result.rowcount == 0:
-            raise Missing(f"team {name!r} does not exist")
+            await conn.execute(delete(teams).where(teams.c.name == name))
+        return archived
+
+    async def archived_teams(self, name: str | None = None) -> list[ArchivedTeam]:
+        """Deleted teams, newest deletion first; `name`: only those that had this name."""
+        query = select(archived_teams).order_by(
+            archived_teams.c.deleted_at.desc(), archived_teams.c.id
+        )
+        if name is not None:
+            query = query.where(archived_teams.c.name == name)
+        async with self.engine.connect() as conn:
+            return [_archived(r._mapping) for r in await conn.execute(query)]
+
+    async def archived_team(self, id_: str) -> ArchivedTeam | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(archived_teams).where(archived_teams.c.id == id_))
+            ).first()
+        return _archived(row._mapping) if row is not None else None
 
     # Keys
 
@@ -160,10 +268,11 @@ class Store:
     # Spend log
 
     async def insert_spend(self, records: Sequence[SpendRecord]) -> None:
+        """Write the rows; a row whose record_id is already stored is skipped, not an error."""
         if not records:
             return
         async with self.engine.begin() as conn:
-            await conn.execute(insert(spend_log), [_spend_row(r) for r in records])
+            await conn.execute(_insert_spend_once(conn), [_spend_row(r) for r in records])
 
     async def spend(
         self, *, request_id: str | None = None, team: str | None = None, limit: int = 100
@@ -203,6 +312,32 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _archive_id(name: str) -> str:
+    return f"{name}{ARCHIVE_SEPARATOR}{secrets.token_hex(4)}"
+
+
+async def _move_to_archive(
+    conn: AsyncConnection, name: str, archived_id: str, relabel: Sequence[TeamRelabel]
+) -> int:
+    """Give the team's spend rows (and each relabel's rows) the archived id; how many moved."""
+    result = await conn.execute(
+        update(spend_log).where(spend_log.c.team == name).values(team=archived_id)
+    )
+    moved = int(result.rowcount)
+    for move in relabel:
+        moved += await move(conn, name, archived_id)
+    return moved
+
+
+def _archived(row: Any) -> ArchivedTeam:
+    return ArchivedTeam(
+        id=row["id"],
+        name=row["name"],
+        created_at=_aware(row["created_at"]),
+        deleted_at=_aware(row["deleted_at"]),
+    )
+
+
 def _key(row: Any) -> ApiKey:
     allowed = row["allowed_models"]
     return ApiKey(
@@ -216,8 +351,16 @@ def _key(row: Any) -> ApiKey:
     )
 
 
+def _insert_spend_once(conn: AsyncConnection) -> Any:
+    # A replayed journal or fallback file may hold rows already written: ON CONFLICT makes the
+    # replay idempotent without a read first (both dialects take the unique record_id index).
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(spend_log).on_conflict_do_nothing(index_elements=["record_id"])
+
+
 def _spend_row(record: SpendRecord) -> dict[str, Any]:
     return {
+        "record_id": record.record_id,
         "request_id": record.request_id,
         "created_at": record.created_at,
         "team": record.team,
@@ -265,4 +408,6 @@ def _spend_record(row: Any) -> SpendRecord:
         error_type=row["error_type"],
         route_reason=row["route_reason"],
         attempts=row["attempts"],
+        # Rows written before revision 0006 have none; their row id stands in for it.
+        record_id=row["record_id"] or f"row{row['id']}",
     )

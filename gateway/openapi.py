@@ -1,0 +1,175 @@
+"""The OpenAPI document, served only when server.openapi is on, describing what the API does.
+
+FastAPI's generated document misses two things here: the chat route reads its body itself
+(to bound its size and shape before validation), so FastAPI knows no request body for it; and
+FastAPI advertises 422 for invalid input where this API answers 400 in the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gateway.schemas import ChatRequest
+
+_REF = "#/components/schemas/{model}"
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every error, in the OpenAI shape.",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+CHAT_COMPLETION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An OpenAI chat completion, as the upstream deployment answered it.",
+    "required": ["choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": "object"},
+    },
+}
+
+
+# One server-sent event (OpenAPI before 3.2: a stream's `schema` describes each event).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk as JSON (the last may carry `usage` with "
+            "`cost_usd`), an OpenAI-shaped error object, or `[DONE]`.",
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
+def error_response(description: str) -> dict[str, Any]:
+    """An OpenAPI response whose body is the OpenAI-shaped error."""
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+# What POST /v1/chat/completions answers besides 200 (README.md, "What a request returns").
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; with `stream: true`, server-sent chunks ending in "
+        "`data: [DONE]`.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+            "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
+        },
+    },
+    400: error_response(
+        "Invalid body: not JSON, an unknown or invalid field (named in `param`), over a shape "
+        "limit (server.max_messages, max_message_parts, max_json_depth, max_tools, "
+        "max_tool_schema_bytes), or "
+        "rejected by the upstream"
+    ),
+    401: error_response("Missing, unknown or revoked key"),
+    403: error_response("The key may not use this model"),
+    404: error_response("Unknown model"),
+    408: error_response("The body did not arrive within server.body_timeout_s"),
+    413: error_response("Body over server.max_body_bytes"),
+    429: error_response("A budget or rate limit is exhausted (named in the message)"),
+    502: error_response("The upstream deployment failed (named in the message)"),
+    503: error_response("The store or Redis is unavailable; retry after `retry-after`"),
+    504: error_response("The upstream deployment did not answer in time"),
+}
+
+# The request body, by reference to ChatRequest's JSON schema (put in components below).
+CHAT_OPENAPI_EXTRA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Replace the app's document builder with one that tells the truth about bodies and 400s."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the chat body's schema, 400 for 422 and the shared errors."""
+    spec = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    chat = ChatRequest.model_json_schema(ref_template=_REF)
+    schemas.update(chat.pop("$defs", {}))
+    schemas["ChatRequest"] = chat
+    schemas["ChatCompletion"] = CHAT_COMPLETION_SCHEMA
+    schemas["Error"] = ERROR_SCHEMA
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            _answer_as_the_app_does(path, method, operation["responses"])
+            if _offers_csv(operation):
+                ok = operation["responses"].get("200", {}).setdefault("content", {})
+                ok.setdefault("text/csv", {"schema": {"type": "string"}})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return spec
+
+
+def _offers_csv(operation: dict[str, Any]) -> bool:
+    """A `format` query parameter with a csv choice (the reports) answers text/csv too."""
+    for parameter in operation.get("parameters", ()):
+        if parameter.get("name") == "format" and parameter.get("in") == "query":
+            return "csv" in str(parameter.get("schema", {}))
+    return False
+
+
+def _answer_as_the_app_does(path: str, method: str, responses: dict[str, Any]) -> None:
+    # The app's handler turns FastAPI's validation errors into 400 (gateway/app.py).
+    if responses.pop("422", None) is not None:
+        responses.setdefault(
+            "400", error_response("Invalid parameters or body (the field is named in `param`)")
+        )
+    if path.startswith(("/v1/", "/admin/")):
+        # Virtual keys (/v1) and the master key (/admin) are checked before anything else.
+        responses.setdefault("401", error_response("Missing or incorrect key"))
+        responses.setdefault(
+            "503", error_response("The store or Redis is unavailable; retry after `retry-after`")
+        )
+    if path == "/readyz":
+        responses.setdefault(
+            "503",
+            {
+                "description": "A dependency is down: the body names it (`down`, `checks`)",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+        )
+    if path.startswith("/admin/"):
+        # Every admin operation names a team, key or budget somewhere (path, query or body).
+        responses.setdefault("404", error_response("No such team, key or budget"))
+    if path.startswith("/admin/") and method in ("post", "put", "delete"):
+        responses.setdefault("409", error_response("Conflicts with an existing or archived team"))
