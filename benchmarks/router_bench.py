@@ -24,7 +24,7 @@ from pathlib import Path
 import threadpoolctl
 
 from router import EstimateBatcher, Router
-from router.dataset import load_split
+from router.training.dataset import load_split
 
 _FALLBACK = [
     "Translate 'hello' to French",

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from router import Router
-from router.crossval import leave_one_source_out
-from router.dataset import RoutingRecord, load_split
-from router.evaluate import score_rows, source_groups
 from router.features import FEATURE_NAMES, features_batch
-from router.fit import FitConfig, fit_heads
-from router.targets import build_targets, weak_pool
-from router.train import pair_labels, predictions
+from router.training.crossval import leave_one_source_out
+from router.training.dataset import RoutingRecord, load_split
+from router.training.evaluate import score_rows, source_groups
+from router.training.fit import FitConfig, fit_heads
+from router.training.targets import build_targets, weak_pool
+from router.training.train import pair_labels, predictions
 
 SUBJECT_GROUPS: tuple[tuple[str, ...], ...] = (
     ("chemistry", "physics"),

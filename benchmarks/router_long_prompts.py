@@ -14,7 +14,7 @@ import statistics
 import time
 
 from router import Router
-from router.dataset import load_split
+from router.training.dataset import load_split
 
 SIZES = (500, 2_000, 8_000, 32_000, 128_000, 1_000_000, 4_000_000)
 _PARAGRAPH = (

@@ -13,9 +13,9 @@ import random
 import numpy as np
 
 from router import Router
-from router.dataset import load_split
-from router.evaluate import Predictions, score_rows, source_groups
 from router.features import features_batch
+from router.training.dataset import load_split
+from router.training.evaluate import Predictions, score_rows, source_groups
 
 SYSTEM = (
     "You are a helpful, harmless and honest assistant. Answer the user's questions "

@@ -1,6 +1,8 @@
 """Rightsize router: reasoning demand, token budget and category for a prompt.
 
-Imports nothing else of ours; the default runtime needs only numpy and tokenizers.
+Imports nothing else of ours. This package is the runtime `serve` loads: with the default
+(static) encoder it needs only numpy and tokenizers. Training and evaluation live in
+router.training (the `train` extra), which the runtime never imports.
 """
 
 from router.batcher import EstimateBatcher

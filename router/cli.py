@@ -1,4 +1,8 @@
-"""Click commands `train`, `eval` and `classify`, added to the `rightsize` group by the gateway."""
+"""Click commands `train`, `eval` and `classify`, added to the `rightsize` group by the gateway.
+
+Training code (router.training) is imported inside the commands that run it, so building the
+command group, `--help` and `classify` need only the runtime.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ def train(
     encoder_model: str,
 ) -> None:
     """Train the router heads (and the static encoder); write the artifact and model card."""
-    from router.train import TrainOptions, train_artifact
+    from router.training.train import TrainOptions, train_artifact
 
     options = TrainOptions(
         out_dir=out_dir or default_artifact_dir(),
@@ -118,15 +122,15 @@ def eval_cmd(
 
     Either the dev split of --data (per source and overall) or your own --pairs file.
     """
-    from router.evaluate import markdown_table
     from router.router import Router
+    from router.training.evaluate import markdown_table
 
     if (data_dir is None) == (pairs_path is None):
         raise click.UsageError("give exactly one of --data DIR and --pairs FILE")
     if loso and data_dir is None:
         raise click.UsageError("--loso retrains on the training split: it needs --data DIR")
     if pairs_path is not None:
-        from router.pairs import PairFileError, evaluate_pairs, load_pairs
+        from router.training.pairs import PairFileError, evaluate_pairs, load_pairs
 
         try:
             rows = load_pairs(pairs_path)  # a bad row fails before the router loads
@@ -136,9 +140,9 @@ def eval_cmd(
         return
     assert data_dir is not None  # checked above; narrows the type
     router = Router.load(artifact_dir, runtime)
-    from router.dataset import load_split
-    from router.evaluate import evaluate
-    from router.train import predictions
+    from router.training.dataset import load_split
+    from router.training.evaluate import evaluate
+    from router.training.train import predictions
 
     train_records, dev = load_split(data_dir, "train"), load_split(data_dir, "dev")
     dev_emb = router.embed_batch([r.prompt for r in dev])
@@ -148,7 +152,7 @@ def eval_cmd(
         )
     )
     if loso:
-        from router.crossval import leave_one_source_out
+        from router.training.crossval import leave_one_source_out
 
         click.echo(
             "\nLeave-one-source-out (heads retrained without the source, "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.dataset import RoutingRecord
-from router.evaluate import Predictions, markdown_table, score_rows
+from router.training.dataset import RoutingRecord
+from router.training.evaluate import Predictions, markdown_table, score_rows
 
 
 def _records(labels: list[int]) -> list[RoutingRecord]:

@@ -9,10 +9,10 @@ import numpy.typing as npt
 import pytest
 
 from router.estimate import CATEGORIES
-from router.fit import FitConfig, _folds, _neighbours, fit_heads
 from router.heads import Heads, Neighbours, neighbour_bank_path
-from router.metrics import spearman
-from router.targets import Targets
+from router.training.fit import FitConfig, _folds, _neighbours, fit_heads
+from router.training.metrics import spearman
+from router.training.targets import Targets
 
 MATH, KNOWLEDGE = CATEGORIES.index("math"), CATEGORIES.index("knowledge")
 
@@ -184,7 +184,7 @@ def test_category_levels_are_read_on_the_reference_pairs_scale() -> None:
     base rate) labels math and reasoning: reasoning's level is its gap to math inside bbh,
     added to math's level in mmlu_pro.
     """
-    from router.fit import _calibrate_demand
+    from router.training.fit import _calibrate_demand
 
     reasoning = CATEGORIES.index("reasoning")
     cells = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.metrics import budget_scores, calibration_scores, gap_label, routing_scores
+from router.training.metrics import budget_scores, calibration_scores, gap_label, routing_scores
 
 
 def _pairs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from router import Router
 from router.cli import eval_cmd
-from router.pairs import PairFileError, evaluate_pairs, load_pairs
+from router.training.pairs import PairFileError, evaluate_pairs, load_pairs
 
 PROMPTS = [
     "Translate 'hello' to French.",

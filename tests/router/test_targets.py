@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.dataset import RoutingRecord
-from router.targets import category_of
+from router.training.dataset import RoutingRecord
+from router.training.targets import category_of
 
 
 def _arena(prompt: str, category: str | None = None) -> RoutingRecord:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from router import Router
 from router.artifact import default_artifact_dir
-from router.train import TrainOptions, train_artifact
+from router.training.train import TrainOptions, train_artifact
 from tests.router.synthetic import write_synthetic_data
 
 

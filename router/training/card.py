@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from router.evaluate import markdown_table
+from router.training.evaluate import markdown_table
 
 _TARGETS = """\
 ## Targets

@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from router.evaluate import (
+from router.messages import prompt_from_messages
+from router.router import Router
+from router.training.evaluate import (
     RANDOM_SEEDS,
     average_random,
     budget_cells,
     index_groups,
     routing_cells,
 )
-from router.messages import prompt_from_messages
-from router.router import Router
 
 
 class PairFileError(ValueError):

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.dataset import RoutingRecord
-from router.embedding_cache import cached_encode
 from router.encoders.base import Encoder
-from router.evaluate import length_baseline, score_rows
 from router.features import FEATURE_NAMES, features_batch
-from router.fit import FitConfig, fit_heads
-from router.targets import build_targets, weak_pool
-from router.train import pair_labels, predictions
+from router.training.dataset import RoutingRecord
+from router.training.embedding_cache import cached_encode
+from router.training.evaluate import length_baseline, score_rows
+from router.training.fit import FitConfig, fit_heads
+from router.training.targets import build_targets, weak_pool
+from router.training.train import pair_labels, predictions
 
 
 def leave_one_source_out(

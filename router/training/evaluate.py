@@ -8,15 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from router.dataset import RoutingRecord
-from router.metrics import (
+from router.training.dataset import RoutingRecord
+from router.training.metrics import (
     budget_scores,
     calibration_scores,
     gap_label,
     routing_scores,
     spearman,
 )
-from router.targets import EVAL_PAIRS, build_targets
+from router.training.targets import EVAL_PAIRS, build_targets
 
 Array = npt.NDArray[np.float64]
 RANDOM_SEEDS = 20  # the random router's APGR is averaged over this many draws

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from router.estimate import CATEGORIES
 from router.heads import Heads, Neighbours
-from router.targets import Targets
+from router.training.targets import Targets
 
 Array = npt.NDArray[np.float64]
 

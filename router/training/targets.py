@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from router.dataset import RoutingRecord
 from router.estimate import CATEGORIES
+from router.training.dataset import RoutingRecord
 
 # The pair each source is scored on (weak, strong): RouteLLM-style pairwise routing.
 EVAL_PAIRS: dict[str, tuple[str, str]] = {

@@ -13,18 +13,18 @@ import numpy as np
 import numpy.typing as npt
 
 from router.artifact import write_manifest
-from router.card import write_model_card
-from router.dataset import RoutingRecord, load_split
-from router.embedding_cache import cached_encode
 from router.encoders.base import Encoder
 from router.encoders.sentence_transformer import DEFAULT_MODEL
 from router.encoders.static import TABLE_FILE, TOKENIZER_FILE, StaticEncoder
 from router.estimate import CATEGORIES
-from router.evaluate import Predictions, evaluate
 from router.features import FEATURE_NAMES, features_batch
-from router.fit import FitConfig, fit_heads
 from router.heads import Heads
-from router.targets import (
+from router.training.card import write_model_card
+from router.training.dataset import RoutingRecord, load_split
+from router.training.embedding_cache import cached_encode
+from router.training.evaluate import Predictions, evaluate
+from router.training.fit import FitConfig, fit_heads
+from router.training.targets import (
     BUDGET_SOURCES,
     EVAL_PAIRS,
     build_targets,
@@ -64,7 +64,7 @@ def pair_labels(records: Sequence[RoutingRecord]) -> npt.NDArray[np.float64]:
 def _static_encoder(prompts: list[str], options: TrainOptions) -> StaticEncoder:
     if options.reuse_static_from is not None:
         return StaticEncoder.from_dir(options.reuse_static_from, options.static_max_tokens)
-    from router.distill import distill_static
+    from router.training.distill import distill_static
 
     return distill_static(prompts, options.transformer_model, dims=options.static_dims)
 
