@@ -1,42 +1,92 @@
-"""The `rightsize` command line."""
+"""The `rightsize` command line.
+
+Fast to start: this module imports click and nothing heavy; each command imports what it
+runs, and the router's and the ledger's commands are imported only when one of them runs.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import json
-import logging.config
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gateway.ledger import cli as ledger_cli
-from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from gateway.cli_support import config_call, config_option, load_config, print_rows, run
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 _T = TypeVar("_T")
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help=f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults).",
-)
+
+class LazyGroup(click.Group):
+    """A group some of whose commands live in other modules, imported when one runs.
+
+    Each is named by "module:attribute" with its one-line help, so that `--help` lists it
+    without importing it (the router's commands would bring numpy).
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name][0].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own listing, with the recorded help standing in for commands not yet imported.
+        commands: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy and name not in self.commands:
+                commands.append((name, click.Command(name, help=self.lazy[name][1])))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                commands.append((name, command))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, c.get_short_help_str(limit)) for name, c in commands])
 
 
-@click.group()
+# Commands defined elsewhere: "module:attribute" and the command's own one-line help (a test
+# checks that these match what the commands say once imported).
+LAZY_COMMANDS = {
+    "budgets": (
+        "gateway.ledger.cli:budgets",
+        "Manage budgets and rate limits of teams and keys.",
+    ),
+    "classify": (
+        "router.cli:classify",
+        'Estimate every {"id", "prompt"} row of a JSONL file; bad rows become {"id", "error"} '
+        "rows.",
+    ),
+    "eval": (
+        "router.cli:eval_cmd",
+        "Print routing and budget metrics per group, with random and prompt-length baselines.",
+    ),
+    "report": ("gateway.ledger.cli:report", "Cost and savings reports from the spend log."),
+    "train": (
+        "router.cli:train",
+        "Train the router heads (and the static encoder); write the artifact and model card.",
+    ),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.version_option(package_name="rightsize-gateway")
 def main() -> None:
     """Rightsize: route each LLM request to the right-size model, within budget."""
-
-
-def _settings(config_path: str | None) -> tuple[Settings, str]:
-    try:
-        return load_settings(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -46,23 +96,23 @@ def _settings(config_path: str | None) -> tuple[Settings, str]:
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Start the gateway."""
+    import logging.config
+
     import uvicorn
 
     from gateway.app import create_app, hold_blas_threads
+    from gateway.settings import CONFIG_ENV
     from gateway.workers import SUPERVISOR_ENV, log_config, warm_up
 
     # The same configuration here and in every worker uvicorn spawns (it applies it again there).
     logging_config = log_config()
     logging.config.dictConfig(logging_config)
-    settings, source = _settings(config_path)
+    settings, source = load_config(config_path)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
     hold_blas_threads(settings)
-    try:
-        app = create_app(settings, source=source)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    app = config_call(lambda: create_app(settings, source=source))
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -73,7 +123,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         "http": "gateway.timeouts:SlowClientProtocol",  # header and body timeouts
     }
     # Several workers: migrate once here, then each worker rebuilds the app from the same file.
-    _run(_prepare_store(settings, workers, migrate=workers > 1))
+    run(_prepare_store(settings, workers, migrate=workers > 1))
     if workers == 1:
         warm_up()
         uvicorn.run(app, **options)
@@ -140,10 +190,10 @@ def teams_list(config_path: str | None, archived: bool, as_json: bool) -> None:
     if archived:
         found = _with_store(config_path, lambda store: store.archived_teams())
         columns = ["id", "name", "created_at", "deleted_at"]
-        _print_rows([archived_team_json(t) for t in found], columns, as_json)
+        print_rows([archived_team_json(t) for t in found], columns, as_json)
         return
     rows = [team_json(t) for t in _with_store(config_path, lambda store: store.list_teams())]
-    _print_rows(rows, ["name", "created_at"], as_json)
+    print_rows(rows, ["name", "created_at"], as_json)
 
 
 @teams.command("delete")
@@ -177,8 +227,8 @@ def keys_create(
     """Create a key. Its secret is printed once and never stored."""
     from gateway.auth import KeyService, load_key_secret
 
-    settings, _ = _settings(config_path)
-    secret = _config_call(lambda: load_key_secret(settings, os.environ))
+    settings, _ = load_config(config_path)
+    secret = config_call(lambda: load_key_secret(settings, os.environ))
     issued = _with_store(
         config_path,
         lambda store: KeyService(store, secret).issue(team, name, list(models) or None),
@@ -196,7 +246,7 @@ def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
     from gateway.admin import key_json
 
     rows = [key_json(k) for k in _with_store(config_path, lambda store: store.list_keys(team))]
-    _print_rows(rows, ["id", "team", "name", "key_hint", "revoked_at"], as_json)
+    print_rows(rows, ["id", "team", "name", "key_hint", "revoked_at"], as_json)
 
 
 @keys.command("revoke")
@@ -220,8 +270,8 @@ def route(
     """Show the routing decision for PROMPT, with every candidate and why (no upstream call)."""
     from gateway.routing import explain_route
 
-    settings, source = _settings(config_path)
-    report = _config_call(lambda: explain_route(settings, source, prompt, model, team))
+    settings, source = load_config(config_path)
+    report = config_call(lambda: explain_route(settings, source, prompt, model, team))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -265,8 +315,8 @@ def calibrate(config_path: str | None, traffic: str, max_share: str, output: str
     """Compute tier demand thresholds so that the chosen shares hold on a traffic sample."""
     from gateway.routing import calibrate_policy
 
-    settings, source = _settings(config_path)
-    result = _config_call(lambda: calibrate_policy(settings, source, traffic, max_share, output))
+    settings, source = load_config(config_path)
+    result = config_call(lambda: calibrate_policy(settings, source, traffic, max_share, output))
     for tier, share in result["shares"].items():
         click.echo(f"{tier:>12}: min_demand {result['thresholds'][tier]:.4f}  share {share:.1%}")
     if output:
@@ -276,9 +326,9 @@ def calibrate(config_path: str | None, traffic: str, max_share: str, output: str
 def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]]) -> _T:
     from gateway.store import Conflict, Missing, Store
 
-    settings, _ = _settings(config_path)
+    settings, _ = load_config(config_path)
 
-    async def run() -> _T:
+    async def with_store() -> _T:
         store = Store.connect(settings.store_url())
         try:
             await store.migrate()
@@ -287,7 +337,7 @@ def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]])
             await store.aclose()
 
     try:
-        return _run(run())
+        return run(with_store())
     except (Conflict, Missing) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -297,55 +347,17 @@ def _with_team_ledger(config_path: str | None, action: Callable[[Any, Any], Awai
     from gateway.ledger.build import open_ledger
 
     def with_ledger(store: Any) -> Awaitable[_T]:
-        async def run() -> _T:
-            ledger = open_ledger(_settings(config_path)[0], store)
+        async def with_ledger_open() -> _T:
+            ledger = open_ledger(load_config(config_path)[0], store)
             try:
                 return await action(store, ledger)
             finally:
                 await ledger.aclose()
 
-        return run()
+        return with_ledger_open()
 
     return _with_store(config_path, with_ledger)
 
-
-def _config_call(action: Callable[[], _T]) -> _T:
-    try:
-        return action()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _run(coro: Awaitable[_T]) -> _T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("(none)")
-        return
-    widths = {c: max(len(c), *(len(str(r.get(c) or "")) for r in rows)) for c in columns}
-    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
-
-
-def _add_router_commands() -> None:
-    from router.cli import classify, eval_cmd, train
-
-    for command in (train, eval_cmd, classify):
-        main.add_command(command)
-
-
-_add_router_commands()
-
-
-# Budgets and reports live with the ledger (gateway/ledger/cli.py).
-main.add_command(ledger_cli.budgets)
-main.add_command(ledger_cli.report)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,22 +1,36 @@
-"""The one place litellm is imported, with its offline settings applied first."""
+"""The one place litellm is imported, with its offline settings applied first.
+
+Importing litellm takes seconds, so the catalog's prices come from the model map litellm ships,
+read directly; litellm itself is imported only by the code that calls through it.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import orjson
 
 from policies import ModelInfo, TokenPrice
 
 _litellm: ModuleType | None = None
+_LOCAL_MAP_ENV = "LITELLM_LOCAL_MODEL_COST_MAP"
+_BUNDLED_MAP = "model_prices_and_context_window_backup.json"
+# A block of rules in the file that litellm takes out of the map when it loads it: not a model.
+_NOT_A_MODEL = "fallback_generalizations"
 
 
 def litellm() -> ModuleType:
     """Import litellm lazily (it takes seconds) and never let it fetch its price map."""
     global _litellm
     if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault(_LOCAL_MAP_ENV, "True")
         os.environ.setdefault("LITELLM_LOG", "ERROR")
         import litellm as module
 
@@ -28,10 +42,10 @@ def litellm() -> ModuleType:
 
 def model_info(model: str) -> ModelInfo | None:
     """Prices and capabilities from litellm's bundled model map, exact as written there."""
-    lib = litellm()
-    entry: dict[str, Any] | None = lib.model_cost.get(model)
+    table = _model_cost()
+    entry: dict[str, Any] | None = table.get(model)
     if entry is None and "/" in model:
-        entry = lib.model_cost.get(model.split("/", 1)[1])
+        entry = table.get(model.split("/", 1)[1])
     if entry is None:
         return None
     price = None
@@ -50,6 +64,38 @@ def model_info(model: str) -> ModelInfo | None:
         json_schema=entry.get("supports_response_schema"),
         reasoning=entry.get("supports_reasoning"),
     )
+
+
+def _model_cost() -> Mapping[str, dict[str, Any]]:
+    """The map `litellm.model_cost` holds, without importing litellm where the file suffices."""
+    if _litellm is not None:
+        return _litellm.model_cost  # already imported: its map is the one it prices with
+    if os.environ.get(_LOCAL_MAP_ENV, "True").lower() != "true":
+        # The operator turned the local map off: litellm fetches the published one at import.
+        return litellm().model_cost
+    bundled = _bundled_model_cost()
+    return litellm().model_cost if bundled is None else bundled
+
+
+@functools.cache
+def _bundled_model_cost() -> dict[str, dict[str, Any]] | None:
+    """litellm's packaged map as litellm loads it (aliases expanded), or None if not found."""
+    # find_spec locates the package without running its __init__ (the slow part).
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_MAP
+    try:
+        table: dict[str, Any] = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    table.pop(_NOT_A_MODEL, None)
+    # As litellm does: each alias names the same entry; an alias never shadows a real model.
+    for entry in list(table.values()):
+        aliases = entry.pop("aliases", None) if isinstance(entry, dict) else None
+        for alias in aliases if isinstance(aliases, list) else ():
+            table.setdefault(alias, entry)
+    return table
 
 
 def _exact(value: float | int | str) -> Decimal:

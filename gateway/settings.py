@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 import yaml
@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.cache.config import CacheSettings
 from gateway.ledger.settings import LedgerSettings
-from gateway.store.store import PoolLimits
 from policies import (
     Catalog,
     CatalogError,
@@ -24,6 +23,10 @@ from policies import (
     PolicySpec,
     validate_policy,
 )
+
+if TYPE_CHECKING:
+    # The store brings SQLAlchemy and Alembic, which `rightsize route` never needs.
+    from gateway.store.store import PoolLimits
 
 ENV_PREFIX = "RIGHTSIZE_"
 CONFIG_ENV = "RIGHTSIZE_CONFIG"
@@ -143,6 +146,8 @@ class StoreSettings(BaseModel):
 
     def pool(self) -> PoolLimits:
         """The connection pool of one worker's engine."""
+        from gateway.store.store import PoolLimits
+
         return PoolLimits(
             self.pool_size, self.max_overflow, self.pool_timeout_s, self.connect_timeout_s
         )

@@ -10,50 +10,24 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from gateway.cli_support import config_call, config_option, load_config, print_rows, run
 from gateway.ledger.admin import BudgetIn, budget_json
 from gateway.ledger.build import open_ledger
 from gateway.ledger.ledger import Ledger, usage_json
 from gateway.ledger.periods import Period
 from gateway.ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
-from gateway.settings import ConfigError, Settings, build_catalog
+from gateway.settings import Settings, build_catalog
 from gateway.store import Store
 
 _T = TypeVar("_T")
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="YAML configuration file (default: $RIGHTSIZE_CONFIG, else built-in defaults).",
-)
-
-
-# gateway.cli imports this module to register its groups: its helpers are imported late.
-def _settings(config_path: str | None) -> tuple[Settings, str]:
-    from gateway.cli import _settings as settings
-
-    return settings(config_path)
-
-
-def _run(coro: Awaitable[_T]) -> _T:
-    from gateway.cli import _run as run
-
-    return run(coro)
-
-
-def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    from gateway.cli import _print_rows as print_rows
-
-    print_rows(rows, columns, as_json)
 
 
 def _with_ledger(
     config_path: str | None, action: Callable[[Settings, Store, Ledger], Awaitable[_T]]
 ) -> _T:
-    settings, _ = _settings(config_path)
+    settings, _ = load_config(config_path)
 
-    async def run() -> _T:
+    async def with_ledger() -> _T:
         store = Store.connect(settings.store_url())
         ledger = open_ledger(settings, store)
         try:
@@ -63,7 +37,7 @@ def _with_ledger(
             await ledger.aclose()
             await store.aclose()
 
-    return _run(run())
+    return run(with_ledger())
 
 
 @click.group()
@@ -122,7 +96,7 @@ def budgets_list(config_path: str | None, as_json: bool) -> None:
 
     rows = _with_ledger(config_path, find)
     columns = ["id", "limit_usd", "limit_tokens", "limit_requests", "mode"]
-    _print_rows(rows, columns, as_json)
+    print_rows(rows, columns, as_json)
 
 
 @budgets.command("delete")
@@ -157,7 +131,7 @@ def budgets_usage(config_path: str | None, team: str, as_json: bool) -> None:
 
     rows = _with_ledger(config_path, usage)
     columns = ["id", "window", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd"]
-    _print_rows(rows, columns, as_json)
+    print_rows(rows, columns, as_json)
 
 
 @click.group()
@@ -209,12 +183,9 @@ def report_savings(
     """Actual cost against every request priced at a reference model, per team and day."""
     from gateway.llm import model_info
 
-    settings, source = _settings(config_path)
+    settings, source = load_config(config_path)
     name = reference or settings.ledger.savings_reference_model
-    try:
-        catalog = build_catalog(settings, model_info, source)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    catalog = config_call(lambda: build_catalog(settings, model_info, source))
     deployment = catalog.get(name) if name else None
     if deployment is None:
         raise click.ClickException("name a configured model with --reference")
@@ -237,6 +208,6 @@ def _emit(result: dict[str, Any], fmt: str) -> None:
     elif fmt == "csv":
         click.echo(to_csv(result), nl=False)
     else:
-        _print_rows(result["rows"], result["columns"], as_json=False)
+        print_rows(result["rows"], result["columns"], as_json=False)
         if "method" in result:
             click.echo(f"\nmethod: {result['method']}")
