@@ -1,0 +1,93 @@
+"""Attempt with fallbacks: the one loop that tries a decision's deployments in order.
+
+Plain and streamed calls share it; they differ only in what one attempt is (a whole
+completion, or a stream opened up to its first chunk, before any byte reaches the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.errors import UpstreamBadRequest, UpstreamError
+from gateway.providers import Provider
+from policies import Decision, Deployment
+
+log = logging.getLogger("rightsize.chat")
+
+T = TypeVar("T")
+
+
+async def attempt_with_fallbacks(
+    attempts: Sequence[Deployment],
+    once: Callable[[Deployment], Awaitable[T]],
+    *,
+    backoff_ms: float,
+    on_fallback: Callable[[UpstreamError, Deployment], None],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> tuple[Deployment, T]:
+    """The first deployment's answer to `once`, falling back on an upstream failure.
+
+    A bad request is not retried: the request itself is at fault, so another deployment
+    would refuse it too. The last failure is raised when every deployment failed.
+    """
+    for attempt, deployment in enumerate(attempts):
+        try:
+            return deployment, await once(deployment)
+        except UpstreamBadRequest:
+            raise
+        except UpstreamError as exc:
+            if attempt + 1 == len(attempts):
+                raise
+            log.warning("%s; falling back to %r", exc.message, attempts[attempt + 1].name)
+            on_fallback(exc, attempts[attempt + 1])
+            delay = backoff_s(backoff_ms, attempt)
+            if delay:
+                await sleep(delay)
+    raise ValueError("a decision has at least one deployment to attempt")
+
+
+def backoff_s(backoff_ms: float, attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (from 0): doubling each time."""
+    return backoff_ms * (2**attempt) / 1000
+
+
+def attempt_payload(
+    payload: dict[str, Any], decision: Decision, deployment: Deployment
+) -> dict[str, Any]:
+    """The body for one deployment: the policy's reasoning effort unless the client set one."""
+    effort = decision.reasoning_effort
+    if effort and deployment.capabilities.reasoning and "reasoning_effort" not in payload:
+        return {**payload, "reasoning_effort": effort}
+    return payload
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An upstream stream that has produced its first chunk; the relay reads the rest."""
+
+    first: dict[str, Any]
+    rest: AsyncIterator[dict[str, Any]]
+
+
+async def open_stream(
+    provider: Provider, deployment: Deployment, payload: dict[str, Any]
+) -> OpenStream:
+    """One streamed attempt: the stream up to its first chunk, closed again if that fails.
+
+    Until the first chunk nothing has reached the client, so a failure here may still
+    fall back to another deployment.
+    """
+    upstream = provider.stream(deployment, payload)
+    try:
+        first = await anext(upstream)
+    except StopAsyncIteration:
+        await upstream.aclose()  # type: ignore[attr-defined]
+        raise UpstreamError(deployment.name, "the stream ended before any chunk") from None
+    except BaseException:
+        await upstream.aclose()  # type: ignore[attr-defined]
+        raise
+    return OpenStream(first, upstream)

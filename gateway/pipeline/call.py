@@ -1,0 +1,73 @@
+"""One request in flight: its spend record, and the writing of it at the end."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from gateway.ledger.ledger import Hold
+from gateway.ledger.metering import settle_request
+from gateway.state import Gateway
+from gateway.store import SpendRecord
+from policies import Usage
+from router import Estimate
+
+
+@dataclass(slots=True)
+class Call:
+    """One request in flight: what the spend log will say about it."""
+
+    record: SpendRecord
+    started: float = field(default_factory=time.perf_counter)
+    estimate: Estimate | None = None
+    hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+async def finish(gateway: Gateway, call: Call) -> None:
+    """Write the spend row, then settle the hold: the row is journaled before the ledger
+    moves, so a worker killed in between loses no paid spend."""
+    gateway.spend.record(call.record)
+    await settle_request(gateway.ledger, call.hold, call.record)
+
+
+def charge(call: Call, cost: Decimal, usage: Usage) -> Decimal:
+    call.record.prompt_tokens = usage.prompt_tokens
+    call.record.completion_tokens = usage.completion_tokens
+    call.record.cached_tokens = usage.cached_tokens
+    call.record.cost_usd = cost
+    return cost
+
+
+def routing_headers(call: Call) -> dict[str, str]:
+    """The x-rightsize-* headers every answer carries, whichever API it arrived on."""
+    headers = {
+        "x-request-id": call.record.request_id,
+        "x-rightsize-model": call.record.deployment or "",
+        "x-rightsize-tier": call.record.tier or "",
+        "x-rightsize-cache": "miss",
+        "x-rightsize-overhead-ms": f"{call.record.overhead_ms or 0:.3f}",
+    }
+    if call.estimate is not None:
+        headers["x-rightsize-demand"] = f"{call.estimate.reasoning_demand:.3f}"
+        headers["x-rightsize-token-budget"] = (
+            f"{call.estimate.token_budget_p50}/{call.estimate.token_budget_p90}"
+        )
+    return headers
+
+
+def usage_payload(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def usd(cost: Decimal) -> str:
+    return format(cost.normalize(), "f") if cost else "0"

@@ -1,0 +1,268 @@
+"""The request pipeline: one internal request in, one typed outcome out.
+
+authenticate → parse → cache → estimate → decide → hold → attempt with fallbacks →
+relay (streams) → settle and log. An API adapter (gateway/chat.py for OpenAI) builds the
+`Inbound`, calls `run` and renders the `Outcome` in its own wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+
+from gateway.cache import CacheLookup
+from gateway.errors import GatewayError, RevokedKey, UpstreamError
+from gateway.outage import unavailable
+from gateway.pipeline.attempts import (
+    OpenStream,
+    attempt_payload,
+    attempt_with_fallbacks,
+    open_stream,
+)
+from gateway.pipeline.call import Call, charge, finish, routing_headers, usage_payload, usd
+from gateway.pipeline.relay import StreamEvent, relay
+from gateway.pipeline.steps import (
+    authenticate,
+    decide,
+    estimate,
+    hold,
+    hold_cache_hit,
+    lookup_cache,
+    team_context,
+)
+from gateway.schemas import ChatRequest
+from gateway.state import Gateway
+from gateway.store import ApiKey, SpendRecord
+from gateway.tokens import count_prompt_tokens
+from gateway.usage import completion_text, count_usage, usage_from
+from policies import Decision, Deployment
+
+log = logging.getLogger("rightsize.chat")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One request as the pipeline takes it, whichever API it arrived on."""
+
+    request_id: str
+    token: str | None  # the presented key, as the adapter found it in its headers
+    headers: Mapping[str, str]  # the cache reads its directives here
+    # The body, read and validated by the adapter into the internal request; called only after
+    # authentication, so an unknown caller gets 401 before its body is read.
+    read: Callable[[], Awaitable[ChatRequest]]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole completion, fresh or from the cache."""
+
+    completion: dict[str, Any]
+    headers: dict[str, str]
+    # Run once the answer is sent (the cache store): a slow cache never delays the client.
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass(slots=True)
+class Replay:
+    """A cached answer to a streamed request: every chunk at once, already metered."""
+
+    chunks: list[dict[str, Any]]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Stream:
+    """An upstream stream being relayed; metered and settled when the events end."""
+
+    events: AsyncGenerator[StreamEvent, None]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Refused:
+    """The request failed before any byte of an answer; already logged and settled."""
+
+    error: GatewayError
+    request_id: str
+
+
+Outcome = Answer | Replay | Stream | Refused
+
+
+async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
+    """Serve one request; every failure becomes a logged `Refused`, never an exception."""
+    call = Call(SpendRecord(request_id=inbound.request_id, created_at=_now(), status=200))
+    try:
+        return await _serve(gateway, call, inbound)
+    except RevokedKey as exc:
+        call.record.team, call.record.key_id = exc.team, exc.key_id
+        return await _refuse(gateway, call, exc)
+    except GatewayError as exc:
+        return await _refuse(gateway, call, exc)
+    except Exception as exc:
+        # The store or Redis down before the request was admitted: 503, try again later. After
+        # admission no dependency of ours is called (a settlement keeps itself for a retry), so
+        # anything else is a bug: 500 with its traceback.
+        outage = unavailable(exc) if call.hold is None else None
+        if outage is not None:
+            log.warning("request %s refused: %s: %r", call.record.request_id, outage.message, exc)
+            return await _refuse(gateway, call, outage)
+        log.exception("request %s failed inside the gateway", call.record.request_id)
+        internal = GatewayError(f"Internal gateway error (request {call.record.request_id})")
+        return await _refuse(gateway, call, internal)
+
+
+async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
+    key = await authenticate(gateway, call, inbound.token)
+    chat = await inbound.read()
+    call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
+    payload = chat.upstream_payload()
+    messages = payload["messages"]
+    cached = await lookup_cache(gateway, key, chat, messages, inbound.headers)
+    if cached.hit:
+        call.hold = await hold_cache_hit(gateway, key)
+        return await _from_cache(gateway, call, key, chat, messages, cached)
+    call.estimate = await estimate(gateway, messages)
+    team = await team_context(gateway, key)
+    n_prompt = await count_prompt_tokens(messages)
+    decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team)
+    call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+    call.record.route_reason = decision.reason
+    call.hold = await hold(gateway, key, chat, decision, call)
+    if chat.stream:
+        return await _stream(gateway, call, chat, payload, decision, cached)
+    return await _complete(gateway, call, payload, decision, cached)
+
+
+async def _from_cache(
+    gateway: Gateway,
+    call: Call,
+    key: ApiKey,
+    chat: ChatRequest,
+    messages: list[dict[str, Any]],
+    cached: CacheLookup,
+) -> Answer | Replay:
+    """Answer from the prompt cache: no upstream call, cost 0, the saved cost in the spend log."""
+    assert cached.answer is not None
+    # The team's and key's rules still apply to a stored answer (they may have changed).
+    n_prompt = await count_prompt_tokens(messages)
+    decision = decide(gateway.policy, key, chat, messages, n_prompt, None)
+    deployment = gateway.catalog.get(cached.answer.deployment) or decision.deployment
+    call.record.deployment = deployment.name
+    call.record.tier = gateway.policy.tier_of(deployment.name) or deployment.tier
+    call.record.route_reason = f"prompt cache hit ({cached.tier}), answered by {deployment.name!r}"
+    usage = cached.answer.usage
+    charge(call, Decimal(0), usage)
+    call.record.cache_hit = True
+    call.record.saved_usd = deployment.price.cost(usage)
+    call.record.upstream_ms = 0.0
+    call.record.overhead_ms = call.elapsed_ms()
+    headers = {**routing_headers(call), "x-rightsize-cache": "hit"}
+    if cached.similarity is not None:
+        headers["x-rightsize-cache-similarity"] = f"{cached.similarity:.6f}"
+    outcome: Answer | Replay
+    if chat.stream:
+        chunks = list(cached.answer.chunks(chat.wants_usage_chunk(), cost_usd="0"))
+        outcome = Replay(chunks, headers)
+    else:
+        headers["x-rightsize-cost-usd"] = "0"
+        outcome = Answer(cached.answer.response(), headers)
+    await finish(gateway, call)
+    return outcome
+
+
+async def _complete(
+    gateway: Gateway,
+    call: Call,
+    payload: dict[str, Any],
+    decision: Decision,
+    cached: CacheLookup,
+) -> Answer:
+    async def once(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        return await gateway.provider(deployment).complete(deployment, body)
+
+    deployment, result = await _attempt(gateway, call, payload, decision, once)
+    usage = usage_from(result.get("usage"))
+    if usage is None:
+        text = "".join(completion_text(c.get("message") or {}) for c in result.get("choices") or ())
+        usage = await asyncio.to_thread(count_usage, deployment.model, payload["messages"], text)
+        result["usage"] = usage_payload(usage)
+        call.record.usage_estimated = True
+    cost = charge(call, deployment.price.cost(usage), usage)
+    call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
+    await finish(gateway, call)
+    headers = routing_headers(call)
+    headers["x-rightsize-cost-usd"] = usd(cost)
+    after = partial(gateway.cache.store, cached, deployment.name, result) if cached.write else None
+    return Answer(result, headers, after)
+
+
+async def _stream(
+    gateway: Gateway,
+    call: Call,
+    chat: ChatRequest,
+    payload: dict[str, Any],
+    decision: Decision,
+    cached: CacheLookup,
+) -> Stream:
+    async def once(deployment: Deployment, body: dict[str, Any]) -> OpenStream:
+        return await open_stream(gateway.provider(deployment), deployment, body)
+
+    deployment, opened = await _attempt(gateway, call, payload, decision, once)
+    call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
+    events = relay(gateway, call, chat, deployment, opened, cached)
+    return Stream(events, routing_headers(call))
+
+
+async def _attempt(
+    gateway: Gateway,
+    call: Call,
+    payload: dict[str, Any],
+    decision: Decision,
+    once: Callable[[Deployment, dict[str, Any]], Awaitable[T]],
+) -> tuple[Deployment, T]:
+    """The decision's deployments tried in order, each fallback noted in the spend record."""
+    started = time.perf_counter()
+
+    def attempt(deployment: Deployment) -> Awaitable[T]:
+        return once(deployment, attempt_payload(payload, decision, deployment))
+
+    def fell_back(error: UpstreamError, to: Deployment) -> None:
+        call.record.attempts += 1
+        call.record.deployment = to.name
+        call.record.tier = gateway.policy.tier_of(to.name) or to.tier
+        call.record.route_reason = (
+            f"{call.record.route_reason}; {error.code} -> fallback {to.name!r}"
+        )
+
+    try:
+        return await attempt_with_fallbacks(
+            decision.attempts(),
+            attempt,
+            backoff_ms=gateway.policy.spec.retries.backoff_ms,
+            on_fallback=fell_back,
+        )
+    finally:
+        call.record.upstream_ms = (time.perf_counter() - started) * 1000
+
+
+async def _refuse(gateway: Gateway, call: Call, exc: GatewayError) -> Refused:
+    call.record.status = exc.status
+    call.record.error_type = exc.code or exc.type
+    if call.record.overhead_ms is None:
+        call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
+    await finish(gateway, call)
+    return Refused(exc, call.record.request_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,151 @@
+"""The steps before the upstream call: authenticate, cache, estimate, decide, hold.
+
+Each takes what it needs and returns a typed result, so it can be run alone with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.cache import CacheLookup
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.ledger.ledger import Hold
+from gateway.ledger.metering import reserve_cache_hit, reserve_request
+from gateway.pipeline.call import Call
+from gateway.schemas import ChatRequest
+from gateway.state import Gateway
+from gateway.store import ApiKey
+from policies import (
+    Decision,
+    NotAllowed,
+    PolicyEngine,
+    Refusal,
+    RoutingRequest,
+    TeamContext,
+    UnknownModel,
+)
+from router import Estimate, prompt_from_messages
+
+log = logging.getLogger("rightsize.chat")
+
+
+async def authenticate(gateway: Gateway, call: Call, token: str | None) -> ApiKey:
+    """The caller's key (401 when missing, unknown or revoked), named in the spend record."""
+    key = await gateway.keys.authenticate(token)
+    call.record.team, call.record.key_id = key.team, key.id
+    return key
+
+
+async def lookup_cache(
+    gateway: Gateway,
+    key: ApiKey,
+    chat: ChatRequest,
+    messages: list[dict[str, Any]],
+    headers: Mapping[str, str],
+) -> CacheLookup:
+    """The prompt cache's verdict. It comes before the router: an exact hit costs no encode.
+    Its key holds the requested name (model, tier or auto), which with the prompt determines
+    the route."""
+    return await gateway.cache.lookup(
+        key.team,
+        chat.model,
+        chat,
+        headers,
+        embedding=await _embedding(gateway, key.team, messages),
+    )
+
+
+async def _embedding(gateway: Gateway, team: str, messages: list[dict[str, Any]]) -> Any | None:
+    """The router's embedding of the prompt, for the semantic cache tier of teams that use it.
+
+    The router keeps the embeddings it just computed for the estimate, so this is a lookup,
+    not a second encode.
+    """
+    if gateway.router is None or not gateway.cache.semantic_enabled(team):
+        return None
+    text = prompt_from_messages(messages)
+    return (await asyncio.to_thread(gateway.router.embed_batch, [text]))[0]
+
+
+async def estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimate | None:
+    """The router's estimate of the prompt; a router failure is logged, never fatal."""
+    if gateway.estimator is None:
+        return None
+    try:
+        return await gateway.estimator.estimate(prompt_from_messages(messages))
+    except Exception:
+        log.exception("the router failed; routing this request without an estimate")
+        return None
+
+
+async def team_context(gateway: Gateway, key: ApiKey) -> TeamContext:
+    """The team as the policy sees it. Its budget share is read (a counter read) only when the
+    policy caps tiers on it, and its `mode: soft` budgets past their `soft_at_percent` only
+    when the team or key has such a budget."""
+    used = None
+    if gateway.policy.spec.soft_budget is not None:
+        used = await gateway.ledger.budget_used(key.team, key.id)
+    soft = await gateway.ledger.budget_state(key.team, key.id)
+    return TeamContext(key.team, budget_used=used, soft_budgets=soft.soft_exceeded)
+
+
+def decide(
+    policy: PolicyEngine,
+    key: ApiKey,
+    chat: ChatRequest,
+    messages: list[dict[str, Any]],
+    n_prompt_tokens: int,
+    estimate: Estimate | None,
+    team: TeamContext | None = None,
+) -> Decision:
+    """The policy's decision for the request, its refusals as 404, 403 or 400 on `model`."""
+    routing = RoutingRequest(
+        model=chat.model,
+        prompt_tokens=n_prompt_tokens,
+        max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
+        needs_tools=bool(chat.tools or chat.functions),
+        needs_vision=_has_images(messages),
+        needs_json_schema=chat.response_format is not None
+        and chat.response_format.type == "json_schema",
+    )
+    try:
+        decision = policy.decide(routing, estimate, team or TeamContext(name=key.team))
+    except UnknownModel as exc:
+        raise NotFound(str(exc), param="model") from None
+    except NotAllowed as exc:
+        raise PermissionDenied(str(exc), param="model") from None
+    except Refusal as exc:
+        raise InvalidRequest(str(exc), param="model", code=exc.code) from None
+    if not key.may_use(chat.model, decision.deployment.name, decision.tier):
+        raise PermissionDenied(f"This key may not use model {chat.model!r}", param="model")
+    return decision
+
+
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+async def hold(
+    gateway: Gateway, key: ApiKey, chat: ChatRequest, decision: Decision, call: Call
+) -> Hold | None:
+    """Reserve the request against the team's and key's budgets and limits (429 past them).
+
+    The hold is what the router predicts (p90 output tokens), not the worst case.
+    """
+    predicted = call.estimate.token_budget_p90 if call.estimate else None
+    return await reserve_request(
+        gateway.ledger, key.team, key.id, chat, decision.deployment, predicted
+    )
+
+
+async def hold_cache_hit(gateway: Gateway, key: ApiKey) -> Hold | None:
+    """A hit costs nothing upstream but still counts against request-rate limits."""
+    return await reserve_cache_hit(gateway.ledger, key.team, key.id)
