@@ -36,10 +36,12 @@ class DeploymentState:
 
 @dataclass(frozen=True, slots=True)
 class TeamContext:
-    """The calling team and how much of its budget is used (0..1, None if no budget)."""
+    """The calling team, how much of its budget is used (0..1, None if no budget), and its
+    `mode: soft` budgets past their `soft_at_percent` (the ledger's BudgetState)."""
 
     name: str
     budget_used: float | None = None
+    soft_budgets: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -190,15 +192,22 @@ class PolicyEngine:
         return self._order[0] if self._order else None
 
     def _soft_cap(self, tier: str | None, team: TeamContext | None, trace: _Trace) -> str | None:
+        """The tier after soft budgets: the policy's `soft_budget` share, and a team's or key's
+        `mode: soft` budget past its `soft_at_percent` (capped at the policy's `cap_tier`, or
+        at the cheapest tier when the policy has no `soft_budget` section)."""
+        if team is None or tier is None or tier not in self._order:
+            return tier
         soft = self._spec.soft_budget
-        if soft is None or team is None or team.budget_used is None or tier is None:
-            return tier
-        if team.budget_used < soft.threshold or tier not in self._order:
-            return tier
-        cap = soft.cap_tier
-        if self._order.index(tier) > self._order.index(cap):
-            used, threshold = f"{team.budget_used:.0%}", f"{soft.threshold:.0%}"
-            trace.steps.append(f"soft budget: {used} used >= {threshold}, capped at {cap!r}")
+        cap, why = None, ""
+        if soft is not None and team.budget_used is not None:
+            if team.budget_used >= soft.threshold:
+                used, threshold = f"{team.budget_used:.0%}", f"{soft.threshold:.0%}"
+                cap, why = soft.cap_tier, f"{used} used >= {threshold}"
+        if cap is None and team.soft_budgets:
+            cap = soft.cap_tier if soft is not None else self._order[0]
+            why = f"{', '.join(team.soft_budgets)} past its soft_at_percent"
+        if cap is not None and self._order.index(tier) > self._order.index(cap):
+            trace.steps.append(f"soft budget: {why}, capped at {cap!r}")
             return cap
         return tier
 

@@ -236,6 +236,37 @@ async def test_past_the_soft_budget_share_auto_requests_are_capped_at_the_cheape
     assert "soft budget: 54% used >= 50%, capped at 'light'" in row["route_reason"]
 
 
+async def test_a_soft_mode_budget_past_its_percent_caps_auto_at_the_cheapest_tier(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    # No soft_budget section in the policy: the budget's own mode: soft does the capping.
+    tiers = [
+        {"name": "light", "deployments": ["small"]},
+        {"name": "standard", "deployments": ["direct"], "min_demand": 0.0001},
+    ]
+    config = gateway_config(store_url, upstream, policy={"tiers": tiers})
+    async with in_process_gateway(config) as gw:
+        await set_budget(
+            gw,
+            team="search",
+            period="monthly",
+            limit_usd="0.0001",
+            mode="soft",
+            soft_at_percent=50,
+        )
+        first = await chat(gw, model="auto")
+        assert first.headers["x-rightsize-model"] == "direct"  # 53.9% of the budget
+        second = await chat(gw, model="auto")
+        assert second.status_code == 200
+        assert second.headers["x-rightsize-model"] == "small"
+        assert second.headers["x-rightsize-tier"] == "light"
+        row = await gw.admin.spend(second.headers["x-request-id"])
+    assert (
+        "soft budget: team:search:monthly past its soft_at_percent, capped at 'light'"
+        in (row["route_reason"])
+    )
+
+
 async def test_prompt_cache_hits_count_against_the_requests_per_minute_limit(
     store_url: str, upstream: RunningUpstream
 ) -> None:

@@ -193,6 +193,24 @@ def test_over_the_soft_budget_threshold_a_team_is_capped_at_the_cheaper_tier() -
     assert under.tier == "reasoning"
 
 
+def test_a_soft_mode_budget_past_its_percent_caps_the_team_at_the_policys_cap_tier() -> None:
+    past = TeamContext("search", soft_budgets=("team:search:monthly",))
+    decision = engine().decide(request(), HARD, past)
+    assert decision.tier == "light"
+    assert "soft budget: team:search:monthly past its soft_at_percent, capped at 'light'" in (
+        decision.reason
+    )
+    assert engine().decide(request(), HARD, TeamContext("search")).tier == "reasoning"
+
+
+def test_a_soft_mode_budget_without_a_policy_cap_caps_the_team_at_the_cheapest_tier() -> None:
+    policy = {k: v for k, v in POLICY.items() if k != "soft_budget"}
+    past = TeamContext("search", soft_budgets=("key:key_1:daily",))
+    decision = engine(policy).decide(request("reasoning"), HARD, past)
+    assert decision.tier == "light"
+    assert decision.deployment.name in {"local-llama", "mini", "mini-b"}
+
+
 def test_unhealthy_deployments_are_dropped_and_saturated_ones_tried_last() -> None:
     states = {"big": DeploymentState(healthy=False), "big-b": DeploymentState(load=1.0)}
     decision = engine().decide(request("standard"), MEDIUM, None, states)
