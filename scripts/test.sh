@@ -17,4 +17,5 @@ export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff format --check .
 ruff check .
 mypy gateway policies router
+lint-imports  # .importlinter: gateway -> policies -> router, the router's runtime apart
 python -m pytest "$@"
