@@ -164,8 +164,13 @@ class PolicyEngine:
         tier: str | None
         if self._demand_routing and estimate is not None:
             demand = estimate.reasoning_demand
-            tier = next(name for low, name in reversed(self._thresholds) if demand >= low)
-            trace.steps.append(f"demand {demand:.3f} -> tier {tier!r}")
+            index = next(
+                i
+                for i in reversed(range(len(self._thresholds)))
+                if demand >= self._thresholds[i][0]
+            )
+            tier = self._thresholds[index][1]
+            trace.steps.append(f"demand {demand:.3f} -> tier {tier!r} ({self._crossed(index)})")
         else:
             tier = rule.default_tier or self._spec.default_tier or self._default_tier()
             why = "no estimate" if self._demand_routing else "no policy tiers"
@@ -182,6 +187,18 @@ class PolicyEngine:
             trace.steps.append(f"team may not use {tier!r}: tier {replacement!r}")
             tier = replacement
         return tier
+
+    def _crossed(self, index: int) -> str:
+        """The thresholds that put demand in tier `index`: its own and the next one up."""
+        bounds = []
+        if index > 0:
+            low, name = self._thresholds[index]
+            bounds.append(f">= min_demand {low:.3f} of {name!r}")
+        if index + 1 < len(self._thresholds):
+            high, name = self._thresholds[index + 1]
+            bounds.append(f"< min_demand {high:.3f} of {name!r}")
+        # A comma, not a semicolon: the explanation's steps are separated by semicolons.
+        return ", ".join(bounds) or "the only tier"
 
     def _default_tier(self) -> str | None:
         if self._default in self._tiers:
