@@ -30,12 +30,12 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.ledger.budgets import Amounts, Budget
-from gateway.ledger.build import open_ledger
-from gateway.ledger.periods import Period
-from gateway.ledger.reports import cost_report
+from gateway.ledger_build import open_ledger
 from gateway.settings import Settings
 from gateway.store import Store
+from ledger.budgets import Amounts, Budget
+from ledger.periods import Period
+from ledger.reports import cost_report
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -17,15 +17,15 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
 from gateway import __version__, outage
-from gateway.admin import router as admin_router
+from gateway.api.admin import router as admin_router
+from gateway.api.budgets import router as ledger_admin_router
+from gateway.api.chat import chat_completions
 from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
-from gateway.chat import chat_completions
-from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest
+from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
 from gateway.http import error_response, json_response
-from gateway.ledger.admin import router as ledger_admin_router
-from gateway.ledger.build import open_ledger
+from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
 from gateway.openapi import CHAT_OPENAPI_EXTRA, CHAT_RESPONSES, install_openapi
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
@@ -35,6 +35,7 @@ from gateway.spend import SpendWriter, default_fallback_file, default_journal_di
 from gateway.state import Gateway, resolve_api_keys
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
+from ledger.errors import LedgerError
 from policies import Catalog, PolicyEngine
 from router import EstimateBatcher, Router
 
@@ -241,6 +242,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
         return error_response(exc)
 
+    @app.exception_handler(LedgerError)
+    async def _ledger_error(_: Request, exc: LedgerError) -> Response:
+        # The admin API reads usage from the ledger: a refusal there is answered as in /v1.
+        return error_response(from_ledger(exc))
+
     async def _outage(_: Request, exc: Exception) -> Response:
         # The admin API and the other routes call the store directly: a dependency that is
         # down is a 503; anything else of these classes (a bad query) goes on to the 500.
@@ -325,12 +331,12 @@ def _log_configuration(
         for d in catalog.deployments
     )
     log.info(
-        "rightsize %s: config from %s; store %s; models: %s; auto -> %s; admin API %s",
+        "rightsize %s: config from %s; store %s; models: %s; %s; admin API %s",
         __version__,
         source,
         _redact(settings.store_url()),
         models or "none",
-        default or "nothing",
+        settings.describe_auto(source, default),
         "enabled" if admin else f"disabled ({settings.auth.master_key_env} not set)",
     )
     if source == "built-in defaults":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger import errors as ledger_errors
+
 # Seconds a client is told to wait after a 503 (a dependency down): long enough not to hammer a
 # recovering server, short enough that a blip costs little.
 RETRY_AFTER_S = 2
@@ -146,3 +148,31 @@ class LedgerUnavailable(ServiceUnavailable):
     """The budget counters (Redis, or the database without Redis) cannot be reached."""
 
     code = "ledger_unavailable"
+
+
+class BudgetExceeded(GatewayError):
+    """429: a budget or rate limit refused the request; the body names the budget."""
+
+    status = 429
+
+    def __init__(self, refusal: ledger_errors.BudgetExceeded) -> None:
+        super().__init__(refusal.message, code=refusal.code)
+        self.type = refusal.type
+        self.refusal = refusal
+
+    def body(self) -> dict[str, Any]:
+        # The ledger's refusal already is the client's answer (ledger/errors.py).
+        return self.refusal.body()
+
+    def headers(self) -> dict[str, str]:
+        return self.refusal.headers()
+
+
+def from_ledger(exc: ledger_errors.LedgerError) -> GatewayError:
+    """The HTTP answer to a ledger refusal: 429 over a budget, 503 when its counters or its
+    budgets cannot be reached."""
+    if isinstance(exc, ledger_errors.BudgetExceeded):
+        return BudgetExceeded(exc)
+    if isinstance(exc, ledger_errors.BudgetsUnreadable):
+        return StoreUnavailable(exc.message)
+    return LedgerUnavailable(exc.message)

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.cache.config import CacheSettings
-from gateway.ledger.settings import LedgerSettings
+from ledger.settings import LedgerSettings
 from policies import (
     Catalog,
     CatalogError,
@@ -23,6 +23,7 @@ from policies import (
     PolicySpec,
     validate_policy,
 )
+from policies.thresholds import demand_tiers, describe_tiers, load_demand_thresholds
 
 if TYPE_CHECKING:
     # The store brings SQLAlchemy and Alembic, which `rightsize route` never needs.
@@ -211,6 +212,9 @@ class Settings(BaseModel):
     models: list[ModelSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
+    # Where policy.tiers' thresholds came from when no file wrote them (zero-config); not a
+    # configuration key.
+    _thresholds_origin: str | None = PrivateAttr(default=None)
 
     def store_url(self) -> str:
         """The configured store URL, or SQLite in the user's data directory."""
@@ -228,6 +232,15 @@ class Settings(BaseModel):
         if tiers:
             return tiers[0]
         return catalog.deployments[0].name if catalog.deployments else None
+
+    def describe_auto(self, source: str, default: str | None) -> str:
+        """What `auto` does and which thresholds are in force, for the log and `route`."""
+        if not self.router.enabled:
+            return f"auto -> {default or 'nothing'} (router disabled: no demand routing)"
+        if not self.policy.tiers:
+            return f"auto -> {default or 'nothing'} (no policy.tiers: no demand routing)"
+        origin = self._thresholds_origin or f"policy.tiers of {source}"
+        return f"auto -> tiers by demand: {describe_tiers(self.policy)} ({origin})"
 
 
 class ConfigError(ValueError):
@@ -268,7 +281,37 @@ def load_settings(
             for err in exc.errors()
         ]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    if not path:
+        settings = _with_demand_tiers(settings)
     return settings, source
+
+
+def _with_demand_tiers(settings: Settings) -> Settings:
+    """Zero-config: the model tiers get the demand thresholds shipped beside the router
+    artifact, so that `auto` routes by demand with nothing but a provider key."""
+    # A configuration file is taken as written (no policy.tiers there: auto -> routing.default).
+    if settings.policy.tiers or not settings.router.enabled:
+        return settings
+    by_tier: dict[str, list[str]] = {}
+    for model in settings.models:
+        if model.tier:
+            by_tier.setdefault(model.tier, []).append(model.name)
+    try:
+        thresholds = load_demand_thresholds(settings.router.artifact)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"router: cannot read the tier thresholds: {exc!r}") from None
+    if set(by_tier) - set(thresholds.min_demand):
+        # A tier renamed through RIGHTSIZE_MODELS__N__TIER has no threshold; policy tiers
+        # without it would make it unreachable, so the model tiers stay as they are.
+        return settings
+    tiers = demand_tiers(by_tier, thresholds)
+    if len(tiers) < 2:
+        return settings  # one tier (or none): nothing to choose between
+    routed = settings.model_copy(
+        update={"policy": settings.policy.model_copy(update={"tiers": tiers})}
+    )
+    routed._thresholds_origin = thresholds.origin
+    return routed
 
 
 def build_catalog(

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
-from gateway.ledger.ledger import Ledger
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.store import Store
+from ledger.ledger import Ledger
 from policies import Catalog, Deployment, PolicyEngine
 from router import EstimateBatcher, Router
 
@@ -29,7 +29,7 @@ class Gateway:
     providers: Mapping[str, Provider]
     master_key: str | None
     cache: PromptCache
-    ledger: Ledger  # budgets and rate limits (gateway/ledger)
+    ledger: Ledger  # budgets and rate limits (the ledger package)
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

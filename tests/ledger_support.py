@@ -69,7 +69,7 @@ async def open_ledger(
     **ledger: Any,
 ) -> AsyncIterator[Any]:
     """A migrated SQLite store and a ledger on the named backend ("sqlite" or "redis")."""
-    from gateway.ledger.build import open_ledger as build
+    from gateway.ledger_build import open_ledger as build
     from gateway.settings import Settings
     from gateway.store import Store
 

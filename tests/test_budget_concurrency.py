@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.ledger.budgets import Budget
-from gateway.ledger.build import open_ledger
-from gateway.ledger.ledger import hold_amounts
-from gateway.ledger.periods import Period
+from gateway.ledger_build import open_ledger
 from gateway.settings import Settings
 from gateway.store import Store, from_picousd
 from gateway.usage import count_usage
+from ledger.budgets import Budget
+from ledger.ledger import hold_amounts
+from ledger.periods import Period
 from policies import TokenPrice
 from tests.conftest import (
     MASTER_KEY,

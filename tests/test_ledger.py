@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from gateway.ledger.budgets import Amounts, Budget
-from gateway.ledger.ledger import BudgetExceeded, Ledger
-from gateway.ledger.periods import Period
 from gateway.store import SpendRecord, Store
+from ledger.budgets import Amounts, Budget
+from ledger.errors import BudgetExceeded
+from ledger.ledger import Ledger
+from ledger.periods import Period
 from tests.ledger_support import FrozenClock, at, open_ledger, redis_prefix
 
 __all__ = ["redis_prefix"]

@@ -29,14 +29,14 @@ from redis.retry import Retry
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from gateway.ledger.budgets import Budget
-from gateway.ledger.ledger import BudgetUsage, hold_amounts
-from gateway.ledger.periods import Period
 from gateway.outage import is_outage, unavailable
 from gateway.settings import Settings
 from gateway.store import SpendRecord, Store, from_picousd
 from gateway.store.store import PoolLimits
 from gateway.usage import count_usage
+from ledger.budgets import Budget
+from ledger.ledger import BudgetUsage, hold_amounts
+from ledger.periods import Period
 from policies import TokenPrice
 from tests.conftest import (
     InProcessGateway,

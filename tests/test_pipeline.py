@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from gateway.api.chat import openai_events
 from gateway.cache import NOT_CACHED
-from gateway.chat import openai_events
 from gateway.errors import (
     GatewayError,
     InvalidRequest,

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.ledger.reports import GROUPINGS, cost_report, offset_segments, savings_report, to_csv
 from gateway.store import SpendRecord, Store
+from ledger.reports import GROUPINGS, cost_report, offset_segments, savings_report, to_csv
 from policies import Capabilities, Deployment, TokenPrice
 from tests.conftest import gateway_config, in_process_gateway
 from tests.fake_upstream import RunningUpstream

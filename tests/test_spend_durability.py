@@ -19,10 +19,10 @@ import httpx
 import orjson
 from sqlalchemy import text
 
-from gateway.ledger.budgets import Budget
-from gateway.ledger.periods import Period
 from gateway.spend import SpendWriter, decode, encode
 from gateway.store import SpendRecord, Store, to_picousd
+from ledger.budgets import Budget
+from ledger.periods import Period
 from tests.conftest import MASTER_KEY, gateway_config, gateway_env, in_process_gateway
 from tests.fake_upstream import RunningUpstream
 from tests.ledger_support import redis_prefix

@@ -119,7 +119,7 @@ from click.testing import CliRunner
 from gateway.cli import main
 
 lazy = CliRunner().invoke(main, ["--help"], terminal_width=120).output
-imported = [m for m in ("router.cli", "gateway.ledger.cli") if m in sys.modules]
+imported = [m for m in ("router.cli", "gateway.cli.budgets") if m in sys.modules]
 context = click.Context(main)
 for name in main.list_commands(context):
     main.get_command(context, name)

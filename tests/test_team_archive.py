@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.ledger.backend import Claim
-from gateway.ledger.budgets import Amounts, Budget
-from gateway.ledger.periods import Period, window_at
 from gateway.store import SpendRecord, Store
+from ledger.backend import Claim
+from ledger.budgets import Amounts, Budget
+from ledger.periods import Period, window_at
 from tests.conftest import InProcessGateway, gateway_config, in_process_gateway
 from tests.fake_upstream import RunningUpstream
 from tests.ledger_support import REDIS_URL, FrozenClock, at, open_ledger, redis_prefix

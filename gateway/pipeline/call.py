@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from gateway.ledger.ledger import Hold
-from gateway.ledger.metering import settle_request
+from gateway.pipeline.metering import settle_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
+from ledger.ledger import Hold
 from policies import Usage
 from router import Estimate
 

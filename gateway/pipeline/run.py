@@ -1,7 +1,7 @@
 """The request pipeline: one internal request in, one typed outcome out.
 
 authenticate → parse → cache → estimate → decide → hold → attempt with fallbacks →
-relay (streams) → settle and log. An API adapter (gateway/chat.py for OpenAI) builds the
+relay (streams) → settle and log. An API adapter (gateway/api/chat.py for OpenAI) builds the
 `Inbound`, calls `run` and renders the `Outcome` in its own wire format.
 """
 
@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from gateway.cache import CacheLookup
-from gateway.errors import GatewayError, RevokedKey, UpstreamError
+from gateway.errors import GatewayError, RevokedKey, UpstreamError, from_ledger
 from gateway.outage import unavailable
 from gateway.pipeline.attempts import (
     OpenStream,
@@ -42,6 +42,7 @@ from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
 from gateway.tokens import count_prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
+from ledger.errors import LedgerError
 from policies import Decision, Deployment
 
 log = logging.getLogger("rightsize.chat")
@@ -108,6 +109,8 @@ async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
         return await _refuse(gateway, call, exc)
     except GatewayError as exc:
         return await _refuse(gateway, call, exc)
+    except LedgerError as exc:
+        return await _refuse(gateway, call, from_ledger(exc))
     except Exception as exc:
         # The store or Redis down before the request was admitted: 503, try again later. After
         # admission no dependency of ours is called (a settlement keeps itself for a retry), so

@@ -12,12 +12,12 @@ from typing import Any
 
 from gateway.cache import CacheLookup
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
-from gateway.ledger.ledger import Hold
-from gateway.ledger.metering import reserve_cache_hit, reserve_request
 from gateway.pipeline.call import Call
+from gateway.pipeline.metering import reserve_cache_hit, reserve_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey
+from ledger.ledger import Hold
 from policies import (
     Decision,
     NotAllowed,

@@ -14,17 +14,9 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, Integer, String
 
 from gateway.store.tables import spend_log
-
-PICO = Decimal(10) ** 12
-
-
-def to_picousd(usd: Decimal) -> int:
-    """USD to integer pico-dollars, rounding half-up below one pico-dollar."""
-    return int((usd * PICO).to_integral_value(rounding="ROUND_HALF_UP"))
-
-
-def from_picousd(pico: int) -> Decimal:
-    return Decimal(pico) / PICO
+from ledger.money import PICO as PICO
+from ledger.money import from_picousd as from_picousd
+from ledger.money import to_picousd as to_picousd
 
 
 @dataclass(frozen=True, slots=True)

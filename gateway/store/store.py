@@ -24,7 +24,7 @@ _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 # Separates a deleted team's name from its archive suffix, `search~1f2e3d4c`. Team names cannot
-# contain it (gateway.admin.TEAM_NAME), so an archived id never names a live team.
+# contain it (gateway.api.admin.TEAM_NAME), so an archived id never names a live team.
 ARCHIVE_SEPARATOR = "~"
 
 # Moves a team's rows of another table to its archived id, in the caller's transaction:

@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.auth import bearer_token, check_master_key
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import json_response
-from gateway.ledger.ledger import Ledger
 from gateway.state import Gateway
 from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Store, Team
 from gateway.store.store import ArchivedTeam
+from ledger.ledger import Ledger
 
 log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -1,15 +1,15 @@
-"""The ledger as the chat handler uses it: a request's hold before the call, its charge after."""
+"""The ledger as the pipeline uses it: a chat request's hold before the call, its charge after."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from gateway.ledger.budgets import Amounts
-from gateway.ledger.ledger import Hold, Ledger, hold_amounts, output_token_bound
 from gateway.schemas import ChatRequest
 from gateway.store import SpendRecord, to_picousd
 from gateway.usage import count_usage
+from ledger.budgets import Amounts
+from ledger.ledger import Hold, Ledger, hold_amounts, output_token_bound
 from policies import Deployment
 
 log = logging.getLogger("rightsize.ledger")

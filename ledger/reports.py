@@ -19,8 +19,8 @@ from sqlalchemy import Integer, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.store import from_picousd
-from gateway.store.tables import spend_log
+from ledger.money import from_picousd
+from ledger.tables import spend_log
 from policies import Deployment
 
 GROUPINGS = ("team", "key", "model", "requested_model", "tier", "day")

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
-from gateway.ledger.budgets import Amounts
-from gateway.ledger.sql_backend import fits
+from ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
+from ledger.budgets import Amounts
+from ledger.sql_backend import fits
 
 _T = TypeVar("_T")
 _BUSY_TIMEOUT_S = 30.0

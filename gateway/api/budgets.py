@@ -10,14 +10,14 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.admin import AdminGateway, NoSuch, TeamArchived
+from gateway.api.admin import AdminGateway, NoSuch, TeamArchived
 from gateway.errors import InvalidRequest
 from gateway.http import json_response
-from gateway.ledger.budgets import Budget, budget_id
-from gateway.ledger.ledger import usage_json
-from gateway.ledger.periods import Period
-from gateway.ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
 from gateway.state import Gateway
+from ledger.budgets import Budget, budget_id
+from ledger.ledger import usage_json
+from ledger.periods import Period
+from ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
 
 router = APIRouter(prefix="/admin", tags=["budgets"])
 

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from gateway.cli_support import config_call, config_option, load_config, print_rows, run
-from gateway.ledger.admin import BudgetIn, budget_json
-from gateway.ledger.build import open_ledger
-from gateway.ledger.ledger import Ledger, usage_json
-from gateway.ledger.periods import Period
-from gateway.ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
+from gateway.api.budgets import BudgetIn, budget_json
+from gateway.cli.support import config_call, config_option, load_config, print_rows, run
+from gateway.ledger_build import open_ledger
 from gateway.settings import Settings, build_catalog
 from gateway.store import Store
+from ledger.ledger import Ledger, usage_json
+from ledger.periods import Period
+from ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
 
 _T = TypeVar("_T")
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.ledger.budgets import Amounts
+from ledger.budgets import Amounts
 
 
 @dataclass(frozen=True, slots=True)

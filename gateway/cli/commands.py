@@ -1,4 +1,4 @@
-"""The `rightsize` command line.
+"""The `rightsize` group and the gateway's own commands (serve, route, config, teams, keys).
 
 Fast to start: this module imports click and nothing heavy; each command imports what it
 runs, and the router's and the ledger's commands are imported only when one of them runs.
@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gateway.cli_support import config_call, config_option, load_config, print_rows, run
+from gateway.cli.support import config_call, config_option, load_config, print_rows, run
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -63,7 +62,7 @@ class LazyGroup(click.Group):
 # checks that these match what the commands say once imported).
 LAZY_COMMANDS = {
     "budgets": (
-        "gateway.ledger.cli:budgets",
+        "gateway.cli.budgets:budgets",
         "Manage budgets and rate limits of teams and keys.",
     ),
     "classify": (
@@ -75,7 +74,7 @@ LAZY_COMMANDS = {
         "router.cli:eval_cmd",
         "Print routing and budget metrics per group, with random and prompt-length baselines.",
     ),
-    "report": ("gateway.ledger.cli:report", "Cost and savings reports from the spend log."),
+    "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),
     "train": (
         "router.cli:train",
         "Train the router heads (and the static encoder); write the artifact and model card.",
@@ -167,7 +166,7 @@ def teams_create(config_path: str | None, name: str) -> None:
     """Create a team."""
     import re
 
-    from gateway.admin import TEAM_NAME, open_team
+    from gateway.api.admin import TEAM_NAME, open_team
 
     # The admin API's rule: above all no `~`, which only archived teams' ids contain.
     if not re.fullmatch(TEAM_NAME, name):
@@ -185,7 +184,7 @@ def teams_create(config_path: str | None, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def teams_list(config_path: str | None, archived: bool, as_json: bool) -> None:
     """List teams (or, with --archived, the deleted ones: reports take their id as --team)."""
-    from gateway.admin import archived_team_json, team_json
+    from gateway.api.admin import archived_team_json, team_json
 
     if archived:
         found = _with_store(config_path, lambda store: store.archived_teams())
@@ -201,7 +200,7 @@ def teams_list(config_path: str | None, archived: bool, as_json: bool) -> None:
 @click.argument("name")
 def teams_delete(config_path: str | None, name: str) -> None:
     """Delete a team and its keys; its spend rows and budgets are archived under a new id."""
-    from gateway.admin import archive_team
+    from gateway.api.admin import archive_team
 
     archived = _with_team_ledger(
         config_path, lambda store, ledger: archive_team(store, ledger, name)
@@ -243,7 +242,7 @@ def keys_create(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
     """List keys (hints only, never secrets)."""
-    from gateway.admin import key_json
+    from gateway.api.admin import key_json
 
     rows = [key_json(k) for k in _with_store(config_path, lambda store: store.list_keys(team))]
     print_rows(rows, ["id", "team", "name", "key_hint", "revoked_at"], as_json)
@@ -268,13 +267,19 @@ def route(
     config_path: str | None, prompt: str, model: str, team: str | None, as_json: bool
 ) -> None:
     """Show the routing decision for PROMPT, with every candidate and why (no upstream call)."""
+    from gateway.llm import model_info
     from gateway.routing import explain_route
+    from gateway.settings import build_catalog
 
     settings, source = load_config(config_path)
     report = config_call(lambda: explain_route(settings, source, prompt, model, team))
+    catalog = config_call(lambda: build_catalog(settings, model_info, source))
+    # Which thresholds are in force: the shipped ones, the artifact's own, or the file's.
+    report["auto"] = settings.describe_auto(source, settings.default_route(catalog))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    click.echo(report["auto"])
     estimate = report["estimate"]
     if estimate:
         click.echo(
@@ -344,7 +349,7 @@ def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]])
 
 def _with_team_ledger(config_path: str | None, action: Callable[[Any, Any], Awaitable[_T]]) -> _T:
     """Run a team verb that also clears the team's ledger counters (store, ledger)."""
-    from gateway.ledger.build import open_ledger
+    from gateway.ledger_build import open_ledger
 
     def with_ledger(store: Any) -> Awaitable[_T]:
         async def with_ledger_open() -> _T:
@@ -357,7 +362,3 @@ def _with_team_ledger(config_path: str | None, action: Callable[[Any, Any], Awai
         return with_ledger_open()
 
     return _with_store(config_path, with_ledger)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

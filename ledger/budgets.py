@@ -11,10 +11,9 @@ from typing import Any, Literal
 from sqlalchemy import String, and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.ledger.periods import Period, Window
-from gateway.ledger.tables import budgets
-from gateway.store import from_picousd, to_picousd
-from gateway.store.tables import spend_log
+from ledger.money import from_picousd, to_picousd
+from ledger.periods import Period, Window
+from ledger.tables import budgets, spend_log
 
 Scope = Literal["team", "key"]
 Mode = Literal["hard", "soft"]

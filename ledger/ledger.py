@@ -1,13 +1,13 @@
 """The ledger: hold a request's predicted cost against every budget it counts toward, then settle.
 
-reserve() runs before the upstream call and refuses (429) when a hold does not fit; settle()
-runs after it, success or failure, with what the spend log records for the request. A hold
-that is never settled (a crashed worker) is released once its process's heartbeat stops
-(`ledger.heartbeat_timeout_s`), at the latest after `ledger.reservation_ttl_s`.
+reserve() runs before the upstream call and refuses (BudgetExceeded: the gateway's 429) when a
+hold does not fit; settle() runs after it, success or failure, with what the spend log records
+for the request. A hold that is never settled (a crashed worker) is released once its process's
+heartbeat stops (`ledger.heartbeat_timeout_s`), at the latest after `ledger.reservation_ttl_s`.
 
-When the counters cannot be reached, reserve() answers 503 (`ledger.on_outage: fail_closed`) or
-admits a bounded allowance per process and team (`fail_open`); a settlement that fails then is
-retried once they are back.
+When the counters cannot be reached, reserve() refuses (CountersUnreachable: the gateway's 503)
+under `ledger.on_outage: fail_closed`, or admits a bounded allowance per process and team
+(`fail_open`); a settlement that fails then is retried once they are back.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import GatewayError, LedgerUnavailable, StoreUnavailable
-from gateway.ledger.backend import Admitted, Claim, CounterBackend, CounterState, NeedsRebuild
-from gateway.ledger.budgets import Amounts, Budget, BudgetStore, usd
-from gateway.ledger.periods import Period, Window, window_at
-from gateway.ledger.settings import LedgerSettings
-from gateway.outage import is_outage, ledger_unavailable
+from ledger.backend import Admitted, Claim, CounterBackend, CounterState, NeedsRebuild
+from ledger.budgets import Amounts, Budget, BudgetStore, usd
+from ledger.errors import BudgetExceeded, BudgetsUnreadable, CountersUnreachable
+from ledger.outage import brief, dependency_of, is_outage
+from ledger.periods import Period, Window, window_at
+from ledger.settings import LedgerSettings
 from policies import TokenPrice, Usage
 
 log = logging.getLogger("rightsize.ledger")
@@ -77,44 +77,6 @@ class BudgetUsage:
     window: Window
     spent: Amounts
     reserved: Amounts
-
-
-class BudgetExceeded(GatewayError):
-    """429: the request does not fit a budget or rate limit; the body names it."""
-
-    status = 429
-
-    def __init__(
-        self, team: str, usage: BudgetUsage, dimension: str, needed: Amounts, now: datetime
-    ) -> None:
-        budget, window = usage.budget, usage.window
-        self.rate = budget.period is Period.MINUTE
-        self.type = "rate_limit_error" if self.rate else "budget_exceeded_error"
-        self.retry_after = window.seconds_left(now)
-        self.detail = usage_json(usage, team=team)
-        self.detail["exceeded"] = dimension
-        who = f"team {team!r}" if budget.scope == "team" else f"key {budget.subject!r}"
-        limit, spent, reserved, need = _dimension(usage, dimension, needed)
-        what = "rate limit" if self.rate else f"{budget.period.value} budget"
-        resets = (
-            f"It resets at {window.end.isoformat()} (in {self.retry_after} s)."
-            if window.end is not None
-            else "It does not reset (total budget)."
-        )
-        super().__init__(
-            f"{what.capitalize()} exceeded for {who} ({budget.id}, window {window.label}): "
-            f"limit {limit}, spent {spent}, reserved {reserved}, remaining "
-            f"{_remaining(usage, dimension)}; this request needs up to {need}. {resets}",
-            code="rate_limit_exceeded" if self.rate else "budget_exceeded",
-        )
-
-    def body(self) -> dict[str, Any]:
-        body = super().body()
-        body["error"]["budget"] = self.detail
-        return body
-
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)} if self.retry_after else {}
 
 
 class Ledger:
@@ -167,7 +129,7 @@ class Ledger:
                     self._stale_budgets_logged = True
                     log.warning("budgets cannot be read (%r); using the ones read last", exc)
                 return cached[1]
-            raise StoreUnavailable(
+            raise BudgetsUnreadable(
                 "Budgets cannot be read: the gateway cannot reach its database; "
                 "the request was not sent. Retry in a moment"
             ) from exc
@@ -209,7 +171,7 @@ class Ledger:
             usage = _usage(budgets[result.index], windows[result.index], result.state)
             dimension = _exceeded(claims[result.index], result.state, amounts)
             log.info("refused %s for %s: %s over its limit", team, usage.budget.id, dimension)
-            raise BudgetExceeded(team, usage, dimension, amounts, now)
+            raise budget_exceeded(team, usage, dimension, amounts, now)
         raise RuntimeError("ledger counters kept disappearing while being rebuilt")
 
     async def settle(self, hold: Hold, actual: Amounts) -> None:
@@ -237,7 +199,7 @@ class Ledger:
             return BudgetState()
         try:
             found = await self.usage(budgets)
-        except LedgerUnavailable:
+        except CountersUnreachable:
             if self.settings.on_outage == "fail_closed":
                 raise
             return BudgetState()  # fail_open: reserve() applies the allowance
@@ -250,7 +212,7 @@ class Ledger:
         budgets = [b for b in await self.budgets_for(team, key_id) if b.period is not Period.MINUTE]
         try:
             found = await self.usage(budgets) if budgets else []
-        except LedgerUnavailable:
+        except CountersUnreachable:
             if self.settings.on_outage == "fail_closed":
                 raise
             return None  # fail_open: the policy decides as without budgets
@@ -279,7 +241,7 @@ class Ledger:
             if not is_outage(exc):
                 raise
             self._outage(exc)
-            raise ledger_unavailable(exc) from exc
+            raise counters_unreachable(exc) from exc
         self._recovered()
         return [
             _usage(b, w, s or CounterState(c.counter, Amounts(), Amounts()))
@@ -353,7 +315,7 @@ class Ledger:
     ) -> Hold:
         """fail_open: admit without the counters while this team's allowance lasts."""
         if self.settings.on_outage == "fail_closed":
-            raise ledger_unavailable(exc) from exc
+            raise counters_unreachable(exc) from exc
         used = self._allowance_used.get(team, Amounts()) + amounts
         cap_usd = self.settings.outage_allowance_usd
         cap_requests = self.settings.outage_allowance_requests
@@ -366,11 +328,8 @@ class Ledger:
                 team,
                 _allowance_text(self.settings),
             )
-            error = ledger_unavailable(exc)
-            error.message += (
-                f" (the fail-open allowance of {_allowance_text(self.settings)} is used)"
-            )
-            raise error from exc
+            used_up = f" (the fail-open allowance of {_allowance_text(self.settings)} is used)"
+            raise counters_unreachable(exc, used_up) from exc
         self._allowance_used[team] = used
         log.error(
             "FAIL-OPEN: ledger counters unreachable; admitted a request of team %s unchecked "
@@ -508,6 +467,43 @@ class Ledger:
             (await self._webhook.post(url, json=event)).raise_for_status()
         except httpx.HTTPError:
             log.exception("budget alert webhook %s failed", url)
+
+
+def budget_exceeded(
+    team: str, usage: BudgetUsage, dimension: str, needed: Amounts, now: datetime
+) -> BudgetExceeded:
+    """The refusal of a hold that does not fit `usage`'s budget in `dimension`: what the limit,
+    the spend and the hold are, and when the window resets."""
+    budget, window = usage.budget, usage.window
+    rate = budget.period is Period.MINUTE
+    retry_after = window.seconds_left(now)
+    detail = usage_json(usage, team=team)
+    detail["exceeded"] = dimension
+    who = f"team {team!r}" if budget.scope == "team" else f"key {budget.subject!r}"
+    limit, spent, reserved, need = _dimension(usage, dimension, needed)
+    what = "rate limit" if rate else f"{budget.period.value} budget"
+    resets = (
+        f"It resets at {window.end.isoformat()} (in {retry_after} s)."
+        if window.end is not None
+        else "It does not reset (total budget)."
+    )
+    return BudgetExceeded(
+        f"{what.capitalize()} exceeded for {who} ({budget.id}, window {window.label}): "
+        f"limit {limit}, spent {spent}, reserved {reserved}, remaining "
+        f"{_remaining(usage, dimension)}; this request needs up to {need}. {resets}",
+        rate=rate,
+        detail=detail,
+        retry_after=retry_after,
+    )
+
+
+def counters_unreachable(exc: BaseException, more: str = "") -> CountersUnreachable:
+    """The refusal of a budgeted request whose counters could not be reached. The client is
+    told the failure's class only: its text (hosts, ports, SQL) is for the log."""
+    return CountersUnreachable(
+        f"Budgets cannot be checked: the ledger's counters ({dependency_of(exc)}) cannot be "
+        f"reached ({brief(exc)}); the request was not sent. Retry in a moment{more}"
+    )
 
 
 def output_token_bound(

@@ -4,14 +4,14 @@ store's own engine, so that a worker holds one connection pool)."""
 
 from __future__ import annotations
 
-from gateway.ledger.backend import CounterBackend
-from gateway.ledger.budgets import BudgetStore
-from gateway.ledger.ledger import Clock, Ledger
-from gateway.ledger.redis_backend import RedisCounters
-from gateway.ledger.sql_backend import SQLCounters
-from gateway.ledger.sqlite_backend import SQLiteCounters
 from gateway.settings import Settings
 from gateway.store import Store, sqlite_path
+from ledger.backend import CounterBackend
+from ledger.budgets import BudgetStore
+from ledger.ledger import Clock, Ledger
+from ledger.redis_backend import RedisCounters
+from ledger.sql_backend import SQLCounters
+from ledger.sqlite_backend import SQLiteCounters
 
 
 def open_ledger(settings: Settings, store: Store, *, clock: Clock | None = None) -> Ledger:
@@ -26,5 +26,7 @@ def open_ledger(settings: Settings, store: Store, *, clock: Clock | None = None)
     elif (path := sqlite_path(settings.store_url())) is not None:
         counters = SQLiteCounters(path)
     else:
-        counters = SQLCounters.connect(store)
+        # On the store's engine: a worker holds one connection pool, not two, so workers x pool
+        # stays within the server's max_connections (store.pool_size).
+        counters = SQLCounters(store.engine)
     return Ledger(BudgetStore(store.engine), counters, settings.ledger, clock=clock)

@@ -12,12 +12,11 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
-from gateway.ledger.budgets import Amounts
-from gateway.ledger.tables import ledger_counters as counters
-from gateway.ledger.tables import ledger_reservations as holds
-from gateway.ledger.tables import ledger_workers as workers
-from gateway.store.store import Store
+from ledger.backend import Admitted, Claim, CounterState, NeedsRebuild, Refused
+from ledger.budgets import Amounts
+from ledger.tables import ledger_counters as counters
+from ledger.tables import ledger_reservations as holds
+from ledger.tables import ledger_workers as workers
 
 
 class SQLCounters:
@@ -25,12 +24,6 @@ class SQLCounters:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-
-    @classmethod
-    def connect(cls, store: Store) -> SQLCounters:
-        """Counters on the store's engine: a worker holds one connection pool, not two, so
-        workers x pool stays within the server's max_connections (store.pool_size)."""
-        return cls(store.engine)
 
     async def reserve(
         self,

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.ledger.backend import (
+from ledger.backend import (
     Admitted,
     Claim,
     CounterState,
@@ -30,7 +30,7 @@ from gateway.ledger.backend import (
     Refused,
     owner_of,
 )
-from gateway.ledger.budgets import Amounts
+from ledger.budgets import Amounts
 
 _PURGE = """
 local function purge(h, z, now)

@@ -1,0 +1,117 @@
+"""The ledger's tables: the spend log its counters are rebuilt from, budgets (revision 0005), and
+the embedded store's counters, reservations and worker heartbeats.
+
+Every table of the service is on `metadata` (gateway/store/tables.py adds teams and keys); every
+change here comes with an Alembic revision in gateway/migrations.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Money is an integer count of pico-dollars (1e-12 USD): exact for every per-token price with
+# up to 12 decimal places, and summed exactly by both SQLite and PostgreSQL.
+spend_log = Table(
+    "spend_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("request_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # A team's name, or `name~id` once the team was deleted and archived (archived_teams).
+    Column("team", String(128), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("requested_model", String(256), nullable=True),
+    Column("deployment", String(256), nullable=True),
+    Column("tier", String(64), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("usage_estimated", Boolean, nullable=False, default=False),
+    Column("cost_picousd", BigInteger, nullable=False, default=0),
+    Column("upstream_ms", Float, nullable=True),
+    Column("overhead_ms", Float, nullable=True),
+    Column("stream", Boolean, nullable=False, default=False),
+    Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("saved_picousd", BigInteger, nullable=False, default=0),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(64), nullable=True),
+    Column("route_reason", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    # The gateway's own id of the row (request_id is the client's and may repeat): unique, so a
+    # replayed journal or fallback file writes each row at most once (revision 0006).
+    Column("record_id", String(32), nullable=True),
+    Index("ix_spend_log_request_id", "request_id"),
+    Index("ix_spend_log_record_id", "record_id", unique=True),
+    Index("ix_spend_log_team_created", "team", "created_at"),
+)
+
+
+budgets = Table(
+    "budgets",
+    metadata,
+    # "team:search:monthly" or "key:key_0123:daily": one budget per subject and period.
+    Column("id", String(200), primary_key=True),
+    Column("scope", String(8), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("period", String(16), nullable=False),
+    Column("limit_picousd", BigInteger, nullable=True),
+    Column("limit_tokens", BigInteger, nullable=True),
+    Column("limit_requests", BigInteger, nullable=True),
+    Column("mode", String(8), nullable=False),
+    Column("soft_at_percent", Integer, nullable=True),
+    Column("alert_percents", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_budgets_subject", "scope", "subject"),
+)
+
+# Embedded mode only (no Redis): counters per budget window and the holds against them.
+ledger_counters = Table(
+    "ledger_counters",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("spent_picousd", BigInteger, nullable=False),
+    Column("spent_tokens", BigInteger, nullable=False),
+    Column("spent_requests", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=True),
+)
+
+ledger_reservations = Table(
+    "ledger_reservations",
+    metadata,
+    Column("hold_id", String(64), primary_key=True),
+    Column("counter", String(300), primary_key=True),
+    Column("picousd", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Index("ix_ledger_reservations_counter", "counter", "expires_at_ms"),
+)
+
+# Each serving process's heartbeat (revision 0006): holds whose owner's heartbeat stopped are
+# released before their time to live. A hold id starts with its owner's id.
+ledger_workers = Table(
+    "ledger_workers",
+    metadata,
+    Column("owner", String(32), primary_key=True),
+    Column("seen_at_ms", BigInteger, nullable=False),
+)
+
+# Reports over every team scan a time range; the per-team (team, created_at) index exists.
+Index("ix_spend_log_created", spend_log.c.created_at)
