@@ -42,7 +42,7 @@ def litellm() -> ModuleType:
 
 def model_info(model: str) -> ModelInfo | None:
     """Prices and capabilities from litellm's bundled model map, exact as written there."""
-    table = _model_cost()
+    table = model_cost_table()
     entry: dict[str, Any] | None = table.get(model)
     if entry is None and "/" in model:
         entry = table.get(model.split("/", 1)[1])
@@ -66,7 +66,7 @@ def model_info(model: str) -> ModelInfo | None:
     )
 
 
-def _model_cost() -> Mapping[str, dict[str, Any]]:
+def model_cost_table() -> Mapping[str, dict[str, Any]]:
     """The map `litellm.model_cost` holds, without importing litellm where the file suffices."""
     if _litellm is not None:
         return _litellm.model_cost  # already imported: its map is the one it prices with

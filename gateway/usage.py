@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gateway import tokens
 from gateway.llm import litellm
 from policies import Usage
 
@@ -29,7 +30,19 @@ def usage_from(payload: dict[str, Any] | None) -> Usage | None:
 
 
 def count_usage(model: str, messages: list[dict[str, Any]], completion_text: str) -> Usage:
-    """Count prompt and completion tokens locally (the model's tokenizer, else cl100k)."""
+    """Count prompt and completion tokens locally (the model's tokenizer, else cl100k).
+
+    The numbers are litellm.token_counter's; gateway.tokens reproduces them with tiktoken where
+    it can, so that a gateway without litellm deployments never waits seconds to import it.
+    """
+    prompt = tokens.chat_tokens(model, messages)
+    completion = tokens.text_tokens(model, completion_text) if completion_text else 0
+    if prompt is not None and completion is not None:
+        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return _count_with_litellm(model, messages, completion_text)
+
+
+def _count_with_litellm(model: str, messages: list[dict[str, Any]], completion_text: str) -> Usage:
     lib = litellm()
     try:
         prompt = lib.token_counter(

@@ -93,6 +93,29 @@ print(json.dumps({loaded(("litellm", *TRAINING))}))
     assert found == []
 
 
+def test_counting_a_budgeted_requests_tokens_for_an_openai_model_does_not_import_litellm(
+    tmp_path: Path,
+) -> None:
+    # The hold counts every budgeted prompt, and answers without usage are counted too.
+    found = run_python(
+        f"""
+import json, sys
+from gateway.usage import count_usage
+
+messages = [
+    {{"role": "system", "content": "Be brief."}},
+    {{"role": "user", "content": [{{"type": "text", "text": "What is this?"}},
+                                  {{"type": "image_url", "image_url": {{"url": "https://x/y.png"}}}}]}},
+]
+for model in ("openai/gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"):
+    assert count_usage(model, messages, "A cat.").prompt_tokens > 0
+print(json.dumps({loaded(("litellm",))}))
+""",
+        tmp_path,
+    )
+    assert found == []
+
+
 def test_help_imports_neither_litellm_nor_the_app_nor_numpy(tmp_path: Path) -> None:
     found = run_python(
         f"""

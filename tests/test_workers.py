@@ -266,10 +266,10 @@ def test_a_workers_rightsize_info_lines_reach_the_output_with_a_timestamp(
 # What uvicorn does in a worker: build the app with the factory, then report the worker started.
 FACTORY_PROBE = """\
 from gateway.app import app_from_env
-from gateway.tokens import _encoding
+from gateway.tokens import _tiktoken
 
 app_from_env()
-print("tokenizers loaded:", _encoding.cache_info().currsize)
+print("tokenizers loaded:", _tiktoken.cache_info().currsize)
 """
 
 
