@@ -248,17 +248,29 @@ class LiveServer:
     """`rightsize serve` in a subprocess on loopback."""
 
     def __init__(
-        self, config_file: Path, env: dict[str, str], workers: int = 1, ready_s: float = 60
+        self,
+        config_file: Path | None,
+        env: dict[str, str],
+        workers: int = 1,
+        ready_s: float = 60,
+        *,
+        cwd: Path | None = None,
     ) -> None:
+        """With no config file, the built-in defaults, run (and logged) in `cwd`."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = config_file.with_suffix(".log")
-        command = [
-            sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file),
-            "--port", str(self.port), "--workers", str(workers),
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "gateway.cli", "serve"]
+        if config_file is not None:
+            command += ["--config", str(config_file)]
+            self.log = config_file.with_suffix(".log")
+        else:
+            assert cwd is not None, "a server without a config file needs a directory"
+            self.log = cwd / "serve.log"
+        command += ["--port", str(self.port), "--workers", str(workers)]
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
         self._wait_ready(ready_s)
 
     def _wait_ready(self, ready_s: float) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +23,8 @@ from policies.thresholds import (
     load_demand_thresholds,
     shipped_thresholds_file,
 )
-from tests.conftest import MASTER_KEY, gateway_env
-from tests.fake_upstream import ANSWER, RunningUpstream, free_port
+from tests.conftest import MASTER_KEY, LiveServer, gateway_env
+from tests.fake_upstream import ANSWER, RunningUpstream
 
 GREETING = "Hello!"
 PROOF = (
@@ -37,50 +35,22 @@ SHIPPED = load_demand_thresholds(None).min_demand
 ROUTING_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 
 
-class ZeroConfigServer:
+def zero_config_server(directory: Path, upstream: RunningUpstream) -> LiveServer:
     """`rightsize serve` with no --config and no RIGHTSIZE_CONFIG: the built-in defaults."""
-
-    def __init__(self, directory: Path, upstream: RunningUpstream) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = directory / "serve.log"
-        env = gateway_env(
-            OPENAI_API_KEY="sk-fake-upstream",
-            OPENAI_BASE_URL=upstream.base_url,
-            RIGHTSIZE_STORE__URL=f"sqlite:///{directory / 'rightsize.db'}",
-        )
-        env.pop("ANTHROPIC_API_KEY", None)
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                command, env=env, cwd=directory, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 90  # the host is shared and busy
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rightsize serve exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"rightsize serve did not become ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+    env = gateway_env(
+        OPENAI_API_KEY="sk-fake-upstream",
+        OPENAI_BASE_URL=upstream.base_url,
+        RIGHTSIZE_STORE__URL=f"sqlite:///{directory / 'rightsize.db'}",
+    )
+    env.pop("ANTHROPIC_API_KEY", None)
+    return LiveServer(None, env, ready_s=90, cwd=directory)  # the host is shared and busy
 
 
 @pytest.fixture(scope="module")
 def server(
     upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ZeroConfigServer]:
-    live = ZeroConfigServer(tmp_path_factory.mktemp("zero-config"), upstream)
+) -> Iterator[LiveServer]:
+    live = zero_config_server(tmp_path_factory.mktemp("zero-config"), upstream)
     try:
         yield live
     finally:
@@ -88,7 +58,7 @@ def server(
 
 
 @pytest.fixture(scope="module")
-def client(server: ZeroConfigServer) -> openai.OpenAI:
+def client(server: LiveServer) -> openai.OpenAI:
     admin = {"authorization": f"Bearer {MASTER_KEY}"}
     with httpx.Client(base_url=server.base_url, headers=admin) as http:
         assert http.post("/admin/teams", json={"name": "search"}).status_code == 201
@@ -97,7 +67,7 @@ def client(server: ZeroConfigServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=response.json()["key"])
 
 
-def route_reason(server: ZeroConfigServer, request_id: str) -> str:
+def route_reason(server: LiveServer, request_id: str) -> str:
     """The spend row's explanation, polled until the server has flushed it."""
     admin = {"authorization": f"Bearer {MASTER_KEY}"}
     for _ in range(500):
@@ -111,7 +81,7 @@ def route_reason(server: ZeroConfigServer, request_id: str) -> str:
 
 
 def test_a_greeting_is_served_by_the_light_tier_below_the_standard_threshold(
-    server: ZeroConfigServer, client: openai.OpenAI
+    server: LiveServer, client: openai.OpenAI
 ) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": GREETING}]
@@ -126,7 +96,7 @@ def test_a_greeting_is_served_by_the_light_tier_below_the_standard_threshold(
 
 
 def test_a_multi_step_proof_is_served_by_the_reasoning_tier_past_its_threshold(
-    server: ZeroConfigServer, client: openai.OpenAI
+    server: LiveServer, client: openai.OpenAI
 ) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": PROOF}]
@@ -142,7 +112,7 @@ def test_a_multi_step_proof_is_served_by_the_reasoning_tier_past_its_threshold(
     )
 
 
-def test_the_first_log_line_names_the_thresholds_in_force(server: ZeroConfigServer) -> None:
+def test_the_first_log_line_names_the_thresholds_in_force(server: LiveServer) -> None:
     first = next(line for line in server.log.read_text().splitlines() if "config from" in line)
     assert "config from built-in defaults" in first
     assert (
