@@ -33,16 +33,18 @@ from ledger.backend import (
 from ledger.budgets import Amounts
 
 _PURGE = """
+local function release(h, z, m)
+  local _, _, p, t, r = string.find(m, '^[^|]*|(-?%d+)|(-?%d+)|(-?%d+)$')
+  if p and redis.call('HGET', h, 'built') == '1' then
+    redis.call('HINCRBY', h, 'rp', '-' .. p)
+    redis.call('HINCRBY', h, 'rt', '-' .. t)
+    redis.call('HINCRBY', h, 'rr', '-' .. r)
+  end
+  redis.call('ZREM', z, m)
+end
 local function purge(h, z, now)
-  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-  for _, m in ipairs(expired) do
-    local _, _, p, t, r = string.find(m, '^[^|]*|(-?%d+)|(-?%d+)|(-?%d+)$')
-    if p and redis.call('HGET', h, 'built') == '1' then
-      redis.call('HINCRBY', h, 'rp', '-' .. p)
-      redis.call('HINCRBY', h, 'rt', '-' .. t)
-      redis.call('HINCRBY', h, 'rr', '-' .. r)
-    end
-    redis.call('ZREM', z, m)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now)) do
+    release(h, z, m)
   end
 end
 local function state(h)
@@ -159,7 +161,9 @@ return states
 
 # KEYS: workers, the owner's set of counters, then hash, zset per counter in that set.
 # ARGV: owner, stale before (ms). Releases every hold of the owner unless it was seen since.
-_SWEEP = """
+_SWEEP = (
+    _PURGE
+    + """
 local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if seen and tonumber(seen) >= tonumber(ARGV[2]) then return -1 end
 local prefix = ARGV[1] .. '.'
@@ -168,13 +172,7 @@ for i = 3, #KEYS, 2 do
   local h, z = KEYS[i], KEYS[i+1]
   for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
     if string.sub(m, 1, #prefix) == prefix then
-      local _, _, p, t, r = string.find(m, '^[^|]*|(-?%d+)|(-?%d+)|(-?%d+)$')
-      if p and redis.call('HGET', h, 'built') == '1' then
-        redis.call('HINCRBY', h, 'rp', '-' .. p)
-        redis.call('HINCRBY', h, 'rt', '-' .. t)
-        redis.call('HINCRBY', h, 'rr', '-' .. r)
-      end
-      redis.call('ZREM', z, m)
+      release(h, z, m)
       released = released + 1
     end
   end
@@ -183,6 +181,7 @@ redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return released
 """
+)
 
 
 class RedisCounters:
