@@ -114,6 +114,22 @@ async def _empty_tables(url: str) -> None:
         await store.aclose()
 
 
+async def spend_rows(url: str, count: int, timeout_s: float = 30) -> list[Any]:
+    """The team search's spend-log rows, once there are `count` of them (the writer batches)."""
+    from gateway.store import Store
+
+    store = Store.connect(url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = await store.spend(team="search", limit=10_000)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.1)
+    finally:
+        await store.aclose()
+
+
 def gateway_config(store_url: str, upstream: RunningUpstream, **overrides: Any) -> dict[str, Any]:
     """A configuration with fake-upstream models through both transports."""
     base = upstream.base_url

@@ -33,6 +33,7 @@ from tests.conftest import (
     gateway_config,
     gateway_env,
     service_unavailable,
+    spend_rows,
     write_config,
 )
 from tests.fake_upstream import RunningUpstream
@@ -96,16 +97,7 @@ def team_key_budget(server: LiveServer, **budget: Any) -> str:
 
 async def logged(config: dict[str, Any], count: int) -> list[Any]:
     """The team's spend-log rows, once there are `count` of them (the writer batches)."""
-    store = Store.connect(config["store"]["url"])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            rows = await store.spend(team="search", limit=10_000)
-            if len(rows) >= count or time.monotonic() > deadline:
-                return rows
-            await asyncio.sleep(0.1)
-    finally:
-        await store.aclose()
+    return await spend_rows(config["store"]["url"], count, timeout_s=20)
 
 
 async def counters(config: dict[str, Any], budget: Budget) -> Any:

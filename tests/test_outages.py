@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.outage import is_outage, unavailable
 from gateway.settings import Settings
-from gateway.store import SpendRecord, Store, from_picousd
+from gateway.store import Store, from_picousd
 from gateway.store.store import PoolLimits
 from gateway.usage import count_usage
 from ledger.budgets import Budget
@@ -46,6 +46,7 @@ from tests.conftest import (
     gateway_env,
     in_process_gateway,
     service_unavailable,
+    spend_rows,
     write_config,
 )
 from tests.fake_upstream import RunningUpstream, free_port
@@ -82,20 +83,6 @@ async def usage(gw: InProcessGateway) -> BudgetUsage:
     """The team's monthly counter as the gateway's own ledger reads it."""
     [found] = await gw.app.state.gateway.ledger.usage([BUDGET])
     return found
-
-
-async def spend_rows(url: str, count: int, timeout_s: float = 30) -> list[SpendRecord]:
-    """The team's spend-log rows, once there are `count` of them (the writer batches)."""
-    store = Store.connect(url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            rows = await store.spend(team="search", limit=10_000)
-            if len(rows) >= count or time.monotonic() > deadline:
-                return rows
-            await asyncio.sleep(0.1)
-    finally:
-        await store.aclose()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> float:
