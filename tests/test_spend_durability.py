@@ -50,6 +50,17 @@ def durable(tmp_path: Path, flush_interval_ms: int, **spend_log: Any) -> dict[st
     }
 
 
+def _writer(store: Store, directory: Path) -> SpendWriter:
+    """A writer flushing every 50 ms, its fallback file and journal in `directory`."""
+    return SpendWriter(
+        store,
+        flush_interval_s=0.05,
+        batch_size=500,
+        fallback_file=directory / "spend-log-unwritten.jsonl",
+        journal_dir=directory / "journal",
+    )
+
+
 async def rows_of(store: Store, team: str, count: int, wait_s: float = 20) -> list[SpendRecord]:
     """The team's spend rows once there are `count` (the writer batches), or what there is."""
     deadline = time.monotonic() + wait_s
@@ -99,13 +110,7 @@ async def test_a_batch_the_store_refuses_is_written_row_by_row(
     await store.migrate()
     await _refuse_team(store, "refused")
     try:
-        writer = SpendWriter(
-            store,
-            flush_interval_s=0.05,
-            batch_size=500,
-            fallback_file=tmp_path / "spend-log-unwritten.jsonl",
-            journal_dir=tmp_path / "journal",
-        )
+        writer = _writer(store, tmp_path)
         await writer.start()
         good = [_record(f"good-{i}", "search") for i in range(5)]
         bad = _record("bad", "refused")
@@ -163,13 +168,7 @@ async def test_a_row_the_store_still_refuses_on_replay_stays_in_the_fallback_fil
     fallback.write_bytes(encode(good) + encode(bad))
     await _refuse_team(store, "refused")
     try:
-        writer = SpendWriter(
-            store,
-            flush_interval_s=0.05,
-            batch_size=500,
-            fallback_file=fallback,
-            journal_dir=tmp_path / "journal",
-        )
+        writer = _writer(store, tmp_path)
         await writer.start()
         await writer.aclose()
         written = await store.spend(team="search")
@@ -197,13 +196,7 @@ async def test_values_no_column_can_hold_are_fitted_so_the_row_is_written(
         overhead_ms=float("inf"),
     )
     try:
-        writer = SpendWriter(
-            store,
-            flush_interval_s=0.05,
-            batch_size=500,
-            fallback_file=tmp_path / "spend-log-unwritten.jsonl",
-            journal_dir=tmp_path / "journal",
-        )
+        writer = _writer(store, tmp_path)
         await writer.start()
         writer.record(poisoned)
         await writer.aclose()
