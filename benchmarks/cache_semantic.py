@@ -44,6 +44,7 @@ import gzip
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -52,8 +53,9 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -236,8 +238,9 @@ def lookup_cost(sizes: Sequence[int], dims: int, queries: int = 2000) -> list[st
     return lines
 
 
-def load_guard(path: Path | None) -> MakeGuard:
-    """The gateway's guard, or the `prompt_guard` of another guard module (e.g. an older one)."""
+def load_guard(path: Path | None, min_overlap: float) -> MakeGuard:
+    """The gateway's guard, or the `prompt_guard` of another guard module (e.g. an older one,
+    whose `refuses` also took the bigram share `min_overlap`)."""
     if path is None:
         return prompt_guard
     spec = importlib.util.spec_from_file_location("guard_under_test", path)
@@ -246,7 +249,24 @@ def load_guard(path: Path | None) -> MakeGuard:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
-    return module.prompt_guard  # type: ignore[no-any-return]
+    if "min_overlap" not in inspect.signature(module.PromptGuard.refuses).parameters:
+        return module.prompt_guard  # type: ignore[no-any-return]
+    return lambda text: _OlderGuard(module.prompt_guard(text), min_overlap)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _OlderGuard:
+    """A guard from before issue 17, called as the current one is: refuses(other)."""
+
+    guard: Any
+    min_overlap: float
+
+    @property
+    def signature(self) -> str:
+        return str(self.guard.signature)
+
+    def refuses(self, other: _OlderGuard) -> str | None:
+        return self.guard.refuses(other.guard, self.min_overlap)
 
 
 def guards_of(texts: list[str], make: MakeGuard) -> tuple[list[PromptGuard], list[float]]:
@@ -273,7 +293,6 @@ class Outcome:
         originals: np.ndarray,
         rewritten: np.ndarray,
         guards: tuple[list[PromptGuard], list[PromptGuard]] | None,
-        min_overlap: float,
     ) -> None:
         n = len(originals)
         similarity = originals @ originals.T
@@ -297,11 +316,11 @@ class Outcome:
         if guards is not None:
             of_originals, of_rewritten = guards
             self.pass_negative = np.array(
-                [of_originals[i].refuses(of_originals[j], min_overlap) is None
+                [of_originals[i].refuses(of_originals[j]) is None
                  for i, j in enumerate(self.neighbour)]
             )  # fmt: skip
             self.pass_paraphrase = np.array(
-                [of_rewritten[i].refuses(of_originals[j], min_overlap) is None
+                [of_rewritten[i].refuses(of_originals[j]) is None
                  for i, j in enumerate(self.best)]
             )  # fmt: skip
 
@@ -416,8 +435,7 @@ def rule_made_negatives(
     scores = np.einsum("ij,ij->i", vectors, originals[index])
     passes = np.array(
         [
-            g.signature == guards_o[i].signature
-            and g.refuses(guards_o[i], args.min_overlap) is None
+            g.signature == guards_o[i].signature and g.refuses(guards_o[i]) is None
             for g, i in zip(guards, index, strict=True)
         ]
     )
@@ -774,7 +792,7 @@ def long_prompts(embed: Embed, make: MakeGuard, args: argparse.Namespace, tag: s
         guards_a, _ = guards_of([a for a, _ in pairs], make)
         guards_b, _ = guards_of([b for _, b in pairs], make)
         passes = np.array(
-            [g.signature == h.signature and g.refuses(h, args.min_overlap) is None
+            [g.signature == h.signature and g.refuses(h) is None
              for g, h in zip(guards_b, guards_a, strict=True)]
         )  # fmt: skip
         cells = " | ".join(
@@ -797,7 +815,7 @@ def long_prompts(embed: Embed, make: MakeGuard, args: argparse.Namespace, tag: s
         guards, _ = guards_of([p for _, p in made], make)
         passes = np.array(
             [g.signature == guards_o[i].signature
-             and g.refuses(guards_o[i], args.min_overlap) is None
+             and g.refuses(guards_o[i]) is None
              for g, (i, _) in zip(guards, made, strict=True)]
         )  # fmt: skip
         above = scores >= args.threshold
@@ -806,10 +824,10 @@ def long_prompts(embed: Embed, make: MakeGuard, args: argparse.Namespace, tag: s
             f"| {rate(int((above & passes).sum()), len(made))} |"
         )
     print()
-    guard_cost(make, negatives["few-shot, two phrases swapped"], args.min_overlap)
+    guard_cost(make, negatives["few-shot, two phrases swapped"])
 
 
-def guard_cost(make: MakeGuard, pairs: list[tuple[str, str]], min_overlap: float) -> None:
+def guard_cost(make: MakeGuard, pairs: list[tuple[str, str]]) -> None:
     """The guard's cost on 2,000-character prompts: building it, a hit, a refusal (us)."""
     filler = " ".join(_PREAMBLES)
     texts = [((a + "\n\n" + filler)[:2000], (b + "\n\n" + filler)[:2000]) for a, b in pairs]
@@ -823,10 +841,10 @@ def guard_cost(make: MakeGuard, pairs: list[tuple[str, str]], min_overlap: float
             built.append((time.perf_counter() - started) * 1e6)
             same, other = make(a.upper()), make(b)
             started = time.perf_counter()
-            same.refuses(guard, min_overlap)
+            same.refuses(guard)
             accepted.append((time.perf_counter() - started) * 1e6)
             started = time.perf_counter()
-            other.refuses(guard, min_overlap)
+            other.refuses(guard)
             refused.append((time.perf_counter() - started) * 1e6)
     print(f"guard cost on {len(texts)} prompts of 2,000 characters, 20 rounds (microseconds)")
     print("| step | p50 | p99 |")
@@ -873,7 +891,7 @@ def main() -> None:
 
     embed = load_embed(args.embed, args.encoder)
     tag = getattr(embed, "name", args.embed or "embed").replace("/", "_").replace(":", "_")
-    make = load_guard(args.guard)
+    make = load_guard(args.guard, args.min_overlap)
     if args.long_only:
         long_prompts(embed, make, args, tag)
         return
@@ -897,14 +915,14 @@ def main() -> None:
     print(f"encoder {tag}; {n} distinct {args.split} prompts; sources {sources}")
     print()
     print("embedding alone:")
-    alone = Outcome(originals, rewritten, None, 0.0)
+    alone = Outcome(originals, rewritten, None)
     lowest_alone = grid(alone, rows, args.threshold, "given threshold")
     print(f"lowest threshold with no false hit outside bbh, embedding alone: {lowest_alone}")
     print()
     print(
         f"with the lexical guard ({args.guard or 'gateway/cache/guard.py'}; signature must match):"
     )
-    guarded = Outcome(originals, rewritten, (guards_o, guards_p), args.min_overlap)
+    guarded = Outcome(originals, rewritten, (guards_o, guards_p))
     lowest = grid(guarded, rows, args.threshold, "given threshold")
     print(f"lowest threshold with no false hit outside bbh, with the guard: {lowest}")
     refused = int(((guarded.nearest_other >= args.threshold) & ~guarded.pass_negative).sum())

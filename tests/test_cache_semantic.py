@@ -21,7 +21,7 @@ from gateway.cache import (
     StreamAssembler,
     cache_key,
 )
-from gateway.cache.config import DEFAULT_MIN_WORD_ORDER_OVERLAP, DEFAULT_SEMANTIC_THRESHOLD
+from gateway.cache.config import DEFAULT_SEMANTIC_THRESHOLD
 from gateway.cache.guard import prompt_guard
 from gateway.schemas import ChatRequest
 from tests.cache_support import STORES, delete_prefix, shared_redis
@@ -508,9 +508,9 @@ def test_hit_response_is_stamped_now_and_leaves_the_stored_entry_as_it_was() -> 
 @given(st.text())
 def test_the_guard_takes_any_text_and_never_refuses_the_same_prompt(text: str) -> None:
     guard = prompt_guard(text)
-    assert guard.refuses(prompt_guard(text), DEFAULT_MIN_WORD_ORDER_OVERLAP) is None
+    assert guard.refuses(prompt_guard(text)) is None
 
 
 @pytest.mark.parametrize("text", ["do n't", "n't", "'s", "???", ""])
 def test_the_guard_takes_tokenised_and_empty_text(text: str) -> None:
-    assert prompt_guard(text).refuses(prompt_guard(text), 0.9) is None
+    assert prompt_guard(text).refuses(prompt_guard(text)) is None

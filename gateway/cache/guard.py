@@ -108,13 +108,13 @@ class PromptGuard:
     signature: str
     words: Hashes
 
-    def refuses(self, other: PromptGuard, min_overlap: float | None = None) -> str | None:
+    def refuses(self, other: PromptGuard) -> str | None:
         """Why `other` may not answer for this prompt, or None: "word_order" (the same words
         moved, e.g. two phrases swapped), "words_replaced" or "words_added".
 
-        `min_overlap` (the retired `cache.semantic.min_word_order_overlap`) is ignored: every
-        differing span refuses, whatever share of the prompt it is. The signature is checked
-        by the caller (it is part of the semantic partition)."""
+        Every differing span refuses, whatever share of the prompt it is (the retired
+        `cache.semantic.min_word_order_overlap` set such a share). The signature is checked by
+        the caller (it is part of the semantic partition)."""
         if np.array_equal(self.words, other.words):
             return None
         return _difference(self.words, other.words)
