@@ -24,6 +24,7 @@ from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
+from gateway.fingerprint import config_hash
 from gateway.http import error_response, json_response
 from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
@@ -58,6 +59,8 @@ def create_app(
     default = settings.default_route(catalog)
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
+    # Recorded on every routed spend row: which configuration made the decision.
+    routing_config = config_hash(catalog, policy.spec, default, settings.router)
     master_key = env.get(settings.auth.master_key_env) or None
     # Upstream error text reaches tenants and the log: every secret this app holds is cut.
     redactor = Redactor([*api_keys.values(), master_key, key_secret])
@@ -65,6 +68,11 @@ def create_app(
     if settings.cache.backend == "redis" and not settings.store.redis_url:
         raise ConfigError(f"{source}: cache.backend: redis needs store.redis_url to be set")
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
+    log.info(
+        "spend rows record routing configuration %s and router artifact %s",
+        routing_config,
+        router.artifact_id if router is not None else "none (router disabled)",
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +116,7 @@ def create_app(
             master_key=master_key,
             cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
             ledger=open_ledger(settings, store),
+            config_hash=routing_config,
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this

@@ -30,6 +30,8 @@ class Gateway:
     master_key: str | None
     cache: PromptCache
     ledger: Ledger  # budgets and rate limits (the ledger package)
+    # gateway.fingerprint.config_hash of the catalog, policy and router settings, at start.
+    config_hash: str | None = None
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

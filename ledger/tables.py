@@ -57,6 +57,15 @@ spend_log = Table(
     # The gateway's own id of the row (request_id is the client's and may repeat): unique, so a
     # replayed journal or fallback file writes each row at most once (revision 0006).
     Column("record_id", String(32), nullable=True),
+    # The router's estimate of the prompt and what produced it (revision 0007), so the router
+    # can be scored on real traffic (`rightsize eval --spend-log`): null on cache hits and on
+    # requests refused before the router ran.
+    Column("reasoning_demand", Float, nullable=True),
+    Column("token_budget_p50", Integer, nullable=True),
+    Column("token_budget_p90", Integer, nullable=True),
+    Column("category", String(32), nullable=True),
+    Column("router_artifact", String(32), nullable=True),
+    Column("config_hash", String(32), nullable=True),
     Index("ix_spend_log_request_id", "request_id"),
     Index("ix_spend_log_record_id", "record_id", unique=True),
     Index("ix_spend_log_team_created", "team", "created_at"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from router.artifact import RUNTIMES, default_artifact_dir, read_manifest
+from router.artifact import RUNTIMES, artifact_id, default_artifact_dir, read_manifest
 from router.encoders.base import Encoder
 from router.estimate import Estimate
 from router.features import FEATURE_NAMES, features_batch
@@ -83,6 +83,8 @@ class Router:
         self.encoder = encoder
         self.heads = heads
         self._cache = _EmbeddingLRU(cache_size)
+        # Set by load(): the id of the artifact directory (router.artifact.artifact_id).
+        self.artifact_id: str | None = None
 
     @classmethod
     def load(
@@ -108,11 +110,13 @@ class Router:
         heads_file = (
             manifest["static"]["heads"] if chosen == "static" else manifest["transformer"]["heads"]
         )
-        return cls(
+        router = cls(
             load_encoder(directory, chosen, manifest),
             Heads.load(directory / heads_file),
             cache_size,
         )
+        router.artifact_id = artifact_id(directory)
+        return router
 
     def embed_batch(self, prompts: list[str]) -> npt.NDArray[np.float32]:
         """L2-normalised embeddings of the prompts, served from the LRU where possible."""

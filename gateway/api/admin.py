@@ -262,4 +262,10 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "error_type": record.error_type,
         "route_reason": record.route_reason,
         "attempts": record.attempts,
+        "reasoning_demand": record.reasoning_demand,
+        "token_budget_p50": record.token_budget_p50,
+        "token_budget_p90": record.token_budget_p90,
+        "category": record.category,
+        "router_artifact": record.router_artifact,
+        "config_hash": record.config_hash,
     }

@@ -31,8 +31,27 @@ class Call:
 async def finish(gateway: Gateway, call: Call) -> None:
     """Write the spend row, then settle the hold: the row is journaled before the ledger
     moves, so a worker killed in between loses no paid spend."""
+    note_routing(gateway, call)
     gateway.spend.record(call.record)
     await settle_request(gateway.ledger, call.hold, call.record)
+
+
+def note_routing(gateway: Gateway, call: Call) -> None:
+    """Put the router's estimate, the artifact that made it and the configuration in force on
+    the record, for scoring the router on logged traffic. A cache hit ran no router: its
+    columns stay empty."""
+    record = call.record
+    if record.cache_hit:
+        return
+    if record.deployment is not None:  # a decision was made under this configuration
+        record.config_hash = gateway.config_hash
+    if call.estimate is not None:
+        # Plain numbers: the heads may hand out numpy scalars, which the row fitting refuses.
+        record.reasoning_demand = float(call.estimate.reasoning_demand)
+        record.token_budget_p50 = int(call.estimate.token_budget_p50)
+        record.token_budget_p90 = int(call.estimate.token_budget_p90)
+        record.category = call.estimate.category
+        record.router_artifact = gateway.router.artifact_id if gateway.router else None
 
 
 def charge(call: Call, cost: Decimal, usage: Usage) -> Decimal:

@@ -72,6 +72,14 @@ class SpendRecord:
     attempts: int = 1
     # The gateway's own id of the row, unique in the store: a replay writes it at most once.
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The router's estimate of the prompt, for scoring the router on logged traffic; None on
+    # cache hits and on requests refused before the router ran.
+    reasoning_demand: float | None = None
+    token_budget_p50: int | None = None
+    token_budget_p90: int | None = None
+    category: str | None = None
+    router_artifact: str | None = None  # Router.artifact_id of the artifact that estimated
+    config_hash: str | None = None  # gateway.fingerprint: the routing configuration in force
 
 
 # PostgreSQL text refuses NUL; asyncpg cannot encode lone surrogates (no UTF-8 form).

@@ -382,6 +382,12 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "error_type": record.error_type,
         "route_reason": record.route_reason,
         "attempts": record.attempts,
+        "reasoning_demand": record.reasoning_demand,
+        "token_budget_p50": record.token_budget_p50,
+        "token_budget_p90": record.token_budget_p90,
+        "category": record.category,
+        "router_artifact": record.router_artifact,
+        "config_hash": record.config_hash,
     }
 
 
@@ -410,4 +416,10 @@ def _spend_record(row: Any) -> SpendRecord:
         attempts=row["attempts"],
         # Rows written before revision 0006 have none; their row id stands in for it.
         record_id=row["record_id"] or f"row{row['id']}",
+        reasoning_demand=row["reasoning_demand"],
+        token_budget_p50=row["token_budget_p50"],
+        token_budget_p90=row["token_budget_p90"],
+        category=row["category"],
+        router_artifact=row["router_artifact"],
+        config_hash=row["config_hash"],
     )
