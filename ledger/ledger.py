@@ -152,7 +152,9 @@ class Ledger:
         hold_id = f"{self.owner}.{secrets.token_hex(8)}"
         now_ms = _ms(now)
         expires = now_ms + int(self.settings.reservation_ttl_s * 1000)
-        for _ in range(4):
+        asked = amounts
+        # Rebuilds, and one cut to the last stretch per budget: each pass ends or shrinks.
+        for _ in range(4 + len(claims)):
             try:
                 result = await self.counters.reserve(hold_id, claims, amounts, now_ms, expires)
                 if isinstance(result, NeedsRebuild):
@@ -168,11 +170,17 @@ class Ledger:
             if isinstance(result, Admitted):
                 state = self._budget_state(budgets, windows, result.states)
                 return Hold(hold_id, tuple(budgets), windows, claims, amounts, state)
+            stretch = last_stretch(claims[result.index], result.state, amounts)
+            if stretch is not None:
+                # Tried as one more atomic reserve: it fits only while the counter still
+                # stands as it was read (nothing held, nothing spent since).
+                amounts = stretch
+                continue
             usage = _usage(budgets[result.index], windows[result.index], result.state)
             dimension = _exceeded(claims[result.index], result.state, amounts)
             log.info("refused %s for %s: %s over its limit", team, usage.budget.id, dimension)
-            raise budget_exceeded(team, usage, dimension, amounts, now)
-        raise RuntimeError("ledger counters kept disappearing while being rebuilt")
+            raise budget_exceeded(team, usage, dimension, asked, now)
+        raise RuntimeError("ledger counters kept changing while being reserved against")
 
     async def settle(self, hold: Hold, actual: Amounts) -> None:
         """Charge what the request used and release the rest of its hold (once)."""
@@ -523,6 +531,34 @@ def output_token_bound(
     if context_window is not None and context_window > prompt_tokens:
         return min(default_cap, context_window - prompt_tokens)
     return default_cap
+
+
+def last_stretch(claim: Claim, state: CounterState, amounts: Amounts) -> Amounts | None:
+    """The hold cut to what is left of a budget it does not fit, or None to refuse.
+
+    The last stretch of a budget, smaller than one request's hold, is lent whole to one request
+    when no other hold is in flight on that budget (its reserved USD and tokens are 0): so
+    sequential requests use a budget to within one request's cost of its limit, instead of
+    being refused with up to one hold left, and concurrent ones cannot share the stretch out
+    (while it is lent, the budget is fully held). The request may then pass the limit by what
+    it costs beyond what was left. A request limit is never stretched (a request is whole).
+    """
+    cut = {"picousd": amounts.picousd, "tokens": amounts.tokens}
+    for name, limit, spent, held in (
+        ("picousd", claim.limit_picousd, state.spent.picousd, state.reserved.picousd),
+        ("tokens", claim.limit_tokens, state.spent.tokens, state.reserved.tokens),
+    ):
+        if limit is None or spent + held + cut[name] <= limit:
+            continue
+        left = limit - spent - held
+        if held > 0 or left <= 0:
+            return None
+        cut[name] = left
+    if claim.limit_requests is not None and (
+        state.spent.requests + state.reserved.requests + amounts.requests > claim.limit_requests
+    ):
+        return None
+    return Amounts(cut["picousd"], cut["tokens"], amounts.requests)
 
 
 def hold_amounts(price: TokenPrice, prompt_tokens: int, output_tokens: int) -> Amounts:

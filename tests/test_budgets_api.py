@@ -96,6 +96,8 @@ async def test_a_daily_budget_429_carries_retry_after(
 ) -> None:
     async with in_process_gateway(gateway_config(store_url, upstream)) as gw:
         await set_budget(gw, team="search", period="daily", limit_usd="0.00001")
+        # The first request gets the budget's last stretch (docs/budgets.md); the second, none.
+        assert (await chat(gw)).status_code == 200
         refused = await chat(gw)
         assert refused.status_code == 429
         assert 0 < int(refused.headers["retry-after"]) <= 86400
@@ -282,3 +284,24 @@ async def test_prompt_cache_hits_count_against_the_requests_per_minute_limit(
     assert third.json()["error"]["code"] in {"rate_limit_exceeded", "budget_exceeded"}
     assert int(minute["spent_requests"]) == 2
     assert int(minute["spent_tokens"]) == 28, "the hit used no upstream tokens"
+
+
+async def test_sequential_requests_spend_a_small_daily_budget_to_within_one_request(
+    store_url: str, upstream: RunningUpstream
+) -> None:
+    # No max_tokens: each request holds the router's p90 prediction, over ten times what the
+    # fake's answer costs; before the last stretch was lent, this budget refused even the
+    # first request, with all of it left.
+    limit = COST * Decimal("10.5")
+    async with in_process_gateway(gateway_config(store_url, upstream)) as gw:
+        await set_budget(gw, team="search", period="daily", limit_usd=str(limit))
+        statuses = []
+        while len(statuses) < 40 and 429 not in statuses:
+            response = await chat(gw, max_tokens=None)
+            statuses.append(response.status_code)
+        [daily] = await usage(gw)
+    assert statuses == [200] * 11 + [429]
+    spent = Decimal(daily["spent_usd"])
+    assert limit <= spent < limit + COST, spent
+    assert Decimal(daily["reserved_usd"]) == 0
+    assert await logged_cost(store_url) == spent

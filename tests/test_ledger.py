@@ -137,6 +137,8 @@ async def test_settling_after_the_hold_expired_still_charges_the_spend(
 async def test_a_key_budget_and_its_team_budget_both_bind(ledger: Ledger) -> None:
     await put(ledger, period=Period.DAILY, limit_usd=100 * USD)
     await put(ledger, scope="key", subject="key_a", period=Period.DAILY, limit_usd=5 * USD)
+    first = await ledger.reserve("search", "key_a", micro(10))
+    assert first is not None and first.amounts.picousd == 5 * PICO_PER_MICRO  # the key's rest
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(10))
     assert refused.value.detail["key_id"] == "key_a"
@@ -222,6 +224,8 @@ async def test_a_budget_created_mid_period_counts_spend_already_in_the_log(
     budget = await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD)
     [usage] = await ledger.usage([budget])
     assert usage.spent == Amounts(picousd=8 * PICO_PER_MICRO, tokens=7, requests=1)
+    last = await ledger.reserve("search", "key_a", micro(3))
+    assert last is not None and last.amounts.picousd == 2 * PICO_PER_MICRO  # 10 - 8 logged
     with pytest.raises(BudgetExceeded):
         await ledger.reserve("search", "key_a", micro(3))
 
@@ -279,3 +283,68 @@ async def test_budget_used_is_the_largest_share_of_any_limit(ledger: Ledger) -> 
     await put(ledger, scope="key", subject="key_a", period=Period.MONTHLY, limit_tokens=200)
     await ledger.reserve("search", "key_a", micro(10))  # 1/4 of the USD, 1/2 of the tokens
     assert await ledger.budget_used("search", "key_a") == 0.5
+
+
+# The last stretch of a budget (docs/budgets.md, "How much a request holds")
+
+
+async def test_sequential_requests_use_the_budget_to_within_one_request_of_its_limit(
+    ledger: Ledger,
+) -> None:
+    # Each request holds 10 (its predicted cost) and costs 3: without the last stretch, the
+    # budget of 25 would refuse the eighth request with 4 of it left.
+    budget = await put(ledger, period=Period.DAILY, limit_usd=25 * USD)
+    admitted = 0
+    while True:
+        try:
+            hold = await ledger.reserve("search", "key_a", micro(10))
+        except BudgetExceeded:
+            break
+        assert hold is not None
+        await ledger.settle(hold, micro(3))
+        admitted += 1
+    [usage] = await ledger.usage([budget])
+    limit = 25 * PICO_PER_MICRO
+    assert admitted == 9
+    assert limit <= usage.spent.picousd < limit + 3 * PICO_PER_MICRO
+    assert usage.reserved == Amounts()
+
+
+async def test_the_last_stretch_is_not_lent_while_another_hold_is_in_flight(
+    ledger: Ledger,
+) -> None:
+    budget = await put(ledger, period=Period.DAILY, limit_usd=25 * USD)
+    in_flight = [await ledger.reserve("search", "key_a", micro(10)) for _ in range(2)]
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(10))
+    # The refusal names what the request asked for, not the stretch it was denied.
+    assert refused.value.detail["remaining_usd"] == "0.000005"
+    for hold in in_flight:
+        assert hold is not None
+        await ledger.settle(hold, micro(10))
+    last = await ledger.reserve("search", "key_a", micro(10))
+    assert last is not None and last.amounts == Amounts(5 * PICO_PER_MICRO, 100, 1)
+    [usage] = await ledger.usage([budget])
+    assert usage.spent.picousd + usage.reserved.picousd == 25 * PICO_PER_MICRO
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve("search", "key_a", micro(1))
+
+
+async def test_a_token_budget_lends_its_last_tokens_too(ledger: Ledger) -> None:
+    await put(ledger, period=Period.WEEKLY, limit_tokens=150)
+    first = await ledger.reserve("search", "key_a", micro(10))  # 100 tokens
+    assert first is not None
+    await ledger.settle(first, micro(10))
+    last = await ledger.reserve("search", "key_a", micro(10))
+    assert last is not None and last.amounts.tokens == 50
+    assert last.amounts.picousd == 10 * PICO_PER_MICRO  # no USD limit: not cut
+
+
+async def test_a_request_limit_is_never_stretched(ledger: Ledger) -> None:
+    await put(ledger, period=Period.DAILY, limit_requests=1, limit_usd=100 * USD)
+    first = await ledger.reserve("search", "key_a", micro(10))
+    assert first is not None
+    await ledger.settle(first, micro(1))
+    with pytest.raises(BudgetExceeded) as refused:
+        await ledger.reserve("search", "key_a", micro(1))
+    assert refused.value.detail["exceeded"] == "requests"
