@@ -71,7 +71,8 @@ LAZY_COMMANDS = {
         "rows.",
     ),
     "eval": (
-        "router.cli:eval_cmd",
+        # The router's command, with --spend-log (which reads the gateway's database) added.
+        "gateway.cli.spend_eval:eval_cmd",
         "Print routing and budget metrics per group, with random and prompt-length baselines.",
     ),
     "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),

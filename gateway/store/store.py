@@ -286,6 +286,21 @@ class Store:
         async with self.engine.connect() as conn:
             return [_spend_record(r._mapping) for r in await conn.execute(query)]
 
+    async def spend_of_requests(self, request_ids: Sequence[str]) -> list[SpendRecord]:
+        """Every spend-log row of these request ids, oldest first (an id may have several)."""
+        rows: list[SpendRecord] = []
+        ids = list(dict.fromkeys(request_ids))
+        async with self.engine.connect() as conn:
+            # In chunks: SQLite caps the parameters of one statement.
+            for start in range(0, len(ids), 500):
+                query = (
+                    select(spend_log)
+                    .where(spend_log.c.request_id.in_(ids[start : start + 500]))
+                    .order_by(spend_log.c.id)
+                )
+                rows.extend(_spend_record(r._mapping) for r in await conn.execute(query))
+        return rows
+
 
 def _upgrade(connection: Connection) -> None:
     config = Config()
