@@ -41,6 +41,12 @@ def _record(i: int) -> SpendRecord:
         upstream_ms=412.5,
         overhead_ms=1.9,
         route_reason="demand 0.212 -> tier 'light' (< min_demand 0.476 of 'standard')",
+        reasoning_demand=0.2123456789,
+        token_budget_p50=180,
+        token_budget_p90=420,
+        category="chat",
+        router_artifact="5e2c602681c1fb62",
+        config_hash="0123456789abcdef",
     )
 
 

@@ -348,3 +348,22 @@ async def test_a_request_limit_is_never_stretched(ledger: Ledger) -> None:
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(1))
     assert refused.value.detail["exceeded"] == "requests"
+
+
+def test_a_hold_is_the_smaller_of_the_max_tokens_and_the_predicted_p90() -> None:
+    from ledger.ledger import output_token_bound
+
+    def bound(predicted: int | None, max_tokens: int | None) -> int:
+        return output_token_bound(
+            predicted=predicted,
+            max_tokens=max_tokens,
+            context_window=8000,
+            prompt_tokens=7000,
+            default_cap=4096,
+        )
+
+    assert bound(420, 1000) == 420
+    assert bound(420, 100) == 100
+    assert bound(420, None) == 420
+    assert bound(None, 1000) == 1000
+    assert bound(None, None) == 1000  # the default cap, within what the context window leaves
