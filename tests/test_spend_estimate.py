@@ -40,6 +40,25 @@ async def test_a_routed_request_logs_the_estimate_its_headers_show(
     assert row["reasoning_demand"] == expected
 
 
+async def test_a_streamed_request_logs_the_estimate_when_its_stream_ends(
+    gateway: InProcessGateway,
+) -> None:
+    async with gateway.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": QUESTION, "stream": True},
+        headers=gateway.auth,
+    ) as response:
+        assert response.status_code == 200
+        demand = response.headers["x-rightsize-demand"]
+        async for _ in response.aiter_bytes():
+            pass
+    row = await logged(gateway, response.headers["x-request-id"])
+    assert row["stream"] is True
+    assert f"{row['reasoning_demand']:.3f}" == demand
+    assert all(row[column] is not None for column in _ESTIMATE_COLUMNS)
+
+
 async def test_a_cache_hit_leaves_the_estimate_columns_empty(gateway: InProcessGateway) -> None:
     first = await ask(gateway, model="auto")
     hit = await ask(gateway, model="auto")
