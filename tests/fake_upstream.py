@@ -12,6 +12,7 @@ fake-bigchunk    streams one chunk of BIG_CHUNK_CHARS characters (an SSE line ov
 fake-steady      streams STEADY_CHUNKS chunks STEADY_GAP_S apart (a long answer, steadily)
 fake-stall       streams two chunks, then nothing for 3 s
 fake-crlf        streams RAW_STREAMS' body: CRLF line endings, the last line without one, no [DONE]
+fake-redirect    HTTP 307 back to /v1/chat/completions (a client following it loops)
 fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is not JSON
 
 Each request's client address is recorded too: the number of distinct ones is the number of
@@ -83,6 +84,8 @@ class FakeUpstream:
             return _error(400, "the fake upstream rejects this request")
         if model.endswith("fake-echo"):
             return _echo_credentials(request)
+        if model.endswith("fake-redirect"):
+            return Response(status_code=307, headers={"location": "/v1/chat/completions"})
         if model.endswith("fake-slow"):
             await asyncio.sleep(3)
         if body.get("stream") and model in RAW_STREAMS:

@@ -215,6 +215,15 @@ async def test_upstream_text_quoting_the_key_is_redacted(
     assert KEY not in str(raised.value)
 
 
+async def test_a_redirect_is_not_followed(
+    provider: OpenAIHTTPProvider, upstream: RunningUpstream
+) -> None:
+    first = len(upstream.fake.requests)
+    with pytest.raises(UpstreamError, match="not JSON"):
+        await provider.complete(deployment("fake-redirect", upstream.base_url), HELLO)
+    assert len(upstream.fake.requests) - first == 1
+
+
 async def test_a_deployment_without_api_base_is_an_upstream_error(
     provider: OpenAIHTTPProvider,
 ) -> None:

@@ -80,6 +80,7 @@ class OpenAIHTTPProvider:
                 timeout=target.plain_timeout,
                 proxy=target.proxy,
                 proxy_auth=target.proxy_auth,
+                allow_redirects=False,  # as httpx: the body and key go nowhere else
             ) as response:
                 status = response.status
                 content = await response.read()
@@ -115,6 +116,7 @@ class OpenAIHTTPProvider:
                 timeout=target.stream_timeout,
                 proxy=target.proxy,
                 proxy_auth=target.proxy_auth,
+                allow_redirects=False,  # as httpx: the body and key go nowhere else
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
