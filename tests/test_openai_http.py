@@ -224,6 +224,27 @@ async def test_a_redirect_is_not_followed(
     assert len(upstream.fake.requests) - first == 1
 
 
+@pytest.mark.parametrize("bypassed", [False, True])
+async def test_proxy_variables_in_the_environment_are_honoured(
+    upstream: RunningUpstream, monkeypatch: pytest.MonkeyPatch, bypassed: bool
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    if bypassed:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    provider = OpenAIHTTPProvider({})
+    target = deployment("fake-ok", upstream.base_url)
+    try:
+        if bypassed:
+            assert (await provider.complete(target, HELLO))["choices"]
+        else:
+            with pytest.raises(UpstreamError, match="connection failed"):
+                await provider.complete(target, HELLO)
+    finally:
+        await provider.aclose()
+
+
 async def test_a_deployment_without_api_base_is_an_upstream_error(
     provider: OpenAIHTTPProvider,
 ) -> None:

@@ -60,6 +60,8 @@ class OpenAIHTTPProvider:
         # Upstream text reaches the client and the log: no secret may ride along in it.
         self._redact = redactor or Redactor(api_keys.values())
         self._max_connections = max_connections
+        # Loading the CA bundle takes milliseconds: at start-up, not on a first request's path.
+        self._ssl = _ssl_context()
         self._targets: dict[str, _Target] = {}
         # Created on the first call: an aiohttp session belongs to the loop it is created in.
         self._session: aiohttp.ClientSession | None = None
@@ -152,7 +154,7 @@ class OpenAIHTTPProvider:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 keepalive_timeout=_KEEPALIVE_S,
-                ssl=_ssl_context(),
+                ssl=self._ssl,
             )
             # No cookie jar: cookies an upstream sets are not state this process should keep.
             session = aiohttp.ClientSession(
