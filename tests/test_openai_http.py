@@ -215,6 +215,23 @@ async def test_upstream_text_quoting_the_key_is_redacted(
     assert KEY not in str(raised.value)
 
 
+async def test_a_stream_left_early_closes_its_connection_and_the_next_call_works(
+    upstream: RunningUpstream,
+) -> None:
+    provider = OpenAIHTTPProvider({})
+    try:
+        stream = provider.stream(deployment("fake-steady", upstream.base_url), HELLO)
+        assert "choices" in await anext(stream)
+        await stream.aclose()  # as the pipeline does when its client goes away
+        left = upstream.fake.requests[-1]["peer"]
+        answer = await provider.complete(deployment("fake-ok", upstream.base_url), HELLO)
+    finally:
+        await provider.aclose()
+    assert answer["choices"][0]["message"]["content"] == ANSWER
+    # The half-read connection was not put back: its unread chunks would garble the next answer.
+    assert upstream.fake.requests[-1]["peer"] != left
+
+
 async def test_a_redirect_is_not_followed(
     provider: OpenAIHTTPProvider, upstream: RunningUpstream
 ) -> None:
