@@ -8,6 +8,15 @@ fake-400         HTTP 400 with an OpenAI error body
 fake-slow        waits 3 s before answering
 fake-midstream   streams two chunks, then breaks the connection
 fake-echo        HTTP 500 whose error message quotes the request's API key and headers
+fake-bigchunk    streams one chunk of BIG_CHUNK_CHARS characters (an SSE line over 1 MB)
+fake-steady      streams STEADY_CHUNKS chunks STEADY_GAP_S apart (a long answer, steadily)
+fake-stall       streams two chunks, then nothing for 3 s
+fake-crlf        streams RAW_STREAMS' body: CRLF line endings, the last line without one, no [DONE]
+fake-redirect    HTTP 307 back to /v1/chat/completions (a client following it loops)
+fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is not JSON
+
+Each request's client address is recorded too: the number of distinct ones is the number of
+connections the client opened.
 """
 
 from __future__ import annotations
@@ -31,6 +40,16 @@ ANSWER = "Hello from the fake upstream."
 PROMPT_TOKENS = 21
 COMPLETION_TOKENS = 7
 CACHED_TOKENS = 8
+BIG_CHUNK_CHARS = 1_200_000
+STEADY_CHUNKS = 8
+STEADY_GAP_S = 0.1
+RAW_STREAMS = {
+    "fake-crlf": b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\r\n\r\n'
+    b": a comment line\r\n"
+    b'data: {"choices": [{"index": 0, "delta": {"content": "lo"}}]}',
+    "fake-garbled": b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+    b"data: {not json\n\n",
+}
 
 
 class FakeUpstream:
@@ -50,7 +69,14 @@ class FakeUpstream:
 
     async def chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append({"body": body, "auth": request.headers.get("authorization")})
+        client = request.client
+        self.requests.append(
+            {
+                "body": body,
+                "auth": request.headers.get("authorization"),
+                "peer": f"{client.host}:{client.port}" if client else None,
+            }
+        )
         model = body.get("model", "")
         if model.endswith("fake-500"):
             return _error(500, "the fake upstream fell over")
@@ -58,8 +84,12 @@ class FakeUpstream:
             return _error(400, "the fake upstream rejects this request")
         if model.endswith("fake-echo"):
             return _echo_credentials(request)
+        if model.endswith("fake-redirect"):
+            return Response(status_code=307, headers={"location": "/v1/chat/completions"})
         if model.endswith("fake-slow"):
             await asyncio.sleep(3)
+        if body.get("stream") and model in RAW_STREAMS:
+            return Response(RAW_STREAMS[model], media_type="text/event-stream")
         if body.get("stream"):
             return StreamingResponse(_chunks(body), media_type="text/event-stream")
         result: dict[str, Any] = {
@@ -94,12 +124,20 @@ async def _chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
     model = body["model"]
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
     words = ANSWER.split(" ")
+    if model.endswith("fake-bigchunk"):
+        words = ["x" * BIG_CHUNK_CHARS]
+    elif model.endswith("fake-steady"):
+        words = [f"w{i}" for i in range(STEADY_CHUNKS)]
     yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
     for i, word in enumerate(words):
         piece = word if i == 0 else " " + word
         yield _sse({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
         if model.endswith("fake-midstream") and i == 1:
             raise ConnectionResetError("the fake upstream drops the stream")
+        if model.endswith("fake-steady"):
+            await asyncio.sleep(STEADY_GAP_S)
+        if model.endswith("fake-stall"):
+            await asyncio.sleep(3)
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     include = (body.get("stream_options") or {}).get("include_usage")
     if include and not model.endswith("fake-nousage"):
