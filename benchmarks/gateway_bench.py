@@ -280,6 +280,8 @@ def write_report(
         "",
         results_table(cells, names, floor, loads),
         "",
+        _issue_targets(cells),
+        "",
         f"![added latency against the paced rate]({plot.name})",
         "",
         "Memory: resident set (VmRSS) of each server process and its children, after warm-up "
@@ -313,6 +315,67 @@ def write_report(
     raw = {"facts": facts, "cells": figures, "rss_mib": memory}
     (out / "gateway.json").write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
     return report
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target of issue 19, read from one cell: `at_most` the figure, or at least it."""
+
+    text: str
+    config: str
+    load: str
+    figure: str  # "added p50", "p99", "added p99", "bypasses" or "x litellm-proxy req/s"
+    limit: float
+    at_most: bool = True
+
+
+GOALS = [
+    Goal("router + budget, new prompts: added p50 at c=1", "rs-main", "c=1", "added p50", 1.5),
+    Goal("router + budget, new prompts: p99 at 100/s paced", "rs-main", "100/s", "p99", 8),
+    Goal("... the same as added p99 at 100/s", "rs-main", "100/s", "added p99", 8),
+    Goal(
+        "router + budget, new prompts: req/s at c=32, times the LiteLLM proxy's",
+        "rs-main",
+        "c=32",
+        "x litellm-proxy req/s",
+        10,
+        at_most=False,
+    ),
+    Goal("exact cache hit in process: added p50 at c=1", "rs-hit-memory", "c=1", "added p50", 0.3),
+    Goal("exact cache hit on Redis: added p50 at c=1", "rs-hit-redis", "c=1", "added p50", 0.3),
+    Goal("Redis cache bypasses at 200/s (cache hits)", "rs-hit-redis", "200/s", "bypasses", 0),
+    Goal("Redis cache bypasses at 200/s (new prompts)", "rs-main", "200/s", "bypasses", 0),
+]
+
+
+def _goal_figure(goal: Goal, cells: dict[tuple[str, str], Cell]) -> float | None:
+    cell, floor = cells.get((goal.config, goal.load)), cells.get(("floor", goal.load))
+    if cell is None:
+        return None
+    if goal.figure == "bypasses":
+        return None if cell.bypasses is None else float(cell.bypasses)
+    if goal.figure.startswith("x "):
+        peer = cells.get((goal.figure.split()[1], goal.load))
+        return cell.throughput / peer.throughput if peer and peer.throughput else None
+    q = 0.5 if goal.figure.endswith("p50") else 0.99
+    if goal.figure.startswith("added"):
+        return cell.p(q) - floor.p(q) if floor else None
+    return cell.p(q)
+
+
+def _issue_targets(cells: dict[tuple[str, str], Cell]) -> str:
+    """Issue 19's targets, each against the cell it is read from."""
+    rows = ["| target (issue 19) | config, load | goal | measured | met |", "|---|---|---|---|---|"]
+    for goal in GOALS:
+        value = _goal_figure(goal, cells)
+        if value is None:
+            continue
+        met = value <= goal.limit if goal.at_most else value >= goal.limit
+        rows.append(
+            f"| {goal.text} | {goal.config}, {goal.load} | {'≤' if goal.at_most else '≥'} "
+            f"{goal.limit:g} | {value:.2f} | {'yes' if met else 'no'} |"
+        )
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 # What a difference of two configurations' memory is made of (their servers differ in that only).

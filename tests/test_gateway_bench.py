@@ -149,3 +149,19 @@ def test_the_plot_is_written(tmp_path: Path) -> None:
     cells = {(name, load.name): cell([1.0, 2.0]) for name in ("floor", "gw") for load in paced}
     plot_added_latency(cells, ["floor", "gw"], "floor", paced, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_issue_targets_are_read_from_the_cells_they_name() -> None:
+    from benchmarks.gateway_bench import _issue_targets
+
+    cells = {
+        ("floor", "c=1"): cell([1.0] * 10),
+        ("rs-main", "c=1"): cell([3.0] * 10),  # added p50 2.0: over 1.5
+        ("floor", "c=32"): cell([1.0] * 10),
+        ("rs-main", "c=32"): cell([1.0] * 600),  # 600 req/s
+        ("litellm-proxy", "c=32"): cell([1.0] * 50),  # 50 req/s: 12x
+    }
+    rows = _issue_targets(cells).splitlines()
+    assert "| rs-main, c=1 | ≤ 1.5 | 2.00 | no |" in rows[2]
+    assert "| rs-main, c=32 | ≥ 10 | 12.00 | yes |" in rows[3]
+    assert len(rows) == 4  # targets whose cells did not run are left out
