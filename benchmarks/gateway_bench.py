@@ -434,7 +434,7 @@ def _generator_check(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 s per cell, one round: a smoke run")
-    parser.add_argument("--duration", type=float, default=8.0, help="Seconds per cell, all rounds.")
+    parser.add_argument("--duration", type=float, default=6.0, help="Seconds per cell, all rounds.")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument(
