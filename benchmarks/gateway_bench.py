@@ -371,9 +371,10 @@ def _issue_targets(cells: dict[tuple[str, str], Cell]) -> str:
         if value is None:
             continue
         met = value <= goal.limit if goal.at_most else value >= goal.limit
+        shown = f"{value:.0f}" if goal.figure == "bypasses" else f"{value:.2f}"
         rows.append(
             f"| {goal.text} | {goal.config}, {goal.load} | {'≤' if goal.at_most else '≥'} "
-            f"{goal.limit:g} | {value:.2f} | {'yes' if met else 'no'} |"
+            f"{goal.limit:g} | {shown} | {'yes' if met else 'no'} |"
         )
     return "\n".join(rows) if len(rows) > 2 else ""
 
