@@ -147,6 +147,8 @@ def running(
 ) -> Iterator[list[Target]]:
     """Start the upstream and every configuration's server; stop them all on the way out."""
     with ExitStack() as exits:
+        # Callbacks run last-in first-out: the keys go once every server has stopped writing.
+        exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
         upstream = stack.start_upstream(free_port(), workdir)
         exits.callback(upstream.stop)
         targets: list[Target] = []
@@ -178,7 +180,6 @@ def running(
                 )
                 exits.callback(served.stop)
                 targets.append(Target(config, served))
-        exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
         upstream.wait_ready("/_requests")
         for target in targets:
             if target.config.kind == "rightsize":
