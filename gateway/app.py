@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -71,8 +72,11 @@ def create_app(
         store = Store.connect(settings.store_url(), settings.store.pool())
         if settings.store.migrate_on_start:
             await store.migrate()
+        # The writer's own engine, used only on its own thread's loop (an engine's connections
+        # belong to one loop); one connection is enough for one batch at a time.
+        spend_pool = dataclasses.replace(settings.store.pool(), size=1, overflow=0)
         spend = SpendWriter(
-            store,
+            lambda: Store.connect(settings.store_url(), spend_pool),
             flush_interval_s=settings.spend_log.flush_interval_ms / 1000,
             batch_size=settings.spend_log.batch_size,
             fallback_file=_fallback_file(settings),
