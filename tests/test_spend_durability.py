@@ -218,7 +218,7 @@ class _SlowStore(Store):
     block_s = 0.3
 
     async def insert_spend(self, records: Any) -> None:
-        time.sleep(self.block_s)
+        time.sleep(self.block_s)  # noqa: ASYNC251 (holding the thread is the point)
         await super().insert_spend(records)
 
 
