@@ -136,6 +136,9 @@ class SpendWriter:
 
     async def _start(self) -> None:
         self._wake = asyncio.Event()
+        with self._lock:
+            if self._pending:  # recorded before there was a writer to wake
+                self._wake.set()
         try:
             await self._replay()
         except Exception:

@@ -212,6 +212,22 @@ async def test_values_no_column_can_hold_are_fitted_so_the_row_is_written(
     assert not (tmp_path / "spend-log-unwritten.jsonl").exists()
 
 
+async def test_a_row_recorded_before_the_writer_started_is_written_while_it_runs(
+    store_url: str, tmp_path: Path
+) -> None:
+    store = Store.connect(store_url)
+    await store.migrate()
+    writer = _writer(store_url, tmp_path)
+    try:
+        writer.record(_record("early", "search"))
+        await writer.start()
+        rows = await rows_of(store, "search", 1, wait_s=10)  # not only at shutdown
+        await writer.aclose()
+    finally:
+        await store.aclose()
+    assert [r.request_id for r in rows] == ["early"]
+
+
 class _SlowStore(Store):
     """A store whose inserts hold their thread for `block_s`, as SQLAlchemy's own work does."""
 
