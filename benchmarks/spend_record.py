@@ -62,10 +62,11 @@ def _best_us(call: Callable[[SpendRecord], object], records: int, rounds: int) -
 
 
 async def _writer_cost(directory: Path, journal: bool, records: int, rounds: int) -> float:
-    store = Store.connect(f"sqlite:///{directory / 'rightsize.db'}")
+    url = f"sqlite:///{directory / 'rightsize.db'}"
+    store = Store.connect(url)
     await store.migrate()
     writer = SpendWriter(
-        store,
+        lambda: Store.connect(url),
         flush_interval_s=3600,  # nothing is written while the timing runs
         batch_size=500,
         fallback_file=directory / "spend-log-unwritten.jsonl",

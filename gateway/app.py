@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -50,8 +52,10 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     source: str = "configuration",
     catalog: Catalog | None = None,
+    freeze_gc: bool = False,
 ) -> FastAPI:
-    """Validate everything that can fail before serving, then build the app."""
+    """Validate everything that can fail before serving, then build the app; `freeze_gc`
+    (`rightsize serve`) moves what start-up built out of the collector's reach."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -79,8 +83,11 @@ def create_app(
         store = Store.connect(settings.store_url(), settings.store.pool())
         if settings.store.migrate_on_start:
             await store.migrate()
+        # The writer's own engine, used only on its own thread's loop (an engine's connections
+        # belong to one loop); one connection is enough for one batch at a time.
+        spend_pool = dataclasses.replace(settings.store.pool(), size=1, overflow=0)
         spend = SpendWriter(
-            store,
+            lambda: Store.connect(settings.store_url(), spend_pool),
             flush_interval_s=settings.spend_log.flush_interval_ms / 1000,
             batch_size=settings.spend_log.batch_size,
             fallback_file=_fallback_file(settings),
@@ -122,6 +129,8 @@ def create_app(
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
         # process's heartbeat retired) by ledger.aclose() below.
         app.state.gateway.ledger.start()
+        if freeze_gc:
+            freeze_startup_objects()
         try:
             yield
         finally:
@@ -170,7 +179,7 @@ def app_from_env() -> FastAPI:
         follow_supervisor(int(supervisor))
     settings, source = load_settings()
     hold_blas_threads(settings)
-    app = create_app(settings, source=source)
+    app = create_app(settings, source=source, freeze_gc=True)
     warm_up()  # uvicorn reports the worker started only after this factory has returned
     return app
 
@@ -188,6 +197,16 @@ def hold_blas_threads(settings: Settings) -> None:
         return
     threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
     log.info("numpy BLAS held to %d thread(s) (server.blas_threads)", threads)
+
+
+def freeze_startup_objects() -> None:
+    """Collect once, then freeze what is left (imports, the router artifact, the app, the
+    clients): it lives as long as the process, and frozen the collector never traverses it
+    again. Unfrozen, each full collection walked every one of those objects on the event loop
+    and paused every request in flight (issue 19)."""
+    gc.collect()
+    gc.freeze()
+    log.info("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
 
 
 async def list_models(request: Request) -> Response:

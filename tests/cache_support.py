@@ -46,7 +46,7 @@ def delete_prefix(url: str, prefix: str) -> None:
 
 
 def cache_section(**overrides: Any) -> dict[str, Any]:
-    # A generous Redis deadline in tests: the 5 ms default is for production hosts, not a
+    # A generous Redis deadline in tests: the 50 ms default is for production hosts, not a
     # shared two-core CI box; the slow-Redis test sets its own.
     section: dict[str, Any] = {"redis_timeout_ms": 500, "redis_retry_after_s": 0.2}
     section.update(overrides)

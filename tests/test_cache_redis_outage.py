@@ -286,3 +286,67 @@ async def test_a_slow_redis_is_still_cut_one_deadline_after_a_stall() -> None:
     finally:
         await store.aclose()
         server.close()
+
+
+# A slow answer is not an outage
+
+
+async def _slow_spell(own_redis: ThrowawayRedis, ms: int) -> asyncio.Task[None]:
+    """Redis holds every command for `ms` from now (CLIENT PAUSE: slow, not down); the task
+    ends when it answers again."""
+    _server(own_redis).client_pause(ms)
+    return asyncio.create_task(asyncio.sleep(ms / 1000 + 0.05))
+
+
+def _patient_store(own_redis: ThrowawayRedis) -> RedisStore:
+    # A long retry window: a store that decided to skip Redis would still be skipping it.
+    return RedisStore(own_redis.url, "rightsize-test:", timeout_s=0.05, retry_after_s=30)
+
+
+async def _cut(store: RedisStore) -> str:
+    with pytest.raises(CacheUnavailable) as cut:
+        await store.get("search", "k")
+    return cut.value.reason
+
+
+async def test_one_slow_redis_call_bypasses_only_itself(own_redis: ThrowawayRedis) -> None:
+    store = _patient_store(own_redis)
+    try:
+        await store.set("search", "k", b"value", 60)
+        spell = await _slow_spell(own_redis, 200)
+        assert await _cut(store) == "timeout"
+        await spell
+        assert await store.get("search", "k") == b"value"
+    finally:
+        await store.aclose()
+
+
+async def test_calls_held_up_by_the_same_slow_spell_count_as_one_slow_call(
+    own_redis: ThrowawayRedis,
+) -> None:
+    # 32 requests in flight on a busy host: all cut together, and Redis is not skipped.
+    store = _patient_store(own_redis)
+    try:
+        await store.set("search", "k", b"value", 60)
+        spell = await _slow_spell(own_redis, 200)
+        reasons = await asyncio.gather(*(_cut(store) for _ in range(32)))
+        await spell
+        assert set(reasons) == {"timeout"}
+        assert await store.get("search", "k") == b"value"
+    finally:
+        await store.aclose()
+
+
+async def test_three_slow_calls_one_after_another_skip_redis_for_the_retry_window(
+    own_redis: ThrowawayRedis,
+) -> None:
+    store = _patient_store(own_redis)
+    try:
+        await store.set("search", "k", b"value", 60)
+        for _ in range(3):
+            spell = await _slow_spell(own_redis, 200)
+            assert await _cut(store) == "timeout"
+            await spell
+        assert await _cut(store) == "unavailable"  # Redis answers again, but is not asked
+    finally:
+        await store.aclose()

@@ -153,3 +153,32 @@ print(json.dumps({"imported": imported, "lazy": lazy, "loaded": loaded}))
     )
     assert result["imported"] == []
     assert result["lazy"] == result["loaded"]
+
+
+def test_a_serving_process_freezes_what_start_up_built_out_of_the_collectors_reach(
+    tmp_path: Path,
+) -> None:
+    # Unfrozen, each full collection walks the app, the router and every import on the loop.
+    found = run_python(
+        OPENAI_HTTP_ONLY
+        + """
+import asyncio, gc, json, os
+
+from gateway.app import create_app
+
+async def collectable(freeze_gc):
+    app = create_app(settings(os.environ["STARTUP_TMP"]), environ=ENV, freeze_gc=freeze_gc)
+    async with app.router.lifespan_context(app):
+        scanned = {id(o) for o in gc.get_objects()}
+        gateway = app.state.gateway
+        return [id(o) in scanned for o in (app, gateway, gateway.router, gateway.spend)]
+
+unfrozen = asyncio.run(collectable(False))
+frozen = asyncio.run(collectable(True))
+print(json.dumps({"unfrozen": unfrozen, "frozen": frozen, "count": gc.get_freeze_count()}))
+""",
+        tmp_path,
+    )
+    assert found["unfrozen"] == [True] * 4
+    assert found["frozen"] == [False] * 4
+    assert found["count"] > 10_000

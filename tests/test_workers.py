@@ -261,6 +261,9 @@ def test_a_workers_rightsize_info_lines_reach_the_output_with_a_timestamp(
     )
     from_workers = [text for pid, text in lines if int(pid) in workers]
     assert any("config from" in text for text in from_workers), servers[-1].output()
+    # Each worker froze its start-up objects once they were built (app_from_env).
+    frozen = {pid for pid, text in lines if "start-up objects frozen" in text}
+    assert {int(pid) for pid in frozen} == set(workers), servers[-1].output()
 
 
 # What uvicorn does in a worker: build the app with the factory, then report the worker started.

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 log = logging.getLogger("rightsize.cache")
@@ -23,6 +24,8 @@ _ADMIN_TIMEOUT_S = 10.0
 _START_TIMEOUT_S = 1.0
 # One slow answer (a busy host, a GC pause) bypasses only that call; this many in a row mean
 # Redis is slow for everyone, and it is skipped for retry_after_s like a Redis that is down.
+# "In a row" counts calls one after the other: calls in flight together when one was cut (32
+# requests held up by the same stall of a busy host) are one piece of evidence, not 32.
 _SLOW_CALLS_TO_SKIP = 3
 _SLOW_WARNING_EVERY_S = 60.0
 
@@ -170,6 +173,7 @@ class RedisStore:
         self._down_since: float | None = None
         self._bypassed = 0
         self._slow_in_a_row = 0
+        self._last_slow_at = -1.0  # when the last slow call was cut (time.monotonic)
         self._slow_warned_at = -_SLOW_WARNING_EVERY_S
 
     async def start(self) -> None:
@@ -214,7 +218,8 @@ class RedisStore:
         await self._redis.aclose()
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
-        if time.monotonic() < self._down_until:
+        started = time.monotonic()
+        if started < self._down_until:
             self._bypassed += 1
             raise CacheUnavailable("unavailable")
         try:
@@ -224,8 +229,10 @@ class RedisStore:
                     result = await operation()
                 finally:
                     deadline.cancel()
-        except TimeoutError:
-            self._slow(what)
+        except (TimeoutError, RedisTimeoutError):
+            # RedisTimeoutError is a connect past socket_connect_timeout (there is no socket
+            # timeout): 32 connections opened at once on a busy host, slow like a slow reply.
+            self._slow(what, started)
             raise CacheUnavailable("timeout") from None
         except (RedisError, OSError) as exc:
             self._failed(what, repr(exc))
@@ -240,13 +247,16 @@ class RedisStore:
             self._down_since, self._bypassed = None, 0
         return result
 
-    def _slow(self, what: str) -> None:
-        self._slow_in_a_row += 1
+    def _slow(self, what: str, started: float) -> None:
+        now = time.monotonic()
+        if started > self._last_slow_at:
+            # Sent after the last cut: news about Redis. Sent before it: the same slow spell.
+            self._slow_in_a_row += 1
+        self._last_slow_at = now
         deadline = f"{self._timeout * 1000:g} ms"
         if self._slow_in_a_row >= _SLOW_CALLS_TO_SKIP:
             self._failed(what, f"{self._slow_in_a_row} calls in a row over {deadline}")
             return
-        now = time.monotonic()
         if now - self._slow_warned_at >= _SLOW_WARNING_EVERY_S:
             self._slow_warned_at = now
             log.warning(

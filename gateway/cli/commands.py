@@ -112,7 +112,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
     hold_blas_threads(settings)
-    app = config_call(lambda: create_app(settings, source=source))
+    app = config_call(lambda: create_app(settings, source=source, freeze_gc=True))
     options: dict[str, Any] = {
         "host": host,
         "port": port,
