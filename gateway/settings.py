@@ -181,6 +181,12 @@ class RouterSettings(BaseModel):
     # 0: an idle encoder takes a prompt at once; prompts that arrive while it is busy are
     # batched together anyway. A positive wait trades latency for larger batches.
     max_wait_ms: float = Field(default=0.0, ge=0)
+    inline_max_chars: int = Field(
+        default=500,
+        ge=0,
+        description="A prompt up to this many characters that finds the router idle is "
+        "estimated on the event loop, not handed to its thread (0: always the thread).",
+    )
 
 
 class SpendLogSettings(BaseModel):
