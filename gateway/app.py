@@ -106,6 +106,7 @@ def create_app(
                 router,
                 max_batch_size=settings.router.max_batch_size,
                 max_wait_s=settings.router.max_wait_ms / 1000,
+                inline_max_chars=settings.router.inline_max_chars,
             )
             if router is not None
             else None

@@ -40,19 +40,33 @@ class Neighbours:
             return np.zeros(len(embeddings))
         k = min(self.k, len(self.value))
         n_cand = min(_CANDIDATES * k, len(self.value))
-        out = np.empty(len(embeddings))
+        rows32 = np.asarray(embeddings, dtype=np.float32)
+        if len(rows32) == 1:
+            # One prompt (the gateway at low load): a matrix-vector product, a quarter cheaper
+            # than the (1, dim) @ (dim, n) matrix product, with the same values.
+            return np.array([self._nearest_mean(rows32[0], self._bank32 @ rows32[0], k, n_cand)])
+        out = np.empty(len(rows32))
         # A few rows at a time: the (rows, bank) similarity and index arrays stay near a
-        # megabyte (bounded memory for classify's batches).
-        for start in range(0, len(embeddings), _NEIGHBOUR_ROWS):
-            rows = embeddings[start : start + _NEIGHBOUR_ROWS]
-            rough = rows.astype(np.float32) @ self._bank32.T
+        # megabyte (bounded memory for classify's batches); one matrix product per group.
+        for start in range(0, len(rows32), _NEIGHBOUR_ROWS):
+            rows = rows32[start : start + _NEIGHBOUR_ROWS]
+            rough = rows @ self._bank32.T
             cand = np.argpartition(-rough, n_cand - 1, axis=1)[:, :n_cand]
             exact = np.einsum("rd,rcd->rc", rows.astype(np.float64), self.bank[cand])
             best = np.argpartition(-exact, k - 1, axis=1)[:, :k]
             # Sorted indices: the mean sums in one order whatever order argpartition returned.
             top = np.sort(np.take_along_axis(cand, best, axis=1), axis=1)
-            out[start : start + len(rows)] = self.value[top].mean(axis=1)
+            out[start : start + len(rows)] = self.value[top].sum(axis=1) / k
         return out
+
+    def _nearest_mean(
+        self, row: npt.NDArray[np.float32], rough: npt.NDArray[np.float32], k: int, n_cand: int
+    ) -> float:
+        """column() for one row: the same selection, without the batch's index bookkeeping."""
+        cand = np.argpartition(-rough, n_cand - 1)[:n_cand]
+        exact = self.bank[cand] @ row.astype(np.float64)
+        top = np.sort(cand[np.argpartition(-exact, k - 1)[:k]])
+        return float(self.value[top].sum() / k)
 
 
 _NEIGHBOUR_ROWS = 16
@@ -82,16 +96,38 @@ class Heads:
     feature_range: Array | None = None  # (2, n_features): low, high
 
     def design(
-        self, embeddings: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
+        self,
+        embeddings: npt.NDArray[np.float32],
+        features: npt.NDArray[np.float32],
+        *,
+        neighbours: bool = True,
     ) -> Array:
-        """Concatenate embeddings, features (and the neighbour column); standardise each."""
+        """Concatenate embeddings, features (and the neighbour column); standardise each.
+
+        neighbours=False leaves the neighbour column at 0 (its training mean), for
+        fill_neighbour_column() to set where it is read.
+        """
         read = features.astype(np.float64)
         if self.feature_range is not None:
             read = np.clip(read, self.feature_range[0], self.feature_range[1])
         parts = [embeddings.astype(np.float64), read]
         if self.neighbours is not None:
-            parts.append(self.neighbours.column(embeddings)[:, None])
+            column = self.neighbours.column(embeddings) if neighbours else self.input_mean[-1:]
+            parts.append(np.broadcast_to(column, len(embeddings))[:, None])
         return (np.hstack(parts) - self.input_mean) / self.input_scale
+
+    def fill_neighbour_column(
+        self, x: Array, embeddings: npt.NDArray[np.float32], rows: npt.NDArray[np.bool_]
+    ) -> None:
+        """Set the standardised neighbour column of `rows` in x, as design() computes it."""
+        if self.neighbours is None or not rows.any():
+            return
+        column = self.neighbours.column(embeddings[rows])
+        x[rows, -1] = (column - self.input_mean[-1]) / self.input_scale[-1]
+
+    def _column_read_by_demand_only(self) -> bool:
+        """True when only the demand head weighs the neighbour column (the shipped heads)."""
+        return not (np.any(self.category_coef[:, -1] != 0.0) or self.budget_coef[-1] != 0.0)
 
     def demand(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
         """Calibrated probability that the small model fails where the strong one succeeds."""
@@ -119,9 +155,20 @@ class Heads:
     def estimates(
         self, embeddings: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
     ) -> list[Estimate]:
-        """Run all heads and package one Estimate per row."""
-        x = self.design(embeddings, features)
-        cats = self.category(x)
+        """Run all heads and package one Estimate per row.
+
+        The neighbour search is the dearest step, and in the shipped heads only a knowledge
+        prompt's demand reads its column: it runs for the rows whose category's demand row
+        weighs it, once the category is known. A head whose weight on the column is exactly 0
+        gives the same bits whatever the column holds, so the estimates are those of design().
+        """
+        if self.neighbours is not None and self._column_read_by_demand_only():
+            x = self.design(embeddings, features, neighbours=False)
+            cats = self.category(x)
+            self.fill_neighbour_column(x, embeddings, self.demand_coef[cats, -1] != 0.0)
+        else:
+            x = self.design(embeddings, features)
+            cats = self.category(x)
         demand = self.demand(x, cats)
         p50, p90 = self.budget(x, cats)
         return [

@@ -2,7 +2,8 @@
 
 authenticate → parse → cache → estimate → decide → hold → attempt with fallbacks →
 relay (streams) → settle and log. An API adapter (gateway/api/chat.py for OpenAI) builds the
-`Inbound`, calls `run` and renders the `Outcome` in its own wire format.
+`Inbound`, calls `run` and renders the `Outcome` in its own wire format. When nothing before
+the upstream call reads the estimate (a pinned model, no budget), it runs beside the call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.pipeline.steps import (
     authenticate,
     decide,
     estimate,
+    estimate_can_wait,
     hold,
     hold_cache_hit,
     lookup_cache,
@@ -44,6 +46,7 @@ from gateway.tokens import count_prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
 from ledger.errors import LedgerError
 from policies import Decision, Deployment
+from router import Estimate
 
 log = logging.getLogger("rightsize.chat")
 
@@ -134,16 +137,25 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     if cached.hit:
         call.hold = await hold_cache_hit(gateway, key)
         return await _from_cache(gateway, call, key, chat, messages, cached)
-    call.estimate = await estimate(gateway, messages)
     team = await team_context(gateway, key)
     n_prompt = await count_prompt_tokens(messages)
-    decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team)
-    call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
-    call.record.route_reason = decision.reason
-    call.hold = await hold(gateway, key, chat, decision, call)
-    if chat.stream:
-        return await _stream(gateway, call, chat, payload, decision, cached)
-    return await _complete(gateway, call, payload, decision, cached)
+    later: asyncio.Task[Estimate | None] | None = None
+    if await estimate_can_wait(gateway, key, chat, n_prompt, team):
+        # Only the answer's headers read it: it runs while the upstream call is in flight.
+        later = asyncio.create_task(estimate(gateway, messages))
+    else:
+        call.estimate = await estimate(gateway, messages)
+    try:
+        decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team)
+        call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+        call.record.route_reason = decision.reason
+        call.hold = await hold(gateway, key, chat, decision, call)
+        if chat.stream:
+            return await _stream(gateway, call, chat, payload, decision, cached, later)
+        return await _complete(gateway, call, payload, decision, cached, later)
+    finally:
+        if later is not None:
+            later.cancel()  # a refused or failed call has no headers to fill: no-op once done
 
 
 async def _from_cache(
@@ -189,11 +201,14 @@ async def _complete(
     payload: dict[str, Any],
     decision: Decision,
     cached: CacheLookup,
+    later: Awaitable[Estimate | None] | None = None,
 ) -> Answer:
     async def once(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
         return await gateway.provider(deployment).complete(deployment, body)
 
     deployment, result = await _attempt(gateway, call, payload, decision, once)
+    if later is not None:
+        call.estimate = await later
     usage = usage_from(result.get("usage"))
     if usage is None:
         text = "".join(completion_text(c.get("message") or {}) for c in result.get("choices") or ())
@@ -216,11 +231,19 @@ async def _stream(
     payload: dict[str, Any],
     decision: Decision,
     cached: CacheLookup,
+    later: Awaitable[Estimate | None] | None = None,
 ) -> Stream:
     async def once(deployment: Deployment, body: dict[str, Any]) -> OpenStream:
         return await open_stream(gateway.provider(deployment), deployment, body)
 
     deployment, opened = await _attempt(gateway, call, payload, decision, once)
+    if later is not None:
+        # The headers go out with the first chunk, after this: they carry the estimate.
+        try:
+            call.estimate = await later
+        except BaseException:  # the request cancelled: the relay that closes it never starts
+            await opened.rest.aclose()  # type: ignore[attr-defined]
+            raise
     call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
     events = relay(gateway, call, chat, deployment, opened, cached)
     return Stream(events, routing_headers(call))

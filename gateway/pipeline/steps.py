@@ -19,6 +19,7 @@ from gateway.state import Gateway
 from gateway.store import ApiKey
 from ledger.ledger import Hold
 from policies import (
+    Catalog,
     Decision,
     NotAllowed,
     PolicyEngine,
@@ -79,6 +80,52 @@ async def estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimate
     except Exception:
         log.exception("the router failed; routing this request without an estimate")
         return None
+
+
+async def estimate_can_wait(
+    gateway: Gateway, key: ApiKey, chat: ChatRequest, n_prompt_tokens: int, team: TeamContext
+) -> bool:
+    """Whether nothing before the upstream call reads the estimate, so that it may run beside
+    the call: the decision does not (decision_reads_estimate) and the hold does not either,
+    the team and key having no budget (a hold is the estimate's p90 tokens)."""
+    if gateway.estimator is None:
+        return False
+    if decision_reads_estimate(gateway.policy, gateway.catalog, chat, n_prompt_tokens, team):
+        return False
+    return not await gateway.ledger.budgets_for(key.team, key.id)
+
+
+def decision_reads_estimate(
+    policy: PolicyEngine,
+    catalog: Catalog,
+    chat: ChatRequest,
+    n_prompt_tokens: int,
+    team: TeamContext,
+) -> bool:
+    """Whether the policy's decision could differ with and without an estimate.
+
+    It reads one (policies/engine.py) for `auto`, for a tier's pool (its admission and cost
+    ranking read p90 tokens), for a reasoning model's effort, for a context window that p90
+    tokens might overflow, and once a soft budget moves a pinned model down to a tier. A pinned
+    model past none of these is served the same either way. False positives only cost time.
+    """
+    deployment = catalog.get(chat.model)
+    if deployment is None:
+        return True
+    caps = deployment.capabilities
+    if caps.reasoning and policy.spec.reasoning_effort:
+        return True
+    max_output = chat.max_completion_tokens or chat.max_tokens
+    # With an estimate the output is min(p90, max_output): it fits wherever max_output fits.
+    if caps.context_window is not None and (
+        not max_output or n_prompt_tokens + max_output > caps.context_window
+    ):
+        return True
+    soft = policy.spec.soft_budget
+    capped = (
+        soft is not None and team.budget_used is not None and team.budget_used >= soft.threshold
+    )
+    return capped or bool(team.soft_budgets)
 
 
 async def team_context(gateway: Gateway, key: ApiKey) -> TeamContext:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from router import Estimate, EstimateBatcher
+from router import Estimate, EstimateBatcher, Router
 
 
 class _RecordingRouter:
@@ -101,3 +101,105 @@ def test_a_closed_batcher_refuses_new_calls() -> None:
             await batcher.estimate("late")
 
     asyncio.run(main())
+
+
+class _Blocking(_RecordingRouter):
+    """Holds the worker thread until released, so the batcher is busy for as long as a test
+    needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
+        if threading.current_thread() is not threading.main_thread():
+            self.entered.set()
+            self.release.wait(timeout=10)
+        return super().estimate_batch(prompts)
+
+
+def test_a_short_prompt_on_an_idle_batcher_is_estimated_on_the_event_loop() -> None:
+    router = _RecordingRouter()
+
+    async def main() -> tuple[Estimate, EstimateBatcher]:
+        batcher = EstimateBatcher(router, inline_max_chars=20)
+        result = await batcher.estimate("x" * 20)
+        await batcher.aclose()
+        return result, batcher
+
+    result, batcher = asyncio.run(main())
+    assert result.token_budget_p50 == 20
+    assert router.threads == {threading.main_thread().name}
+    assert (batcher.inline_estimates, batcher.thread_estimates) == (1, 0)
+
+
+def test_a_prompt_over_the_inline_limit_goes_to_the_worker_thread() -> None:
+    router = _RecordingRouter()
+
+    async def main() -> EstimateBatcher:
+        batcher = EstimateBatcher(router, inline_max_chars=20)
+        await batcher.estimate("x" * 21)
+        await batcher.aclose()
+        return batcher
+
+    batcher = asyncio.run(main())
+    assert [name.startswith("router-batcher") for name in router.threads] == [True]
+    assert (batcher.inline_estimates, batcher.thread_estimates) == (0, 1)
+
+
+def test_a_short_prompt_waits_in_the_thread_while_it_is_busy() -> None:
+    """Under load prompts keep batching in the thread: a short one does not jump the queue."""
+    router = _Blocking()
+
+    async def main() -> tuple[list[Estimate], EstimateBatcher]:
+        batcher = EstimateBatcher(router, max_wait_s=0.0, inline_max_chars=100)
+        long = asyncio.create_task(batcher.estimate("y" * 200))
+        assert await asyncio.to_thread(router.entered.wait, 10)
+        short = asyncio.create_task(batcher.estimate("short"))
+        await asyncio.sleep(0.01)
+        assert not short.done()  # it waits behind the busy thread, not on the loop
+        router.release.set()
+        results = [await long, await short]
+        after = await batcher.estimate("idle again")
+        await batcher.aclose()
+        return [*results, after], batcher
+
+    results, batcher = asyncio.run(main())
+    assert [r.token_budget_p50 for r in results] == [200, 5, 10]
+    assert (batcher.inline_estimates, batcher.thread_estimates) == (1, 2)
+    assert router.batches[-1] == ["idle again"]
+
+
+def test_an_inline_encoder_error_reaches_its_caller_and_the_next_prompt_is_served() -> None:
+    async def main() -> Estimate:
+        batcher = EstimateBatcher(_FailsOn("boom"), inline_max_chars=100)
+        with pytest.raises(ValueError):
+            await batcher.estimate("boom")
+        result = await batcher.estimate("fine")
+        await batcher.aclose()
+        return result
+
+    assert asyncio.run(main()).category == "chat"
+
+
+def test_inline_and_thread_paths_give_identical_estimates() -> None:
+    router = Router.load(cache_size=0)  # each path computes its own embeddings
+    prompts = [
+        "Translate 'hello' to French",
+        "What is the capital of Australia?\nA. Sydney\nB. Canberra\nC. Melbourne\nD. Perth",
+        "Prove that the square root of 2 is irrational, step by step.",
+        "def f(x):\n    return x ** 2  # what does f(3) return?",
+        "Natalia sold clips to 48 of her friends in April and half as many in May. How many?",
+    ]
+
+    async def through(inline_max_chars: int) -> tuple[list[Estimate], EstimateBatcher]:
+        batcher = EstimateBatcher(router, max_wait_s=0.0, inline_max_chars=inline_max_chars)
+        results = [await batcher.estimate(p) for p in prompts]
+        await batcher.aclose()
+        return results, batcher
+
+    inline, on_loop = asyncio.run(through(10_000))
+    threaded, in_thread = asyncio.run(through(0))
+    assert on_loop.inline_estimates == len(prompts) and in_thread.thread_estimates == len(prompts)
+    assert inline == threaded
