@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -239,6 +240,12 @@ class ChatRequest(_Strict):
         A new top-level dict each call (callers drop fields from it); nested values are shared
         and must not be changed.
         """
+        return dict(self._payload)
+
+    @functools.cached_property
+    def _payload(self) -> dict[str, Any]:
+        # Once per request (the run, the cache key and the relay each ask), and a plain dict
+        # lookup after: reading a pydantic private attribute costs microseconds every time.
         if self._sent is not None:
             return {name: value for name, value in self._sent.items() if name != "metadata"}
         payload = self.model_dump(mode="json", exclude_unset=True, by_alias=True)
