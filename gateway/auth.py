@@ -7,7 +7,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from gateway.settings import ConfigError, Settings
 from gateway.store import ApiKey, Store, sqlite_path
 
 KEY_PREFIX = "rs-"
-_KEY_CACHE_TTL_S = 5.0
+KEY_CACHE_TTL_S = 5.0  # how long another worker or replica may still accept a revoked key
+KEY_CACHE_SIZE = 10_000  # keys authenticated within the TTL; the oldest goes first past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +52,27 @@ def load_key_secret(settings: Settings, environ: Mapping[str, str]) -> bytes:
 class KeyService:
     """Issues, revokes and authenticates virtual keys."""
 
-    def __init__(self, store: Store, secret: bytes) -> None:
+    def __init__(
+        self,
+        store: Store,
+        secret: bytes,
+        *,
+        cache_ttl_s: float = KEY_CACHE_TTL_S,
+        cache_size: int = KEY_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._secret = secret
-        # A short-lived cache keeps the database off the hot path; revocations in this
-        # process drop it at once, other replicas within the TTL.
+        self._ttl_s = cache_ttl_s
+        self._size = cache_size
+        self._clock = clock
+        # Keys authenticated in the last few seconds, by the presented secret itself, so that a
+        # hit is one dict lookup: no HMAC (0.05 ms) and no store read per request. The secret
+        # is in this process's memory while the request is anyway; the cache holds it no
+        # longer than the TTL, only for keys that authenticated (a guessed key is never
+        # cached), and str hashing is keyed per process, so the lookup leaks nothing a caller
+        # can time. Revocations in this process drop the entry at once, other workers and
+        # replicas within the TTL.
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     def hash(self, secret_key: str) -> str:
@@ -77,7 +94,7 @@ class KeyService:
 
     async def revoke(self, key_id: str) -> ApiKey:
         key = await self._store.revoke_key(key_id)
-        self._cache = {h: v for h, v in self._cache.items() if v[1].id != key_id}
+        self._cache = {s: v for s, v in self._cache.items() if v[1].id != key_id}
         return key
 
     async def authenticate(self, secret_key: str | None) -> ApiKey:
@@ -85,22 +102,31 @@ class KeyService:
             raise AuthenticationFailed(
                 "Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
             )
-        digest = self.hash(secret_key)
-        cached = self._cache.get(digest)
-        now = time.monotonic()
+        now = self._clock()
+        cached = self._cache.get(secret_key)
         if cached is not None and cached[0] > now:
             key = cached[1]
         else:
-            # The store down: 503 (try again), not 500 and not 401 (the key may be fine).
-            with store_outage_as_503():
-                found = await self._store.find_key(digest)
-            if found is None or not hmac.compare_digest(found[1], digest):
-                raise AuthenticationFailed("Incorrect API key provided")
-            key = found[0]
-            self._cache[digest] = (now + _KEY_CACHE_TTL_S, key)
+            key = await self._find(secret_key)
+            self._remember(secret_key, key, now)
         if key.revoked_at is not None:
             raise RevokedKey(key.id, key.team)
         return key
+
+    async def _find(self, secret_key: str) -> ApiKey:
+        digest = self.hash(secret_key)
+        # The store down: 503 (try again), not 500 and not 401 (the key may be fine).
+        with store_outage_as_503():
+            found = await self._store.find_key(digest)
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise AuthenticationFailed("Incorrect API key provided")
+        return found[0]
+
+    def _remember(self, secret_key: str, key: ApiKey, now: float) -> None:
+        self._cache.pop(secret_key, None)  # re-inserted last: the dict stays oldest-first
+        while len(self._cache) >= self._size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[secret_key] = (now + self._ttl_s, key)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

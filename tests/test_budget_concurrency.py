@@ -20,7 +20,7 @@ import pytest
 from gateway.ledger_build import open_ledger
 from gateway.settings import Settings
 from gateway.store import Store, from_picousd
-from gateway.usage import count_usage
+from gateway.tokens import prompt_tokens
 from ledger.budgets import Budget
 from ledger.ledger import hold_amounts
 from ledger.periods import Period
@@ -42,7 +42,7 @@ from tests.ledger_support import REDIS_URL, redis_prefix
 __all__ = ["redis_prefix"]
 
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
-# Long enough that our own count of prompt tokens (30) is above what the fake reports (21).
+# Long enough that our own count of prompt tokens (27) is above what the fake reports (21).
 MESSAGES = [
     {
         "role": "user",
@@ -153,7 +153,7 @@ def test_200_concurrent_requests_from_4_workers_never_overspend_the_budget(
     # limit by that request's cost beyond what was left, so the bound is limit + COST.
     price = Settings.model_validate(ledger_config).models[1].price
     assert price is not None and str(price.input_per_mtok) == PRICE_DIRECT["input_per_mtok"]
-    counted = count_usage("openai/fake-ok", MESSAGES, "").prompt_tokens
+    counted = prompt_tokens(MESSAGES)
 
     hold = from_picousd(hold_amounts(TokenPrice.per_million(price), counted, MAX_TOKENS).picousd)
     assert hold >= COST

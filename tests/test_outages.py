@@ -33,7 +33,7 @@ from gateway.outage import is_outage, unavailable
 from gateway.settings import Settings
 from gateway.store import Store, from_picousd
 from gateway.store.store import PoolLimits
-from gateway.usage import count_usage
+from gateway.tokens import prompt_tokens
 from ledger.budgets import Budget
 from ledger.ledger import BudgetUsage, hold_amounts
 from ledger.periods import Period
@@ -207,7 +207,7 @@ async def test_fail_open_admits_up_to_the_allowed_predicted_cost_then_503(
     config = redis_config(tmp_path, upstream, own_redis.url)
     price = Settings.model_validate(config).models[1].price
     assert price is not None
-    prompt = count_usage("openai/fake-ok", MESSAGES, "").prompt_tokens
+    prompt = prompt_tokens(MESSAGES)
     hold = hold_amounts(TokenPrice.per_million(price), prompt, 1).picousd
     config["ledger"].update(
         on_outage="fail_open", outage_allowance_usd=str(from_picousd(hold * 5 // 2))

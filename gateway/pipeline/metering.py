@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from gateway.schemas import ChatRequest
 from gateway.store import SpendRecord, to_picousd
-from gateway.usage import count_usage
 from ledger.budgets import Amounts
 from ledger.ledger import Hold, Ledger, hold_amounts, output_token_bound
 from policies import Deployment
@@ -21,24 +19,25 @@ async def reserve_request(
     key_id: str,
     chat: ChatRequest,
     deployment: Deployment,
+    prompt_tokens: int,
     predicted_output_tokens: int | None = None,
 ) -> Hold | None:
     """Hold the request's predicted cost, or None when its team and key have no budget.
 
-    The prediction is the router's p90 output tokens for the prompt, when there is an estimate.
+    `prompt_tokens` is the count the routing decision used (gateway.tokens.prompt_tokens), so
+    a prompt is tokenised once per request; the prediction is the router's p90 output tokens
+    for the prompt, when there is an estimate.
     """
     if not await ledger.budgets_for(team, key_id):
         return None
-    messages = chat.upstream_payload()["messages"]
-    counted = await asyncio.to_thread(count_usage, deployment.model, messages, "")
     output = output_token_bound(
         predicted=predicted_output_tokens,
         max_tokens=chat.max_completion_tokens or chat.max_tokens,
         context_window=deployment.capabilities.context_window,
-        prompt_tokens=counted.prompt_tokens,
+        prompt_tokens=prompt_tokens,
         default_cap=ledger.settings.default_max_output_tokens,
     )
-    amounts = hold_amounts(deployment.price, counted.prompt_tokens, output * (chat.n or 1))
+    amounts = hold_amounts(deployment.price, prompt_tokens, output * (chat.n or 1))
     return await ledger.reserve(team, key_id, amounts)
 
 

@@ -149,7 +149,7 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
         decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
-        call.hold = await hold(gateway, key, chat, decision, call)
+        call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
         if chat.stream:
             return await _stream(gateway, call, chat, payload, decision, cached, later)
         return await _complete(gateway, call, payload, decision, cached, later)

@@ -181,15 +181,21 @@ def _has_images(messages: list[dict[str, Any]]) -> bool:
 
 
 async def hold(
-    gateway: Gateway, key: ApiKey, chat: ChatRequest, decision: Decision, call: Call
+    gateway: Gateway,
+    key: ApiKey,
+    chat: ChatRequest,
+    decision: Decision,
+    call: Call,
+    n_prompt_tokens: int,
 ) -> Hold | None:
     """Reserve the request against the team's and key's budgets and limits (429 past them).
 
-    The hold is what the router predicts (p90 output tokens), not the worst case.
+    The hold is the prompt as `decide` counted it plus what the router predicts (p90 output
+    tokens), not the worst case.
     """
     predicted = call.estimate.token_budget_p90 if call.estimate else None
     return await reserve_request(
-        gateway.ledger, key.team, key.id, chat, decision.deployment, predicted
+        gateway.ledger, key.team, key.id, chat, decision.deployment, n_prompt_tokens, predicted
     )
 
 
