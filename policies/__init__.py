@@ -20,6 +20,7 @@ from policies.decision import (
     NotAllowed,
     Refusal,
     RoutingRequest,
+    TierFloor,
     UnknownModel,
 )
 from policies.engine import DeploymentState, PolicyEngine, TeamContext
@@ -44,6 +45,7 @@ __all__ = [
     "Refusal",
     "RoutingRequest",
     "TeamContext",
+    "TierFloor",
     "TierSpec",
     "TokenPrice",
     "UnknownModel",

@@ -11,6 +11,15 @@ AUTO = "auto"
 
 
 @dataclass(frozen=True, slots=True)
+class TierFloor:
+    """The lowest tier a request may be served from, and why: the tier a continuing
+    conversation was last served by (`why` goes into the explanation as it is)."""
+
+    tier: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingRequest:
     """What a policy needs to know about a request."""
 
@@ -20,6 +29,8 @@ class RoutingRequest:
     needs_tools: bool = False
     needs_vision: bool = False
     needs_json_schema: bool = False
+    # Session stickiness (the gateway's): `auto` and tier requests are served no lower.
+    floor: TierFloor | None = None
 
 
 @dataclass(frozen=True, slots=True)

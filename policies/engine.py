@@ -18,6 +18,7 @@ from policies.decision import (
     NotAllowed,
     Refusal,
     RoutingRequest,
+    TierFloor,
     UnknownModel,
 )
 from router import Estimate
@@ -77,6 +78,11 @@ class PolicyEngine:
     def spec(self) -> PolicySpec:
         return self._spec
 
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The tier names, cheapest first (the order in which a floor or a cap compares them)."""
+        return tuple(self._order)
+
     def names(self) -> list[str]:
         return [AUTO, *self._order, *(d.name for d in self._catalog.deployments)]
 
@@ -94,6 +100,8 @@ class PolicyEngine:
         trace = _Trace()
         rule = self._spec.teams.get(team.name, _NO_RULE) if team else _NO_RULE
         pinned, tier = self._resolve(request.model, estimate, rule, trace)
+        if pinned is None:
+            tier = self._sticky(tier, request.floor, rule, trace)
         capped = self._soft_cap(tier, team, trace)
         usable = self._usable_tiers(rule, capped if capped != tier else None)
         tier = capped
@@ -207,6 +215,22 @@ class PolicyEngine:
         if deployment is not None:
             return self._tier_of.get(deployment.name) or deployment.tier
         return self._order[0] if self._order else None
+
+    def _sticky(
+        self, tier: str | None, floor: TierFloor | None, rule: TeamRule, trace: _Trace
+    ) -> str | None:
+        """The tier raised to the conversation's floor: it may move up, never down. The team's
+        allowed tiers win over it, and soft budgets cap it afterwards (_soft_cap)."""
+        order = self._order
+        if floor is None or tier is None or tier not in order or floor.tier not in order:
+            return tier  # a floor from before the tiers changed means nothing now
+        if order.index(floor.tier) <= order.index(tier):
+            return tier
+        if rule.allowed_tiers is not None and floor.tier not in rule.allowed_tiers:
+            trace.steps.append(f"sticky: {floor.why}, not forced: team may not use it")
+            return tier
+        trace.steps.append(f"sticky: {floor.why}: tier {floor.tier!r}, not {tier!r}")
+        return floor.tier
 
     def _soft_cap(self, tier: str | None, team: TeamContext | None, trace: _Trace) -> str | None:
         """The tier after soft budgets: the policy's `soft_budget` share, and a team's or key's
