@@ -41,6 +41,7 @@ from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import SpendWriter, default_fallback_file, default_journal_dir
 from gateway.state import Gateway, resolve_api_keys
+from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
 from ledger.errors import LedgerError
@@ -69,7 +70,9 @@ def create_app(
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
     # Recorded on every routed spend row: which configuration made the decision.
-    routing_config = config_hash(catalog, policy.spec, default, settings.router)
+    routing_config = config_hash(
+        catalog, policy.spec, default, settings.router, settings.routing.stickiness
+    )
     master_key = env.get(settings.auth.master_key_env) or None
     # Upstream error text reaches tenants and the log: every secret this app holds is cut.
     redactor = Redactor([*api_keys.values(), master_key, key_secret])
@@ -129,6 +132,9 @@ def create_app(
             master_key=master_key,
             cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
             ledger=open_ledger(settings, store),
+            stickiness=Stickiness.build(
+                settings.routing.stickiness, settings.store.redis_url, policy.tiers
+            ),
             config_hash=routing_config,
         )
         await app.state.gateway.cache.start()
@@ -143,6 +149,7 @@ def create_app(
             if estimator is not None:
                 await estimator.aclose()
             await app.state.gateway.cache.aclose()
+            await app.state.gateway.stickiness.aclose()
             await spend.aclose()
             await app.state.gateway.ledger.aclose()
             for provider in providers.values():

@@ -12,14 +12,19 @@ from typing import Any
 
 import orjson
 
-from gateway.settings import RouterSettings
+from gateway.settings import RouterSettings, StickinessSettings
 from policies import Catalog, PolicySpec
 
 
 def config_hash(
-    catalog: Catalog, policy: PolicySpec, default: str | None, router: RouterSettings
+    catalog: Catalog,
+    policy: PolicySpec,
+    default: str | None,
+    router: RouterSettings,
+    stickiness: StickinessSettings | None = None,
 ) -> str:
-    """16 hex digits over the deployments, the policy, `auto`'s default and the router settings.
+    """16 hex digits over the deployments, the policy, `auto`'s default, the router settings and
+    session stickiness (it lifts tiers).
 
     Secrets are never in it: deployments name their keys' environment variables only. Batching
     settings are left out: they change latency, not a decision.
@@ -30,6 +35,8 @@ def config_hash(
         "default": default,
         "router": router.model_dump(mode="json", include={"enabled", "artifact", "runtime"}),
     }
+    if stickiness is not None:
+        described["stickiness"] = stickiness.model_dump(mode="json", include={"enabled", "ttl_s"})
     text = orjson.dumps(described, default=_plain, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(text, digest_size=8).hexdigest()
 

@@ -161,10 +161,34 @@ class AuthSettings(BaseModel):
     key_secret_env: str = "RIGHTSIZE_KEY_SECRET"
 
 
+class StickinessSettings(BaseModel):
+    """Session stickiness: a continuing conversation is not served by a lower tier than before."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A tier served to a conversation is its floor for this long after the last "
+        "turn it served.",
+    )
+    max_conversations: int = Field(
+        default=100_000,
+        gt=0,
+        description="In-process store bound (the least recently served dropped first); Redis "
+        "expires its keys itself.",
+    )
+    key_prefix: str = Field(default="rightsize:sticky:", min_length=1)
+    # As the cache's: a Redis call past it costs that request its stickiness, not a wait.
+    redis_timeout_ms: float = Field(default=50.0, gt=0)
+
+
 class RoutingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: str | None = Field(default=None, description="Model or tier that `auto` resolves to.")
+    stickiness: StickinessSettings = Field(default_factory=StickinessSettings)
 
 
 class RouterSettings(BaseModel):

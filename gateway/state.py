@@ -10,6 +10,7 @@ from gateway.cache import PromptCache
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
+from gateway.stickiness import Stickiness
 from gateway.store import Store
 from ledger.ledger import Ledger
 from policies import Catalog, Deployment, PolicyEngine
@@ -30,6 +31,7 @@ class Gateway:
     master_key: str | None
     cache: PromptCache
     ledger: Ledger  # budgets and rate limits (the ledger package)
+    stickiness: Stickiness  # the tiers that served each conversation (gateway/stickiness.py)
     # gateway.fingerprint.config_hash of the catalog, policy and router settings, at start.
     config_hash: str | None = None
 

@@ -119,7 +119,7 @@ def test_the_artifact_id_changes_with_the_artifact_files(tmp_path: Any) -> None:
     assert artifact_id(copy) != artifact_id(default_artifact_dir())
 
 
-@pytest.mark.parametrize("change", ["threshold", "price", "runtime"])
+@pytest.mark.parametrize("change", ["threshold", "price", "runtime", "stickiness"])
 def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> None:
     from gateway.fingerprint import config_hash
     from gateway.llm import model_info
@@ -131,7 +131,9 @@ def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> 
         catalog = build_catalog(settings, model_info, "test")
         default = settings.default_route(catalog)
         policy = PolicyEngine(catalog, settings.policy, default)
-        return config_hash(catalog, policy.spec, default, settings.router)
+        return config_hash(
+            catalog, policy.spec, default, settings.router, settings.routing.stickiness
+        )
 
     models = [
         {"name": "small", "model": "openai/gpt-4o-mini", "tier": "light"},
@@ -147,8 +149,10 @@ def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> 
         changed["policy"] = {"tiers": [tiers[0], {**tiers[1], "min_demand": 0.5}]}
     elif change == "price":
         changed["models"][0]["price"] = {"input_per_mtok": "1", "output_per_mtok": "2"}
-    else:
+    elif change == "runtime":
         changed["router"] = {"runtime": "onnx"}
+    else:
+        changed["routing"] = {"stickiness": {"ttl_s": 60}}
     assert hashed(base) == hashed({**base})
     assert hashed(changed) != hashed(base)
 

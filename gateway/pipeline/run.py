@@ -1,8 +1,10 @@
 """The request pipeline: one internal request in, one typed outcome out.
 
-authenticate → parse → cache → estimate → decide → hold → attempt with fallbacks →
-relay (streams) → settle and log. An API adapter (gateway/api/chat.py for OpenAI) builds the
-`Inbound`, calls `run` and renders the `Outcome` in its own wire format. When nothing before
+authenticate → parse → cache → estimate, and the conversation's sticky floor → decide → hold →
+attempt with fallbacks → relay (streams) → settle and log; the tier that served an `auto` or
+tier request is remembered for its conversation (gateway/stickiness.py). An API adapter
+(gateway/api/chat.py for OpenAI) builds the `Inbound`, calls `run` and renders the `Outcome` in
+its own wire format. When nothing before
 the upstream call reads the estimate (a pinned model, no budget), it runs beside the call.
 """
 
@@ -31,12 +33,15 @@ from gateway.pipeline.call import Call, charge, finish, routing_headers, usage_p
 from gateway.pipeline.relay import StreamEvent, relay
 from gateway.pipeline.steps import (
     authenticate,
+    conversation,
     decide,
     estimate,
     estimate_can_wait,
     hold,
     hold_cache_hit,
     lookup_cache,
+    remember_tier,
+    sticky_floor,
     team_context,
 )
 from gateway.schemas import ChatRequest
@@ -138,6 +143,8 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
         call.hold = await hold_cache_hit(gateway, key)
         return await _from_cache(gateway, call, key, chat, messages, cached)
     team = await team_context(gateway, key)
+    talk = conversation(gateway, key, chat, messages)
+    floor = await sticky_floor(gateway, key, talk)
     n_prompt = await count_prompt_tokens(messages)
     later: asyncio.Task[Estimate | None] | None = None
     if await estimate_can_wait(gateway, key, chat, n_prompt, team):
@@ -146,13 +153,18 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     else:
         call.estimate = await estimate(gateway, messages)
     try:
-        decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team)
+        decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
         call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
+        outcome: Answer | Stream
         if chat.stream:
-            return await _stream(gateway, call, chat, payload, decision, cached, later)
-        return await _complete(gateway, call, payload, decision, cached, later)
+            outcome = await _stream(gateway, call, chat, payload, decision, cached, later)
+        else:
+            outcome = await _complete(gateway, call, payload, decision, cached, later)
+        # Before the answer goes out, so that the client's next turn finds it.
+        await remember_tier(gateway, talk, decision)
+        return outcome
     finally:
         if later is not None:
             later.cancel()  # a refused or failed call has no headers to fill: no-op once done

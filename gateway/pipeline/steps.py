@@ -16,9 +16,11 @@ from gateway.pipeline.call import Call
 from gateway.pipeline.metering import reserve_cache_hit, reserve_request
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
+from gateway.stickiness import Conversation, conversation_of
 from gateway.store import ApiKey
 from ledger.ledger import Hold
 from policies import (
+    AUTO,
     Catalog,
     Decision,
     NotAllowed,
@@ -26,6 +28,7 @@ from policies import (
     Refusal,
     RoutingRequest,
     TeamContext,
+    TierFloor,
     UnknownModel,
 )
 from router import Estimate, prompt_from_messages
@@ -49,7 +52,8 @@ async def lookup_cache(
 ) -> CacheLookup:
     """The prompt cache's verdict. It comes before the router: an exact hit costs no encode.
     Its key holds the requested name (model, tier or auto), which with the prompt determines
-    the route."""
+    the route (but for session stickiness, which lifts a tier and is keyed by the caller's key:
+    a team-scoped hit may come from another key's tier)."""
     return await gateway.cache.lookup(
         key.team,
         chat.model,
@@ -139,6 +143,38 @@ async def team_context(gateway: Gateway, key: ApiKey) -> TeamContext:
     return TeamContext(key.team, budget_used=used, soft_budgets=soft.soft_exceeded)
 
 
+def conversation(
+    gateway: Gateway, key: ApiKey, chat: ChatRequest, messages: list[dict[str, Any]]
+) -> Conversation | None:
+    """The conversation an `auto` or tier request starts or continues, when stickiness is on;
+    None for a pinned model (pinned anyway)."""
+    if not gateway.stickiness.enabled or gateway.catalog.get(chat.model) is not None:
+        return None
+    if chat.model != AUTO and chat.model not in gateway.policy.tiers:
+        return None
+    return conversation_of(key.id, messages)
+
+
+async def sticky_floor(
+    gateway: Gateway, key: ApiKey, talk: Conversation | None
+) -> TierFloor | None:
+    """The floor of a continuing conversation: the highest tier that served it within the TTL.
+    A tier the key may not reach by `auto` or by name is no floor (its permissions win)."""
+    if talk is None or not talk.continuing:
+        return None
+    served = await gateway.stickiness.highest(talk)
+    if served is None or not key.may_use(AUTO, served.tier):
+        return None
+    return served.floor()
+
+
+async def remember_tier(gateway: Gateway, talk: Conversation | None, decision: Decision) -> None:
+    """Once a request is served: its conversation's floor for the next turns. The tier the
+    policy chose, not a fallback's: an outage upstream says nothing about the conversation."""
+    if talk is not None and decision.tier is not None:
+        await gateway.stickiness.remember(talk, decision.tier)
+
+
 def decide(
     policy: PolicyEngine,
     key: ApiKey,
@@ -147,6 +183,7 @@ def decide(
     n_prompt_tokens: int,
     estimate: Estimate | None,
     team: TeamContext | None = None,
+    floor: TierFloor | None = None,
 ) -> Decision:
     """The policy's decision for the request, its refusals as 404, 403 or 400 on `model`."""
     routing = RoutingRequest(
@@ -157,6 +194,7 @@ def decide(
         needs_vision=_has_images(messages),
         needs_json_schema=chat.response_format is not None
         and chat.response_format.type == "json_schema",
+        floor=floor,
     )
     try:
         decision = policy.decide(routing, estimate, team or TeamContext(name=key.team))
