@@ -100,7 +100,8 @@ class PolicyEngine:
         trace = _Trace()
         rule = self._spec.teams.get(team.name, _NO_RULE) if team else _NO_RULE
         pinned, tier = self._resolve(request.model, estimate, rule, trace)
-        if pinned is None:
+        if pinned is None and request.model == AUTO:
+            # Only `auto` is lifted: a tier asked for by name is what the client chose.
             tier = self._sticky(tier, request.floor, rule, trace)
         capped = self._soft_cap(tier, team, trace)
         usable = self._usable_tiers(rule, capped if capped != tier else None)

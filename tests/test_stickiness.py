@@ -194,10 +194,11 @@ async def ask_tier(gw: InProcessGateway, key: dict[str, Any], tier: str) -> str:
     return str(response.headers["x-rightsize-tier"])
 
 
-async def test_a_tier_asked_for_by_name_is_lifted_to_the_conversations_tier(
+async def test_a_tier_asked_for_by_name_is_served_as_asked_not_lifted(
     gw: InProcessGateway,
 ) -> None:
-    assert await ask_tier(gw, await gw.admin.key("search"), "light") == "reasoning"
+    assert await ask_tier(gw, await gw.admin.key("search"), "light") == "light"
+    assert await ask_tier(gw, await gw.admin.key("search"), "auto") == "reasoning"
 
 
 async def test_a_key_that_may_not_use_the_remembered_tier_is_not_lifted_to_it(

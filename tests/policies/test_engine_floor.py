@@ -30,9 +30,10 @@ def test_a_floor_at_the_demanded_tier_changes_nothing() -> None:
     assert (floored.deployment, floored.reason) == (plain.deployment, plain.reason)
 
 
-def test_a_requested_tier_below_the_floor_is_raised_too() -> None:
+def test_a_tier_asked_for_by_name_ignores_the_floor() -> None:
     decision = engine().decide(request("light", floor=SERVED_REASONING), EASY)
-    assert decision.tier == "reasoning"
+    assert decision.tier == "light"
+    assert "sticky" not in decision.reason
 
 
 def test_a_pinned_model_ignores_the_floor() -> None:
