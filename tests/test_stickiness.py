@@ -148,6 +148,21 @@ async def test_a_turn_that_failed_upstream_is_not_remembered(
         assert (await ask(gw, TURN_2)).headers["x-rightsize-tier"] == "light"
 
 
+async def test_a_turn_served_by_the_lowest_tier_writes_nothing(gw: InProcessGateway) -> None:
+    writes: list[str] = []
+    sticky = state(gw).stickiness
+    remember = sticky.remember
+
+    async def spy(talk: Any, tier: str) -> None:
+        writes.append(tier)
+        await remember(talk, tier)
+
+    sticky.remember = spy  # type: ignore[method-assign]
+    assert (await ask(gw, FRESH)).headers["x-rightsize-tier"] == "light"
+    assert (await ask(gw, TURN_1)).headers["x-rightsize-tier"] == "reasoning"
+    assert writes == ["reasoning"]
+
+
 async def test_the_same_follow_up_in_a_fresh_conversation_goes_light(
     gw: InProcessGateway,
 ) -> None:

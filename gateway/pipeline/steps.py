@@ -170,9 +170,13 @@ async def sticky_floor(
 
 async def remember_tier(gateway: Gateway, talk: Conversation | None, decision: Decision) -> None:
     """Once a request is served: its conversation's floor for the next turns. The tier the
-    policy chose, not a fallback's: an outage upstream says nothing about the conversation."""
-    if talk is not None and decision.tier is not None:
-        await gateway.stickiness.remember(talk, decision.tier)
+    policy chose, not a fallback's: an outage upstream says nothing about the conversation.
+    The lowest tier is not written: as a floor it lifts nothing, and most traffic is served there
+    (a Redis write saved per such request)."""
+    tiers = gateway.policy.tiers
+    if talk is None or decision.tier is None or (tiers and decision.tier == tiers[0]):
+        return
+    await gateway.stickiness.remember(talk, decision.tier)
 
 
 def decide(
