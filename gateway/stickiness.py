@@ -22,11 +22,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
+from gateway.redis_client import deadline_client
 from gateway.settings import StickinessSettings
 from policies import TierFloor
 
@@ -131,15 +129,7 @@ class RedisStickiness:
     name = "redis"
 
     def __init__(self, url: str, prefix: str, ttl_s: float, timeout_s: float) -> None:
-        self._redis = Redis.from_url(
-            url,
-            socket_connect_timeout=max(timeout_s, 0.05),
-            socket_timeout=None,  # the deadline is ours (_call), as in the prompt cache's store
-            protocol=2,
-            driver_info=None,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = deadline_client(url, timeout_s)
         self._prefix = prefix
         self._px = max(1, int(ttl_s * 1000))
         self._timeout = timeout_s

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +31,9 @@ from ledger.backend import (
     owner_of,
 )
 from ledger.budgets import Amounts
+
+# Connections per process; a call past them waits for one (see RedisCounters.connect).
+_MAX_CONNECTIONS = 256
 
 _PURGE = """
 local function release(h, z, m)
@@ -205,12 +208,19 @@ class RedisCounters:
         # connection that died with a restarted Redis): redis-py's default retries ten times
         # with backoff, which held a request for seconds when Redis was down, and it would
         # retry a timed-out script that Redis may have run.
-        client = Redis.from_url(
+        # A blocking pool: past its connections a call waits for a free one (up to timeout_s)
+        # instead of failing. redis-py's default pool raises MaxConnectionsError at 100, which
+        # a burst reached and the ledger took for an outage (503s under load, not a Redis down).
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        client = Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # aclose() closes the pool it was given
         return cls(client, prefix)
 
     def _keys(self, claims: Sequence[Claim]) -> list[str]:

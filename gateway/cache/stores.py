@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+
+from gateway.redis_client import deadline_client
 
 log = logging.getLogger("rightsize.cache")
 
@@ -150,22 +149,7 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, prefix: str, timeout_s: float, retry_after_s: float) -> None:
-        self._redis = Redis.from_url(
-            url,
-            socket_connect_timeout=max(timeout_s, 0.05),
-            # No socket timeout: the deadline is the cache's own (`_call`). With one, redis-py
-            # wraps every send in asyncio.wait_for, which costs a task and a loop turn per call.
-            socket_timeout=None,
-            # RESP2 without CLIENT SETINFO: a new connection is a TCP connect and nothing more.
-            # A reconnect follows every call cut at its deadline (a cancelled read drops the
-            # connection), on the request path; with the default handshake (HELLO, then two
-            # CLIENT SETINFO, which Redis 7.0 rejects) it took 0.65 to 0.9 ms at p50, now 0.22 to
-            # 0.3 ms (benchmarks/cache_redis_calls.py).
-            protocol=2,
-            driver_info=None,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = deadline_client(url, timeout_s)
         self._prefix = prefix
         self._timeout = timeout_s
         self._retry_after = retry_after_s
