@@ -129,8 +129,24 @@ def test_chat_completions_refuses_invalid_bodies_with_a_documented_400(
     fuzz(chat.as_strategy(generation_mode=GenerationMode.NEGATIVE), auth)
 
 
+def test_anthropic_messages_answers_valid_bodies_as_documented(
+    schema: Any, auth: dict[str, str]
+) -> None:
+    # Never a 500 for any body the Anthropic request schema allows (issue 23).
+    models = st.sampled_from(["fake", "fake-litellm", "auto", "standard", "unknown-model"])
+    cases = st.tuples(schema["/v1/messages"]["POST"].as_strategy(), models)
+    fuzz(cases.map(lambda pair: with_model(*pair)), auth)
+
+
+def test_anthropic_messages_refuses_invalid_bodies_with_a_documented_400(
+    schema: Any, auth: dict[str, str]
+) -> None:
+    messages = schema["/v1/messages"]["POST"]
+    fuzz(messages.as_strategy(generation_mode=GenerationMode.NEGATIVE), auth)
+
+
 def test_every_other_operation_answers_as_documented(schema: Any, auth: dict[str, str]) -> None:
-    others = schema.exclude(path="/v1/chat/completions")
+    others = schema.exclude(path=["/v1/chat/completions", "/v1/messages"])
     fuzz(others.as_strategy(), auth)
 
 
