@@ -169,6 +169,21 @@ def test_the_document_declares_400_where_the_api_answers_400_never_422(schema: A
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
 
 
+def test_the_document_describes_the_anthropic_routes_in_anthropics_shapes(schema: Any) -> None:
+    paths, components = schema.raw_schema["paths"], schema.raw_schema["components"]["schemas"]
+    for path, body in (
+        ("/v1/messages", "AnthropicMessagesRequest"),
+        ("/v1/messages/count_tokens", "AnthropicCountTokensRequest"),
+    ):
+        operation = paths[path]["post"]
+        sent = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert sent == {"$ref": f"#/components/schemas/{body}"} and body in components
+        error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/AnthropicError"}
+    # The Anthropic blocks are named apart from the OpenAI request's parts.
+    assert {"AnthropicTextBlock", "TextPart"} <= set(components)
+
+
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
 async def test_document_and_docs_are_404_unless_server_openapi_is_on(
     tmp_path: Path, upstream: RunningUpstream, path: str
