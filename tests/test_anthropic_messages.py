@@ -168,7 +168,8 @@ async def test_a_stream_follows_the_event_sequence_the_sdk_parses(gw: InProcessG
     stream = await sdk(gw).messages.create(
         model="direct", max_tokens=64, messages=user("Events."), stream=True
     )
-    kinds = [event.type async for event in stream]
+    events = [event async for event in stream]
+    kinds = [event.type for event in events]
     deltas = len(ANSWER.split(" "))
     assert kinds == [
         "message_start",
@@ -178,6 +179,14 @@ async def test_a_stream_follows_the_event_sequence_the_sdk_parses(gw: InProcessG
         "message_delta",
         "message_stop",
     ]
+    start, delta = events[0], events[-2]
+    assert start.type == "message_start" and delta.type == "message_delta"
+    # Before the upstream has counted, the router's count; the upstream's in message_delta.
+    assert start.message.usage.input_tokens == prompt_tokens(user("Events."))
+    assert (delta.usage.input_tokens, delta.usage.output_tokens) == (
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
 
 
 @TRANSPORTS
@@ -456,9 +465,14 @@ async def test_a_repeated_message_is_answered_from_the_prompt_cache_in_both_mode
         assert answer.usage.output_tokens == COMPLETION_TOKENS
         # The stored answer replayed as a stream: the same events the SDK parses.
         async with client.messages.stream(**ask, extra_body=deterministic) as stream:
-            text = "".join([piece async for piece in stream.text_stream])
+            events = [event async for event in stream]
             final = await stream.get_final_message()
             assert stream.response.headers["x-rightsize-cache"] == "hit"
+        text = "".join(e.text for e in events if e.type == "text")
+        # A stored answer knows its usage: message_start reports the real count at once.
+        assert [e.message.usage.input_tokens for e in events if e.type == "message_start"] == [
+            PROMPT_TOKENS
+        ]
         assert text == ANSWER and final.stop_reason == "end_turn"
         assert len(upstream.fake.requests) == before
         assert first.headers["x-rightsize-cache"] == "miss"

@@ -4,7 +4,7 @@ internal (OpenAI-shaped) chat request, its stream events and its error shape."""
 from gateway.anthropic.errors import error_body, error_type
 from gateway.anthropic.schemas import CountTokensRequest, MessagesRequest
 from gateway.anthropic.stream import MessageStream
-from gateway.anthropic.translate import chat_body, chat_messages, message
+from gateway.anthropic.translate import chat_body, chat_messages, message, usage
 
 __all__ = [
     "CountTokensRequest",
@@ -15,4 +15,5 @@ __all__ = [
     "error_body",
     "error_type",
     "message",
+    "usage",
 ]

@@ -25,8 +25,11 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 class MessageStream:
     """Feed it the chunks in order, then `end()` (or `error()`); each returns the bytes to send."""
 
-    def __init__(self, model: str, stop_sequences: Sequence[str] | None) -> None:
+    def __init__(
+        self, model: str, stop_sequences: Sequence[str] | None, input_tokens: int = 0
+    ) -> None:
         self._model = model
+        self._input_tokens = input_tokens
         self._stop_sequences = stop_sequences
         self._started = False
         self._index = -1  # the open block's index, -1 before the first
@@ -85,8 +88,9 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # Known only at the end (the upstream's usage chunk): message_delta carries them.
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            # The upstream counts only at the end (message_delta carries its numbers); until
+            # then the caller's estimate, for clients that read input tokens here only.
+            "usage": {"input_tokens": self._input_tokens, "output_tokens": 0},
         }
         return event("message_start", {"type": "message_start", "message": message}) + event(
             "ping", {"type": "ping"}

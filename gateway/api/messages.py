@@ -27,16 +27,26 @@ from gateway.anthropic import (
     chat_messages,
     error_body,
     message,
+    usage,
 )
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
 from gateway.http import json_response, read_json, request_id
 from gateway.limits import check_chat_shape
-from gateway.pipeline import Answer, Inbound, Outcome, Refused, Replay, StreamEvent, run
+from gateway.pipeline import (
+    Answer,
+    Inbound,
+    Outcome,
+    Refused,
+    Replay,
+    Stream,
+    StreamEvent,
+    run,
+)
 from gateway.schemas import ChatRequest
 from gateway.settings import ServerSettings
 from gateway.state import Gateway
-from gateway.tokens import prompt_tokens
+from gateway.tokens import count_prompt_tokens, prompt_tokens
 from gateway.usage import count_usage
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,11 +64,11 @@ _UNTRANSLATABLE = {
 async def messages(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     server = gateway.settings.server
-    parsed: list[MessagesRequest] = []  # the Anthropic request, for rendering the answer
+    parsed: list[tuple[MessagesRequest, ChatRequest]] = []  # for rendering the answer
 
     async def read() -> ChatRequest:
         anthropic, chat = await read_json(request, server, parse_messages_request)
-        parsed.append(anthropic)
+        parsed.append((anthropic, chat))
         return chat
 
     inbound = Inbound(
@@ -68,7 +78,14 @@ async def messages(request: Request) -> Response:
         read=read,
     )
     outcome = await run(gateway, inbound)
-    return render(outcome, parsed[0] if parsed else None)
+    if isinstance(outcome, Refused):
+        return error_response(outcome.error, outcome.request_id)
+    anthropic, chat = parsed[0]  # the pipeline answers only requests it has read
+    estimate = 0
+    if isinstance(outcome, Stream):
+        # message_start's input tokens, before the upstream has counted: the router's count.
+        estimate = await count_prompt_tokens(chat.upstream_payload()["messages"])
+    return render(outcome, anthropic, estimate)
 
 
 async def count_tokens(request: Request) -> Response:
@@ -183,11 +200,11 @@ def _is_branch(part: int | str) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
 
 
-def render(outcome: Outcome, anthropic: MessagesRequest | None) -> Response:
-    """The pipeline's outcome in Anthropic's wire format."""
+def render(outcome: Outcome, anthropic: MessagesRequest, input_tokens: int = 0) -> Response:
+    """The pipeline's outcome in Anthropic's wire format; `input_tokens` is message_start's
+    estimate for a live stream."""
     if isinstance(outcome, Refused):
         return error_response(outcome.error, outcome.request_id)
-    assert anthropic is not None  # the pipeline answers only requests it has read
     model = outcome.headers.get("x-rightsize-model") or anthropic.model
     stops = anthropic.stop_sequences
     if isinstance(outcome, Answer):
@@ -196,10 +213,14 @@ def render(outcome: Outcome, anthropic: MessagesRequest | None) -> Response:
             response.background = BackgroundTask(outcome.after)
         return response
     headers = {**outcome.headers, "cache-control": "no-cache"}
-    encoder = MessageStream(model, stops)
     if isinstance(outcome, Replay):
+        # A stored answer knows its usage already: message_start reports the real count.
+        reported = next((c["usage"] for c in outcome.chunks if c.get("usage")), None)
+        encoder = MessageStream(model, stops, usage(reported)["input_tokens"])
         body = b"".join(encoder.feed(chunk) for chunk in outcome.chunks) + encoder.end()
         return Response(body, media_type="text/event-stream", headers=headers)
+    assert isinstance(outcome, Stream)
+    encoder = MessageStream(model, stops, input_tokens)
     return StreamingResponse(
         anthropic_events(outcome.events, encoder), media_type="text/event-stream", headers=headers
     )
