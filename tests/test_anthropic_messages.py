@@ -125,7 +125,8 @@ async def test_the_request_is_translated_faithfully_for_an_openai_format_upstrea
         },
         {"role": "user", "content": "translate-marker-1"},
     ]
-    assert (body["max_tokens"], body["stop"], body["temperature"], body["top_p"]) == (
+    assert "max_tokens" not in body
+    assert (body["max_completion_tokens"], body["stop"], body["temperature"], body["top_p"]) == (
         50,
         ["END"],
         0.2,

@@ -39,8 +39,9 @@ def chat_body(request: MessagesRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
         "messages": chat_messages(request),
-        # max_tokens, not max_completion_tokens: every OpenAI-compatible server takes it.
-        "max_tokens": request.max_tokens,
+        # OpenAI's current name: its reasoning models (the o-series, the default `reasoning`
+        # tier) refuse `max_tokens`, and litellm maps this one for the providers it calls.
+        "max_completion_tokens": request.max_tokens,
     }
     if request.tools:
         body["tools"] = [_tool(tool) for tool in request.tools]
