@@ -477,3 +477,9 @@ async def test_a_repeated_message_is_answered_from_the_prompt_cache_in_both_mode
         assert text == ANSWER and final.stop_reason == "end_turn"
         assert len(upstream.fake.requests) == before
         assert first.headers["x-rightsize-cache"] == "miss"
+
+
+async def test_an_untranslatable_field_sent_as_null_asks_for_nothing(gw: InProcessGateway) -> None:
+    body = {"model": "direct", "max_tokens": 8, "messages": user("hi"), "top_k": None}
+    response = await gw.client.post("/v1/messages", json=body, headers={"x-api-key": gw.key})
+    assert response.status_code == 200, response.text

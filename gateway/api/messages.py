@@ -141,8 +141,10 @@ def _validated(model: type[M], body: Any, server: ServerSettings) -> M:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
     for field, why in _UNTRANSLATABLE.items():
-        if field in body:
+        if body.get(field) is not None:
             raise InvalidRequest(f"{field}: not supported by this gateway ({why})", param=field)
+    # An explicit null asks for nothing: accepted, as Anthropic's API accepts it.
+    body = {k: v for k, v in body.items() if v is not None or k not in _UNTRANSLATABLE}
     output = body.get("output_config")
     if isinstance(output, dict) and output.get("effort") is not None:
         raise InvalidRequest(
