@@ -22,6 +22,7 @@ from gateway import __version__, outage
 from gateway.api.admin import router as admin_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions
+from gateway.api.messages import count_tokens, messages
 from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
@@ -33,6 +34,10 @@ from gateway.llm import model_info
 from gateway.openapi import (
     CHAT_OPENAPI_EXTRA,
     CHAT_RESPONSES,
+    COUNT_TOKENS_OPENAPI_EXTRA,
+    COUNT_TOKENS_RESPONSES,
+    MESSAGES_OPENAPI_EXTRA,
+    MESSAGES_RESPONSES,
     DocumentedRoute,
     install_openapi,
 )
@@ -175,6 +180,25 @@ def create_app(
             methods=["POST"],
             responses=CHAT_RESPONSES,
             openapi_extra=CHAT_OPENAPI_EXTRA,
+        )
+    )
+    # Anthropic's Messages API on the same pipeline (gateway/api/messages.py).
+    app.router.routes.append(
+        DocumentedRoute(
+            "/v1/messages",
+            messages,
+            methods=["POST"],
+            responses=MESSAGES_RESPONSES,
+            openapi_extra=MESSAGES_OPENAPI_EXTRA,
+        )
+    )
+    app.router.routes.append(
+        DocumentedRoute(
+            "/v1/messages/count_tokens",
+            count_tokens,
+            methods=["POST"],
+            responses=COUNT_TOKENS_RESPONSES,
+            openapi_extra=COUNT_TOKENS_OPENAPI_EXTRA,
         )
     )
     app.add_api_route("/v1/models", list_models, methods=["GET"])

@@ -17,9 +17,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Route
 
+from gateway.anthropic import CountTokensRequest, MessagesRequest
 from gateway.schemas import ChatRequest
 
 _REF = "#/components/schemas/{model}"
+# The Anthropic request's parts, named apart from the OpenAI request's (both have a TextPart).
+_ANTHROPIC_REF = "#/components/schemas/Anthropic{model}"
+_ANTHROPIC_ERROR_REF = {"$ref": "#/components/schemas/AnthropicError"}
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -71,6 +75,54 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 }
 
 
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every error of the Anthropic routes, in Anthropic's shape.",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {
+                    "enum": [
+                        "invalid_request_error",
+                        "authentication_error",
+                        "permission_error",
+                        "not_found_error",
+                        "request_too_large",
+                        "rate_limit_error",
+                        "api_error",
+                        "overloaded_error",
+                        "timeout_error",
+                    ]
+                },
+                "message": {"type": "string"},
+                "budget": {"type": "object", "description": "The budget a 429 refused on"},
+            },
+        },
+        "request_id": {"type": "string"},
+    },
+}
+
+ANTHROPIC_MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An Anthropic message translated from the deployment's answer.",
+    "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": {"type": "string"},
+        "content": {"type": "array", "items": {"type": "object"}},
+        "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
+        "stop_sequence": {"type": ["string", "null"]},
+        "usage": {"type": "object"},
+    },
+}
+
+
 def error_response(description: str) -> dict[str, Any]:
     """An OpenAPI response whose body is the OpenAI-shaped error."""
     return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
@@ -108,6 +160,75 @@ CHAT_OPENAPI_EXTRA: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}
+
+
+def anthropic_error(description: str) -> dict[str, Any]:
+    """An OpenAPI response whose body is the Anthropic-shaped error."""
+    schema = {"schema": _ANTHROPIC_ERROR_REF}
+    return {"description": description, "content": {"application/json": schema}}
+
+
+_ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: anthropic_error("Invalid body (`invalid_request_error`, the field named in the message)"),
+    401: anthropic_error("Missing, unknown or revoked key (`x-api-key` or bearer)"),
+    403: anthropic_error("The key may not use this model"),
+    404: anthropic_error("Unknown model"),
+    413: anthropic_error("Body over server.max_body_bytes"),
+    503: anthropic_error("The store or Redis is unavailable; retry after `retry-after`"),
+}
+
+MESSAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The message; with `stream: true`, Anthropic's server-sent events "
+        "(message_start … message_stop).",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/AnthropicMessage"}},
+            "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
+        },
+    },
+    **_ANTHROPIC_ERRORS,
+    429: anthropic_error("A budget or rate limit is exhausted (`rate_limit_error`)"),
+    502: anthropic_error("The upstream deployment failed (`api_error`)"),
+    504: anthropic_error("The upstream deployment did not answer in time (`timeout_error`)"),
+}
+
+MESSAGES_OPENAPI_EXTRA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/AnthropicMessagesRequest"}
+            }
+        },
+    }
+}
+
+COUNT_TOKENS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The prompt's input tokens: the pinned model's tokenizer, else cl100k",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["input_tokens"],
+                    "properties": {"input_tokens": {"type": "integer"}},
+                }
+            }
+        },
+    },
+    **_ANTHROPIC_ERRORS,
+}
+
+COUNT_TOKENS_OPENAPI_EXTRA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/AnthropicCountTokensRequest"}
+            }
+        },
     }
 }
 
@@ -157,6 +278,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas["ChatRequest"] = chat
     schemas["ChatCompletion"] = CHAT_COMPLETION_SCHEMA
     schemas["Error"] = ERROR_SCHEMA
+    for model in (MessagesRequest, CountTokensRequest):
+        anthropic = model.model_json_schema(ref_template=_ANTHROPIC_REF)
+        schemas.update({f"Anthropic{k}": v for k, v in anthropic.pop("$defs", {}).items()})
+        schemas[f"Anthropic{model.__name__}"] = anthropic
+    schemas["AnthropicMessage"] = ANTHROPIC_MESSAGE_SCHEMA
+    schemas["AnthropicError"] = ANTHROPIC_ERROR_SCHEMA
     for path, item in spec.get("paths", {}).items():
         for method, operation in item.items():
             _answer_as_the_app_does(path, method, operation["responses"])

@@ -14,6 +14,7 @@ fake-stall       streams two chunks, then nothing for 3 s
 fake-crlf        streams RAW_STREAMS' body: CRLF line endings, the last line without one, no [DONE]
 fake-redirect    HTTP 307 back to /v1/chat/completions (a client following it loops)
 fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is not JSON
+fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces)
 
 Each request's client address is recorded too: the number of distinct ones is the number of
 connections the client opened.
@@ -43,6 +44,7 @@ CACHED_TOKENS = 8
 BIG_CHUNK_CHARS = 1_200_000
 STEADY_CHUNKS = 8
 STEADY_GAP_S = 0.1
+TOOL_CALL = {"id": "call_fake_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
 RAW_STREAMS = {
     "fake-crlf": b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\r\n\r\n'
     b": a comment line\r\n"
@@ -90,20 +92,23 @@ class FakeUpstream:
             await asyncio.sleep(3)
         if body.get("stream") and model in RAW_STREAMS:
             return Response(RAW_STREAMS[model], media_type="text/event-stream")
+        if body.get("stream") and model.endswith("fake-tool"):
+            return StreamingResponse(_tool_chunks(body), media_type="text/event-stream")
         if body.get("stream"):
             return StreamingResponse(_chunks(body), media_type="text/event-stream")
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": ANSWER},
+            "finish_reason": "stop",
+        }
+        if model.endswith("fake-tool"):
+            choice = {"index": 0, "message": _tool_message(), "finish_reason": "tool_calls"}
         result: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": ANSWER},
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [choice],
         }
         if not model.endswith("fake-nousage"):
             result["usage"] = _usage(model)
@@ -142,6 +147,32 @@ async def _chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
     include = (body.get("stream_options") or {}).get("include_usage")
     if include and not model.endswith("fake-nousage"):
         yield _sse({**base, "choices": [], "usage": _usage(model)})
+    yield b"data: [DONE]\n\n"
+
+
+def _tool_message() -> dict[str, Any]:
+    function = {"name": TOOL_CALL["name"], "arguments": TOOL_CALL["arguments"]}
+    call = {"id": TOOL_CALL["id"], "type": "function", "function": function}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+async def _tool_chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1}
+    base["model"] = body["model"]
+    arguments = TOOL_CALL["arguments"]
+    half = len(arguments) // 2
+    opening = {"index": 0, "id": TOOL_CALL["id"], "type": "function"}
+    opening["function"] = {"name": TOOL_CALL["name"], "arguments": ""}
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": None, "tool_calls": [opening]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+    ]
+    for delta in deltas:
+        yield _sse({**base, "choices": [{"index": 0, "delta": delta}]})
+    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield _sse({**base, "choices": [], "usage": _usage(body["model"])})
     yield b"data: [DONE]\n\n"
 
 

@@ -1,4 +1,5 @@
-"""A live `rightsize serve` process on loopback, driven by the official openai SDK."""
+"""A live `rightsize serve` process on loopback, driven by the official openai and anthropic
+SDKs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -151,3 +153,20 @@ def test_sdk_raises_its_authentication_error_for_an_unknown_key(server: LiveServ
         client.chat.completions.create(model="small", messages=MESSAGES)
     assert caught.value.status_code == 401
     assert caught.value.body["code"] == "invalid_api_key"
+
+
+def test_anthropic_sdk_message_and_stream_over_http(server: LiveServer, api_key: str) -> None:
+    # Real sockets and the SDK's own HTTP client: the event stream parsed as it arrives.
+    client = anthropic.Anthropic(base_url=server.base_url, api_key=api_key, max_retries=0)
+    message = client.messages.create(model="small", max_tokens=32, messages=MESSAGES)
+    assert [b.text for b in message.content if b.type == "text"] == [ANSWER]
+    with client.messages.stream(model="direct", max_tokens=32, messages=MESSAGES) as stream:
+        assert "".join(stream.text_stream) == ANSWER
+        final = stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    row = spend_row(server, request_id)
+    assert row["stream"] is True and Decimal(row["cost_usd"]) == expected_cost("1.1", "4.4")

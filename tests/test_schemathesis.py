@@ -129,8 +129,24 @@ def test_chat_completions_refuses_invalid_bodies_with_a_documented_400(
     fuzz(chat.as_strategy(generation_mode=GenerationMode.NEGATIVE), auth)
 
 
+def test_anthropic_messages_answers_valid_bodies_as_documented(
+    schema: Any, auth: dict[str, str]
+) -> None:
+    # Never a 500 for any body the Anthropic request schema allows (issue 23).
+    models = st.sampled_from(["fake", "fake-litellm", "auto", "standard", "unknown-model"])
+    cases = st.tuples(schema["/v1/messages"]["POST"].as_strategy(), models)
+    fuzz(cases.map(lambda pair: with_model(*pair)), auth)
+
+
+def test_anthropic_messages_refuses_invalid_bodies_with_a_documented_400(
+    schema: Any, auth: dict[str, str]
+) -> None:
+    messages = schema["/v1/messages"]["POST"]
+    fuzz(messages.as_strategy(generation_mode=GenerationMode.NEGATIVE), auth)
+
+
 def test_every_other_operation_answers_as_documented(schema: Any, auth: dict[str, str]) -> None:
-    others = schema.exclude(path="/v1/chat/completions")
+    others = schema.exclude(path=["/v1/chat/completions", "/v1/messages"])
     fuzz(others.as_strategy(), auth)
 
 
@@ -151,6 +167,21 @@ def test_the_document_declares_400_where_the_api_answers_400_never_422(schema: A
     assert "400" in chat["responses"]
     body = chat["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/ChatRequest"}
+
+
+def test_the_document_describes_the_anthropic_routes_in_anthropics_shapes(schema: Any) -> None:
+    paths, components = schema.raw_schema["paths"], schema.raw_schema["components"]["schemas"]
+    for path, body in (
+        ("/v1/messages", "AnthropicMessagesRequest"),
+        ("/v1/messages/count_tokens", "AnthropicCountTokensRequest"),
+    ):
+        operation = paths[path]["post"]
+        sent = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert sent == {"$ref": f"#/components/schemas/{body}"} and body in components
+        error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/AnthropicError"}
+    # The Anthropic blocks are named apart from the OpenAI request's parts.
+    assert {"AnthropicTextBlock", "TextPart"} <= set(components)
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
