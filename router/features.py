@@ -1,9 +1,4 @@
-"""Hand-crafted prompt features that transfer across sources better than embeddings alone.
-
-They read a normalised text: lower-cased, each line's whitespace collapsed to single spaces,
-blank lines dropped. The encoder is uncased and blind to whitespace, so a prompt's case and
-spacing move no estimate (tests/router/test_metamorphic.py); neither says how hard it is.
-"""
+"""Hand-crafted prompt features that transfer across sources better than embeddings alone."""
 
 from __future__ import annotations
 
@@ -16,10 +11,7 @@ import numpy.typing as npt
 # slower in Python's regex engine; these features sit on the request path.
 _KEYWORDS: dict[str, re.Pattern[str]] = {
     "prove": re.compile(r"\b(?:prove|proof|show that|demonstrate that|derive)\b"),
-    # Whole words: "reason" inside "reasonable price" once raised demand 0.077 -> 0.108.
-    "step_by_step": re.compile(
-        r"\b(?:step[- ]by[- ]step|explain your reasoning|reason(?:s|ed|ing)?)\b"
-    ),
+    "step_by_step": re.compile(r"step[- ]by[- ]step|explain your reasoning|reason"),
     "explain": re.compile(r"\b(?:explain|why|analy[sz]e|compare|discuss|evaluate)\b"),
     "compute": re.compile(
         r"\b(?:calculate|compute|solve|how many|how much|find|what is the value)\b"
@@ -37,19 +29,18 @@ _COUNTS: dict[str, re.Pattern[str]] = {
         re.MULTILINE,
     ),
     "latex": re.compile(r"\$|\\frac|\\sqrt|\\sum|\\int|\\cdot|\\le|\\ge|\^"),
+    # [ \t]*, not \s*: at every line start \s* would run across all the blank lines after
+    # it, which made a prompt of newlines quadratic (20 KB took 12 s).
+    "options": re.compile(r"^[ \t]*\(?[a-j][.)]\s", re.MULTILINE),
     "question": re.compile(r"\?"),
     "number": re.compile(r"\d+(?:\.\d+)?"),
     "math_symbol": re.compile(r"[=+\-*/<>%\u00d7\u00f7\u221a\u2211\u222b\u03c0]"),
     "sentence": re.compile(r"[.!?](?:\s|$)"),
     "digit": re.compile(r"\d"),
 }
-# Multiple-choice option lines with their text, on the normalised prompt (lines start with
-# their label, one space after it). Any layout and count: "A." / "a)" / "(a)" up to z,
-# "1)" / "(1)" up to 99, and check boxes "- [ ]" / "* [x]". "1." is left out: in chat
-# traffic it numbers the steps or parts of a request far more often than it offers choices.
-_OPTION_LINE = re.compile(
-    r"^(?:\((?:[a-z]|\d{1,2})\)|[a-z][.)]|\d{1,2}\)|[-*] \[[ x]\]) (.*)$", re.MULTILINE
-)
+_UPPER = re.compile(r"[A-Z]")
+# Multiple-choice option lines ("A. ...", "(b) ...") with their text, on the lower-cased prompt.
+_OPTION_LINE = re.compile(r"^[ \t]*\(?[a-j][.)]\s(.*)$", re.MULTILINE)
 _HAS_DIGIT = re.compile(r"\d")
 
 # Patterns are matched in the first FEATURE_WINDOW_CHARS characters only, and counts scaled
@@ -66,6 +57,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_numbers",
     "digit_share",
     "math_symbol_share",
+    "upper_share",
     "has_prove",
     "has_step_by_step",
     "has_explain",
@@ -86,34 +78,32 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
     """Return the fixed-length feature vector of one prompt (see FEATURE_NAMES)."""
     window = text[:FEATURE_WINDOW_CHARS]
     scale = len(text) / len(window) if len(text) > len(window) else 1.0
-    lines = normalised_lines(window)
-    joined = "\n".join(lines)
-    matches = list(_OPTION_LINE.finditer(joined))
+    n_chars = max(len(window), 1)
+    lower = window.lower()
+    counts = {name: len(pattern.findall(lower)) for name, pattern in _COUNTS.items()}
+    has = {name: float(pattern.search(lower) is not None) for name, pattern in _KEYWORDS.items()}
+    matches = list(_OPTION_LINE.finditer(lower))
     options = [m.group(1) for m in matches]
-    # Every other feature reads the text without the options' labels: "(a) 12", "A. 12" and
-    # "1) 12" offer the same option, and a label's digits or full stop are not the question's.
-    body = _without_labels(joined, matches)
-    n_chars = max(len(body), 1)
-    counts = {name: len(pattern.findall(body)) for name, pattern in _COUNTS.items()}
-    has = {name: float(pattern.search(body) is not None) for name, pattern in _KEYWORDS.items()}
     option_chars = sum(len(o) for o in options)
     # What a multiple-choice question asks (its stem) and what it offers carry different
     # signals: on MMLU-Pro a longer stem and numeric options go with small-model failures,
     # longer options with fewer (docs/router.md); without options the stem is the prompt.
-    stem_chars = max(len(body) - option_chars - len(options), 0)
+    option_span = sum(m.end() - m.start() + 1 for m in matches)
+    stem_chars = max(len(text) - option_span * scale, 0)
 
     def log_total(count: int) -> float:
         """log1p of a count in the window, scaled to the whole prompt."""
         return float(np.log1p(count * scale))
 
     values = [
-        log_total(len(body)),
-        log_total(len(body.split())),
-        log_total(max(len(lines), 1)),
+        np.log1p(len(text)),
+        log_total(len(window.split())),
+        np.log1p(text.count("\n") + 1),
         log_total(counts["sentence"]),
         log_total(counts["number"]),
         counts["digit"] / n_chars,
         counts["math_symbol"] / n_chars,
+        len(_UPPER.findall(window)) / n_chars,
         has["prove"],
         has["step_by_step"],
         has["explain"],
@@ -122,30 +112,13 @@ def prompt_features(text: str) -> npt.NDArray[np.float32]:
         has["short_task"],
         log_total(counts["code"]),
         log_total(counts["latex"]),
-        log_total(len(options)),
+        log_total(counts["options"]),
         log_total(counts["question"]),
-        log_total(stem_chars),
+        np.log1p(stem_chars),
         np.log1p(option_chars / len(options)) if options else 0.0,
         sum(_HAS_DIGIT.search(o) is not None for o in options) / len(options) if options else 0.0,
     ]
     return np.asarray(values, dtype=np.float32)
-
-
-def _without_labels(text: str, matches: list[re.Match[str]]) -> str:
-    """text with each option line's label cut (the matches are _OPTION_LINE's, in order)."""
-    if not matches:
-        return text
-    parts, start = [], 0
-    for match in matches:
-        parts.append(text[start : match.start()])
-        start = match.start(1)
-    parts.append(text[start:])
-    return "".join(parts)
-
-
-def normalised_lines(text: str) -> list[str]:
-    """The lower-cased text's non-blank lines, each with its whitespace runs made one space."""
-    return [line for raw in text.lower().splitlines() if (line := " ".join(raw.split()))]
 
 
 def features_batch(texts: list[str]) -> npt.NDArray[np.float32]:
