@@ -111,12 +111,22 @@ def train(
     is_flag=True,
     help="Also retrain per held-out source (leave-one-source-out) and report it.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    # router.training.peers.PEERS, spelt out: building the command group imports no training.
+    type=click.Choice(("litellm",)),
+    help="Also score another router on the same prompts, as its authors ship it (litellm: "
+    "LiteLLM's complexity router, default config, its tier as demand); repeatable.",
+)
 def eval_cmd(
     data_dir: Path | None,
     pairs_path: Path | None,
     artifact_dir: Path | None,
     runtime: str | None,
     loso: bool,
+    peers: tuple[str, ...],
 ) -> None:
     """Print routing and budget metrics per group, with random and prompt-length baselines.
 
@@ -129,6 +139,8 @@ def eval_cmd(
         raise click.UsageError("give exactly one of --data DIR and --pairs FILE")
     if loso and data_dir is None:
         raise click.UsageError("--loso retrains on the training split: it needs --data DIR")
+    if peers and data_dir is None:
+        raise click.UsageError("--peer scores the dev split beside the router: it needs --data DIR")
     if pairs_path is not None:
         from router.training.pairs import PairFileError, evaluate_pairs, load_pairs
 
@@ -142,15 +154,14 @@ def eval_cmd(
     router = Router.load(artifact_dir, runtime)
     from router.training.dataset import load_split
     from router.training.evaluate import evaluate
+    from router.training.peers import peer_predictions
     from router.training.train import predictions
 
     train_records, dev = load_split(data_dir, "train"), load_split(data_dir, "dev")
     dev_emb = router.embed_batch([r.prompt for r in dev])
-    click.echo(
-        markdown_table(
-            evaluate(train_records, dev, predictions("router", router.heads, dev_emb, dev))
-        )
-    )
+    peer_preds = [peer_predictions(name, dev) for name in dict.fromkeys(peers)]
+    ours = predictions("router", router.heads, dev_emb, dev)
+    click.echo(markdown_table(evaluate(train_records, dev, ours, peer_preds)))
     if loso:
         from router.training.crossval import leave_one_source_out
 
@@ -158,7 +169,11 @@ def eval_cmd(
             "\nLeave-one-source-out (heads retrained without the source, "
             "scored on its dev prompts):"
         )
-        click.echo(markdown_table(leave_one_source_out(router.encoder, train_records, dev)))
+        click.echo(
+            markdown_table(
+                leave_one_source_out(router.encoder, train_records, dev, peers=peer_preds)
+            )
+        )
 
 
 @click.command("classify")

@@ -10,7 +10,7 @@ from router.encoders.base import Encoder
 from router.features import FEATURE_NAMES, features_batch
 from router.training.dataset import RoutingRecord
 from router.training.embedding_cache import cached_encode
-from router.training.evaluate import length_baseline, score_rows
+from router.training.evaluate import Predictions, length_baseline, score_rows
 from router.training.fit import FitConfig, fit_heads
 from router.training.targets import build_targets, weak_pool
 from router.training.train import pair_labels, predictions
@@ -22,8 +22,13 @@ def leave_one_source_out(
     dev: Sequence[RoutingRecord],
     config: FitConfig | None = None,
     cache_dir: str | None = ".cache/embeddings",
+    peers: Sequence[Predictions] = (),
 ) -> list[dict[str, object]]:
-    """For each source: fit heads on the other sources' train rows, score that source's dev rows."""
+    """For each source: fit heads on the other sources' train rows, score that source's dev rows.
+
+    peers are other routers' predictions on every dev record; they learn nothing from this
+    training split, so each held-out source reads its own rows of them beside ours.
+    """
     from pathlib import Path
 
     cache = Path(cache_dir) if cache_dir and not encoder.name.startswith("static") else None
@@ -50,6 +55,7 @@ def leave_one_source_out(
         preds = [
             predictions("router (LOSO)", heads, dev_emb[idx], sub),
             length_baseline(kept, sub),
+            *(peer.subset(idx) for peer in peers),
         ]
         rows += score_rows(sub, preds, {source: list(range(len(sub)))})
     return rows

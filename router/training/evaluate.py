@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,13 @@ class Predictions:
     # Whether demand is meant as a probability of the pair label (ECE and Brier are scored);
     # the length baseline's demand is a log length, a ranking only.
     probability: bool = True
+    # Whether p50 / p90 are predictions (budget cells are scored); a peer router has none.
+    budget: bool = True
+
+    def subset(self, idx: Sequence[int]) -> Predictions:
+        """The same method's outputs on the records at idx, in that order."""
+        rows = np.asarray(idx, dtype=np.int64)
+        return replace(self, demand=self.demand[rows], p50=self.p50[rows], p90=self.p90[rows])
 
 
 def _weighted_quantile(values: Array, weights: Array, q: float) -> float:
@@ -140,7 +147,7 @@ def score_rows(
             if len(level) > 1:
                 lv = np.array([records[i].difficulty for i in level], dtype=np.float64)
                 row["rho_level"] = spearman(pred.demand[level], lv)
-            if len(bud):
+            if len(bud) and pred.budget:
                 actual = np.exp(targets.log_budget[bud])
                 row.update(budget_cells(pred.p50[bud], pred.p90[bud], actual))
             rows.append(row)
@@ -231,8 +238,9 @@ def evaluate(
     train: Sequence[RoutingRecord],
     dev: Sequence[RoutingRecord],
     router_preds: Predictions,
+    peers: Sequence[Predictions] = (),
 ) -> list[dict[str, object]]:
-    """Metrics per source and overall for the router and both baselines."""
-    preds = [router_preds, length_baseline(train, dev)]
+    """Metrics per source and overall for the router, both baselines and any peer routers."""
+    preds = [router_preds, length_baseline(train, dev), *peers]
     preds += [random_baseline(train, dev, seed) for seed in range(RANDOM_SEEDS)]
     return average_random(score_rows(dev, preds, source_groups(dev)))
