@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.pipeline.metering import settle_request
+from gateway.request_log import log_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
 from ledger.ledger import Hold
@@ -23,6 +24,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     estimate: Estimate | None = None
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
+    cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -33,6 +35,11 @@ async def finish(gateway: Gateway, call: Call) -> None:
     moves, so a worker killed in between loses no paid spend."""
     note_routing(gateway, call)
     gateway.spend.record(call.record)
+    # Counted and logged from the record as written, in this one place every request ends.
+    if gateway.metrics is not None:
+        gateway.metrics.observe(call.record, held=call.hold is not None)
+    if gateway.log_requests:
+        log_request(call.record, call.cache)
     await settle_request(gateway.ledger, call.hold, call.record)
 
 
