@@ -17,7 +17,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import Metrics
 from gateway.request_log import FIELDS_ATTR, JsonFormatter
+from gateway.spend import SpendWriter, encode
+from gateway.store import Store
 from tests.conftest import (
     MASTER_KEY,
     InProcessGateway,
@@ -27,6 +30,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
+from tests.test_spend_durability import _record, _refuse_team
 from tests.test_workers import Serve, light_config, servers  # noqa: F401 (fixture)
 
 PROMPT = "Prove that the square root of two is irrational, step by step."
@@ -226,6 +230,67 @@ async def test_text_log_format_writes_no_request_line(
     caplog.set_level(logging.INFO, logger="rightsize.requests")
     assert (await ask(gw, gw.key)).status_code == 200
     assert not [r for r in caplog.records if r.name == "rightsize.requests"]
+
+
+async def test_spend_rows_replayed_unwritten_and_still_failing_are_counted(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'rightsize.db'}"
+    store = Store.connect(url)
+    await store.migrate()
+    fallback = tmp_path / "spend-log-unwritten.jsonl"
+    fallback.write_bytes(encode(_record("good", "search")) + encode(_record("bad", "refused")))
+    await _refuse_team(store, "refused")
+    metrics = Metrics()
+    try:
+        writer = SpendWriter(
+            lambda: Store.connect(url),
+            flush_interval_s=0.05,
+            batch_size=500,
+            fallback_file=fallback,
+            journal_dir=tmp_path / "journal",
+            observer=metrics,
+        )
+        await writer.start()  # replays the file: one row written, one still refused
+        writer.record(_record("refused-again", "refused"))
+        await writer.aclose()  # the store refuses it: into the fallback file
+    finally:
+        await _refuse_team(store, None)
+        await store.aclose()
+
+    samples = parse(metrics.exposition().decode())
+    # The refused row goes back to the file on replay (unwritten again), then the new one.
+    assert (writer.replayed, writer.unwritten, writer.still_failing) == (1, 2, 1)
+    assert total(samples, "rightsize_spend_log_rows_replayed_total") == 1
+    assert total(samples, "rightsize_spend_log_rows_unwritten_total") == 2
+    assert total(samples, "rightsize_spend_log_rows_still_failing") == 1
+
+
+LATE_MULTIPROC = """\
+import os, sys
+import prometheus_client  # imported first: the library chose single-process mode
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from gateway.metrics import Metrics, MultiprocessTooLate
+try:
+    Metrics.from_environment()
+except MultiprocessTooLate:
+    print("refused")
+"""
+
+
+def test_a_multiprocess_directory_set_after_import_fails_loudly(tmp_path: Path) -> None:
+    # Its values would stay in memory while a scrape sums the (empty) files: zeros, silently.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", LATE_MULTIPROC, str(tmp_path)],
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "refused", result.stderr
 
 
 def test_two_workers_metrics_are_the_sums_over_both(

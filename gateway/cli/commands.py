@@ -172,7 +172,7 @@ def shared_metrics_dir(enabled: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        del os.environ[MULTIPROC_ENV]
+        os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(directory, ignore_errors=True)
 
 
