@@ -151,6 +151,27 @@ async def test_metrics_count_routed_requests_cache_hits_budget_denials_and_401s(
     assert total(samples, "rightsize_gateway_overhead_seconds_count") == 5
 
 
+async def test_a_streamed_request_is_counted_when_its_stream_ends(gw: InProcessGateway) -> None:
+    body = {"model": "direct", "stream": True, "stream_options": {"include_usage": True}}
+    response = await ask(gw, gw.key, temperature=0.5, **body)
+    assert response.status_code == 200, response.text
+    chunks = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    usage = chunks[-1]["usage"]
+
+    samples = await scrape(gw)
+
+    assert total(samples, "rightsize_requests_total", deployment="direct", status="200") == 1
+    tokens = "rightsize_tokens_total"
+    assert total(samples, tokens, kind="prompt") == usage["prompt_tokens"]
+    assert total(samples, tokens, kind="completion") == usage["completion_tokens"]
+    cost = total(samples, "rightsize_cost_usd_total", team="search", deployment="direct")
+    assert cost == pytest.approx(float(usage["cost_usd"]))
+
+
 async def test_no_series_names_a_key_a_request_id_or_the_prompt(gw: InProcessGateway) -> None:
     response = await ask(gw, gw.key, temperature=0.5)
     assert response.status_code == 200, response.text
