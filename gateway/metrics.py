@@ -12,6 +12,8 @@ a request id, a requested model name (client text) or prompt text (DESIGN.md).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from prometheus_client import (
 from gateway.store import SpendRecord
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_DIR_PREFIX = "rightsize-metrics-"  # then the supervisor's pid (gateway.cli serve)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The gateway's own time per request is milliseconds; a slow one is tens.
@@ -239,6 +242,27 @@ class Metrics:
         """Drop this process's live gauges from the sums (its counters stay: they happened)."""
         if self.multiproc_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiproc_dir))
+
+
+def new_multiproc_dir() -> Path:
+    """A temporary multiprocess directory for this `serve` run, named for its pid; those of
+    earlier runs whose supervisor died without removing its own (SIGKILL) are removed first."""
+    parent = Path(tempfile.gettempdir())
+    for stale in parent.glob(f"{_DIR_PREFIX}*"):
+        pid = stale.name[len(_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def prepare_multiproc_dir(directory: Path) -> None:

@@ -8,6 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, new_multiproc_dir
 from gateway.request_log import FIELDS_ATTR, JsonFormatter
 from gateway.spend import SpendWriter, encode
 from gateway.store import Store
@@ -301,9 +306,6 @@ except MultiprocessTooLate:
 
 def test_a_multiprocess_directory_set_after_import_fails_loudly(tmp_path: Path) -> None:
     # Its values would stay in memory while a scrape sums the (empty) files: zeros, silently.
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-c", LATE_MULTIPROC, str(tmp_path)],
         env=gateway_env(),
@@ -312,6 +314,25 @@ def test_a_multiprocess_directory_set_after_import_fails_loudly(tmp_path: Path) 
         timeout=60,
     )
     assert result.stdout.strip() == "refused", result.stderr
+
+
+def test_a_new_serve_run_removes_the_directories_of_dead_supervisors_only() -> None:
+    # A SIGKILLed supervisor cannot remove its directory: the next run does.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid is now free (reaped)
+    parent = Path(tempfile.gettempdir())
+    dead = Path(tempfile.mkdtemp(prefix=f"rightsize-metrics-{ended.pid}-", dir=parent))
+    live = Path(tempfile.mkdtemp(prefix=f"rightsize-metrics-{os.getppid()}-", dir=parent))
+    mine = None
+    try:
+        mine = new_multiproc_dir()
+        assert mine.name.startswith(f"rightsize-metrics-{os.getpid()}-") and mine.is_dir()
+        assert not dead.exists()
+        assert live.exists()  # its supervisor still runs
+    finally:
+        for directory in (dead, live, mine):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_two_workers_metrics_are_the_sums_over_both(

@@ -156,19 +156,18 @@ def shared_metrics_dir(enabled: bool) -> Iterator[None]:
 
     Set in the environment before any worker is spawned: each imports the library with it set
     (the library picks its mode at import), and every worker's series are summed there. Made
-    empty, removed when `serve` ends. This process's own app was built before: its series stay
-    in memory, and it serves no request.
+    empty, removed when `serve` ends (or by the next `serve`, after a SIGKILL). This process's
+    own app was built before: its series stay in memory, and it serves no request.
     """
     import shutil
-    import tempfile
 
-    from gateway.metrics import MULTIPROC_ENV
+    from gateway.metrics import MULTIPROC_ENV, new_multiproc_dir
 
     if not enabled:
         yield
         return
-    directory = tempfile.mkdtemp(prefix="rightsize-metrics-")
-    os.environ[MULTIPROC_ENV] = directory
+    directory = new_multiproc_dir()
+    os.environ[MULTIPROC_ENV] = str(directory)
     try:
         yield
     finally:
