@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,6 +15,8 @@ from gateway.store import SpendRecord
 from ledger.ledger import Hold
 from policies import Usage
 from router import Estimate
+
+log = logging.getLogger("rightsize.chat")
 
 
 @dataclass(slots=True)
@@ -35,12 +38,17 @@ async def finish(gateway: Gateway, call: Call) -> None:
     moves, so a worker killed in between loses no paid spend."""
     note_routing(gateway, call)
     gateway.spend.record(call.record)
-    # Counted and logged from the record as written, in this one place every request ends.
-    if gateway.metrics is not None:
-        gateway.metrics.observe(call.record, held=call.hold is not None)
-    if gateway.log_requests:
-        log_request(call.record, call.cache)
     await settle_request(gateway.ledger, call.hold, call.record)
+    # Counted and logged from the record as written, in this one place every request ends;
+    # after the settlement, and never the request's failure (a full disk under the metrics'
+    # multiprocess files).
+    try:
+        if gateway.metrics is not None:
+            gateway.metrics.observe(call.record, held=call.hold is not None)
+        if gateway.log_requests:
+            log_request(call.record, call.cache)
+    except Exception:
+        log.exception("request %s: metrics or request log failed", call.record.request_id)
 
 
 def note_routing(gateway: Gateway, call: Call) -> None:
