@@ -23,6 +23,7 @@ from gateway.api.admin import router as admin_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions
 from gateway.api.messages import count_tokens, messages
+from gateway.api.metrics import metrics as metrics_route
 from gateway.auth import KeyService, bearer_token, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
@@ -31,6 +32,7 @@ from gateway.fingerprint import config_hash
 from gateway.http import error_response, json_response
 from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
+from gateway.metrics import Metrics
 from gateway.openapi import (
     CHAT_OPENAPI_EXTRA,
     CHAT_RESPONSES,
@@ -79,12 +81,15 @@ def create_app(
         catalog, policy.spec, default, settings.router, settings.routing.stickiness
     )
     master_key = env.get(settings.auth.master_key_env) or None
+    metrics_key = env.get(settings.auth.metrics_key_env) or None
     # Upstream error text reaches tenants and the log: every secret this app holds is cut.
-    redactor = Redactor([*api_keys.values(), master_key, key_secret])
+    redactor = Redactor([*api_keys.values(), master_key, key_secret, metrics_key])
     redact_logs(redactor)
     if settings.cache.backend == "redis" and not settings.store.redis_url:
         raise ConfigError(f"{source}: cache.backend: redis needs store.redis_url to be set")
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
+    # Built here, once per app: in one process its series live in this app's own registry.
+    metrics = Metrics.from_environment() if settings.server.metrics else None
     log.info(
         "spend rows record routing configuration %s and router artifact %s",
         routing_config,
@@ -106,6 +111,7 @@ def create_app(
             fallback_file=_fallback_file(settings),
             journal_dir=_journal_dir(settings),
             replay_interval_s=settings.spend_log.replay_interval_s,
+            observer=metrics,
         )
         # Before serving: a counter rebuilt from the spend log must see the replayed rows.
         await spend.start()
@@ -135,12 +141,17 @@ def create_app(
             spend=spend,
             providers=providers,
             master_key=master_key,
-            cache=PromptCache.build(_cache_settings(settings, router), settings.store.redis_url),
+            cache=PromptCache.build(
+                _cache_settings(settings, router), settings.store.redis_url, observer=metrics
+            ),
             ledger=open_ledger(settings, store),
             stickiness=Stickiness.build(
                 settings.routing.stickiness, settings.store.redis_url, policy.tiers
             ),
             config_hash=routing_config,
+            metrics=metrics,
+            metrics_key=metrics_key,
+            log_requests=settings.server.log_format == "json",
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
@@ -160,6 +171,8 @@ def create_app(
             for provider in providers.values():
                 await provider.aclose()
             await store.aclose()
+            if metrics is not None:
+                metrics.process_ended()
 
     # The API description is public knowledge only where the operator says so.
     spec = settings.server.openapi
@@ -204,6 +217,8 @@ def create_app(
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
+    if metrics is not None:
+        app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     _install_error_handlers(app)

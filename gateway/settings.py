@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 import yaml
@@ -95,6 +95,22 @@ class ServerSettings(BaseModel):
         "neighbour search, the semantic cache); null leaves the library's own default "
         "(OPENBLAS_NUM_THREADS, else one per core).",
     )
+    metrics: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics at /metrics; off: 404, and nothing is counted.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a key (for a scraper on a private network). Off, it "
+        "takes the master key or the scrape key (auth.metrics_key_env): it names every team "
+        "and its spend, which a tenant's key must not read.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: lines for people. json: every line a JSON object, plus one line per "
+        "request (ids, team, key id, models, tier, demand, cache, status, tokens, cost, "
+        "overhead; never prompt text) on the rightsize.requests logger.",
+    )
     worker_start_timeout_s: int = Field(
         default=60,
         ge=1,
@@ -159,6 +175,9 @@ class AuthSettings(BaseModel):
 
     master_key_env: str = "RIGHTSIZE_MASTER_KEY"
     key_secret_env: str = "RIGHTSIZE_KEY_SECRET"
+    # A key that reads /metrics and nothing else, for the scraper's configuration (the master
+    # key there would hand it the whole admin API).
+    metrics_key_env: str = "RIGHTSIZE_METRICS_KEY"
 
 
 class StickinessSettings(BaseModel):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import exc as sa_exc
@@ -39,6 +39,17 @@ log = logging.getLogger("rightsize.spend")
 
 _RETRY_DELAYS_S = (0.1, 0.5, 2.0)
 _FIELDS = {f.name: f for f in dataclasses.fields(SpendRecord)}
+
+
+class SpendObserver(Protocol):
+    """Told the rows replayed, kept unwritten and still failing, on the writer's own thread
+    (gateway.metrics.Metrics)."""
+
+    def rows_replayed(self, count: int) -> None: ...
+
+    def rows_unwritten(self, count: int) -> None: ...
+
+    def rows_still_failing(self, count: int) -> None: ...
 
 
 class SpendWriter:
@@ -64,8 +75,10 @@ class SpendWriter:
         fallback_file: Path,
         journal_dir: Path | None = None,
         replay_interval_s: float = 30.0,
+        observer: SpendObserver | None = None,
     ) -> None:
         self._connect = connect
+        self._observer = observer
         self._store: Store | None = None  # opened, used and closed on the writer's loop only
         self._interval = flush_interval_s
         self._batch_size = batch_size
@@ -175,7 +188,7 @@ class SpendWriter:
                     for segment in segments:
                         records = _read_records(segment)
                         written, _ = await self._write_all(records, final=False)
-                        self.replayed += written
+                        self._count_replayed(written)
                         if records:
                             log.warning(
                                 "spend journal %s of a dead process: %d of %d rows written",
@@ -204,13 +217,13 @@ class SpendWriter:
                     os.rename(path, claimed)
                     pending.append(claimed)
         if not pending:
-            self.still_failing = 0
+            self._set_still_failing(0)
             return
         failing = 0
         for path in pending:
             records = _read_locked(path)
             written, failed = await self._write_all(records, final=False)
-            self.replayed += written
+            self._count_replayed(written)
             failing += failed
             path.unlink(missing_ok=True)
             log.warning(
@@ -220,7 +233,17 @@ class SpendWriter:
                 failed,
                 self._fallback,
             )
-        self.still_failing = failing
+        self._set_still_failing(failing)
+
+    def _count_replayed(self, count: int) -> None:
+        self.replayed += count
+        if self._observer is not None and count:
+            self._observer.rows_replayed(count)
+
+    def _set_still_failing(self, count: int) -> None:
+        self.still_failing = count
+        if self._observer is not None:
+            self._observer.rows_still_failing(count)
 
     def _aside(self) -> Path:
         self._replays += 1
@@ -328,6 +351,8 @@ class SpendWriter:
         data = b"".join(encode(record) for record, _ in refused)
         _append_locked(self._fallback, data)
         self.unwritten += len(refused)
+        if self._observer is not None:
+            self._observer.rows_unwritten(len(refused))
         log.error(
             "spend log: %d rows written to %s%s",
             len(refused),

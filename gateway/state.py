@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
+from gateway.metrics import Metrics
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -34,6 +35,9 @@ class Gateway:
     stickiness: Stickiness  # the tiers that served each conversation (gateway/stickiness.py)
     # gateway.fingerprint.config_hash of the catalog, policy and router settings, at start.
     config_hash: str | None = None
+    metrics: Metrics | None = None  # None: server.metrics is off
+    metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
+    log_requests: bool = False  # server.log_format: json, one line per request
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

@@ -28,14 +28,18 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 
 
-def log_config() -> dict[str, Any]:
+def log_config(log_format: str = "text") -> dict[str, Any]:
     """uvicorn's own logging configuration plus Rightsize's INFO lines, with timestamps and pids.
 
     uvicorn applies its configuration again in every worker it spawns; its default configures
     only the uvicorn loggers, which left a worker's `rightsize.*` INFO lines without a handler.
+    `json` (server.log_format) makes every line, uvicorn's too, one JSON object.
     """
     config = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["rightsize"] = {"format": LOG_FORMAT}
+    if log_format == "json":
+        for name in ("rightsize", "default", "access"):
+            config["formatters"][name] = {"()": "gateway.request_log.JsonFormatter"}
     config["handlers"]["rightsize"] = {
         "class": "logging.StreamHandler",
         "formatter": "rightsize",

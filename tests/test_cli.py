@@ -150,6 +150,7 @@ def test_calibrate_writes_thresholds_that_give_the_requested_shares(tmp_path: Pa
 # (whatever the host's cores), standing in for the library's default. For several workers,
 # run() plays a fresh worker: back to three, then the worker factory uvicorn would call.
 SERVE_AND_REPORT = """\
+import os
 import sys
 
 import threadpoolctl
@@ -166,6 +167,9 @@ def blas_threads():
 def run(app, **kwargs):
     if kwargs.get("factory"):
         threadpoolctl.threadpool_limits(limits=3, user_api="blas")
+        # A real worker is a fresh process that imports prometheus-client with the metrics
+        # directory set; this one imported it before: it plays a worker of its own registry.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from gateway.app import app_from_env
         app_from_env()
     print("KEEPALIVE", kwargs["timeout_keep_alive"])

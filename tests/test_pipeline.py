@@ -270,6 +270,8 @@ class FakeGateway:
     spend: FakeSpend = field(default_factory=FakeSpend)
     ledger: None = None
     cache: None = None
+    metrics: None = None
+    log_requests: bool = False
 
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.cache.config import CacheSettings
 from gateway.cache.entry import CachedAnswer, CorruptEntry
@@ -51,6 +51,14 @@ class CacheMetrics:
         }
 
 
+class CacheObserver(Protocol):
+    """Told each lookup's result and each bypass, as they happen (gateway.metrics.Metrics)."""
+
+    def cache_result(self, team: str, result: str) -> None: ...
+
+    def cache_bypass(self, reason: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CacheLookup:
     """The cache's verdict on one request, carried to the store step after the upstream call."""
@@ -74,15 +82,24 @@ NOT_CACHED = CacheLookup()
 class PromptCache:
     """Team-scoped exact cache on a store, plus the opt-in semantic tier in process."""
 
-    def __init__(self, settings: CacheSettings, store: CacheStore, semantic: SemanticIndex) -> None:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        store: CacheStore,
+        semantic: SemanticIndex,
+        observer: CacheObserver | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = store
         self.semantic = semantic
         self.metrics = CacheMetrics()
+        self.observer = observer
         self._told_no_embedding: set[str] = set()
 
     @classmethod
-    def build(cls, settings: CacheSettings, redis_url: str | None) -> PromptCache:
+    def build(
+        cls, settings: CacheSettings, redis_url: str | None, observer: CacheObserver | None = None
+    ) -> PromptCache:
         backend = settings.backend
         if backend == "auto":
             backend = "redis" if redis_url else "memory"
@@ -109,7 +126,7 @@ class PromptCache:
             settings.ttl_s,
             ", ".join(semantic_teams) or "no team",
         )
-        return cls(settings, store, semantic)
+        return cls(settings, store, semantic, observer)
 
     async def lookup(
         self,
@@ -123,10 +140,12 @@ class PromptCache:
         reason = self._not_cacheable(team, chat)
         if reason is not None:
             self.metrics.skipped[reason] += 1
+            self._bypass(reason)
             return NOT_CACHED
         directives = _cache_control(headers)
         if "no-store" in directives:
             self.metrics.skipped["no-store"] += 1
+            self._bypass("no-store")
             return NOT_CACHED
         key = cache_key(team, route, chat)
         vector = self._vector(team, embedding)
@@ -134,18 +153,21 @@ class PromptCache:
             answer = await self._read(team, key.exact)
             if answer is not None:
                 self.metrics.hits += 1
+                self._result(team, "hit")
                 return CacheLookup(key=key, answer=answer, tier="exact")
         # Only past the exact tier: the guard costs 0.1 to 1 ms of tokenising on long prompts.
         guard = _guard(chat) if vector is not None else None
         miss = CacheLookup(key=key, write=True, vector=vector, guard=guard)
         if "no-cache" in directives:
             self.metrics.skipped["no-cache"] += 1
+            self._bypass("no-cache")
             return miss
         if vector is not None and guard is not None:
             semantic = await self._semantic(team, key, vector, guard)
             if semantic is not None:
                 return semantic
         self.metrics.misses += 1
+        self._result(team, "miss")
         return miss
 
     async def store(self, lookup: CacheLookup, deployment: str, completion: dict[str, Any]) -> None:
@@ -157,11 +179,13 @@ class PromptCache:
         raw = entry.encode()
         if len(raw) > self.settings.max_entry_bytes:
             self.metrics.skipped["too_large"] += 1
+            self._bypass("too_large")
             return
         try:
             await self.backend.set(key.team, key.exact, raw, self.settings.ttl_s)
         except CacheUnavailable as exc:
             self.metrics.bypassed[exc.reason] += 1
+            self._bypass(f"store_{exc.reason}")
             return
         self.metrics.stores += 1
         if lookup.vector is not None and lookup.guard is not None:
@@ -185,6 +209,14 @@ class PromptCache:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+    def _result(self, team: str, result: str) -> None:
+        if self.observer is not None:
+            self.observer.cache_result(team, result)
+
+    def _bypass(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.cache_bypass(reason)
 
     def _not_cacheable(self, team: str, chat: ChatRequest) -> str | None:
         policy = self.settings.team(team)
@@ -243,6 +275,7 @@ class PromptCache:
             self.semantic.remove(team, partition, neighbour.key)
             return None
         self.metrics.semantic_hits += 1
+        self._result(team, "semantic_hit")
         return CacheLookup(key=key, answer=answer, tier="semantic", similarity=neighbour.similarity)
 
     async def _read(self, team: str, key: str) -> CachedAnswer | None:
@@ -250,6 +283,7 @@ class PromptCache:
             raw = await self.backend.get(team, key)
         except CacheUnavailable as exc:
             self.metrics.bypassed[exc.reason] += 1
+            self._bypass(f"store_{exc.reason}")
             return None
         if raw is None:
             return None

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -101,17 +103,23 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     import uvicorn
 
     from gateway.app import create_app, hold_blas_threads
+    from gateway.metrics import MULTIPROC_ENV, prepare_multiproc_dir
     from gateway.settings import CONFIG_ENV
     from gateway.workers import SUPERVISOR_ENV, log_config, warm_up
 
-    # The same configuration here and in every worker uvicorn spawns (it applies it again there).
-    logging_config = log_config()
-    logging.config.dictConfig(logging_config)
     settings, source = load_config(config_path)
+    # The same configuration here and in every worker uvicorn spawns (it applies it again there).
+    logging_config = log_config(settings.server.log_format)
+    logging.config.dictConfig(logging_config)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
     hold_blas_threads(settings)
+    given_metrics_dir = os.environ.get(MULTIPROC_ENV)
+    if given_metrics_dir and settings.server.metrics:
+        # The operator's directory, emptied before any series of this run writes there: an
+        # earlier run's files would be summed into this one's counters.
+        prepare_multiproc_dir(Path(given_metrics_dir))
     app = config_call(lambda: create_app(settings, source=source, freeze_gc=True))
     options: dict[str, Any] = {
         "host": host,
@@ -132,13 +140,39 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     os.environ["RIGHTSIZE_STORE__MIGRATE_ON_START"] = "false"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())  # each worker ends when this process does
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        workers=workers,
-        timeout_worker_healthcheck=settings.server.worker_start_timeout_s,
-        **options,
-    )
+    with shared_metrics_dir(settings.server.metrics and not given_metrics_dir):
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=settings.server.worker_start_timeout_s,
+            **options,
+        )
+
+
+@contextmanager
+def shared_metrics_dir(enabled: bool) -> Iterator[None]:
+    """A prometheus-client multiprocess directory of this run's own, for its workers.
+
+    Set in the environment before any worker is spawned: each imports the library with it set
+    (the library picks its mode at import), and every worker's series are summed there. Made
+    empty, removed when `serve` ends (or by the next `serve`, after a SIGKILL). This process's
+    own app was built before: its series stay in memory, and it serves no request.
+    """
+    import shutil
+
+    from gateway.metrics import MULTIPROC_ENV, new_multiproc_dir
+
+    if not enabled:
+        yield
+        return
+    directory = new_multiproc_dir()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _prepare_store(settings: Settings, workers: int, *, migrate: bool) -> None:

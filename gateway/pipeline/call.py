@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from gateway.pipeline.metering import settle_request
+from gateway.request_log import log_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
 from ledger.ledger import Hold
 from policies import Usage
 from router import Estimate
+
+log = logging.getLogger("rightsize.chat")
 
 
 @dataclass(slots=True)
@@ -23,6 +27,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     estimate: Estimate | None = None
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
+    cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -34,6 +39,16 @@ async def finish(gateway: Gateway, call: Call) -> None:
     note_routing(gateway, call)
     gateway.spend.record(call.record)
     await settle_request(gateway.ledger, call.hold, call.record)
+    # Counted and logged from the record as written, in this one place every request ends;
+    # after the settlement, and never the request's failure (a full disk under the metrics'
+    # multiprocess files).
+    try:
+        if gateway.metrics is not None:
+            gateway.metrics.observe(call.record, held=call.hold is not None)
+        if gateway.log_requests:
+            log_request(call.record, call.cache)
+    except Exception:
+        log.exception("request %s: metrics or request log failed", call.record.request_id)
 
 
 def note_routing(gateway: Gateway, call: Call) -> None:

@@ -139,6 +139,7 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     payload = chat.upstream_payload()
     messages = payload["messages"]
     cached = await lookup_cache(gateway, key, chat, messages, inbound.headers)
+    call.cache = "hit" if cached.hit else "miss" if cached.key is not None else "bypass"
     if cached.hit:
         call.hold = await hold_cache_hit(gateway, key)
         return await _from_cache(gateway, call, key, chat, messages, cached)
