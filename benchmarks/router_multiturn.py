@@ -62,7 +62,7 @@ def main() -> None:
 
 def _with_features(router: Router, texts: list[str], emb: np.ndarray, name: str) -> Predictions:
     heads = router.heads
-    x = heads.design(emb, features_batch(texts))
+    x = heads.design(emb, features_batch(texts, heads.feature_set))
     cats = heads.category(x)
     p50, p90 = heads.budget(x, cats)
     return Predictions(name, heads.demand(x, cats), p50, np.maximum(p50, p90))

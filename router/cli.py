@@ -42,6 +42,14 @@ from router.encoders.sentence_transformer import DEFAULT_MODEL
     help="Skip the sentence-transformers heads (faster).",
 )
 @click.option(
+    "--static-from",
+    "static_from",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Reuse this artifact's static token table instead of distilling one "
+    "(refits the heads only; how the shipped static heads were refitted on 2026-12-03).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".cache/embeddings"),
@@ -61,6 +69,7 @@ def train(
     out_dir: Path | None,
     date: str | None,
     no_transformer: bool,
+    static_from: Path | None,
     cache_dir: Path,
     encoder_model: str,
 ) -> None:
@@ -71,6 +80,7 @@ def train(
         out_dir=out_dir or default_artifact_dir(),
         date=date or dt.date.today().isoformat(),
         with_transformer=not no_transformer,
+        reuse_static_from=static_from,
         cache_dir=cache_dir,
         transformer_model=encoder_model,
     )

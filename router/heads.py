@@ -94,6 +94,8 @@ class Heads:
     # so a linear head never extrapolates past what it was fitted on (a 300 KB JSON prompt
     # got a p90 budget of 23,000 tokens). None in artifacts from before 2026-12-02, evening.
     feature_range: Array | None = None  # (2, n_features): low, high
+    # Which of router.features' sets the heads read (absent from files before 2026-12-03: 1).
+    feature_set: int = 1
 
     def design(
         self,
@@ -192,6 +194,7 @@ class Heads:
             data["neighbour_value"] = _plain(self.neighbours.value)
         if self.feature_range is not None:
             data["feature_range"] = _plain(self.feature_range)
+        data["feature_set"] = self.feature_set
         return data
 
     @classmethod
@@ -217,6 +220,7 @@ class Heads:
             )
         if "feature_range" in data:
             values["feature_range"] = np.asarray(data["feature_range"], dtype=np.float64)
+        values["feature_set"] = int(data.get("feature_set", 1))
         return cls(**values)
 
     def save(self, path: Path) -> None:
@@ -244,7 +248,7 @@ def neighbour_bank_path(heads_path: Path) -> Path:
 
 
 _FIELDS: tuple[str, ...] = tuple(
-    n for n in Heads.__dataclass_fields__ if n not in ("neighbours", "feature_range")
+    n for n in Heads.__dataclass_fields__ if n not in ("neighbours", "feature_range", "feature_set")
 )
 
 

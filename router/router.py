@@ -13,7 +13,7 @@ import numpy.typing as npt
 from router.artifact import RUNTIMES, artifact_id, default_artifact_dir, read_manifest
 from router.encoders.base import Encoder
 from router.estimate import Estimate
-from router.features import FEATURE_NAMES, features_batch
+from router.features import UnknownFeatureSetError, feature_names, features_batch
 from router.heads import Heads
 
 
@@ -76,6 +76,23 @@ def load_encoder(artifact_dir: Path, runtime: str, manifest: dict[str, object]) 
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
+def _check_heads_read_known_features(heads: Heads, encoder_dim: int, path: Path) -> None:
+    """Refuse heads whose feature set this code does not compute, or whose width differs."""
+    try:
+        names = feature_names(heads.feature_set)
+    except UnknownFeatureSetError as exc:
+        raise ValueError(
+            f"{path}: {exc}; retrain it with `rightsize train --data DIR --out DIR`"
+        ) from None
+    width = encoder_dim + len(names) + (1 if heads.neighbours is not None else 0)
+    if len(heads.input_mean) != width:
+        raise ValueError(
+            f"{path} reads {len(heads.input_mean)} inputs, but feature set {heads.feature_set} "
+            f"({len(names)} features) with this encoder ({encoder_dim} dims) gives {width}: "
+            "retrain it with `rightsize train --data DIR --out DIR`"
+        )
+
+
 class Router:
     """Estimates reasoning demand, token budget and category for prompts."""
 
@@ -99,22 +116,14 @@ class Router:
         """
         directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
         manifest = read_manifest(directory)
-        trained_on = list(manifest.get("feature_names", []))
-        if trained_on != list(FEATURE_NAMES):
-            raise ValueError(
-                f"the router artifact in {directory} was trained on the features {trained_on}, "
-                f"but this code computes {list(FEATURE_NAMES)}: retrain it with "
-                "`rightsize train --data DIR --out DIR`"
-            )
         chosen = runtime or str(manifest["default_runtime"])
         heads_file = (
             manifest["static"]["heads"] if chosen == "static" else manifest["transformer"]["heads"]
         )
-        router = cls(
-            load_encoder(directory, chosen, manifest),
-            Heads.load(directory / heads_file),
-            cache_size,
-        )
+        encoder = load_encoder(directory, chosen, manifest)
+        heads = Heads.load(directory / heads_file)
+        _check_heads_read_known_features(heads, encoder.dim, directory / heads_file)
+        router = cls(encoder, heads, cache_size)
         router.artifact_id = artifact_id(directory)
         return router
 
@@ -139,7 +148,9 @@ class Router:
         """One Estimate per prompt, encoded in a single encoder call."""
         if not prompts:
             return []
-        return self.heads.estimates(self.embed_batch(prompts), features_batch(prompts))
+        return self.heads.estimates(
+            self.embed_batch(prompts), features_batch(prompts, self.heads.feature_set)
+        )
 
     def estimate(self, prompt: str) -> Estimate:
         """Estimate for one prompt."""

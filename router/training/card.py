@@ -71,8 +71,10 @@ def write_model_card(
         ),
         (
             "- Inputs: the last user turn's text (see docs/router.md for the measurement); "
-            f"{len(manifest['feature_names'])} hand-crafted features "
-            f"({', '.join(manifest['feature_names'])})."
+            f"{len(manifest['feature_names'])} hand-crafted features, feature set "
+            f"{manifest['static']['feature_set']} ({', '.join(manifest['feature_names'])}), read on the "
+            "text lower-cased, its whitespace collapsed and its multiple-choice labels cut (any layout: "
+            "`A.`, `(a)`, `1)`, `- [ ]`; router/features.py)."
         ),
         (
             "- Data: the shared routing data (`train.jsonl.gz` / `dev.jsonl.gz`, split by sha256 of the id; "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router.encoders.base import Encoder
-from router.features import FEATURE_NAMES, features_batch
+from router.features import FEATURE_NAMES, LATEST_FEATURE_SET, features_batch
 from router.training.dataset import RoutingRecord
 from router.training.embedding_cache import cached_encode
 from router.training.evaluate import Predictions, length_baseline, score_rows
@@ -49,6 +49,7 @@ def leave_one_source_out(
             labels,
             config,
             FEATURE_NAMES,
+            feature_set=LATEST_FEATURE_SET,
         )
         idx = [i for i, r in enumerate(dev) if r.source == source]
         sub = [dev[i] for i in idx]

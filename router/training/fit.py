@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.estimate import CATEGORIES
+from router.features import LATEST_FEATURE_SET
 from router.heads import Heads, Neighbours
 from router.training.targets import Targets
 
@@ -244,10 +245,12 @@ def fit_heads(
     pair_labels: Array,
     config: FitConfig | None = None,
     feature_names: Sequence[str] = (),
+    feature_set: int = LATEST_FEATURE_SET,
 ) -> Heads:
     """Train demand, budget and category heads; pair_labels (NaN = none) calibrate demand.
 
-    feature_names names the feature columns, so config.budget_skipped_features can be found.
+    feature_names names the feature columns, so config.budget_skipped_features can be found;
+    feature_set is recorded in the heads, so the router computes the features they read.
     """
 
     cfg = config or FitConfig()
@@ -359,6 +362,7 @@ def fit_heads(
         category_intercept=cat_icpt,
         neighbours=neighbours,
         feature_range=np.vstack([features.min(axis=0), features.max(axis=0)]).astype(np.float64),
+        feature_set=feature_set,
     )
 
 

@@ -17,7 +17,7 @@ from router.encoders.base import Encoder
 from router.encoders.sentence_transformer import DEFAULT_MODEL
 from router.encoders.static import TABLE_FILE, TOKENIZER_FILE, StaticEncoder
 from router.estimate import CATEGORIES
-from router.features import FEATURE_NAMES, features_batch
+from router.features import FEATURE_NAMES, LATEST_FEATURE_SET, features_batch
 from router.heads import Heads
 from router.training.card import write_model_card
 from router.training.dataset import RoutingRecord, load_split
@@ -76,7 +76,7 @@ def predictions(
     records: Sequence[RoutingRecord],
 ) -> Predictions:
     """Router outputs on records as arrays, for evaluation."""
-    x = heads.design(embeddings, features_batch([r.prompt for r in records]))
+    x = heads.design(embeddings, features_batch([r.prompt for r in records], heads.feature_set))
     cats = heads.category(x)
     p50, p90 = heads.budget(x, cats)
     return Predictions(name, heads.demand(x, cats), p50, np.maximum(p50, p90))
@@ -132,6 +132,7 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
             labels,
             options.fit,
             FEATURE_NAMES,
+            feature_set=LATEST_FEATURE_SET,
         )
         heads.save(out / heads_file)
         if dev:
@@ -143,17 +144,20 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
         "created": options.date,
         "default_runtime": options.default_runtime,
         "categories": list(CATEGORIES),
+        # The newest set's names; each runtime's feature_set says which set its heads read.
         "feature_names": list(FEATURE_NAMES),
         "static": {
             "heads": STATIC_HEADS,
             "dims": static.dim,
             "max_tokens": options.static_max_tokens,
             "distilled_from": options.transformer_model,
+            "feature_set": LATEST_FEATURE_SET,
         },
         "transformer": {
             "heads": TRANSFORMER_HEADS if options.with_transformer else None,
             "model": options.transformer_model,
             "max_seq_length": options.transformer_max_seq_length,
+            "feature_set": LATEST_FEATURE_SET if options.with_transformer else None,
         },
         "training": {
             "records": dict(sorted(Counter(r.source for r in train).items())),

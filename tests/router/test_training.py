@@ -7,6 +7,7 @@ from pathlib import Path
 
 from router import Router
 from router.artifact import default_artifact_dir
+from router.features import LATEST_FEATURE_SET
 from router.training.train import TrainOptions, train_artifact
 from tests.router.synthetic import write_synthetic_data
 
@@ -61,7 +62,7 @@ def test_training_on_synthetic_data_learns_that_hard_prompts_are_harder(
     assert hard.token_budget_p50 > easy.token_budget_p50
 
 
-def test_an_artifact_trained_on_other_features_is_refused_with_a_clear_error(
+def test_heads_read_with_another_feature_set_than_their_own_are_refused_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
     import json
@@ -70,11 +71,12 @@ def test_an_artifact_trained_on_other_features_is_refused_with_a_clear_error(
 
     data = write_synthetic_data(tmp_path / "data")
     _train(data, tmp_path / "artifact")
-    manifest_path = tmp_path / "artifact" / "router.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["feature_names"] = manifest["feature_names"][:-1]
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="retrain"):
+    heads_path = tmp_path / "artifact" / "heads_static.json"
+    heads = json.loads(heads_path.read_text())
+    assert heads["feature_set"] == LATEST_FEATURE_SET
+    heads["feature_set"] = 1  # set 1 has one more feature than the heads were fitted on
+    heads_path.write_text(json.dumps(heads))
+    with pytest.raises(ValueError, match=r"feature set 1.*retrain"):
         Router.load(tmp_path / "artifact", runtime="static")
 
 
