@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -15,6 +16,28 @@ from router.encoders.base import Encoder
 from router.estimate import Estimate
 from router.features import UnknownFeatureSetError, feature_names, features_batch
 from router.heads import Heads
+
+# A check-box option line ("- [ ] text", "[x] text"). The features read such lines as options
+# (feature set 2), but the encoder read the boxes' tokens, which no training prompt has (none of
+# the 28,590), and moved demand by up to 0.075 against the same question lettered "A.".
+_CHECKBOX_LINE = re.compile(r"^([ \t]*)(?:[-*+][ \t]+)?\[[ xX]\][ \t]+", re.MULTILINE)
+
+
+def encoder_text(prompt: str) -> str:
+    """The prompt as the encoder reads it: check-box options lettered "A.", "B.", ... in order.
+
+    A no-op for every other prompt, so it leaves the training prompts' embeddings as they were.
+    """
+    if "[" not in prompt or not _CHECKBOX_LINE.search(prompt):
+        return prompt
+    letters = iter(range(1 << 30))
+
+    def letter(match: re.Match[str]) -> str:
+        n = next(letters)
+        label = chr(65 + n) if n < 26 else str(n + 1)
+        return f"{match.group(1)}{label}. "
+
+    return _CHECKBOX_LINE.sub(letter, prompt)
 
 
 def _digest(text: str) -> bytes:
@@ -139,7 +162,8 @@ class Router:
                 out[i] = hit
         if missing:
             texts = list(missing)
-            for text, emb in zip(texts, self.encoder.encode(texts), strict=True):
+            encoded = self.encoder.encode([encoder_text(text) for text in texts])
+            for text, emb in zip(texts, encoded, strict=True):
                 self._cache.put(text, emb)
                 out[missing[text]] = emb
         return out

@@ -118,3 +118,12 @@ def test_a_prompt_longer_than_the_window_has_its_counts_scaled_from_the_window(
     # window to within rounding at the window's edge.
     # Without the scaling the log counts would be log(3) ~ 1.1 short.
     assert windowed == pytest.approx(exact, abs=0.01)
+
+
+def test_the_encoder_reads_check_box_options_as_lettered_ones() -> None:
+    from router.router import encoder_text
+
+    boxed = "Which is prime?\n- [ ] 21\n- [x] 29\n  [ ] 33\nNote: [ ] inline stays."
+    assert encoder_text(boxed) == "Which is prime?\nA. 21\nB. 29\n  C. 33\nNote: [ ] inline stays."
+    plain = "No boxes here: a list [1, 2] and - a dash."
+    assert encoder_text(plain) is plain
