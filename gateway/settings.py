@@ -426,7 +426,12 @@ def default_config(env: Mapping[str, str]) -> dict[str, Any]:
             )
     if env.get("ANTHROPIC_API_KEY"):
         base = env.get("ANTHROPIC_BASE_URL")
-        for name, tier in (("claude-haiku-4-5", "light"), ("claude-sonnet-4-5", "standard")):
+        for name, tier in (
+            ("claude-haiku-4-5", "light"),
+            ("claude-sonnet-4-5", "standard"),
+            # Extended thinking through the policy's reasoning effort (litellm maps it).
+            ("claude-opus-4-5", "reasoning"),
+        ):
             models.append(
                 {
                     "name": name,

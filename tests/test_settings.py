@@ -138,7 +138,7 @@ def test_zero_config_enables_the_providers_whose_keys_are_set() -> None:
     assert [m.name for m in settings.models] == ["gpt-4o-mini", "gpt-4o", "o4-mini"]
     assert {m.api_base for m in settings.models} == {"http://127.0.0.1:9/v1"}
     settings, _ = load_settings(None, environ={"ANTHROPIC_API_KEY": "sk-ant"})
-    assert [m.tier for m in settings.models] == ["light", "standard"]
+    assert [m.tier for m in settings.models] == ["light", "standard", "reasoning"]
     settings, _ = load_settings(None, environ={})
     assert settings.models == []
 

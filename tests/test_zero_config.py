@@ -135,10 +135,14 @@ def test_route_says_which_thresholds_are_in_force_and_which_one_a_prompt_crossed
     assert text.splitlines()[0] == report["auto"]
 
 
-def test_anthropic_keys_get_the_standard_threshold_over_their_two_tiers() -> None:
+def test_anthropic_keys_get_the_three_tiers_and_their_thresholds() -> None:
     settings, _ = load_settings(None, environ={"ANTHROPIC_API_KEY": "sk-ant"})
-    tiers = [(t.name, t.min_demand) for t in settings.policy.tiers]
-    assert tiers == [("light", 0.0), ("standard", SHIPPED["standard"])]
+    tiers = [(t.name, t.min_demand, t.deployments) for t in settings.policy.tiers]
+    assert tiers == [
+        ("light", 0.0, ["claude-haiku-4-5"]),
+        ("standard", SHIPPED["standard"], ["claude-sonnet-4-5"]),
+        ("reasoning", SHIPPED["reasoning"], ["claude-opus-4-5"]),
+    ]
 
 
 def test_an_artifact_without_thresholds_falls_back_to_the_shipped_ones_and_says_so(
