@@ -416,6 +416,8 @@ async def test_count_tokens_of_an_unknown_model_is_not_found(gw: InProcessGatewa
         ),
         ({"model": "direct", "max_tokens": 8, "messages": user("hi"), "top_k": 5}, "top_k"),
         ({"model": "direct", "max_tokens": 8, "messages": user("hi"), "nope": 1}, "nope"),
+        # Found by schemathesis: a non-list `tools` was iterated before the schema saw it (500).
+        ({"model": "direct", "max_tokens": 8, "messages": user("hi"), "tools": True}, "tools"),
         (
             {
                 "model": "direct",

@@ -152,7 +152,9 @@ def _validated(model: type[M], body: Any, server: ServerSettings) -> M:
             "reason); leave it out",
             param="output_config.effort",
         )
-    for i, tool in enumerate(body.get("tools") or ()):
+    tools = body.get("tools")
+    # Not a list: left to the schema's 400 below; iterated here it was a 500.
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind not in (None, "custom"):
             raise InvalidRequest(

@@ -18,9 +18,10 @@ from gateway.redis_client import deadline_client
 log = logging.getLogger("rightsize.cache")
 
 _ADMIN_TIMEOUT_S = 10.0
-# Connecting at start: long enough for a busy host, short enough not to hold up the start
-# behind a Redis that accepts connections and never answers.
-_START_TIMEOUT_S = 1.0
+# Connecting at start: long enough for a busy host (a full collection of a large heap alone
+# has taken over a second), short enough not to hold up the start behind a Redis that accepts
+# connections and never answers.
+_START_TIMEOUT_S = 2.0
 # One slow answer (a busy host, a GC pause) bypasses only that call; this many in a row mean
 # Redis is slow for everyone, and it is skipped for retry_after_s like a Redis that is down.
 # "In a row" counts calls one after the other: calls in flight together when one was cut (32
