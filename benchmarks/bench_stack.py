@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from policies.thresholds import load_demand_thresholds  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 
 LITELLM_VERSION = "1.106.2"  # constraints.txt: the version Rightsize itself is tested against
@@ -141,9 +142,8 @@ def rightsize_config(
         "policy": {
             # The thresholds shipped beside the router artifact (docs/policies.md).
             "tiers": [
-                {"name": "light", "deployments": ["light"]},
-                {"name": "standard", "deployments": ["standard"], "min_demand": 0.476},
-                {"name": "reasoning", "deployments": ["reasoning"], "min_demand": 0.727},
+                {"name": name, "deployments": [name], "min_demand": min_demand}
+                for name, min_demand in load_demand_thresholds(None).min_demand.items()
             ],
             "default_tier": "standard",
         },
