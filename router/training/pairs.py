@@ -26,9 +26,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from router.messages import prompt_from_messages
 from router.router import Router
@@ -56,12 +57,56 @@ class PairRow:
     group: str
 
 
-def _quality(row: dict[str, Any], key: str, where: str) -> float:
+class Outcome(Protocol):
+    """What scoring reads of a row: both models' quality, the strong answer's length, a group."""
+
+    @property
+    def weak(self) -> float: ...
+    @property
+    def strong(self) -> float: ...
+    @property
+    def strong_tokens(self) -> int | None: ...
+    @property
+    def group(self) -> str: ...
+
+
+def json_row(line: str, where: str, error: type[ValueError] = PairFileError) -> dict[str, Any]:
+    """One JSON-lines row as an object; `error` names its line otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise error(f"{where}: a row must be a JSON object")
+    return row
+
+
+def tokens_and_group(
+    row: dict[str, Any], where: str, error: type[ValueError] = PairFileError
+) -> tuple[int | None, str]:
+    """A row's optional `strong_tokens` (a positive integer) and its `group` (default "all")."""
+    tokens = row.get("strong_tokens")
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
+    ):
+        raise error(f"{where}: 'strong_tokens' must be a positive integer, got {tokens!r}")
+    group = row.get("group", "all")
+    if not isinstance(group, str) or not group:
+        raise error(f"{where}: 'group' must be a non-empty string")
+    if group == "overall":
+        raise error(f"{where}: 'overall' is the name of the all-rows group")
+    return tokens, group
+
+
+def quality(
+    row: dict[str, Any], key: str, where: str, error: type[ValueError] = PairFileError
+) -> float:
+    """A model's quality on the row, a number in [0, 1]."""
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PairFileError(f"{where}: {key!r} must be a number in [0, 1], got {value!r}")
+        raise error(f"{where}: {key!r} must be a number in [0, 1], got {value!r}")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise PairFileError(f"{where}: {key!r} must be in [0, 1], got {value!r}")
+        raise error(f"{where}: {key!r} must be in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -80,26 +125,12 @@ def _prompt(row: dict[str, Any], where: str) -> str:
 
 
 def _parse(line: str, where: str) -> PairRow:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise PairFileError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise PairFileError(f"{where}: a row must be a JSON object")
-    tokens = row.get("strong_tokens")
-    if tokens is not None and (
-        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
-    ):
-        raise PairFileError(f"{where}: 'strong_tokens' must be a positive integer, got {tokens!r}")
-    group = row.get("group", "all")
-    if not isinstance(group, str) or not group:
-        raise PairFileError(f"{where}: 'group' must be a non-empty string")
-    if group == "overall":
-        raise PairFileError(f"{where}: 'overall' is the name of the all-rows group")
+    row = json_row(line, where)
+    tokens, group = tokens_and_group(row, where)
     return PairRow(
         prompt=_prompt(row, where),
-        weak=_quality(row, "weak", where),
-        strong=_quality(row, "strong", where),
+        weak=quality(row, "weak", where),
+        strong=quality(row, "strong", where),
         strong_tokens=tokens,
         group=group,
     )
@@ -132,15 +163,29 @@ def evaluate_pairs(
         for start in range(0, len(prompts), batch_size)
         for est in router.estimate_batch(prompts[start : start + batch_size])
     ]
-    demand = np.array([e.reasoning_demand for e in estimates])
-    p50 = np.array([e.token_budget_p50 for e in estimates], dtype=np.float64)
-    p90 = np.array([e.token_budget_p90 for e in estimates], dtype=np.float64)
+    return score_outcomes(
+        rows,
+        [(e.reasoning_demand, e.token_budget_p50, e.token_budget_p90) for e in estimates],
+        ("length", np.log1p([len(p) for p in prompts])),
+    )
+
+
+def score_outcomes(
+    rows: Sequence[Outcome],
+    estimates: Sequence[tuple[float, int, int]],
+    length: tuple[str, npt.ArrayLike],
+) -> list[dict[str, object]]:
+    """Metric rows per group for the estimates (demand, p50, p90), a length heuristic (its
+    name and score per row) and a random router (mean of RANDOM_SEEDS uniform draws)."""
+    demand = np.array([e[0] for e in estimates], dtype=np.float64)
+    p50 = np.array([e[1] for e in estimates], dtype=np.float64)
+    p90 = np.array([e[2] for e in estimates], dtype=np.float64)
     weak = np.array([r.weak for r in rows])
     strong = np.array([r.strong for r in rows])
     tokens = np.array([np.nan if r.strong_tokens is None else r.strong_tokens for r in rows])
     methods: list[tuple[str, np.ndarray, bool]] = [
         ("router", demand, True),
-        ("length", np.log1p([len(p) for p in prompts]), False),
+        (length[0], np.asarray(length[1], dtype=np.float64), False),
     ]
     methods += [
         (f"random(seed={seed})", np.random.default_rng(seed).random(len(rows)), True)
@@ -153,7 +198,7 @@ def evaluate_pairs(
         timed = ix[np.isfinite(tokens[ix])]
         for name, score, probability in methods:
             row: dict[str, object] = {"group": group, "method": name, "n": len(ix)}
-            if len(ix) > 1:  # one prompt has no order to score
+            if len(ix) > 1:  # one row has no order to score
                 row.update(routing_cells(score[ix], weak[ix], strong[ix], probability))
             if name == "router" and len(timed):
                 row.update(budget_cells(p50[timed], p90[timed], tokens[timed]))
