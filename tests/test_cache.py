@@ -125,6 +125,12 @@ async def test_delivery_fields_do_not_change_the_key(gw: InProcessGateway) -> No
     assert again.headers["x-rightsize-cache"] == "hit"
 
 
+async def test_numerically_equal_parameters_share_the_key(gw: InProcessGateway) -> None:
+    await ask(gw, temperature=0, max_tokens=50)
+    again = await ask(gw, temperature=0.0, max_tokens=50.0)
+    assert again.headers["x-rightsize-cache"] == "hit"
+
+
 async def test_upstream_error_is_not_cached(
     gw: InProcessGateway, upstream: RunningUpstream
 ) -> None:

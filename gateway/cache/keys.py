@@ -41,12 +41,23 @@ def cache_key(team: str, route: str, chat: ChatRequest) -> CacheKey:
     request = chat.upstream_payload()
     for name in _NOT_IN_KEY:
         request.pop(name, None)
+    _integral_floats_as_ints(request)
     exact = _digest({"v": KEY_VERSION, "team": team, "route": route, "request": request})
     messages = request["messages"]
     # The semantic tier compares the last message by embedding; everything else must match.
     context = {**request, "messages": messages[:-1], "last_role": messages[-1]["role"]}
     partition = _digest({"v": KEY_VERSION, "team": team, "route": route, "context": context})
     return CacheKey(team=team, exact=exact, partition=partition)
+
+
+def _integral_floats_as_ints(request: dict[str, Any]) -> None:
+    """`temperature: 0` and `temperature: 0.0` ask for the same answer; JSON spells them apart.
+
+    Only top-level parameters: message text is a string, and a nested schema is rare enough not
+    to walk on every request."""
+    for name, value in request.items():
+        if type(value) is float and value.is_integer():
+            request[name] = int(value)
 
 
 def _digest(material: dict[str, Any]) -> str:
