@@ -46,7 +46,12 @@ from gateway.openapi import (
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
-from gateway.spend import SpendWriter, default_fallback_file, default_journal_dir
+from gateway.spend import (
+    WRITER_CONNECTIONS,
+    SpendWriter,
+    default_fallback_file,
+    default_journal_dir,
+)
 from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
@@ -103,7 +108,7 @@ def create_app(
             await store.migrate()
         # The writer's own engine, used only on its own thread's loop (an engine's connections
         # belong to one loop); one connection is enough for one batch at a time.
-        spend_pool = dataclasses.replace(settings.store.pool(), size=1, overflow=0)
+        spend_pool = dataclasses.replace(settings.store.pool(), size=WRITER_CONNECTIONS, overflow=0)
         spend = SpendWriter(
             lambda: Store.connect(settings.store_url(), spend_pool),
             flush_interval_s=settings.spend_log.flush_interval_ms / 1000,

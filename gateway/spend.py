@@ -52,6 +52,10 @@ class SpendObserver(Protocol):
     def rows_still_failing(self, count: int) -> None: ...
 
 
+# The writer's own engine holds this many connections per process (one batch at a time).
+WRITER_CONNECTIONS = 1
+
+
 class SpendWriter:
     """Journals and queues records on the serving loop; writes them in batches on its own.
 

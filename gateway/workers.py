@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
 
+from gateway.spend import WRITER_CONNECTIONS
 from gateway.store.store import PoolLimits, Store
 from gateway.tokens import prompt_tokens
 
@@ -113,19 +114,21 @@ async def check_connection_budget(store: Store, workers: int, pool: PoolLimits) 
         return None
     limit, superuser, reserved = int(row[0]), int(row[1]), int(row[2])
     available = limit - superuser - reserved
-    wanted = workers * pool.most
+    per_worker = pool.most + WRITER_CONNECTIONS
+    wanted = workers * per_worker
     if wanted <= available:
         log.info(
             "store: %d worker(s) x %d connections at most = %d of PostgreSQL's %d",
             workers,
-            pool.most,
+            per_worker,
             wanted,
             available,
         )
         return None
     message = (
-        f"store: {workers} worker(s) x {pool.most} connections at most (store.pool_size "
-        f"{pool.size} + store.max_overflow {pool.overflow}) = {wanted}, more than the "
+        f"store: {workers} worker(s) x {per_worker} connections at most (store.pool_size "
+        f"{pool.size} + store.max_overflow {pool.overflow} + {WRITER_CONNECTIONS} for the "
+        f"spend writer) = {wanted}, more than the "
         f"{available} PostgreSQL accepts (max_connections {limit} - {superuser + reserved} "
         "reserved): under load requests will fail. Lower store.pool_size, store.max_overflow "
         "or the workers, or raise max_connections (other replicas and tools count too)"

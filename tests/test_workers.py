@@ -184,8 +184,9 @@ def test_serve_warns_when_workers_times_pool_exceed_postgresql_max_connections(
     warning = asyncio.run(_budget_warning(postgres_url, 8, PoolLimits(size=10, overflow=5)))
 
     assert warning is not None
-    assert "8 worker(s) x 15 connections" in warning
-    assert "= 120" in warning
+    # 10 + 5 for requests, 1 for the spend writer's own engine.
+    assert "8 worker(s) x 16 connections" in warning
+    assert "= 128" in warning
     assert re.search(r"max_connections \d+", warning)
     assert warning in caplog.text
 
