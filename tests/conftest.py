@@ -240,7 +240,9 @@ async def gateway(store_url: str, upstream: RunningUpstream) -> AsyncIterator[In
         yield gw
 
 
-def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+def in_process_gateway(
+    config: dict[str, Any], env: dict[str, str] | None = None, **app_options: Any
+) -> Any:
     from contextlib import asynccontextmanager
 
     from gateway.app import create_app
@@ -248,7 +250,9 @@ def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None
 
     @asynccontextmanager
     async def run() -> AsyncIterator[InProcessGateway]:
-        app = create_app(Settings.model_validate(config), environ=env or gateway_env())
+        app = create_app(
+            Settings.model_validate(config), environ=env or gateway_env(), **app_options
+        )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
