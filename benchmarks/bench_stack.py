@@ -115,7 +115,6 @@ def rightsize_config(
     router: bool,
     redis_url: str | None,
     redis_prefix: str,
-    server: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Three tiers on the fake upstream, `auto` routed by demand; Redis for the cache and the
     ledger counters when redis_url is set (each under its own prefix), else in process/SQLite."""
@@ -140,7 +139,6 @@ def rightsize_config(
         },
         "ledger": {"redis_prefix": redis_prefix + "ledger:"},
         "models": models,
-        "server": server or {},
         "policy": {
             # The thresholds shipped beside the router artifact (docs/policies.md).
             "tiers": [

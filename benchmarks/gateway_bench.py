@@ -65,7 +65,6 @@ class Config:
     cache_hit: bool = False  # the same temperature-0 request: every timed one a cache hit
     budget: bool = False  # the team has a monthly USD budget: a hold and a charge per request
     unique_prompts: bool = False  # a new prompt text every request: nothing can short-cut
-    server: tuple[tuple[str, Any], ...] = ()  # `server:` settings, e.g. metrics off
 
     @property
     def body(self) -> dict[str, Any]:
@@ -100,29 +99,6 @@ CONFIGS = [
         unique_prompts=True,
     ),
     Config("litellm-proxy", f"LiteLLM proxy {stack.LITELLM_VERSION}, 1 worker", "litellm"),
-]
-
-# Measured only when named in --configs. What /metrics and the JSON request line cost
-# (issue 24): rs-main has metrics on (the default) and text logs (no request line).
-OPTIONAL_CONFIGS = [
-    Config(
-        "rs-main-nometrics",
-        "rs-main with server.metrics off",
-        "rightsize",
-        redis=True,
-        budget=True,
-        unique_prompts=True,
-        server=(("metrics", False),),
-    ),
-    Config(
-        "rs-main-json",
-        "rs-main with server.log_format json (one log line per request)",
-        "rightsize",
-        redis=True,
-        budget=True,
-        unique_prompts=True,
-        server=(("log_format", "json"),),
-    ),
 ]
 
 
@@ -198,7 +174,6 @@ def running(
                         router=config.router,
                         redis_url=REDIS_URL if config.redis else None,
                         redis_prefix=f"rightsize-bench:{run_id}:{config.name}:",
-                        server=dict(config.server),
                     ),
                     free_port(),
                     own,
@@ -465,8 +440,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument(
-        "--configs",
-        help="Comma-separated subset of: " + ", ".join(c.name for c in CONFIGS + OPTIONAL_CONFIGS),
+        "--configs", help="Comma-separated subset of: " + ", ".join(c.name for c in CONFIGS)
     )
     parser.add_argument("--no-litellm", action="store_true", help="Leave the LiteLLM proxy out.")
     args = parser.parse_args()
@@ -474,7 +448,7 @@ def main() -> None:
     configs = [c for c in CONFIGS if not (args.no_litellm and c.kind == "litellm")]
     if args.configs:
         wanted = set(args.configs.split(",")) | {"floor"}  # "added" needs the floor
-        configs = [c for c in configs + OPTIONAL_CONFIGS if c.name in wanted]
+        configs = [c for c in configs if c.name in wanted]
     try:
         import matplotlib  # noqa: F401  (checked now, not after minutes of measuring)
     except ImportError:

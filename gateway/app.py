@@ -10,7 +10,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import threadpoolctl
 from fastapi import FastAPI, Request
@@ -57,13 +56,9 @@ from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
-from gateway.tracing import INSTRUMENTATION, provider_from_environment
 from ledger.errors import LedgerError
 from policies import Catalog, PolicyEngine
 from router import EstimateBatcher, Router
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("rightsize")
 _READY_TIMEOUT_S = 2.0  # a readiness probe answers within this, whatever the dependencies do
@@ -76,11 +71,9 @@ def create_app(
     source: str = "configuration",
     catalog: Catalog | None = None,
     freeze_gc: bool = False,
-    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Validate everything that can fail before serving, then build the app; `freeze_gc`
-    (`rightsize serve`) moves what start-up built out of the collector's reach;
-    `tracer_provider` replaces the one the OTEL_* variables would build (tests)."""
+    (`rightsize serve`) moves what start-up built out of the collector's reach."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -102,7 +95,6 @@ def create_app(
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
     # Built here, once per app: in one process its series live in this app's own registry.
     metrics = Metrics.from_environment() if settings.server.metrics else None
-    tracing = tracer_provider or provider_from_environment(env)
     log.info(
         "spend rows record routing configuration %s and router artifact %s",
         routing_config,
@@ -165,7 +157,6 @@ def create_app(
             metrics=metrics,
             metrics_key=metrics_key,
             log_requests=settings.server.log_format == "json",
-            tracer=tracing.get_tracer(INSTRUMENTATION, __version__) if tracing else None,
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
@@ -187,8 +178,6 @@ def create_app(
             await store.aclose()
             if metrics is not None:
                 metrics.process_ended()
-            if tracing is not None:
-                tracing.shutdown()  # exports the spans still batched
 
     # The API description is public knowledge only where the operator says so.
     spec = settings.server.openapi

@@ -111,11 +111,6 @@ class ServerSettings(BaseModel):
         "request (ids, team, key id, models, tier, demand, cache, status, tokens, cost, "
         "overhead; never prompt text) on the rightsize.requests logger.",
     )
-    trace_prompts: bool = Field(
-        default=False,
-        description="With OpenTelemetry traces on (the OTEL_* variables): put the request's "
-        "messages on its span as gen_ai.input.messages. Off, spans carry no prompt text.",
-    )
     worker_start_timeout_s: int = Field(
         default=60,
         ge=1,

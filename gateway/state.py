@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
@@ -17,9 +16,6 @@ from gateway.store import Store
 from ledger.ledger import Ledger
 from policies import Catalog, Deployment, PolicyEngine
 from router import EstimateBatcher, Router
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
 
 
 @dataclass(slots=True)
@@ -42,9 +38,6 @@ class Gateway:
     metrics: Metrics | None = None  # None: server.metrics is off
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
-    tracer: Tracer | None = (
-        None  # OpenTelemetry, when the OTEL_* variables ask (gateway/tracing.py)
-    )
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

@@ -240,9 +240,7 @@ async def gateway(store_url: str, upstream: RunningUpstream) -> AsyncIterator[In
         yield gw
 
 
-def in_process_gateway(
-    config: dict[str, Any], env: dict[str, str] | None = None, **app_options: Any
-) -> Any:
+def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None) -> Any:
     from contextlib import asynccontextmanager
 
     from gateway.app import create_app
@@ -250,9 +248,7 @@ def in_process_gateway(
 
     @asynccontextmanager
     async def run() -> AsyncIterator[InProcessGateway]:
-        app = create_app(
-            Settings.model_validate(config), environ=env or gateway_env(), **app_options
-        )
+        app = create_app(Settings.model_validate(config), environ=env or gateway_env())
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

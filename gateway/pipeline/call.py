@@ -12,7 +12,6 @@ from gateway.pipeline.metering import settle_request
 from gateway.request_log import log_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
-from gateway.tracing import child, describe_request
 from ledger.ledger import Hold
 from policies import Usage
 from router import Estimate
@@ -29,7 +28,6 @@ class Call:
     estimate: Estimate | None = None
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
     cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
-    span: Any = None  # the request's OpenTelemetry span when tracing is on (gateway/tracing.py)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -39,15 +37,8 @@ async def finish(gateway: Gateway, call: Call) -> None:
     """Write the spend row, then settle the hold: the row is journaled before the ledger
     moves, so a worker killed in between loses no paid spend."""
     note_routing(gateway, call)
-    if call.span is None:
-        gateway.spend.record(call.record)
-        await settle_request(gateway.ledger, call.hold, call.record)
-    else:
-        with child(gateway.tracer, "rightsize.settle", parent=call.span):
-            gateway.spend.record(call.record)
-            await settle_request(gateway.ledger, call.hold, call.record)
-        describe_request(call.span, call.record)
-        call.span.end()
+    gateway.spend.record(call.record)
+    await settle_request(gateway.ledger, call.hold, call.record)
     # Counted and logged from the record as written, in this one place every request ends;
     # after the settlement, and never the request's failure (a full disk under the metrics'
     # multiprocess files).

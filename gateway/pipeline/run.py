@@ -20,8 +20,6 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
-import orjson
-
 from gateway.cache import CacheLookup
 from gateway.errors import GatewayError, RevokedKey, UpstreamError, from_ledger
 from gateway.outage import unavailable
@@ -50,7 +48,6 @@ from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.store import ApiKey, SpendRecord
 from gateway.tokens import count_prompt_tokens
-from gateway.tracing import attempt_span, child, describe_response
 from gateway.usage import completion_text, count_usage, usage_from
 from ledger.errors import LedgerError
 from policies import Decision, Deployment
@@ -113,17 +110,6 @@ Outcome = Answer | Replay | Stream | Refused
 async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
     """Serve one request; every failure becomes a logged `Refused`, never an exception."""
     call = Call(SpendRecord(request_id=inbound.request_id, created_at=_now(), status=200))
-    if gateway.tracer is None:
-        return await _run(gateway, call, inbound)
-    from opentelemetry import trace
-
-    # Ended where the spend row is written (call.finish), after the stream for a stream.
-    call.span = gateway.tracer.start_span("rightsize.request", kind=trace.SpanKind.SERVER)
-    with trace.use_span(call.span, end_on_exit=False):
-        return await _run(gateway, call, inbound)
-
-
-async def _run(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     try:
         return await _serve(gateway, call, inbound)
     except RevokedKey as exc:
@@ -152,8 +138,6 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
     payload = chat.upstream_payload()
     messages = payload["messages"]
-    if call.span is not None and gateway.settings.server.trace_prompts:
-        call.span.set_attribute("gen_ai.input.messages", orjson.dumps(messages).decode())
     cached = await lookup_cache(gateway, key, chat, messages, inbound.headers)
     call.cache = "hit" if cached.hit else "miss" if cached.key is not None else "bypass"
     if cached.hit:
@@ -170,14 +154,7 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     else:
         call.estimate = await estimate(gateway, messages)
     try:
-        with child(gateway.tracer, "rightsize.decide") as span:
-            decision = decide(
-                gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor
-            )
-            if span is not None:
-                span.set_attributes(
-                    {"rightsize.tier": decision.tier or "", "rightsize.reason": decision.reason}
-                )
+        decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor)
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
         call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
@@ -296,16 +273,7 @@ async def _attempt(
     started = time.perf_counter()
 
     def attempt(deployment: Deployment) -> Awaitable[T]:
-        if gateway.tracer is None:
-            return once(deployment, attempt_payload(payload, decision, deployment))
-        return traced(deployment)
-
-    async def traced(deployment: Deployment) -> T:
-        with attempt_span(gateway.tracer, deployment) as span:
-            result = await once(deployment, attempt_payload(payload, decision, deployment))
-            if isinstance(result, dict):
-                describe_response(span, result)
-            return result
+        return once(deployment, attempt_payload(payload, decision, deployment))
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
         call.record.attempts += 1

@@ -18,7 +18,6 @@ from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.stickiness import Conversation, conversation_of
 from gateway.store import ApiKey
-from gateway.tracing import step
 from ledger.ledger import Hold
 from policies import (
     AUTO,
@@ -44,7 +43,6 @@ async def authenticate(gateway: Gateway, call: Call, token: str | None) -> ApiKe
     return key
 
 
-@step("rightsize.cache", lambda found: {"rightsize.cache.result": _verdict(found)})
 async def lookup_cache(
     gateway: Gateway,
     key: ApiKey,
@@ -65,10 +63,6 @@ async def lookup_cache(
     )
 
 
-def _verdict(found: CacheLookup) -> str:
-    return "hit" if found.hit else "miss" if found.key is not None else "bypass"
-
-
 async def _embedding(gateway: Gateway, team: str, messages: list[dict[str, Any]]) -> Any | None:
     """The router's embedding of the prompt, for the semantic cache tier of teams that use it.
 
@@ -81,7 +75,6 @@ async def _embedding(gateway: Gateway, team: str, messages: list[dict[str, Any]]
     return (await asyncio.to_thread(gateway.router.embed_batch, [text]))[0]
 
 
-@step("rightsize.estimate", lambda estimate: _described(estimate))
 async def estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimate | None:
     """The router's estimate of the prompt; a router failure is logged, never fatal."""
     if gateway.estimator is None:
@@ -91,17 +84,6 @@ async def estimate(gateway: Gateway, messages: list[dict[str, Any]]) -> Estimate
     except Exception:
         log.exception("the router failed; routing this request without an estimate")
         return None
-
-
-def _described(estimate: Estimate | None) -> dict[str, Any]:
-    if estimate is None:
-        return {"rightsize.router": "none"}
-    return {
-        "rightsize.reasoning_demand": float(estimate.reasoning_demand),
-        "rightsize.token_budget.p50": int(estimate.token_budget_p50),
-        "rightsize.token_budget.p90": int(estimate.token_budget_p90),
-        "rightsize.category": estimate.category,
-    }
 
 
 async def estimate_can_wait(
@@ -240,7 +222,6 @@ def _has_images(messages: list[dict[str, Any]]) -> bool:
     )
 
 
-@step("rightsize.hold", lambda hold: {"rightsize.held": hold is not None})
 async def hold(
     gateway: Gateway,
     key: ApiKey,
