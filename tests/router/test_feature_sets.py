@@ -14,7 +14,9 @@ from router.heads import Heads
 
 # Estimates of the transformer heads (2026-12-02, feature set 1) measured with main's code at
 # e893559, before feature sets existed: demand as float.hex(), p50, p90, category. The heads
-# file and the set-1 features are unchanged, so these must stay bit for bit.
+# file and the set-1 features are unchanged, so these must stay: the heads' arithmetic bit for
+# bit, but the encoder's float32 matrix products round differently on another CPU (another
+# SIMD path in torch), which moved the demand in its 7th significant digit between two hosts.
 TRANSFORMER_ON_MAIN: dict[str, tuple[str, int, int, str]] = {
     "Prove that the square root of 2 is irrational.": ("0x1.b284deeaa860ap-2", 388, 912, "math"),
     "WHAT IS THE CAPITAL OF FRANCE?": ("0x1.13ccd787488cap-2", 93, 189, "chat"),
@@ -74,13 +76,9 @@ def test_the_transformer_heads_give_the_estimates_they_gave_before_feature_sets(
     router = Router.load(runtime="sentence-transformers", cache_size=0)
     for prompt, (demand, p50, p90, category) in TRANSFORMER_ON_MAIN.items():
         estimate = router.estimate(prompt)
-        got = (estimate.reasoning_demand.hex(), estimate.token_budget_p50)
-        assert (*got, estimate.token_budget_p90, estimate.category) == (
-            demand,
-            p50,
-            p90,
-            category,
-        ), prompt
+        assert estimate.reasoning_demand == pytest.approx(float.fromhex(demand), abs=1e-5), prompt
+        got = (estimate.token_budget_p50, estimate.token_budget_p90, estimate.category)
+        assert got == (p50, p90, category), prompt
 
 
 def test_heads_asking_for_an_unknown_feature_set_are_refused(tmp_path: Path) -> None:
