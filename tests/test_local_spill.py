@@ -105,3 +105,24 @@ async def test_streamed_requests_are_served_by_the_engine_with_its_usage(
         assert text == "served by engine"
         usage = chunks[-1].usage
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 3)
+
+
+@pytest.mark.parametrize("hint", [True, False])
+async def test_priority_hint_sends_vllm_the_predicted_length_bucket_only_when_enabled(
+    hint: bool, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    with RunningEngine(EngineState("engine", engine="vllm")) as engine:
+        config = local_config(
+            tmp_path, upstream, "vllm", [engine.base_url], priority_hint=hint, **PROBES
+        )
+        config["router"] = {"enabled": True}
+        async with in_process_gateway(config) as gw:
+            raw = await sdk(gw).chat.completions.with_raw_response.create(
+                model="local", messages=[{"role": "user", "content": "Say hi."}]
+            )
+            p50 = int(raw.headers["x-rightsize-token-budget"].split("/")[0])
+            body = engine.state.bodies[-1]
+            if hint:
+                assert body["priority"] == p50 // 128
+            else:
+                assert "priority" not in body
