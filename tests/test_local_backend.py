@@ -247,3 +247,39 @@ def test_priority_hint_only_when_enabled_and_only_for_vllm() -> None:
     assert on.priority(local(), 100) == 0
     assert on.priority(local(), 500) == 3
     assert on.priority(local(engine="sglang"), 500) is None
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_an_engine_implies_local_and_the_direct_transport() -> None:
+    from policies import ModelSpec
+
+    spec = ModelSpec.model_validate(
+        {"name": "gpu", "model": "openai/m", "engine": "sglang", "api_base": "http://h:30000/v1"}
+    )
+    assert (spec.local, spec.transport, spec.replicas) == (True, "openai_http", [])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"engine": "vllm", "api_base": "http://h/v1", "transport": "litellm"}, "openai_http"),
+        ({"replicas": ["http://h/v1"]}, "replicas need an engine"),
+        ({"engine": "vllm"}, "needs api_base or replicas"),
+    ],
+)
+def test_engine_settings_that_cannot_work_are_refused(extra: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    from policies import ModelSpec
+
+    with pytest.raises(ValidationError, match=message):
+        ModelSpec.model_validate({"name": "gpu", "model": "openai/m", **extra})
+
+
+def test_spill_thresholds_must_leave_a_band() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="hysteresis"):
+        SpillSettings(queue_high=4, queue_low=4)

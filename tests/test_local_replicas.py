@@ -158,3 +158,40 @@ async def test_probes_in_flight_never_exceed_the_bound() -> None:
     finally:
         for engine in engines:
             engine.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_dead_replica_is_skipped_before_the_probes_notice_and_its_breaker_opens(
+    stream: bool, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    first = RunningEngine(EngineState("first")).start()
+    second = RunningEngine(EngineState("second")).start()
+    try:
+        # Probes far apart: only the gateway's own calls can notice the dead replica.
+        slow_probes = {**PROBES, "probe_interval_s": 60, "breaker_open_s": 60}
+        config = local_config(
+            tmp_path, upstream, "vllm", [first.base_url, second.base_url], **slow_probes
+        )
+        async with in_process_gateway(config) as gw:
+            local = gw.app.state.gateway.local
+            client = sdk(gw)
+            first.stop()
+            for n in range(6):
+                messages = [{"role": "user", "content": f"question {n}"}]
+                if stream:
+                    chunks = await client.chat.completions.create(
+                        model="local",
+                        messages=messages,
+                        stream=True,  # type: ignore[arg-type]
+                    )
+                    text = "".join(
+                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+                    )
+                else:
+                    text = (await ask(client, f"question {n}"))[1]
+                assert text == "served by second"
+            dead = local.replicas("gpu")[0]
+            assert not local.healthy(dead) and dead.upstream_failures >= 3
+    finally:
+        first.stop()
+        second.stop()
