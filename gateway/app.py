@@ -119,9 +119,10 @@ def create_app(
         http = OpenAIHTTPProvider(api_keys, redactor=redactor)
         providers: dict[str, Provider] = {"openai_http": http}
         # Models with an `engine`: probed by one loop in this process, stopped at shutdown.
-        local = LocalBackend(catalog.deployments, settings.local_backend) or None
-        probes = ProbeLoop(local) if local is not None else None
-        if local is not None:
+        local, probes = None, None
+        if any(d.engine is not None for d in catalog.deployments):
+            local = LocalBackend(catalog.deployments, settings.local_backend)
+            probes = ProbeLoop(local)
             providers["local"] = LocalProvider(local, http)
         if any(d.transport == "litellm" for d in catalog.deployments):
             providers["litellm"] = LiteLLMProvider(api_keys, redactor=redactor)

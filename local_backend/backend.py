@@ -52,9 +52,6 @@ class LocalBackend:
         }  # fmt: skip
         self._prefixes = PrefixTable(settings.affinity.max_entries)
 
-    def __bool__(self) -> bool:
-        return bool(self._pools)
-
     def manages(self, deployment: Deployment) -> bool:
         return deployment.name in self._pools
 
