@@ -78,8 +78,14 @@ def create_app(
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
     # Recorded on every routed spend row: which configuration made the decision.
+    engines = any(d.engine is not None for d in catalog.deployments)
     routing_config = config_hash(
-        catalog, policy.spec, default, settings.router, settings.routing.stickiness
+        catalog,
+        policy.spec,
+        default,
+        settings.router,
+        settings.routing.stickiness,
+        settings.local_backend if engines else None,
     )
     master_key = env.get(settings.auth.master_key_env) or None
     metrics_key = env.get(settings.auth.metrics_key_env) or None
@@ -120,7 +126,7 @@ def create_app(
         providers: dict[str, Provider] = {"openai_http": http}
         # Models with an `engine`: probed by one loop in this process, stopped at shutdown.
         local, probes = None, None
-        if any(d.engine is not None for d in catalog.deployments):
+        if engines:
             local = LocalBackend(catalog.deployments, settings.local_backend)
             probes = ProbeLoop(local)
             providers["local"] = LocalProvider(local, http)
