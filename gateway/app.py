@@ -43,7 +43,7 @@ from gateway.openapi import (
     DocumentedRoute,
     install_openapi,
 )
-from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
+from gateway.providers import LiteLLMProvider, LocalProvider, OpenAIHTTPProvider, Provider
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import (
@@ -57,6 +57,7 @@ from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
 from ledger.errors import LedgerError
+from local_backend import LocalBackend, ProbeLoop
 from policies import Catalog, PolicyEngine
 from router import EstimateBatcher, Router
 
@@ -82,8 +83,14 @@ def create_app(
     policy = PolicyEngine(catalog, settings.policy, default)
     router = _load_router(settings)
     # Recorded on every routed spend row: which configuration made the decision.
+    engines = any(d.engine is not None for d in catalog.deployments)
     routing_config = config_hash(
-        catalog, policy.spec, default, settings.router, settings.routing.stickiness
+        catalog,
+        policy.spec,
+        default,
+        settings.router,
+        settings.routing.stickiness,
+        settings.local_backend if engines else None,
     )
     master_key = env.get(settings.auth.master_key_env) or None
     metrics_key = env.get(settings.auth.metrics_key_env) or None
@@ -120,9 +127,14 @@ def create_app(
         )
         # Before serving: a counter rebuilt from the spend log must see the replayed rows.
         await spend.start()
-        providers: dict[str, Provider] = {
-            "openai_http": OpenAIHTTPProvider(api_keys, redactor=redactor)
-        }
+        http = OpenAIHTTPProvider(api_keys, redactor=redactor)
+        providers: dict[str, Provider] = {"openai_http": http}
+        # Models with an `engine`: probed by one loop in this process, stopped at shutdown.
+        local, probes = None, None
+        if engines:
+            local = LocalBackend(catalog.deployments, settings.local_backend)
+            probes = ProbeLoop(local)
+            providers["local"] = LocalProvider(local, http)
         if any(d.transport == "litellm" for d in catalog.deployments):
             providers["litellm"] = LiteLLMProvider(api_keys, redactor=redactor)
         estimator = (
@@ -157,16 +169,22 @@ def create_app(
             metrics=metrics,
             metrics_key=metrics_key,
             log_requests=settings.server.log_format == "json",
+            local=local,
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
         # process's heartbeat retired) by ledger.aclose() below.
         app.state.gateway.ledger.start()
+        if probes is not None:
+            probes.start()
+        app.state.probes = probes
         if freeze_gc:
             freeze_startup_objects()
         try:
             yield
         finally:
+            if probes is not None:
+                await probes.aclose()
             if estimator is not None:
                 await estimator.aclose()
             await app.state.gateway.cache.aclose()

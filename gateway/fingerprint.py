@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from gateway.settings import RouterSettings, StickinessSettings
-from policies import Catalog, PolicySpec
+from local_backend import LocalBackendSettings
+from policies import Catalog, Deployment, PolicySpec
 
 
 def config_hash(
@@ -22,23 +23,37 @@ def config_hash(
     default: str | None,
     router: RouterSettings,
     stickiness: StickinessSettings | None = None,
+    local_backend: LocalBackendSettings | None = None,
 ) -> str:
     """16 hex digits over the deployments, the policy, `auto`'s default, the router settings and
     session stickiness (it lifts tiers).
 
     Secrets are never in it: deployments name their keys' environment variables only. Batching
-    settings are left out: they change latency, not a decision.
+    settings are left out: they change latency, not a decision. `local_backend` (given when a
+    model has an engine): its spill thresholds, which move requests between tiers.
     """
     described = {
-        "deployments": [dataclasses.asdict(d) for d in catalog.deployments],
+        "deployments": [_described(d) for d in catalog.deployments],
         "policy": policy.model_dump(mode="json"),
         "default": default,
         "router": router.model_dump(mode="json", include={"enabled", "artifact", "runtime"}),
     }
     if stickiness is not None:
         described["stickiness"] = stickiness.model_dump(mode="json", include={"enabled", "ttl_s"})
+    if local_backend is not None:
+        described["local_backend"] = local_backend.model_dump(mode="json", include={"spill"})
     text = orjson.dumps(described, default=_plain, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _described(deployment: Deployment) -> dict[str, Any]:
+    """The deployment's fields, less those at their default: a field added with a default
+    (a local engine's) leaves every configuration that does not set it with its old hash."""
+    values = dataclasses.asdict(deployment)
+    for field in dataclasses.fields(deployment):
+        if field.default is not dataclasses.MISSING and values[field.name] == field.default:
+            del values[field.name]
+    return values
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.cache.config import CacheSettings
 from ledger.settings import LedgerSettings
+from local_backend.settings import LocalBackendSettings
 from policies import (
     Catalog,
     CatalogError,
@@ -265,6 +266,8 @@ class Settings(BaseModel):
     models: list[ModelSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
+    # Probes, spill-over and replica picking of models with an `engine` (docs/local_backend.md).
+    local_backend: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     # Where policy.tiers' thresholds came from when no file wrote them (zero-config); not a
     # configuration key.
     _thresholds_origin: str | None = PrivateAttr(default=None)

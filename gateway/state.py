@@ -14,6 +14,7 @@ from gateway.spend import SpendWriter
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from ledger.ledger import Ledger
+from local_backend import LocalBackend
 from policies import Catalog, Deployment, PolicyEngine
 from router import EstimateBatcher, Router
 
@@ -38,8 +39,12 @@ class Gateway:
     metrics: Metrics | None = None  # None: server.metrics is off
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
+    # Models with an `engine`: their health, load and replicas (None when there are none).
+    local: LocalBackend | None = None
 
     def provider(self, deployment: Deployment) -> Provider:
+        if deployment.engine is not None and "local" in self.providers:
+            return self.providers["local"]
         return self.providers[deployment.transport]
 
 

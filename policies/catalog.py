@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
@@ -63,6 +63,27 @@ class ModelSpec(BaseModel):
     price: Price | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
     local: bool = False
+    # A local engine (local_backend/): probed for health and load, its replicas picked per
+    # request. Implies local: true and transport: openai_http.
+    engine: Literal["vllm", "sglang", "llamacpp", "ollama", "openai"] | None = None
+    replicas: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the engine's replicas (each as api_base would be); "
+        "default: api_base alone.",
+    )
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> ModelSpec:
+        if self.replicas and self.engine is None:
+            raise ValueError("replicas need an engine (vllm, sglang, llamacpp, ollama, openai)")
+        if self.engine is None:
+            return self
+        if not self.replicas and not self.api_base:
+            raise ValueError(f"engine {self.engine!r} needs api_base or replicas")
+        if "transport" in self.model_fields_set and self.transport != "openai_http":
+            raise ValueError("an engine is called through transport: openai_http")
+        self.transport, self.local = "openai_http", True
+        return self
 
     @field_validator("name")
     @classmethod
@@ -150,6 +171,8 @@ class Deployment:
     price: TokenPrice
     capabilities: Capabilities
     local: bool
+    engine: str | None = None  # set: served through local_backend (probes, replica picking)
+    replicas: tuple[str, ...] = ()  # engine replicas' base URLs (api_base when none listed)
 
     @property
     def upstream_model(self) -> str:
@@ -227,6 +250,9 @@ class Catalog:
                     price=price,
                     capabilities=caps,
                     local=spec.local,
+                    engine=spec.engine,
+                    replicas=tuple(spec.replicas)
+                    or ((spec.api_base,) if spec.engine and spec.api_base else ()),
                 )
             )
         return cls(deployments)

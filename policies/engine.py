@@ -33,6 +33,10 @@ class DeploymentState:
 
     healthy: bool = True
     load: float = 0.0  # 0 idle .. 1 saturated
+    # Why new requests leave this deployment for the next tier (local_backend's spill-over,
+    # with hysteresis); None: not spilling.
+    spill: str | None = None
+    age_s: float | None = None  # age of the load reading; None: no reading (load unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,9 @@ class TeamContext:
 class _Trace:
     steps: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    # Spilled deployments (local_backend's load past its threshold): after every other
+    # admissible deployment of every tier walked, so new requests go to the next tier.
+    spilled: list[Deployment] = field(default_factory=list)
 
 
 class PolicyEngine:
@@ -119,6 +126,7 @@ class PolicyEngine:
         current: str | None = tier if pinned is None else None
         while current is not None and current not in visited:
             visited.append(current)
+            spilled_before = len(trace.spilled)
             if current in usable:
                 pool = self._pool(current)
                 chosen.extend(
@@ -126,9 +134,10 @@ class PolicyEngine:
                 )
             current = self._next_tier.get(current)
             if not chosen and current is not None:
-                trace.steps.append(
-                    f"nothing admissible in tier {visited[-1]!r}: next tier {current!r}"
-                )
+                what = "spilled" if len(trace.spilled) > spilled_before else "nothing admissible"
+                trace.steps.append(f"{what} in tier {visited[-1]!r}: next tier {current!r}")
+        # A spilled deployment still serves when nothing else can (better slow than refused).
+        chosen.extend(d for d in trace.spilled if d not in chosen)
         if not chosen:
             why = [f"{c.deployment}: {c.why}" for c in trace.candidates if not c.kept]
             raise Refusal(
@@ -295,6 +304,13 @@ class PolicyEngine:
                 why = "unhealthy"
             if why is not None:
                 trace.candidates.append(Candidate(deployment.name, tier, False, why, cost))
+                continue
+            if state is not None and state.spill is not None:
+                trace.candidates.append(
+                    Candidate(deployment.name, tier, True, f"spilled: {state.spill}", cost)
+                )
+                trace.steps.append(f"spill: {deployment.name!r} {state.spill}")
+                trace.spilled.append(deployment)
                 continue
             rank = cost if self._spec.selection == "cost" else _ZERO
             entry = (rank, index, deployment, cost)

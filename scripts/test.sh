@@ -16,6 +16,6 @@ python -m pip install -q -c constraints.txt -e ".[test,train]"
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff format --check .
 ruff check .
-mypy gateway ledger policies router
+mypy gateway ledger local_backend policies router
 lint-imports  # .importlinter: gateway -> ledger -> policies -> router, the router's runtime apart
 python -m pytest "$@"

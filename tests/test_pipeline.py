@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +31,7 @@ from policies import (
     Capabilities,
     Decision,
     Deployment,
+    DeploymentState,
     NotAllowed,
     Refusal,
     RoutingRequest,
@@ -207,14 +208,22 @@ class RefusingPolicy:
         self.refusal = refusal
 
     def decide(
-        self, request: RoutingRequest, estimate: Estimate | None, team: TeamContext
+        self,
+        request: RoutingRequest,
+        estimate: Estimate | None,
+        team: TeamContext,
+        states: Mapping[str, DeploymentState] | None = None,
     ) -> Decision:
         raise self.refusal
 
 
 class ChoosingPolicy:
     def decide(
-        self, request: RoutingRequest, estimate: Estimate | None, team: TeamContext
+        self,
+        request: RoutingRequest,
+        estimate: Estimate | None,
+        team: TeamContext,
+        states: Mapping[str, DeploymentState] | None = None,
     ) -> Decision:
         return Decision(FIRST, "small", "the only one")
 

@@ -119,7 +119,9 @@ def test_the_artifact_id_changes_with_the_artifact_files(tmp_path: Any) -> None:
     assert artifact_id(copy) != artifact_id(default_artifact_dir())
 
 
-@pytest.mark.parametrize("change", ["threshold", "price", "runtime", "stickiness"])
+@pytest.mark.parametrize(
+    "change", ["threshold", "price", "runtime", "stickiness", "engine", "spill"]
+)
 def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> None:
     from gateway.fingerprint import config_hash
     from gateway.llm import model_info
@@ -131,8 +133,14 @@ def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> 
         catalog = build_catalog(settings, model_info, "test")
         default = settings.default_route(catalog)
         policy = PolicyEngine(catalog, settings.policy, default)
+        engines = any(d.engine for d in catalog.deployments)
         return config_hash(
-            catalog, policy.spec, default, settings.router, settings.routing.stickiness
+            catalog,
+            policy.spec,
+            default,
+            settings.router,
+            settings.routing.stickiness,
+            settings.local_backend if engines else None,
         )
 
     models = [
@@ -151,10 +159,48 @@ def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> 
         changed["models"][0]["price"] = {"input_per_mtok": "1", "output_per_mtok": "2"}
     elif change == "runtime":
         changed["router"] = {"runtime": "onnx"}
+    elif change == "engine":
+        changed["models"][0].update(engine="vllm", api_base="http://gpu:8000/v1")
+    elif change == "spill":
+        engine = {"engine": "vllm", "api_base": "http://gpu:8000/v1"}
+        base["models"] = [{**models[0], **engine}, models[1]]
+        changed["models"] = base["models"]
+        changed["local_backend"] = {"spill": {"queue_high": 16}}
     else:
         changed["routing"] = {"stickiness": {"ttl_s": 60}}
     assert hashed(base) == hashed({**base})
     assert hashed(changed) != hashed(base)
+
+
+def test_a_configuration_without_local_engines_keeps_the_hash_it_had_before_them() -> None:
+    """Deployment fields at their default are left out of the hash: 070a7291220e29ee is what
+    this configuration hashed to before `engine` and `replicas` existed."""
+    from gateway.fingerprint import config_hash
+    from gateway.llm import model_info
+    from gateway.settings import Settings, build_catalog
+    from policies import PolicyEngine
+
+    settings = Settings.model_validate(
+        {
+            "models": [
+                {"name": "small", "model": "openai/gpt-4o-mini", "tier": "light"},
+                {"name": "big", "model": "openai/gpt-4o", "tier": "standard"},
+            ],
+            "policy": {
+                "tiers": [
+                    {"name": "light", "deployments": ["small"]},
+                    {"name": "standard", "deployments": ["big"], "min_demand": 0.4},
+                ]
+            },
+        }
+    )
+    catalog = build_catalog(settings, model_info, "test")
+    default = settings.default_route(catalog)
+    policy = PolicyEngine(catalog, settings.policy, default)
+    digest = config_hash(
+        catalog, policy.spec, default, settings.router, settings.routing.stickiness
+    )
+    assert digest == "070a7291220e29ee"
 
 
 _ESTIMATE_COLUMNS = (

@@ -154,7 +154,10 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     else:
         call.estimate = await estimate(gateway, messages)
     try:
-        decision = decide(gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor)
+        states = gateway.local.states() if gateway.local is not None else None
+        decision = decide(
+            gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor, states
+        )
         call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
         call.record.route_reason = decision.reason
         call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
@@ -273,7 +276,13 @@ async def _attempt(
     started = time.perf_counter()
 
     def attempt(deployment: Deployment) -> Awaitable[T]:
-        return once(deployment, attempt_payload(payload, decision, deployment))
+        body = attempt_payload(payload, decision, deployment)
+        if gateway.local is not None and "priority" not in body:
+            p50 = call.estimate.token_budget_p50 if call.estimate is not None else None
+            priority = gateway.local.priority(deployment, p50)
+            if priority is not None:
+                body = {**body, "priority": priority}  # vLLM: lower runs first
+        return once(deployment, body)
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
         call.record.attempts += 1

@@ -23,6 +23,7 @@ from policies import (
     AUTO,
     Catalog,
     Decision,
+    DeploymentState,
     NotAllowed,
     PolicyEngine,
     Refusal,
@@ -188,8 +189,10 @@ def decide(
     estimate: Estimate | None,
     team: TeamContext | None = None,
     floor: TierFloor | None = None,
+    states: Mapping[str, DeploymentState] | None = None,
 ) -> Decision:
-    """The policy's decision for the request, its refusals as 404, 403 or 400 on `model`."""
+    """The policy's decision for the request, its refusals as 404, 403 or 400 on `model`;
+    `states`: the local backend's health and load of its deployments."""
     routing = RoutingRequest(
         model=chat.model,
         prompt_tokens=n_prompt_tokens,
@@ -201,7 +204,7 @@ def decide(
         floor=floor,
     )
     try:
-        decision = policy.decide(routing, estimate, team or TeamContext(name=key.team))
+        decision = policy.decide(routing, estimate, team or TeamContext(name=key.team), states)
     except UnknownModel as exc:
         raise NotFound(str(exc), param="model") from None
     except NotAllowed as exc:

@@ -2,6 +2,7 @@
 
 from gateway.providers.base import Provider
 from gateway.providers.litellm_provider import LiteLLMProvider
+from gateway.providers.local import LocalProvider
 from gateway.providers.openai_http import OpenAIHTTPProvider
 
-__all__ = ["LiteLLMProvider", "OpenAIHTTPProvider", "Provider"]
+__all__ = ["LiteLLMProvider", "LocalProvider", "OpenAIHTTPProvider", "Provider"]

@@ -62,7 +62,8 @@ class OpenAIHTTPProvider:
         self._max_connections = max_connections
         # Loading the CA bundle takes milliseconds: at start-up, not on a first request's path.
         self._ssl = _ssl_context()
-        self._targets: dict[str, _Target] = {}
+        # By name and URL: a local deployment's replicas are one name at several URLs.
+        self._targets: dict[tuple[str, str | None], _Target] = {}
         # Created on the first call: an aiohttp session belongs to the loop it is created in.
         self._session: aiohttp.ClientSession | None = None
 
@@ -164,9 +165,10 @@ class OpenAIHTTPProvider:
         return session
 
     def _target(self, deployment: Deployment) -> _Target:
-        target = self._targets.get(deployment.name)
+        key = (deployment.name, deployment.api_base)
+        target = self._targets.get(key)
         if target is None:
-            target = self._targets[deployment.name] = self._build_target(deployment)
+            target = self._targets[key] = self._build_target(deployment)
         return target
 
     def _build_target(self, deployment: Deployment) -> _Target:

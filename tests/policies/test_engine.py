@@ -221,6 +221,30 @@ def test_unhealthy_deployments_are_dropped_and_saturated_ones_tried_last() -> No
     assert light.deployment.name == "mini-b" and light.fallbacks[-1].name == "local-llama"
 
 
+def test_a_spilled_local_deployment_sends_new_requests_to_the_next_tier_with_the_reason() -> None:
+    policy = {"tiers": [
+        {"name": "local", "deployments": ["local-llama"]},
+        {"name": "standard", "deployments": ["big"], "min_demand": 0.5},
+    ]}  # fmt: skip
+    spill = "queue 12 >= queue_high 8 (vllm metrics)"
+    states = {"local-llama": DeploymentState(spill=spill, age_s=0.4)}
+    decision = engine(policy).decide(request("local"), EASY, None, states)
+    assert decision.deployment.name == "big" and decision.tier == "standard"
+    assert [d.name for d in decision.fallbacks] == ["local-llama"]  # better slow than refused
+    assert f"spill: 'local-llama' {spill}" in decision.reason
+    assert "spilled in tier 'local': next tier 'standard'" in decision.reason
+    why = {c.deployment: c.why for c in decision.candidates}
+    assert why["local-llama"] == f"spilled: {spill}"
+    back = engine(policy).decide(request("local"), EASY, None, {"local-llama": DeploymentState()})
+    assert back.deployment.name == "local-llama"
+
+
+def test_a_pinned_spilled_deployment_is_still_served() -> None:
+    states = {"local-llama": DeploymentState(spill="queue 9 >= queue_high 8 (vllm metrics)")}
+    decision = engine().decide(request("local-llama"), EASY, None, states)
+    assert decision.deployment.name == "local-llama"
+
+
 @pytest.mark.parametrize(
     ("estimate", "effort"), [(EASY, "low"), (MEDIUM, "medium"), (HARD, "high")]
 )

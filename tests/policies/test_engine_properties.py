@@ -117,7 +117,11 @@ def test_decisions_are_allowed_capable_and_fit_or_refuse_clearly(
     team_name = data.draw(st.sampled_from(["limited", "local", "picky", "anyone"]))
     team = TeamContext(team_name, budget_used=data.draw(st.one_of(st.none(), st.floats(0, 2))))
     states = {
-        n: DeploymentState(healthy=data.draw(st.booleans()), load=data.draw(st.floats(0, 1.5)))
+        n: DeploymentState(
+            healthy=data.draw(st.booleans()),
+            load=data.draw(st.floats(0, 1.5)),
+            spill=data.draw(st.sampled_from([None, "queue 9 >= queue_high 8 (vllm metrics)"])),
+        )
         for n in names
         if data.draw(st.booleans())
     }
