@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
+from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
@@ -38,6 +39,8 @@ class Gateway:
     metrics: Metrics | None = None  # None: server.metrics is off
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
+    # Prices the calls of GPU-hour-priced local deployments from their measured throughput.
+    local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

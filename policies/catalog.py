@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from policies.local_cost import GpuCost, Pricing
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
@@ -63,6 +65,17 @@ class ModelSpec(BaseModel):
     price: Price | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
     local: bool = False
+    gpu_cost: GpuCost | None = Field(
+        default=None, description="Local only: priced by the GPU-hour over measured throughput."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_price(self) -> ModelSpec:
+        if self.gpu_cost is not None and not self.local:
+            raise ValueError("gpu_cost prices a local model: set local: true")
+        if self.gpu_cost is not None and self.price is not None:
+            raise ValueError("give a local model either price or gpu_cost, not both")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -111,6 +124,11 @@ class TokenPrice:
             cached_input=(cached if cached is not None else price.input_per_mtok) / _MILLION,
         )
 
+    @classmethod
+    def flat(cls, per_token: Decimal) -> TokenPrice:
+        """The same price for every token (a local model priced by the GPU-hour)."""
+        return cls(per_token, per_token, per_token)
+
     def cost(self, usage: Usage) -> Decimal:
         """Exact cost of a call with this usage."""
         uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)
@@ -150,6 +168,10 @@ class Deployment:
     price: TokenPrice
     capabilities: Capabilities
     local: bool
+    # How `price` was derived; with gpu_cost it is the expected price, the gateway's
+    # ThroughputMeter (gateway/local_cost.py) prices each request from measured throughput.
+    pricing: Pricing = "price"
+    gpu_cost: GpuCost | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -194,18 +216,23 @@ class Catalog:
                 raise CatalogError(index, "name", f"model name {spec.name!r} is declared twice")
             seen.add(spec.name)
             info = lookup(spec.model)
+            pricing: Pricing
             if spec.price is not None:
-                price = TokenPrice.per_million(spec.price)
+                price, pricing = TokenPrice.per_million(spec.price), "price"
+            elif spec.gpu_cost is not None:
+                price = TokenPrice.flat(spec.gpu_cost.expected_usd_per_token)
+                pricing = "gpu_hour"
             elif info is not None and info.price is not None:
-                price = info.price
+                price, pricing = info.price, "model_database"
             elif spec.local:
-                price = FREE
+                # Charged 0, but reported as unpriced (and warned of at start), never as free.
+                price, pricing = FREE, "unpriced"
             else:
                 raise CatalogError(
                     index,
                     "price",
                     f"no price is known for {spec.model!r}; set price.input_per_mtok and "
-                    "price.output_per_mtok, or mark the model local: true",
+                    "price.output_per_mtok, or mark the model local: true (and give it gpu_cost)",
                 )
             known = info or ModelInfo(price=None)
             caps = Capabilities(
@@ -227,6 +254,8 @@ class Catalog:
                     price=price,
                     capabilities=caps,
                     local=spec.local,
+                    pricing=pricing,
+                    gpu_cost=spec.gpu_cost,
                 )
             )
         return cls(deployments)
@@ -244,6 +273,11 @@ class Catalog:
     @property
     def tier_names(self) -> list[str]:
         return list(self._tiers)
+
+    @property
+    def unpriced(self) -> list[Deployment]:
+        """Local deployments with no price at all: their spend is unknown, not zero."""
+        return [d for d in self._by_name.values() if d.pricing == "unpriced"]
 
 
 def _first(*values: _T | None) -> _T | None:

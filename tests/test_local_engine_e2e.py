@@ -57,7 +57,13 @@ async def gateway(
         "tier": "light",
         "price": PRICE,
     }
-    config = gateway_config(f"sqlite:///{tmp_path / 'rightsize.db'}", upstream, models=[local])
+    # The same engine priced by the GPU-hour: 3.60 USD per GPU-hour is 0.001 USD a GPU-second.
+    gpu = {k: v for k, v in local.items() if k not in ("price", "tier")}
+    gpu.update(
+        name="tiny-gpu", gpu_cost={"usd_per_gpu_hour": "3.60", "expected_tokens_per_s": "50"}
+    )
+    models = [local, gpu]
+    config = gateway_config(f"sqlite:///{tmp_path / 'rightsize.db'}", upstream, models=models)
     async with in_process_gateway(config) as gw:
         yield gw
 
@@ -141,6 +147,35 @@ async def test_the_gateway_reports_what_the_engine_itself_reports(
     )
     assert routed.usage is not None
     assert routed.usage.prompt_tokens == engine_usage["prompt_tokens"]
+
+
+async def test_the_cost_report_prices_the_engines_gpu_hours_as_computed_by_hand(
+    gateway: InProcessGateway,
+) -> None:
+    client = sdk(gateway)
+    ids = []
+    for n in (3, 6):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="tiny-gpu", messages=MESSAGES, max_tokens=n
+        )
+        ids.append(raw.headers["x-request-id"])
+    rows = [await gateway.admin.spend(i) for i in ids]
+    day = rows[0]["created_at"][:10]
+    response = await gateway.client.get(
+        "/admin/reports/costs",
+        params={"start": day, "end": day, "group_by": "model"},
+        headers=gateway.admin.headers,
+    )
+    local = {r["deployment"]: r for r in response.json()["local"]}["tiny-gpu"]
+    # By hand: sequential requests, so busy time is the sum of their upstream times, on 1 GPU
+    # at 0.001 USD a second; every token of the period shares it.
+    tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    busy = sum(Decimal(str(r["upstream_ms"])) / 1000 for r in rows)
+    assert (local["pricing"], local["tokens"], local["requests"]) == ("gpu_hour", tokens, 2)
+    assert Decimal(local["cost_usd"]) == pytest.approx(busy * Decimal("0.001"), abs=Decimal("4e-9"))
+    # Request time charged the expected price (too little busy time measured yet).
+    expected = sum(Decimal(r["cost_usd"]) for r in rows)
+    assert expected == tokens * Decimal("0.001") / 50
 
 
 def _unavailable(what: str) -> None:
