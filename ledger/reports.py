@@ -167,7 +167,8 @@ async def local_spend(
     GPU-hour pricing is recomputed from the period's rows: busy time is the union of the
     rows' [created_at, created_at + upstream_ms] intervals (all teams: the GPUs were busy for
     everyone), throughput = tokens / (busy seconds x GPUs), and the cost of `team`'s tokens is
-    tokens x (GPU-second price / throughput). Cache hits did no GPU work and are left out.
+    tokens x (GPU-second price / throughput). Cache hits and requests refused before the call
+    did no GPU work and are left out.
     """
     first, after = utc_range(zone, start, end)
     out = []
@@ -184,9 +185,10 @@ async def local_spend(
                 spend_log.c.created_at >= first,
                 spend_log.c.created_at < after,
                 spend_log.c.cache_hit.is_(False),
+                spend_log.c.upstream_ms > 0,  # refused before the call: no GPU work
             )
             rows = [
-                (_utc(at).timestamp(), ms or 0.0, int(tokens), int(pico), row_team)
+                (_utc(at).timestamp(), float(ms), int(tokens), int(pico), row_team)
                 for at, ms, tokens, pico, row_team in await conn.execute(query)
             ]
             out.append(_local_row(deployment, rows, team))

@@ -169,7 +169,7 @@ class Deployment:
     capabilities: Capabilities
     local: bool
     # How `price` was derived; with gpu_cost it is the expected price, the gateway's
-    # ThroughputMeter (gateway/local_cost.py) prices each request from measured throughput.
+    # LocalCostMeter (gateway/local_cost.py) prices each request from measured throughput.
     pricing: Pricing = "price"
     gpu_cost: GpuCost | None = None
 

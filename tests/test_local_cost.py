@@ -193,6 +193,12 @@ async def test_cost_report_prices_gpu_hours_over_the_periods_busy_time(
         row("unpriced-local", "search", noon, 1.0, 700),
         row("priced-local", "search", noon, 1.0, 400),
     ]
+    # No GPU work: a prompt-cache hit and a request refused before the call.
+    hit = row("gpu-local", "search", noon + timedelta(seconds=20), 0.0, 999)
+    hit.cache_hit = True
+    refused = row("gpu-local", "search", noon + timedelta(seconds=30), 0.0, 0)
+    refused.status, refused.upstream_ms = 429, None
+    rows += [hit, refused]
     await gateway.app.state.gateway.store.insert_spend(rows)  # type: ignore[union-attr]
     day = noon.date().isoformat()
     params = {"start": day, "end": day, "group_by": "model"}
@@ -203,7 +209,7 @@ async def test_cost_report_prices_gpu_hours_over_the_periods_busy_time(
     # By hand: busy [0,3) and [10,11) = 4 s, on 2 GPUs = 8 GPU-seconds at 0.001 USD each;
     # 1800 tokens / 8 GPU-s = 225 tokens per GPU-second.
     gpu = local["gpu-local"]
-    assert gpu["pricing"] == "gpu_hour"
+    assert (gpu["pricing"], gpu["requests"], gpu["tokens"]) == ("gpu_hour", 3, 1800)
     assert (gpu["busy_gpu_seconds"], gpu["tokens_per_gpu_s"]) == ("8", "225.000")
     assert Decimal(gpu["cost_usd"]) == Decimal("0.008")
     assert Decimal(gpu["recorded_cost_usd"]) == Decimal("0.0018")
