@@ -225,5 +225,5 @@ def _emit(result: dict[str, Any], fmt: str) -> None:
         if "method" in result:
             click.echo(f"\nmethod: {result['method']}")
         for local in result.get("local", ()):
-            cost = local["cost_usd"] if local["cost_usd"] is not None else "unpriced"
-            click.echo(f"\nlocal {local['deployment']}: {cost} USD; {local['derivation']}")
+            cost = "unpriced" if local["cost_usd"] is None else f"{local['cost_usd']} USD"
+            click.echo(f"\nlocal {local['deployment']}: {cost}; {local['derivation']}")
