@@ -10,6 +10,8 @@ import yaml
 
 from gateway.llm import model_info
 from gateway.settings import build_catalog, load_settings
+from tests.conftest import PRICE_SMALL, gateway_config, in_process_gateway
+from tests.fake_upstream import RunningUpstream, free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
 CONFIGS = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.name != "compose.yaml")
@@ -39,3 +41,27 @@ def test_vllm_compose_serves_the_model_and_gpus_the_configuration_prices() -> No
     assert tiers["local"].fallback == "remote"
     remote = [catalog.get(name) for name in tiers["remote"].deployments]
     assert all(d is not None and not d.local for d in remote)
+
+
+async def test_vllm_example_sends_the_local_tier_remote_while_the_engine_is_down(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    example = yaml.safe_load((EXAMPLES / "local-vllm" / "rightsize.yaml").read_text())
+    for model in example["models"]:
+        if model.get("local"):
+            model["api_base"] = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens
+        else:  # the remote models, on the fake upstream (direct: no litellm import to wait for)
+            model.update(model="openai/fake-ok", api_base=upstream.base_url, price=PRICE_SMALL)
+            model.update(api_key_env="FAKE_UPSTREAM_KEY", transport="openai_http")
+    config = gateway_config(f"sqlite:///{tmp_path / 'r.db'}", upstream)
+    config.update(models=example["models"], policy=example["policy"])
+    async with in_process_gateway(config) as gw:
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": "hi"}]},
+            headers=gw.auth,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-rightsize-model"] == "gpt-4o-mini"
+        row = await gw.admin.spend(response.headers["x-request-id"])
+    assert row["attempts"] == 2 and "fallback 'gpt-4o-mini'" in row["route_reason"]
