@@ -8,6 +8,7 @@ it), times the deployment's GPU count. Prompt and completion tokens count alike.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,19 +103,30 @@ def throughput(served: Iterable[tuple[float, float, int]], gpus: int) -> Through
 
 
 class ThroughputWindow:
-    """The requests one local deployment served in the trailing window, kept in memory."""
+    """The requests one local deployment served in the trailing window, kept in memory.
+
+    Busy time is kept merged as it arrives (sorted disjoint intervals), so that pricing a
+    request costs a bisection, not a pass over the window.
+    """
 
     def __init__(self, cost: GpuCost) -> None:
         self.cost = cost
-        self._served: deque[tuple[float, float, int]] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()  # (end, tokens), in arrival order
+        self._token_sum = 0
+        self._busy = BusyTime()
 
     def observe(self, start: float, end: float, tokens: int) -> None:
-        self._served.append((start, max(start, end), tokens))
+        end = max(start, end)
+        self._tokens.append((end, tokens))
+        self._token_sum += tokens
+        self._busy.add(start, end)
 
     def measured(self, now: float) -> Throughput:
-        while self._served and self._served[0][1] < now - self.cost.window_s:
-            self._served.popleft()
-        return throughput(self._served, self.cost.gpus)
+        cutoff = now - self.cost.window_s
+        while self._tokens and self._tokens[0][0] < cutoff:
+            self._token_sum -= self._tokens.popleft()[1]
+        self._busy.expire(cutoff)
+        return Throughput(self._token_sum, _seconds(self._busy.total), self.cost.gpus)
 
     def usd_per_token(self, now: float) -> Decimal:
         """The measured price once the window holds enough busy time, else the expected one."""
@@ -123,6 +135,37 @@ class ThroughputWindow:
         if rate is None or measured.busy_s < Decimal(str(self.cost.min_measured_s)):
             return self.cost.expected_usd_per_token
         return self.cost.usd_per_token(rate)
+
+
+class BusyTime:
+    """A union of intervals kept as sorted disjoint [start, end) pairs, with its length."""
+
+    def __init__(self) -> None:
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self.total = 0.0
+
+    def add(self, start: float, end: float) -> None:
+        # Intervals i..j-1 touch [start, end]: they and it become one.
+        i = bisect_left(self._ends, start)
+        j = bisect_right(self._starts, end)
+        if i < j:
+            start, end = min(start, self._starts[i]), max(end, self._ends[j - 1])
+            self.total -= sum(
+                e - s for s, e in zip(self._starts[i:j], self._ends[i:j], strict=True)
+            )
+        self._starts[i:j] = [start]
+        self._ends[i:j] = [end]
+        self.total += end - start
+
+    def expire(self, cutoff: float) -> None:
+        """Drop the intervals that ended before `cutoff`."""
+        n = bisect_left(self._ends, cutoff)
+        if n:
+            self.total -= sum(e - s for s, e in zip(self._starts[:n], self._ends[:n], strict=True))
+            del self._starts[:n], self._ends[:n]
+            if not self._starts:
+                self.total = 0.0  # no float residue once empty
 
 
 def _seconds(value: float) -> Decimal:

@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.store import SpendRecord
@@ -254,3 +256,38 @@ async def _report(gateway: InProcessGateway, name: str, params: dict[str, str]) 
     response = await gateway.client.get(f"/admin/reports/{name}", params=params, headers=ADMIN)
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 500), st.integers(0, 3000)),
+        max_size=60,
+    ),
+    st.integers(0, 12_000),
+)
+def test_the_windows_running_busy_time_equals_the_union_of_its_requests(
+    requests: list[tuple[int, int, int]], now_ms: int
+) -> None:
+    # Milliseconds as floats, in any arrival order; the window keeps what ended after now - 3 s.
+    window = ThroughputWindow(GpuCost.model_validate(gpu_cost(window_s=3, min_measured_s=0)))
+    served = [(start / 1000, (start + length) / 1000, n) for start, length, n in requests]
+    for start, end, n in served:
+        window.observe(start, end, n)
+    measured = window.measured(now_ms / 1000)
+    kept = [(s, e) for s, e, _ in served if e >= now_ms / 1000 - 3]
+    expected = busy_seconds(_whole_groups(kept, [(s, e) for s, e, _ in served]))
+    assert abs(measured.busy_s - expected) <= Decimal("0.000002")
+
+
+def _whole_groups(
+    kept: list[tuple[float, float]], every: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The merged groups of all requests that still hold a kept request: a group leaves the
+    window as a whole once its last request has ended before the cutoff."""
+    groups: list[list[float]] = []
+    for s, e in sorted(every):
+        if groups and s <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], e)
+        else:
+            groups.append([s, e])
+    return [(s, e) for s, e in groups if any(s <= ks and ke <= e for ks, ke in kept)]
