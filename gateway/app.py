@@ -32,6 +32,7 @@ from gateway.fingerprint import config_hash
 from gateway.http import error_response, json_response
 from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
+from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.openapi import (
     CHAT_OPENAPI_EXTRA,
@@ -170,6 +171,7 @@ def create_app(
             metrics_key=metrics_key,
             log_requests=settings.server.log_format == "json",
             local=local,
+            local_cost=LocalCostMeter(catalog),
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
@@ -449,6 +451,12 @@ def _log_configuration(
         for var, provider in (("OPENAI_API_KEY", "OpenAI"), ("ANTHROPIC_API_KEY", "Anthropic")):
             state = "enabled" if env.get(var) else f"not configured ({var} not set)"
             log.info("%s models: %s", provider, state)
+    for deployment in catalog.unpriced:
+        log.warning(
+            "local model %r has no price: its spend is reported as unpriced, not as $0. Give it "
+            "gpu_cost (usd_per_gpu_hour, gpus, expected_tokens_per_s) or price",
+            deployment.name,
+        )
     if not catalog.deployments:
         log.warning(
             "no models are configured: every request will get 404. Set OPENAI_API_KEY or "

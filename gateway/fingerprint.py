@@ -50,7 +50,12 @@ def _described(deployment: Deployment) -> dict[str, Any]:
     """The deployment's fields, less those at their default: a field added with a default
     (a local engine's) leaves every configuration that does not set it with its old hash."""
     values = dataclasses.asdict(deployment)
+    # How the price was found (configured, litellm's map, GPU-hour, none) adds nothing the
+    # price and gpu_cost do not already say.
+    del values["pricing"]
     for field in dataclasses.fields(deployment):
+        if field.name not in values:
+            continue
         if field.default is not dataclasses.MISSING and values[field.name] == field.default:
             del values[field.name]
     return values

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
+from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
@@ -41,6 +42,8 @@ class Gateway:
     log_requests: bool = False  # server.log_format: json, one line per request
     # Models with an `engine`: their health, load and replicas (None when there are none).
     local: LocalBackend | None = None
+    # Prices the calls of GPU-hour-priced local deployments from their measured throughput.
+    local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

@@ -19,9 +19,9 @@ from sqlalchemy import Integer, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledger.money import from_picousd
+from ledger.money import from_picousd, to_picousd
 from ledger.tables import spend_log
-from policies import Deployment
+from policies import Deployment, throughput
 
 GROUPINGS = ("team", "key", "model", "requested_model", "tier", "day")
 _COLUMNS = {
@@ -38,8 +38,11 @@ SAVINGS_METHOD = (
     "same token counts (uncached prompt tokens at its input price, cached prompt tokens at its "
     "cached-input price, completion tokens at its output price). Savings = counterfactual - "
     "actual. Actual cost is the spend log's exact cost; requests answered from the prompt "
-    "cache (cost 0) count as savings at their token counts."
+    "cache (cost 0) count as savings at their token counts. Local models' actual cost is "
+    "what the spend log recorded; `local` shows how each local model is priced, and a local "
+    "model with no price is listed there as unpriced (its requests count at 0 here)."
 )
+_MILLION = Decimal(1_000_000)
 
 
 async def cost_report(
@@ -50,8 +53,10 @@ async def cost_report(
     groups: Sequence[str],
     *,
     team: str | None = None,
+    local: Sequence[Deployment] = (),
 ) -> dict[str, Any]:
-    """Requests, tokens and exact cost per group over the days start..end (inclusive)."""
+    """Requests, tokens and exact cost per group over the days start..end (inclusive); the
+    `local` deployments' spend and how it is derived (see local_spend)."""
     totals = await _grouped(engine, zone, start, end, groups, team)
     rows = []
     for key in sorted(totals, key=_sort_key):
@@ -81,6 +86,7 @@ async def cost_report(
             "requests": sum(v[0] for v in totals.values()),
             "cost_usd": _money(from_picousd(total_pico)),
         },
+        "local": await local_spend(engine, zone, start, end, local, team=team),
     }
 
 
@@ -92,6 +98,7 @@ async def savings_report(
     reference: Deployment,
     *,
     team: str | None = None,
+    local: Sequence[Deployment] = (),
 ) -> dict[str, Any]:
     """Actual cost against the reference model's cost at the same tokens, per team and day."""
     totals = await _grouped(engine, zone, start, end, ("team", "day"), team)
@@ -142,7 +149,98 @@ async def savings_report(
             "savings_usd": _money(sum_reference - sum_actual),
             "savings_percent": _percent(sum_reference - sum_actual, sum_reference),
         },
+        "local": await local_spend(engine, zone, start, end, local, team=team),
     }
+
+
+async def local_spend(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    deployments: Sequence[Deployment],
+    *,
+    team: str | None = None,
+) -> list[dict[str, Any]]:
+    """Each local deployment's spend over the days start..end and how it was derived.
+
+    GPU-hour pricing is recomputed from the period's rows: busy time is the union of the
+    rows' [created_at, created_at + upstream_ms] intervals (all teams: the GPUs were busy for
+    everyone), throughput = tokens / (busy seconds x GPUs), and the cost of `team`'s tokens is
+    tokens x (GPU-second price / throughput). Cache hits and requests refused before the call
+    did no GPU work and are left out.
+    """
+    first, after = utc_range(zone, start, end)
+    out = []
+    async with engine.connect() as conn:
+        for deployment in deployments:
+            query = select(
+                spend_log.c.created_at,
+                spend_log.c.upstream_ms,
+                spend_log.c.prompt_tokens + spend_log.c.completion_tokens,
+                spend_log.c.cost_picousd,
+                spend_log.c.team,
+            ).where(
+                spend_log.c.deployment == deployment.name,
+                spend_log.c.created_at >= first,
+                spend_log.c.created_at < after,
+                spend_log.c.cache_hit.is_(False),
+                spend_log.c.upstream_ms > 0,  # refused before the call: no GPU work
+            )
+            rows = [
+                (_utc(at).timestamp(), float(ms), int(tokens), int(pico), row_team)
+                for at, ms, tokens, pico, row_team in await conn.execute(query)
+            ]
+            out.append(_local_row(deployment, rows, team))
+    return out
+
+
+def _local_row(
+    deployment: Deployment, rows: list[tuple[float, float, int, int, str | None]], team: str | None
+) -> dict[str, Any]:
+    mine = [r for r in rows if team is None or r[4] == team]
+    tokens = sum(r[2] for r in mine)
+    row: dict[str, Any] = {
+        "deployment": deployment.name,
+        "pricing": deployment.pricing,
+        "requests": len(mine),
+        "tokens": tokens,
+        "recorded_cost_usd": _money(from_picousd(sum(r[3] for r in mine))),
+    }
+    cost = deployment.gpu_cost
+    if cost is not None:
+        measured = throughput(((at, at + ms / 1000, n) for at, ms, n, _, _ in rows), cost.gpus)
+        rate = measured.tokens_per_gpu_s
+        per_token = cost.usd_per_token(rate) if rate else None
+        row.update(
+            usd_per_gpu_hour=_money(cost.usd_per_gpu_hour),
+            gpus=cost.gpus,
+            busy_gpu_seconds=_money(measured.gpu_seconds),
+            tokens_per_gpu_s=None if rate is None else str(rate.quantize(Decimal("0.001"))),
+            usd_per_mtok=None if per_token is None else _money(_round(per_token * _MILLION)),
+            cost_usd=_money(_pico(tokens * per_token)) if per_token is not None else "0",
+            derivation=(
+                f"{_money(cost.usd_per_gpu_hour)} USD per GPU-hour x {cost.gpus} GPU(s), over "
+                f"{_money(measured.gpu_seconds)} busy GPU-seconds serving {measured.tokens} "
+                "tokens in the period (all teams)"
+            ),
+        )
+    elif deployment.pricing == "unpriced":
+        row.update(
+            cost_usd=None,
+            derivation="unpriced: no price and no gpu_cost configured; its requests are "
+            "recorded at 0 but their cost is unknown",
+        )
+    else:
+        price = deployment.price
+        row.update(
+            cost_usd=row["recorded_cost_usd"],
+            derivation=(
+                f"per token ({deployment.pricing}): input {_money(price.input * _MILLION)}, "
+                f"output {_money(price.output * _MILLION)} USD per million tokens"
+            ),
+        )
+    return row
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -243,6 +341,19 @@ def _offset(zone: ZoneInfo, when: datetime) -> int:
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple("" if v is None else str(v) for v in key)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the spend log writes UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _pico(value: Decimal) -> Decimal:
+    return from_picousd(to_picousd(value))
+
+
+def _round(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.000001"))
 
 
 def _money(value: Decimal) -> str:

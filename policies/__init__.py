@@ -24,6 +24,7 @@ from policies.decision import (
     UnknownModel,
 )
 from policies.engine import DeploymentState, PolicyEngine, TeamContext
+from policies.local_cost import GpuCost, Pricing, Throughput, ThroughputWindow, throughput
 
 __all__ = [
     "AUTO",
@@ -34,6 +35,7 @@ __all__ = [
     "Decision",
     "Deployment",
     "DeploymentState",
+    "GpuCost",
     "ModelInfo",
     "ModelInfoLookup",
     "ModelSpec",
@@ -42,13 +44,17 @@ __all__ = [
     "PolicyError",
     "PolicySpec",
     "Price",
+    "Pricing",
     "Refusal",
     "RoutingRequest",
     "TeamContext",
+    "Throughput",
+    "ThroughputWindow",
     "TierFloor",
     "TierSpec",
     "TokenPrice",
     "UnknownModel",
     "Usage",
+    "throughput",
     "validate_policy",
 ]

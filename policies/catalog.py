@@ -10,6 +10,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies.local_cost import GpuCost, Pricing
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 _MILLION = Decimal(1_000_000)
@@ -71,6 +73,9 @@ class ModelSpec(BaseModel):
         description="Base URLs of the engine's replicas (each as api_base would be); "
         "default: api_base alone.",
     )
+    gpu_cost: GpuCost | None = Field(
+        default=None, description="Local only: priced by the GPU-hour over measured throughput."
+    )
 
     @model_validator(mode="after")
     def _engine_settings(self) -> ModelSpec:
@@ -83,6 +88,15 @@ class ModelSpec(BaseModel):
         if "transport" in self.model_fields_set and self.transport != "openai_http":
             raise ValueError("an engine is called through transport: openai_http")
         self.transport, self.local = "openai_http", True
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_price(self) -> ModelSpec:
+        # After _engine_settings (declaration order): an engine implies local: true.
+        if self.gpu_cost is not None and not self.local:
+            raise ValueError("gpu_cost prices a local model: set local: true")
+        if self.gpu_cost is not None and self.price is not None:
+            raise ValueError("give a local model either price or gpu_cost, not both")
         return self
 
     @field_validator("name")
@@ -132,6 +146,11 @@ class TokenPrice:
             cached_input=(cached if cached is not None else price.input_per_mtok) / _MILLION,
         )
 
+    @classmethod
+    def flat(cls, per_token: Decimal) -> TokenPrice:
+        """The same price for every token (a local model priced by the GPU-hour)."""
+        return cls(per_token, per_token, per_token)
+
     def cost(self, usage: Usage) -> Decimal:
         """Exact cost of a call with this usage."""
         uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)
@@ -173,6 +192,10 @@ class Deployment:
     local: bool
     engine: str | None = None  # set: served through local_backend (probes, replica picking)
     replicas: tuple[str, ...] = ()  # engine replicas' base URLs (api_base when none listed)
+    # How `price` was derived; with gpu_cost it is the expected price, the gateway's
+    # LocalCostMeter (gateway/local_cost.py) prices each request from measured throughput.
+    pricing: Pricing = "price"
+    gpu_cost: GpuCost | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -217,18 +240,23 @@ class Catalog:
                 raise CatalogError(index, "name", f"model name {spec.name!r} is declared twice")
             seen.add(spec.name)
             info = lookup(spec.model)
+            pricing: Pricing
             if spec.price is not None:
-                price = TokenPrice.per_million(spec.price)
+                price, pricing = TokenPrice.per_million(spec.price), "price"
+            elif spec.gpu_cost is not None:
+                price = TokenPrice.flat(spec.gpu_cost.expected_usd_per_token)
+                pricing = "gpu_hour"
             elif info is not None and info.price is not None:
-                price = info.price
+                price, pricing = info.price, "model_database"
             elif spec.local:
-                price = FREE
+                # Charged 0, but reported as unpriced (and warned of at start), never as free.
+                price, pricing = FREE, "unpriced"
             else:
                 raise CatalogError(
                     index,
                     "price",
                     f"no price is known for {spec.model!r}; set price.input_per_mtok and "
-                    "price.output_per_mtok, or mark the model local: true",
+                    "price.output_per_mtok, or mark the model local: true (and give it gpu_cost)",
                 )
             known = info or ModelInfo(price=None)
             caps = Capabilities(
@@ -253,6 +281,8 @@ class Catalog:
                     engine=spec.engine,
                     replicas=tuple(spec.replicas)
                     or ((spec.api_base,) if spec.engine and spec.api_base else ()),
+                    pricing=pricing,
+                    gpu_cost=spec.gpu_cost,
                 )
             )
         return cls(deployments)
@@ -270,6 +300,11 @@ class Catalog:
     @property
     def tier_names(self) -> list[str]:
         return list(self._tiers)
+
+    @property
+    def unpriced(self) -> list[Deployment]:
+        """Local deployments with no price at all: their spend is unknown, not zero."""
+        return [d for d in self._by_name.values() if d.pricing == "unpriced"]
 
 
 def _first(*values: _T | None) -> _T | None:

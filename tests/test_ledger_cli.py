@@ -62,3 +62,16 @@ def test_report_costs_prints_csv(tmp_path: Path) -> None:
         "cached_tokens",
         "cost_usd",
     ]
+
+
+def test_report_costs_names_an_unpriced_local_model_under_the_table(tmp_path: Path) -> None:
+    cfg = Path(config(tmp_path))
+    cfg.write_text(
+        cfg.read_text()
+        + "models:\n"
+        + "  - {name: loc, model: hosted_vllm/x, api_base: 'http://127.0.0.1:9/v1', local: true}\n"
+    )
+    args = ["report", "costs", "--start", "2026-03-01", "--end", "2026-03-31"]
+    result = CliRunner().invoke(main, [*args, "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "local loc: unpriced; unpriced: no price and no gpu_cost" in result.output

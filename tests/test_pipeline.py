@@ -20,6 +20,7 @@ from gateway.errors import (
     UpstreamBadRequest,
     UpstreamError,
 )
+from gateway.local_cost import LocalCostMeter
 from gateway.pipeline import END, StreamEvent
 from gateway.pipeline.attempts import OpenStream, attempt_with_fallbacks, backoff_s, open_stream
 from gateway.pipeline.call import Call
@@ -281,6 +282,7 @@ class FakeGateway:
     cache: None = None
     metrics: None = None
     log_requests: bool = False
+    local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}

@@ -157,7 +157,13 @@ async def costs(
     """Spend-log totals per group over [start, end] (calendar days in the ledger's zone)."""
     groups = _groups(group_by)
     report = await cost_report(
-        gateway.store.engine, gateway.ledger.zone, start, end, groups, team=team
+        gateway.store.engine,
+        gateway.ledger.zone,
+        start,
+        end,
+        groups,
+        team=team,
+        local=[d for d in gateway.catalog.deployments if d.local],
     )
     return _report_response(report, format, "costs")
 
@@ -180,7 +186,13 @@ async def savings(
             param="reference",
         )
     report = await savings_report(
-        gateway.store.engine, gateway.ledger.zone, start, end, deployment, team=team
+        gateway.store.engine,
+        gateway.ledger.zone,
+        start,
+        end,
+        deployment,
+        team=team,
+        local=[d for d in gateway.catalog.deployments if d.local],
     )
     return _report_response(report, format, "savings")
 

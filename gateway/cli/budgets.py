@@ -18,6 +18,7 @@ from gateway.store import Store
 from ledger.ledger import Ledger, usage_json
 from ledger.periods import Period
 from ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
+from policies import Deployment
 
 _T = TypeVar("_T")
 
@@ -165,9 +166,11 @@ def report_costs(
     if not groups or any(g not in GROUPINGS for g in groups):
         raise click.ClickException(f"--group-by takes {', '.join(GROUPINGS)}")
 
+    local = _local_deployments(config_path)
+
     async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
         return await cost_report(
-            store.engine, ledger.zone, _day(start), _day(end), groups, team=team
+            store.engine, ledger.zone, _day(start), _day(end), groups, team=team, local=local
         )
 
     _emit(_with_ledger(config_path, build), fmt)
@@ -190,12 +193,22 @@ def report_savings(
     if deployment is None:
         raise click.ClickException("name a configured model with --reference")
 
+    local = [d for d in catalog.deployments if d.local]
+
     async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
         return await savings_report(
-            store.engine, ledger.zone, _day(start), _day(end), deployment, team=team
+            store.engine, ledger.zone, _day(start), _day(end), deployment, team=team, local=local
         )
 
     _emit(_with_ledger(config_path, build), fmt)
+
+
+def _local_deployments(config_path: str | None) -> list[Deployment]:
+    from gateway.llm import model_info
+
+    settings, source = load_config(config_path)
+    catalog = config_call(lambda: build_catalog(settings, model_info, source))
+    return [d for d in catalog.deployments if d.local]
 
 
 def _day(value: Any) -> date:
@@ -211,3 +224,6 @@ def _emit(result: dict[str, Any], fmt: str) -> None:
         print_rows(result["rows"], result["columns"], as_json=False)
         if "method" in result:
             click.echo(f"\nmethod: {result['method']}")
+        for local in result.get("local", ()):
+            cost = "unpriced" if local["cost_usd"] is None else f"{local['cost_usd']} USD"
+            click.echo(f"\nlocal {local['deployment']}: {cost}; {local['derivation']}")

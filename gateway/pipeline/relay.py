@@ -68,7 +68,7 @@ async def relay(
                 time.perf_counter() - waited
             ) * 1000
         usage = await _final_usage(call, deployment.model, chat, reported, text)
-        cost = charge(call, deployment.price.cost(usage), usage)
+        cost = charge(call, gateway.local_cost.cost(deployment, usage, call.record), usage)
         if chat.wants_usage_chunk():
             yield {
                 "id": last.get("id"),
@@ -93,7 +93,7 @@ async def relay(
             await upstream.aclose()  # type: ignore[attr-defined]
             if call.record.status != 200:
                 usage = await _final_usage(call, deployment.model, chat, reported, text)
-                charge(call, deployment.price.cost(usage), usage)
+                charge(call, gateway.local_cost.cost(deployment, usage, call.record), usage)
             await finish(gateway, call)
     if completion is not None and call.record.status == 200:
         # After the end has gone out: the client does not wait for the cache.

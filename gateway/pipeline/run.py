@@ -231,7 +231,7 @@ async def _complete(
         usage = await asyncio.to_thread(count_usage, deployment.model, payload["messages"], text)
         result["usage"] = usage_payload(usage)
         call.record.usage_estimated = True
-    cost = charge(call, deployment.price.cost(usage), usage)
+    cost = charge(call, gateway.local_cost.cost(deployment, usage, call.record), usage)
     call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
     await finish(gateway, call)
     headers = routing_headers(call)

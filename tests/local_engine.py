@@ -1,0 +1,118 @@
+"""A real local engine for the tests: a tiny random Llama served by `transformers serve`.
+
+The model and its tokenizer are built here (nothing downloaded): two layers, 32 wide, a
+byte-level BPE trained on a few sentences, saved with save_pretrained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fake_upstream import free_port
+
+_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world, how are you today?",
+    "user assistant system: say hello, count to three",
+]
+# The engine applies this template; the test applies it too, to count prompt tokens itself.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tiny_llama(directory: Path) -> Any:
+    """Save a 2-layer random Llama and its trained BPE tokenizer in `directory`; the tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return tokenizer
+
+
+def transformers_cli() -> str | None:
+    """The `transformers` command of this interpreter's environment, if installed."""
+    beside = Path(sys.executable).parent / "transformers"
+    return str(beside) if beside.exists() else shutil.which("transformers")
+
+
+class TransformersServe:
+    """`transformers serve MODEL_DIR` on loopback, pinned to that model, on the CPU."""
+
+    def __init__(self, cli: str, model_dir: Path, workdir: Path, ready_s: float = 90) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "transformers-serve.log"
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            # /v1/models scans the hub cache: an empty one of its own, not the user's.
+            "HF_HUB_CACHE": str(workdir / "hf-cache"),
+        }
+        (workdir / "hf-cache").mkdir(exist_ok=True)
+        command = [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--device", "cpu", "--default-seed", "0"]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready(ready_s)
+
+    def _wait_ready(self, ready_s: float) -> None:
+        deadline = time.monotonic() + ready_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"transformers serve did not become ready:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
