@@ -43,7 +43,12 @@ from gateway.openapi import (
     DocumentedRoute,
     install_openapi,
 )
-from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
+from gateway.providers import (
+    AnthropicHTTPProvider,
+    LiteLLMProvider,
+    OpenAIHTTPProvider,
+    Provider,
+)
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import SpendWriter, default_fallback_file, default_journal_dir
@@ -118,8 +123,14 @@ def create_app(
         providers: dict[str, Provider] = {
             "openai_http": OpenAIHTTPProvider(api_keys, redactor=redactor)
         }
-        if any(d.transport == "litellm" for d in catalog.deployments):
+        if any(d.transport in ("litellm", "anthropic") for d in catalog.deployments):
             providers["litellm"] = LiteLLMProvider(api_keys, redactor=redactor)
+        # Anthropic-format deployments take /v1/messages requests as they are; their chat
+        # completions go through litellm's translation.
+        anthropic = AnthropicHTTPProvider(
+            api_keys, openai=providers.get("litellm"), redactor=redactor
+        )
+        providers["anthropic"] = anthropic
         estimator = (
             EstimateBatcher(
                 router,
@@ -140,6 +151,7 @@ def create_app(
             keys=KeyService(store, key_secret),
             spend=spend,
             providers=providers,
+            natives={"anthropic": anthropic},
             master_key=master_key,
             cache=PromptCache.build(
                 _cache_settings(settings, router), settings.store.redis_url, observer=metrics

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
 from gateway.metrics import Metrics
+from gateway.native import NativeProvider
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -39,8 +40,16 @@ class Gateway:
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
 
+    # By API: the providers that take a request in that API as is (gateway/native.py).
+    natives: Mapping[str, NativeProvider] = field(default_factory=dict)
+
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]
+
+    def native(self, deployment: Deployment, api: str) -> NativeProvider | None:
+        """The provider that sends a request in `api` to the deployment as is, if it speaks it."""
+        native = self.natives.get(api)
+        return native if native is not None and native.speaks(deployment) else None
 
 
 def resolve_api_keys(catalog: Catalog, environ: Mapping[str, str]) -> dict[str, str]:
