@@ -29,6 +29,7 @@ from gateway.anthropic import (
     message,
     usage,
 )
+from gateway.anthropic.schemas import PromptRequest, turn_problem
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
 from gateway.http import json_response, read_json, request_id
@@ -233,13 +234,17 @@ def _validated(model: type[M], body: Any, server: ServerSettings) -> M:
     # validation: they bound what validating costs.
     check_chat_shape(body, server)
     try:
-        return model.model_validate(body)
+        validated = model.model_validate(body)
     except ValidationError as exc:
         # A union (string or blocks, one block type or another) reports one error per branch:
         # the deepest names the actual mismatch ("messages.1.content.0.tool_use.id").
         error = max(exc.errors(), key=lambda e: len(e["loc"]))
         param = _field_path(body, error["loc"])
         raise InvalidRequest(f"{param}: {error['msg']}", param=param) from None
+    problem = turn_problem(validated) if isinstance(validated, PromptRequest) else None
+    if problem is not None:
+        raise InvalidRequest(f"{problem[0]}: {problem[1]}", param=problem[0])
+    return validated
 
 
 def _field_path(body: Any, loc: tuple[int | str, ...]) -> str:
