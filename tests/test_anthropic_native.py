@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +19,7 @@ import pytest
 from gateway.anthropic.upstream import openai_usage
 from gateway.llm import litellm, model_info
 from gateway.usage import usage_from
+from tests.cache_support import cache_section
 from tests.conftest import (
     PRICE_DIRECT,
     InProcessGateway,
@@ -467,3 +469,26 @@ async def test_a_chat_completion_with_anthropic_cache_writes_costs_the_same_thro
     row = await gw.admin.spend(response.headers["x-request-id"])
     assert Decimal(row["cost_usd"]) == sonnet_cost(CACHE_USAGE)
     assert (row["cached_tokens"], row["cache_creation_tokens"]) == (100, 40)
+
+
+async def test_the_prompt_cache_keeps_apart_requests_differing_in_anthropic_only_fields(
+    tmp_path: Path, upstream: RunningUpstream, anthropic_upstream: RunningAnthropic
+) -> None:
+    settings = config(f"sqlite:///{tmp_path / 'gw.db'}", upstream, anthropic_upstream)
+    settings["cache"] = cache_section(backend="memory")
+    env = gateway_env(FAKE_ANTHROPIC_KEY=ANTHROPIC_KEY)
+    async with in_process_gateway(settings, env) as cached:
+        body = {"model": "claude", "max_tokens": 16, "messages": user("cache-variant")}
+        body["temperature"] = 0
+        headers = {"x-api-key": cached.key}
+
+        async def ask(top_k: int) -> str:
+            response = await cached.client.post(
+                "/v1/messages", json={**body, "top_k": top_k}, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            assert [b["text"] for b in response.json()["content"]] == [ANSWER]
+            return response.headers["x-rightsize-cache"]
+
+        # top_k is not in the translation the cache keys on: it is keyed apart all the same.
+        assert [await ask(5), await ask(6), await ask(5)] == ["miss", "miss", "hit"]
