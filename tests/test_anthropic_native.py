@@ -492,3 +492,74 @@ async def test_the_prompt_cache_keeps_apart_requests_differing_in_anthropic_only
 
         # top_k is not in the translation the cache keys on: it is keyed apart all the same.
         assert [await ask(5), await ask(6), await ask(5)] == ["miss", "miss", "hit"]
+
+
+def openai_sdk(gw: InProcessGateway) -> openai.AsyncOpenAI:
+    transport = httpx2.ASGITransport(app=gw.app)
+    http = httpx2.AsyncClient(transport=transport, base_url="http://gateway")
+    return openai.AsyncOpenAI(
+        base_url="http://gateway/v1", api_key=gw.key, http_client=http, max_retries=0
+    )
+
+
+async def test_a_streamed_chat_completion_from_an_anthropic_deployment_reassembles_exactly(
+    gw: InProcessGateway,
+) -> None:
+    stream = await openai_sdk(gw).chat.completions.create(
+        model="claude",
+        max_tokens=32,
+        messages=[{"role": "user", "content": "openai-stream"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces: list[str] = []
+    usage = None
+    async for chunk in stream:
+        pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+        usage = chunk.usage or usage
+    assert "".join(pieces) == ANSWER
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+async def test_a_chat_completion_tool_round_trip_with_an_anthropic_deployment(
+    gw: InProcessGateway, anthropic_upstream: RunningAnthropic
+) -> None:
+    client = openai_sdk(gw)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": WEATHER_TOOL["name"],
+            "description": WEATHER_TOOL["description"],
+            "parameters": WEATHER_TOOL["input_schema"],
+        },
+    }
+    question = {"role": "user", "content": "openai-tool-marker: weather in Paris?"}
+    called = await client.chat.completions.create(
+        model="claude-tool", max_tokens=32, messages=[question], tools=[tool]
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    [call] = choice.message.tool_calls
+    assert call.type == "function"
+    assert (call.id, call.function.name) == ("toolu_fake_1", TOOL_CALL["name"])
+    assert orjson.loads(call.function.arguments) == {"city": "Paris"}
+    sent = sent_to_anthropic(anthropic_upstream, "openai-tool-marker")["body"]
+    assert sent["tools"] == [{**WEATHER_TOOL, "type": "custom"}]  # litellm names the type
+    answer = await client.chat.completions.create(
+        model="claude-tool",
+        max_tokens=32,
+        tools=[tool],
+        messages=[
+            question,
+            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "18 C openai-result"},
+        ],
+    )
+    assert answer.choices[0].message.content == ANSWER
+    history = sent_to_anthropic(anthropic_upstream, "openai-result")["body"]["messages"]
+    assert history[1]["role"] == "assistant"
+    assert [b["type"] for b in history[1]["content"]] == ["tool_use"]
+    assert history[2]["role"] == "user"
+    result = history[2]["content"][0]
+    assert (result["type"], result["tool_use_id"]) == ("tool_result", "toolu_fake_1")
