@@ -7,6 +7,7 @@ claude-fake-tool      calls TOOL_CALL while the last turn holds no tool_result, 
 claude-fake-thinking  a thinking block (with its signature), then the answer
 claude-fake-400       HTTP 400 with an Anthropic error body
 claude-fake-500       HTTP 500 with an Anthropic error body
+claude-fake-midstream streams the start of an answer, then an `error` event (overloaded)
 
 Streams are Anthropic's event sequence: message_start, ping, per block content_block_start,
 deltas (text_delta, input_json_delta, thinking_delta, signature_delta), content_block_stop,
@@ -145,6 +146,19 @@ async def _events(
     }
     yield _sse("message_start", {"type": "message_start", "message": start})
     yield _sse("ping", {"type": "ping"})
+    if model.endswith("fake-midstream"):
+        block = {"type": "text", "text": ""}
+        yield _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        )
+        delta = {"type": "text_delta", "text": "Hel"}
+        yield _sse(
+            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+        )
+        error = {"type": "overloaded_error", "message": "the fake Anthropic upstream is overloaded"}
+        yield _sse("error", {"type": "error", "error": error})
+        return
     for index, block in enumerate(blocks):
         for delta in _deltas(block):
             yield _sse(

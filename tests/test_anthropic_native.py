@@ -68,6 +68,7 @@ def config(store_url: str, upstream: RunningUpstream, fake: RunningAnthropic) ->
         claude("claude-thinking", "anthropic/claude-fake-thinking"),
         claude("claude-500", "anthropic/claude-fake-500"),
         claude("claude-400", "anthropic/claude-fake-400"),
+        claude("claude-midstream", "anthropic/claude-fake-midstream"),
         # The `anthropic` transport, the model id as Anthropic names it.
         claude("claude-native", "claude-fake-ok", transport="anthropic"),
         # A real model's id: priced from litellm's map (no price given).
@@ -563,3 +564,26 @@ async def test_a_chat_completion_tool_round_trip_with_an_anthropic_deployment(
     assert history[2]["role"] == "user"
     result = history[2]["content"][0]
     assert (result["type"], result["tool_use_id"]) == ("tool_result", "toolu_fake_1")
+
+
+async def test_an_upstream_error_event_mid_stream_is_relayed_as_an_error_event(
+    gw: InProcessGateway,
+) -> None:
+    stream = await sdk(gw).messages.create(
+        model="claude-midstream", max_tokens=16, messages=user("break"), stream=True
+    )
+    kinds: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        async for event in stream:
+            kinds.append(event.type)
+    assert kinds == ["message_start", "content_block_start", "content_block_delta"]
+    body = caught.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "api_error"
+    assert "overloaded" in body["error"]["message"]
+    request_id = stream.response.headers["x-request-id"]
+    row = await gw.admin.spend(request_id)
+    assert (row["status"], row["error_type"], row["api"]) == (
+        502,
+        "upstream_stream_error",
+        "anthropic",
+    )
