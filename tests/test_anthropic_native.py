@@ -18,6 +18,7 @@ import pytest
 
 from gateway.anthropic.upstream import openai_usage
 from gateway.llm import litellm, model_info
+from gateway.tokens import chat_tokens
 from gateway.usage import usage_from
 from tests.cache_support import cache_section
 from tests.conftest import (
@@ -69,6 +70,8 @@ def config(store_url: str, upstream: RunningUpstream, fake: RunningAnthropic) ->
         claude("claude-500", "anthropic/claude-fake-500"),
         claude("claude-400", "anthropic/claude-fake-400"),
         claude("claude-midstream", "anthropic/claude-fake-midstream"),
+        # Nothing listens there: an unreachable Anthropic upstream.
+        {**claude("claude-down", "anthropic/claude-fake-ok"), "api_base": "http://127.0.0.1:9"},
         # The `anthropic` transport, the model id as Anthropic names it.
         claude("claude-native", "claude-fake-ok", transport="anthropic"),
         # A real model's id: priced from litellm's map (no price given).
@@ -587,3 +590,11 @@ async def test_an_upstream_error_event_mid_stream_is_relayed_as_an_error_event(
         "upstream_stream_error",
         "anthropic",
     )
+
+
+async def test_count_tokens_falls_back_to_the_tokenizer_when_the_upstream_is_down(
+    gw: InProcessGateway,
+) -> None:
+    messages = user("Count me while the upstream is down.")
+    counted = await sdk(gw).messages.count_tokens(model="claude-down", messages=messages)
+    assert counted.input_tokens == chat_tokens("anthropic/claude-fake-ok", messages)

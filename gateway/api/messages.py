@@ -9,6 +9,7 @@ Anthropic message, event stream or error. Plain Starlette routes, as the OpenAI 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -31,7 +32,14 @@ from gateway.anthropic import (
 )
 from gateway.anthropic.schemas import PromptRequest, turn_problem
 from gateway.auth import bearer_token
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UpstreamBadRequest,
+    UpstreamError,
+)
 from gateway.http import json_response, read_json, request_id
 from gateway.limits import check_chat_shape
 from gateway.native import NativeRequest
@@ -53,6 +61,7 @@ from gateway.tokens import count_prompt_tokens, prompt_tokens
 from gateway.usage import count_usage
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("rightsize.anthropic")
 
 # Fields of Anthropic's API that an OpenAI-format deployment has no faithful translation for:
 # sent as they are to an Anthropic-format deployment, refused by name by any other
@@ -129,8 +138,14 @@ async def count_tokens(request: Request) -> Response:
         if isinstance(native, AnthropicHTTPProvider) and deployment is not None:
             # An Anthropic-format deployment counts for itself, as the client would be told.
             headers = {h: v for h in _PASSED_HEADERS if (v := request.headers.get(h))}
-            tokens = await native.count_tokens(deployment, raw, headers)
-            return json_response({"input_tokens": tokens}, headers={"x-request-id": rid})
+            try:
+                tokens = await native.count_tokens(deployment, raw, headers)
+                return json_response({"input_tokens": tokens}, headers={"x-request-id": rid})
+            except UpstreamBadRequest:
+                raise
+            except UpstreamError as exc:
+                # A count is advice: the upstream down, the local tokenizer's count instead.
+                log.warning("count_tokens: %s; counting locally", exc.message)
         counted = chat_messages(body)
         if body.tools:
             # Tool definitions are part of the prompt: counted as their JSON text.
