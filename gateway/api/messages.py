@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -75,11 +76,13 @@ _UNTRANSLATABLE = {
 _PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
+@dataclass(frozen=True, slots=True)
 class _Parsed:
     """A messages body as read: the schema's view, its translation, and the body as sent."""
 
-    def __init__(self, anthropic: MessagesRequest, chat: ChatRequest, native: NativeRequest):
-        self.anthropic, self.chat, self.native = anthropic, chat, native
+    anthropic: MessagesRequest
+    chat: ChatRequest
+    native: NativeRequest
 
 
 async def messages(request: Request) -> Response:
