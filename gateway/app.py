@@ -44,7 +44,13 @@ from gateway.openapi import (
     DocumentedRoute,
     install_openapi,
 )
-from gateway.providers import LiteLLMProvider, LocalProvider, OpenAIHTTPProvider, Provider
+from gateway.providers import (
+    AnthropicHTTPProvider,
+    LiteLLMProvider,
+    LocalProvider,
+    OpenAIHTTPProvider,
+    Provider,
+)
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
 from gateway.spend import (
@@ -136,8 +142,14 @@ def create_app(
             local = LocalBackend(catalog.deployments, settings.local_backend)
             probes = ProbeLoop(local)
             providers["local"] = LocalProvider(local, http)
-        if any(d.transport == "litellm" for d in catalog.deployments):
+        if any(d.transport in ("litellm", "anthropic") for d in catalog.deployments):
             providers["litellm"] = LiteLLMProvider(api_keys, redactor=redactor)
+        # Anthropic-format deployments take /v1/messages requests as they are; their chat
+        # completions go through litellm's translation.
+        anthropic = AnthropicHTTPProvider(
+            api_keys, openai=providers.get("litellm"), redactor=redactor
+        )
+        providers["anthropic"] = anthropic
         estimator = (
             EstimateBatcher(
                 router,
@@ -158,6 +170,7 @@ def create_app(
             keys=KeyService(store, key_secret),
             spend=spend,
             providers=providers,
+            natives={"anthropic": anthropic},
             master_key=master_key,
             cache=PromptCache.build(
                 _cache_settings(settings, router), settings.store.redis_url, observer=metrics

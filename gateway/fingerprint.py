@@ -53,6 +53,8 @@ def _described(deployment: Deployment) -> dict[str, Any]:
     # How the price was found (configured, litellm's map, GPU-hour, none) adds nothing the
     # price and gpu_cost do not already say.
     del values["pricing"]
+    # Price fields added later (cache writes) are None unless a price sets them.
+    values["price"] = {k: v for k, v in values["price"].items() if v is not None}
     for field in dataclasses.fields(deployment):
         if field.name not in values:
             continue

@@ -51,10 +51,15 @@ def model_info(model: str) -> ModelInfo | None:
     price = None
     if "input_cost_per_token" in entry and "output_cost_per_token" in entry:
         cached = entry.get("cache_read_input_token_cost", entry["input_cost_per_token"])
+        write = entry.get("cache_creation_input_token_cost")
+        write_1h = entry.get("cache_creation_input_token_cost_above_1hr")
         price = TokenPrice(
             input=_exact(entry["input_cost_per_token"]),
             output=_exact(entry["output_cost_per_token"]),
             cached_input=_exact(cached),
+            # Anthropic's prompt-cache writes, as litellm prices them (absent: the input price).
+            cache_write=_exact(write) if write is not None else None,
+            cache_write_1h=_exact(write_1h) if write_1h is not None else None,
         )
     return ModelInfo(
         price=price,

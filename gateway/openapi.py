@@ -108,7 +108,8 @@ ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
 
 ANTHROPIC_MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "An Anthropic message translated from the deployment's answer.",
+    "description": "An Anthropic message: an Anthropic-format deployment's own, as it came, or "
+    "translated from an OpenAI-format deployment's answer.",
     "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
     "properties": {
         "id": {"type": "string"},
@@ -116,7 +117,18 @@ ANTHROPIC_MESSAGE_SCHEMA: dict[str, Any] = {
         "role": {"const": "assistant"},
         "model": {"type": "string"},
         "content": {"type": "array", "items": {"type": "object"}},
-        "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
+        "stop_reason": {
+            "enum": [
+                "end_turn",
+                "max_tokens",
+                "stop_sequence",
+                "tool_use",
+                "refusal",
+                # Only from Anthropic-format deployments, passed on as they came.
+                "pause_turn",
+                "model_context_window_exceeded",
+            ]
+        },
         "stop_sequence": {"type": ["string", "null"]},
         "usage": {"type": "object"},
     },

@@ -9,6 +9,7 @@ from gateway.auth import KeyService
 from gateway.cache import PromptCache
 from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
+from gateway.native import NativeProvider
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -45,10 +46,18 @@ class Gateway:
     # Prices the calls of GPU-hour-priced local deployments from their measured throughput.
     local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
+    # By API: the providers that take a request in that API as is (gateway/native.py).
+    natives: Mapping[str, NativeProvider] = field(default_factory=dict)
+
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:
             return self.providers["local"]
         return self.providers[deployment.transport]
+
+    def native(self, deployment: Deployment, api: str) -> NativeProvider | None:
+        """The provider that sends a request in `api` to the deployment as is, if it speaks it."""
+        native = self.natives.get(api)
+        return native if native is not None and native.speaks(deployment) else None
 
 
 def resolve_api_keys(catalog: Catalog, environ: Mapping[str, str]) -> dict[str, str]:

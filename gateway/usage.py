@@ -17,11 +17,17 @@ def usage_from(payload: dict[str, Any] | None) -> Usage | None:
     if not payload:
         return None
     details = payload.get("prompt_tokens_details") or {}
+    # Anthropic's cache writes: litellm reports them in both places, the gateway's own
+    # translation (gateway/anthropic) in the details.
+    written = details.get("cache_creation_tokens") or payload.get("cache_creation_input_tokens")
+    breakdown = details.get("cache_creation_token_details") or {}
     try:
         usage = Usage(
             prompt_tokens=int(payload.get("prompt_tokens") or 0),
             completion_tokens=int(payload.get("completion_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
+            cache_creation_tokens=int(written or 0),
+            cache_creation_1h_tokens=int(breakdown.get("ephemeral_1h_input_tokens") or 0),
         )
     except (TypeError, ValueError):
         return None

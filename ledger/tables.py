@@ -66,6 +66,10 @@ spend_log = Table(
     Column("category", String(32), nullable=True),
     Column("router_artifact", String(32), nullable=True),
     Column("config_hash", String(32), nullable=True),
+    # The API the request came in on, `openai` or `anthropic`, and the prompt-cache writes an
+    # Anthropic upstream priced apart (revision 0008); api is null on older rows.
+    Column("api", String(16), nullable=True),
+    Column("cache_creation_tokens", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_spend_log_request_id", "request_id"),
     Index("ix_spend_log_record_id", "record_id", unique=True),
     Index("ix_spend_log_team_created", "team", "created_at"),

@@ -26,8 +26,18 @@ class Price(BaseModel):
     input_per_mtok: Decimal = Field(ge=0)
     output_per_mtok: Decimal = Field(ge=0)
     cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    # Anthropic's prompt-cache writes (5-minute and 1-hour); unset: the input price.
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h_per_mtok: Decimal | None = Field(default=None, ge=0)
 
-    @field_validator("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", mode="before")
+    @field_validator(
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "cache_write_1h_per_mtok",
+        mode="before",
+    )
     @classmethod
     def _no_binary_floats(cls, value: object) -> object:
         # A YAML float such as 0.1 is already inexact; going through str() keeps what was written.
@@ -60,7 +70,9 @@ class ModelSpec(BaseModel):
         default=None, description="Name of the environment variable holding the API key."
     )
     tier: str | None = None
-    transport: Literal["litellm", "openai_http"] = "litellm"
+    # anthropic: the Anthropic Messages API ({api_base}/v1/messages), as is for /v1/messages
+    # requests; chat-completions requests reach it through litellm's Anthropic translation.
+    transport: Literal["litellm", "openai_http", "anthropic"] = "litellm"
     timeout_s: float = Field(default=120.0, gt=0)
     price: Price | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
@@ -118,11 +130,15 @@ class ModelSpec(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one call, in the OpenAI sense (prompt_tokens includes cached_tokens)."""
+    """Token counts of one call, in the OpenAI sense: prompt_tokens includes the tokens read from
+    the prompt cache (cached_tokens) and those written to it (cache_creation_tokens, Anthropic's;
+    cache_creation_1h_tokens of them at the 1-hour rate)."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -136,14 +152,19 @@ class TokenPrice:
     input: Decimal
     output: Decimal
     cached_input: Decimal
+    cache_write: Decimal | None = None  # None: the input price
+    cache_write_1h: Decimal | None = None  # None: the 5-minute write price
 
     @classmethod
     def per_million(cls, price: Price) -> TokenPrice:
         cached = price.cached_input_per_mtok
+        write, write_1h = price.cache_write_per_mtok, price.cache_write_1h_per_mtok
         return cls(
             input=price.input_per_mtok / _MILLION,
             output=price.output_per_mtok / _MILLION,
             cached_input=(cached if cached is not None else price.input_per_mtok) / _MILLION,
+            cache_write=write / _MILLION if write is not None else None,
+            cache_write_1h=write_1h / _MILLION if write_1h is not None else None,
         )
 
     @classmethod
@@ -153,10 +174,16 @@ class TokenPrice:
 
     def cost(self, usage: Usage) -> Decimal:
         """Exact cost of a call with this usage."""
-        uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)
+        written = usage.cache_creation_tokens
+        written_1h = min(usage.cache_creation_1h_tokens, written)
+        uncached = max(usage.prompt_tokens - usage.cached_tokens - written, 0)
+        write = self.cache_write if self.cache_write is not None else self.input
+        write_1h = self.cache_write_1h if self.cache_write_1h is not None else write
         return (
             uncached * self.input
             + usage.cached_tokens * self.cached_input
+            + (written - written_1h) * write
+            + written_1h * write_1h
             + usage.completion_tokens * self.output
         )
 
@@ -202,6 +229,17 @@ class Deployment:
         """Model id sent to an OpenAI-compatible server (litellm's provider prefix removed)."""
         provider, sep, rest = self.model.partition("/")
         return rest if sep and provider in _OPENAI_COMPATIBLE_PREFIXES else self.model
+
+    @property
+    def speaks_anthropic(self) -> bool:
+        """Whether the upstream is Anthropic's Messages API: an `anthropic/` model or the
+        `anthropic` transport. Such a deployment gets /v1/messages requests as they came."""
+        return self.transport == "anthropic" or self.model.startswith("anthropic/")
+
+    @property
+    def anthropic_model(self) -> str:
+        """Model id sent to the Anthropic Messages API (litellm's `anthropic/` prefix removed)."""
+        return self.model.removeprefix("anthropic/")
 
 
 _OPENAI_COMPATIBLE_PREFIXES = {"openai", "hosted_vllm", "vllm", "text-completion-openai"}

@@ -14,7 +14,8 @@ fake-stall       streams two chunks, then nothing for 3 s
 fake-crlf        streams RAW_STREAMS' body: CRLF line endings, the last line without one, no [DONE]
 fake-redirect    HTTP 307 back to /v1/chat/completions (a client following it loops)
 fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is not JSON
-fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces)
+fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces); once the
+                 last message is the tool's result, answers as fake-ok
 
 Each request's client address is recorded too: the number of distinct ones is the number of
 connections the client opened.
@@ -92,7 +93,7 @@ class FakeUpstream:
             await asyncio.sleep(3)
         if body.get("stream") and model in RAW_STREAMS:
             return Response(RAW_STREAMS[model], media_type="text/event-stream")
-        if body.get("stream") and model.endswith("fake-tool"):
+        if body.get("stream") and model.endswith("fake-tool") and not _answers_a_tool(body):
             return StreamingResponse(_tool_chunks(body), media_type="text/event-stream")
         if body.get("stream"):
             return StreamingResponse(_chunks(body), media_type="text/event-stream")
@@ -101,7 +102,7 @@ class FakeUpstream:
             "message": {"role": "assistant", "content": ANSWER},
             "finish_reason": "stop",
         }
-        if model.endswith("fake-tool"):
+        if model.endswith("fake-tool") and not _answers_a_tool(body):
             choice = {"index": 0, "message": _tool_message(), "finish_reason": "tool_calls"}
         result: dict[str, Any] = {
             "id": "chatcmpl-fake",
@@ -113,6 +114,11 @@ class FakeUpstream:
         if not model.endswith("fake-nousage"):
             result["usage"] = _usage(model)
         return Response(orjson.dumps(result), media_type="application/json")
+
+
+def _answers_a_tool(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or [{}]
+    return bool(messages[-1].get("role") == "tool")
 
 
 def _usage(model: str) -> dict[str, Any]:

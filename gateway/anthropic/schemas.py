@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 
 class _Strict(BaseModel):
@@ -154,7 +154,8 @@ class PromptRequest(_Strict):
 class MessagesRequest(PromptRequest):
     """POST /v1/messages body."""
 
-    max_tokens: int = Field(ge=1)
+    # Strict: "64" or true is not a count, as Anthropic's API says too.
+    max_tokens: StrictInt = Field(ge=1)
     metadata: Metadata | None = None
     stop_sequences: list[str] | None = None
     stream: bool | None = None
@@ -165,3 +166,40 @@ class MessagesRequest(PromptRequest):
 
 class CountTokensRequest(PromptRequest):
     """POST /v1/messages/count_tokens body: the prompt of a messages request."""
+
+
+# Blocks a turn of the other role may not hold, as Anthropic's API refuses them.
+_MISPLACED = {
+    "user": ("tool_use", "thinking", "redacted_thinking"),
+    "assistant": ("tool_result",),
+}
+
+
+def turn_problem(request: PromptRequest) -> tuple[str, str] | None:
+    """The first block out of its place in the conversation, as (field, why), or None.
+
+    A tool_use or thinking block belongs to an assistant turn, a tool_result to a user turn
+    that answers a tool_use of the turn just before it (Anthropic's API refuses the rest; an
+    OpenAI-format upstream would refuse its translation, a tool message with no call).
+    """
+    previous: MessageParam | None = None
+    for i, turn in enumerate(request.messages):
+        blocks = turn.content if isinstance(turn.content, list) else []
+        for j, block in enumerate(blocks):
+            where = f"messages.{i}.content.{j}"
+            if block.type in _MISPLACED[turn.role]:
+                return where, f"a {block.type} block cannot be in a {turn.role} turn"
+            if isinstance(block, ToolResultBlock) and block.tool_use_id not in _calls(previous):
+                return (
+                    f"{where}.tool_use_id",
+                    f"the tool_result for {block.tool_use_id!r} answers no tool_use block of "
+                    "the assistant turn just before it",
+                )
+        previous = turn
+    return None
+
+
+def _calls(turn: MessageParam | None) -> set[str]:
+    if turn is None or turn.role != "assistant" or isinstance(turn.content, str):
+        return set()
+    return {b.id for b in turn.content if isinstance(b, ToolUseBlock)}

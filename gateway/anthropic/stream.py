@@ -16,6 +16,7 @@ import orjson
 from gateway.anthropic.errors import error_body
 from gateway.anthropic.translate import message_id, stop, usage
 from gateway.errors import GatewayError
+from gateway.native import NATIVE
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -37,8 +38,17 @@ class MessageStream:
         self._call_id: str | None = None  # the open tool call's id
         self._choice: dict[str, Any] = {}
         self._usage: dict[str, Any] | None = None
+        self._native = False  # relaying an Anthropic-format upstream's own events
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
+        native = chunk.get(NATIVE)
+        if native is not None:
+            # An Anthropic-format upstream's own event: relayed as it came, and from then on
+            # nothing of the translation (the upstream sends its own message_stop).
+            self._native = True
+            return event(native["event"], native["data"])
+        if self._native:
+            return b""
         out = [self._start(chunk)]
         if chunk.get("usage"):
             self._usage = chunk["usage"]
@@ -57,6 +67,8 @@ class MessageStream:
 
     def end(self) -> bytes:
         """Close the open block, then message_delta with the stop reason and usage."""
+        if self._native:
+            return b""
         out = [self._start({}), self._close()]
         stop_reason, stop_sequence = stop(self._choice, self._stop_sequences)
         counts = usage(self._usage)

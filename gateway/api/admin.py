@@ -268,4 +268,6 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "category": record.category,
         "router_artifact": record.router_artifact,
         "config_hash": record.config_hash,
+        "api": record.api,
+        "cache_creation_tokens": record.cache_creation_tokens,
     }

@@ -9,8 +9,10 @@ Anthropic message, event stream or error. Plain Starlette routes, as the OpenAI 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -29,10 +31,19 @@ from gateway.anthropic import (
     message,
     usage,
 )
+from gateway.anthropic.schemas import PromptRequest, turn_problem
 from gateway.auth import bearer_token
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UpstreamBadRequest,
+    UpstreamError,
+)
 from gateway.http import json_response, read_json, request_id
 from gateway.limits import check_chat_shape
+from gateway.native import NativeRequest
 from gateway.pipeline import (
     Answer,
     Inbound,
@@ -43,6 +54,7 @@ from gateway.pipeline import (
     StreamEvent,
     run,
 )
+from gateway.providers import AnthropicHTTPProvider
 from gateway.schemas import ChatRequest
 from gateway.settings import ServerSettings
 from gateway.state import Gateway
@@ -50,25 +62,44 @@ from gateway.tokens import count_prompt_tokens, prompt_tokens
 from gateway.usage import count_usage
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("rightsize.anthropic")
 
 # Fields of Anthropic's API that an OpenAI-format deployment has no faithful translation for:
-# refused by name, not answered as if they had been applied.
+# sent as they are to an Anthropic-format deployment, refused by name by any other
+# (gateway/pipeline/attempts.py), not answered as if they had been applied.
 _UNTRANSLATABLE = {
     "top_k": "OpenAI-format deployments have no top_k sampling",
     "container": "containers run only on Anthropic's servers",
     "mcp_servers": "MCP servers are called only by Anthropic's servers",
     "context_management": "context management runs only on Anthropic's servers",
 }
+_PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A messages body as read: the schema's view, its translation, and the body as sent."""
+
+    anthropic: MessagesRequest
+    chat: ChatRequest
+    native: NativeRequest
 
 
 async def messages(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     server = gateway.settings.server
-    parsed: list[tuple[MessagesRequest, ChatRequest]] = []  # for rendering the answer
+    parsed: list[_Parsed] = []  # for rendering the answer
 
     async def read() -> ChatRequest:
-        anthropic, chat = await read_json(request, server, parse_messages_request)
-        parsed.append((anthropic, chat))
+        body = await read_json(request, server, _native_body)
+        anthropic, chat = parse_messages_request(body, server)
+        native = NativeRequest(
+            api="anthropic",
+            body=body,
+            headers={h: v for h in _PASSED_HEADERS if (v := request.headers.get(h))},
+            native_only=tuple(native_only(body)),
+        )
+        parsed.append(_Parsed(anthropic, chat, native))
         return chat
 
     inbound = Inbound(
@@ -76,11 +107,13 @@ async def messages(request: Request) -> Response:
         token=bearer_token(request.headers),
         headers=request.headers,
         read=read,
+        api="anthropic",
+        native=lambda: parsed[0].native,
     )
     outcome = await run(gateway, inbound)
     if isinstance(outcome, Refused):
         return error_response(outcome.error, outcome.request_id)
-    anthropic, chat = parsed[0]  # the pipeline answers only requests it has read
+    anthropic, chat = parsed[0].anthropic, parsed[0].chat  # only requests read are answered
     estimate = 0
     if isinstance(outcome, Stream):
         # message_start's input tokens, before the upstream has counted: the router's count.
@@ -94,7 +127,8 @@ async def count_tokens(request: Request) -> Response:
     rid = request_id(request)
     try:
         key = await gateway.keys.authenticate(bearer_token(request.headers))
-        body = await read_json(request, gateway.settings.server, parse_count_tokens_request)
+        raw = await read_json(request, gateway.settings.server, _native_body)
+        body = parse_count_tokens_request(raw, gateway.settings.server)
         policy = gateway.policy
         if body.model not in policy.names():
             raise NotFound(f"The model {body.model!r} does not exist", param="model")
@@ -103,6 +137,18 @@ async def count_tokens(request: Request) -> Response:
         # when a request is routed, and counting routes nothing.
         if deployment is not None and not key.may_use(body.model, policy.tier_of(body.model)):
             raise PermissionDenied(f"This key may not use model {body.model!r}", param="model")
+        native = gateway.native(deployment, "anthropic") if deployment is not None else None
+        if isinstance(native, AnthropicHTTPProvider) and deployment is not None:
+            # An Anthropic-format deployment counts for itself, as the client would be told.
+            headers = {h: v for h in _PASSED_HEADERS if (v := request.headers.get(h))}
+            try:
+                tokens = await native.count_tokens(deployment, raw, headers)
+                return json_response({"input_tokens": tokens}, headers={"x-request-id": rid})
+            except UpstreamBadRequest:
+                raise
+            except UpstreamError as exc:
+                # A count is advice: the upstream down, the local tokenizer's count instead.
+                log.warning("count_tokens: %s; counting locally", exc.message)
         counted = chat_messages(body)
         if body.tools:
             # Tool definitions are part of the prompt: counted as their JSON text.
@@ -118,6 +164,65 @@ async def count_tokens(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc, rid)
     return json_response({"input_tokens": tokens}, headers={"x-request-id": rid})
+
+
+def _native_body(body: Any, _: ServerSettings) -> dict[str, Any]:
+    """The body as sent, checked only to be an object: the schema's checks follow."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return body
+
+
+def native_only(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The body's fields (name, why) that only an Anthropic-format deployment can serve."""
+    found = [(f, why) for f, why in _UNTRANSLATABLE.items() if body.get(f) is not None]
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") != "disabled":
+        found.append(
+            (
+                "thinking",
+                "extended thinking is Anthropic's; OpenAI-format deployments "
+                'are sent none: send {"type": "disabled"} or leave it out',
+            )
+        )
+    output = body.get("output_config")
+    if isinstance(output, dict) and output.get("effort") is not None:
+        found.append(("output_config.effort", "the routed model may not reason; leave it out"))
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in (None, "custom"):
+            found.append(
+                (
+                    f"tools.{i}.type",
+                    f"server tools ({kind!r}) run only on Anthropic's "
+                    "servers; OpenAI-format deployments serve client tools",
+                )
+            )
+    return found
+
+
+def _translatable(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without its Anthropic-only fields: what the schema checks and the translation
+    carries (the fields themselves go as they are to Anthropic-format deployments)."""
+    body = {k: v for k, v in body.items() if k not in _UNTRANSLATABLE}
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") != "disabled":
+        # Checked for its shape here: an Anthropic-format deployment gets it as it is.
+        if thinking.get("type") not in ("enabled", "adaptive"):
+            raise InvalidRequest(
+                "thinking.type: one of 'enabled', 'adaptive' or 'disabled'", param="thinking.type"
+            )
+        del body["thinking"]
+    output = body.get("output_config")
+    if isinstance(output, dict) and output.get("effort") is not None:
+        body["output_config"] = {k: v for k, v in output.items() if k != "effort"}
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        kept = [t for t in tools if not isinstance(t, dict) or t.get("type") in (None, "custom")]
+        if len(kept) != len(tools):
+            body["tools"] = kept or None
+    return body
 
 
 def parse_messages_request(
@@ -140,46 +245,24 @@ def parse_count_tokens_request(body: Any, server: ServerSettings) -> CountTokens
 def _validated(model: type[M], body: Any, server: ServerSettings) -> M:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
-    for field, why in _UNTRANSLATABLE.items():
-        if body.get(field) is not None:
-            raise InvalidRequest(f"{field}: not supported by this gateway ({why})", param=field)
-    # An explicit null asks for nothing: accepted, as Anthropic's API accepts it.
-    body = {k: v for k, v in body.items() if v is not None or k not in _UNTRANSLATABLE}
-    output = body.get("output_config")
-    if isinstance(output, dict) and output.get("effort") is not None:
-        raise InvalidRequest(
-            "output_config.effort: not supported by this gateway yet (the routed model may not "
-            "reason); leave it out",
-            param="output_config.effort",
-        )
-    tools = body.get("tools")
-    # Not a list: left to the schema's 400 below; iterated here it was a 500.
-    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in (None, "custom"):
-            raise InvalidRequest(
-                f"tools.{i}.type: server tools ({kind!r}) run only on Anthropic's servers; this "
-                "gateway serves client tools (name, description, input_schema)",
-                param=f"tools.{i}.type",
-            )
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") != "disabled":
-        raise InvalidRequest(
-            "thinking: extended thinking is not supported by this gateway yet; send "
-            '{"type": "disabled"} or leave it out',
-            param="thinking",
-        )
+    # Anthropic-only fields are left to the deployment that serves them (native_only); an
+    # explicit null asks for nothing, as Anthropic's API accepts it.
+    body = _translatable(body)
     # The same bounds as the OpenAI body (messages, content blocks, tools, nesting), before
     # validation: they bound what validating costs.
     check_chat_shape(body, server)
     try:
-        return model.model_validate(body)
+        validated = model.model_validate(body)
     except ValidationError as exc:
         # A union (string or blocks, one block type or another) reports one error per branch:
         # the deepest names the actual mismatch ("messages.1.content.0.tool_use.id").
         error = max(exc.errors(), key=lambda e: len(e["loc"]))
         param = _field_path(body, error["loc"])
         raise InvalidRequest(f"{param}: {error['msg']}", param=param) from None
+    problem = turn_problem(validated) if isinstance(validated, PromptRequest) else None
+    if problem is not None:
+        raise InvalidRequest(f"{problem[0]}: {problem[1]}", param=problem[0])
+    return validated
 
 
 def _field_path(body: Any, loc: tuple[int | str, ...]) -> str:
@@ -212,7 +295,9 @@ def render(outcome: Outcome, anthropic: MessagesRequest, input_tokens: int = 0) 
     model = outcome.headers.get("x-rightsize-model") or anthropic.model
     stops = anthropic.stop_sequences
     if isinstance(outcome, Answer):
-        response = json_response(message(outcome.completion, stops, model), headers=outcome.headers)
+        # An Anthropic-format deployment's own message, as it came; else the translation.
+        answer = outcome.native or message(outcome.completion, stops, model)
+        response = json_response(answer, headers=outcome.headers)
         if outcome.after is not None:
             response.background = BackgroundTask(outcome.after)
         return response

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gateway.errors import UpstreamBadRequest, UpstreamError
+from gateway.errors import InvalidRequest, UpstreamBadRequest, UpstreamError
+from gateway.native import NativeProvider, NativeRequest
 from gateway.providers import Provider
+from gateway.state import Gateway
 from policies import Decision, Deployment
 
 log = logging.getLogger("rightsize.chat")
@@ -55,6 +57,25 @@ def backoff_s(backoff_ms: float, attempt: int) -> float:
     return backoff_ms * (2**attempt) / 1000
 
 
+def native_provider(
+    gateway: Gateway, deployment: Deployment, native: NativeRequest | None
+) -> NativeProvider | None:
+    """The provider that sends the request as the client wrote it, when the deployment speaks
+    the client's API; None: the translation goes. What only that API can serve is a 400
+    naming the field and the deployment, not a request silently answered without it."""
+    if native is None:
+        return None
+    speaker = gateway.native(deployment, native.api)
+    if speaker is None and native.native_only:
+        name, why = native.native_only[0]
+        raise InvalidRequest(
+            f"{name}: not supported by the deployment {deployment.name!r} ({why}); it is "
+            f"served only by deployments of the {native.api.title()} API",
+            param=name,
+        )
+    return speaker
+
+
 def attempt_payload(
     payload: dict[str, Any], decision: Decision, deployment: Deployment
 ) -> dict[str, Any]:
@@ -81,7 +102,13 @@ async def open_stream(
     Until the first chunk nothing has reached the client, so a failure here may still
     fall back to another deployment.
     """
-    upstream = provider.stream(deployment, payload)
+    return await open_upstream(provider.stream(deployment, payload), deployment)
+
+
+async def open_upstream(
+    upstream: AsyncIterator[dict[str, Any]], deployment: Deployment
+) -> OpenStream:
+    """A stream, any provider's, up to its first chunk (see open_stream)."""
     try:
         first = await anext(upstream)
     except StopAsyncIteration:

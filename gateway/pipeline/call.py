@@ -73,6 +73,7 @@ def charge(call: Call, cost: Decimal, usage: Usage) -> Decimal:
     call.record.prompt_tokens = usage.prompt_tokens
     call.record.completion_tokens = usage.completion_tokens
     call.record.cached_tokens = usage.cached_tokens
+    call.record.cache_creation_tokens = usage.cache_creation_tokens
     call.record.cost_usd = cost
     return cost
 
@@ -99,8 +100,22 @@ def usage_payload(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": _details(usage),
     }
+
+
+def _details(usage: Usage) -> dict[str, Any]:
+    details: dict[str, Any] = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_creation_tokens:
+        # Anthropic's cache writes, under litellm's names: usage_from reads them back.
+        details["cache_creation_tokens"] = usage.cache_creation_tokens
+        if usage.cache_creation_1h_tokens:
+            details["cache_creation_token_details"] = {
+                "ephemeral_5m_input_tokens": usage.cache_creation_tokens
+                - usage.cache_creation_1h_tokens,
+                "ephemeral_1h_input_tokens": usage.cache_creation_1h_tokens,
+            }
+    return details
 
 
 def usd(cost: Decimal) -> str:

@@ -11,6 +11,7 @@ import anyio
 
 from gateway.cache import CacheLookup, StreamAssembler
 from gateway.errors import GatewayError
+from gateway.native import NATIVE
 from gateway.pipeline.attempts import OpenStream
 from gateway.pipeline.call import Call, charge, finish, usage_payload, usd
 from gateway.schemas import ChatRequest
@@ -62,6 +63,8 @@ async def relay(
                 if assembler is not None:
                     assembler.add(chunk)
                 yield chunk
+            elif NATIVE in chunk:
+                yield chunk  # an event of the client's API with no chat-completion content
             waited = time.perf_counter()
             chunk = await anext(upstream, None)
             call.record.upstream_ms = (call.record.upstream_ms or 0) + (

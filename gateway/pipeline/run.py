@@ -22,12 +22,15 @@ from typing import Any, TypeVar
 
 from gateway.cache import CacheLookup
 from gateway.errors import GatewayError, RevokedKey, UpstreamError, from_ledger
+from gateway.native import NATIVE, NativeRequest
 from gateway.outage import unavailable
 from gateway.pipeline.attempts import (
     OpenStream,
     attempt_payload,
     attempt_with_fallbacks,
+    native_provider,
     open_stream,
+    open_upstream,
 )
 from gateway.pipeline.call import Call, charge, finish, routing_headers, usage_payload, usd
 from gateway.pipeline.relay import StreamEvent, relay
@@ -68,6 +71,9 @@ class Inbound:
     # The body, read and validated by the adapter into the internal request; called only after
     # authentication, so an unknown caller gets 401 before its body is read.
     read: Callable[[], Awaitable[ChatRequest]]
+    api: str = "openai"  # the API the request came in on, for the spend log
+    # After `read`: the body in its own API, for deployments that take it as is (None: none do).
+    native: Callable[[], NativeRequest | None] | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +84,8 @@ class Answer:
     headers: dict[str, str]
     # Run once the answer is sent (the cache store): a slow cache never delays the client.
     after: Callable[[], Awaitable[None]] | None = None
+    # The upstream's own answer in the client's API, when a native deployment served it.
+    native: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +117,9 @@ Outcome = Answer | Replay | Stream | Refused
 
 async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
     """Serve one request; every failure becomes a logged `Refused`, never an exception."""
-    call = Call(SpendRecord(request_id=inbound.request_id, created_at=_now(), status=200))
+    record = SpendRecord(request_id=inbound.request_id, created_at=_now(), status=200)
+    record.api = inbound.api
+    call = Call(record)
     try:
         return await _serve(gateway, call, inbound)
     except RevokedKey as exc:
@@ -135,10 +145,12 @@ async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
 async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     key = await authenticate(gateway, call, inbound.token)
     chat = await inbound.read()
+    native = inbound.native() if inbound.native is not None else None
     call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
     payload = chat.upstream_payload()
     messages = payload["messages"]
-    cached = await lookup_cache(gateway, key, chat, messages, inbound.headers)
+    variant = native.cache_variant() if native is not None else ""
+    cached = await lookup_cache(gateway, key, chat, messages, inbound.headers, variant)
     call.cache = "hit" if cached.hit else "miss" if cached.key is not None else "bypass"
     if cached.hit:
         call.hold = await hold_cache_hit(gateway, key)
@@ -163,9 +175,9 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
         call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
         outcome: Answer | Stream
         if chat.stream:
-            outcome = await _stream(gateway, call, chat, payload, decision, cached, later)
+            outcome = await _stream(gateway, call, chat, payload, decision, cached, later, native)
         else:
-            outcome = await _complete(gateway, call, payload, decision, cached, later)
+            outcome = await _complete(gateway, call, payload, decision, cached, later, native)
         # Before the answer goes out, so that the client's next turn finds it.
         await remember_tier(gateway, talk, decision)
         return outcome
@@ -218,11 +230,16 @@ async def _complete(
     decision: Decision,
     cached: CacheLookup,
     later: Awaitable[Estimate | None] | None = None,
+    native: NativeRequest | None = None,
 ) -> Answer:
     async def once(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        speaker = native_provider(gateway, deployment, native)
+        if speaker is not None and native is not None:
+            return await speaker.complete_native(deployment, native)
         return await gateway.provider(deployment).complete(deployment, body)
 
     deployment, result = await _attempt(gateway, call, payload, decision, once)
+    answered = result.pop(NATIVE, None)
     if later is not None:
         call.estimate = await later
     usage = usage_from(result.get("usage"))
@@ -237,7 +254,7 @@ async def _complete(
     headers = routing_headers(call)
     headers["x-rightsize-cost-usd"] = usd(cost)
     after = partial(gateway.cache.store, cached, deployment.name, result) if cached.write else None
-    return Answer(result, headers, after)
+    return Answer(result, headers, after, native=answered)
 
 
 async def _stream(
@@ -248,8 +265,12 @@ async def _stream(
     decision: Decision,
     cached: CacheLookup,
     later: Awaitable[Estimate | None] | None = None,
+    native: NativeRequest | None = None,
 ) -> Stream:
     async def once(deployment: Deployment, body: dict[str, Any]) -> OpenStream:
+        speaker = native_provider(gateway, deployment, native)
+        if speaker is not None and native is not None:
+            return await open_upstream(speaker.stream_native(deployment, native), deployment)
         return await open_stream(gateway.provider(deployment), deployment, body)
 
     deployment, opened = await _attempt(gateway, call, payload, decision, once)

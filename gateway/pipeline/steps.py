@@ -50,14 +50,16 @@ async def lookup_cache(
     chat: ChatRequest,
     messages: list[dict[str, Any]],
     headers: Mapping[str, str],
+    variant: str = "",
 ) -> CacheLookup:
     """The prompt cache's verdict. It comes before the router: an exact hit costs no encode.
     Its key holds the requested name (model, tier or auto), which with the prompt determines
     the route (but for session stickiness, which lifts a tier and is keyed by the caller's key:
-    a team-scoped hit may come from another key's tier)."""
+    a team-scoped hit may come from another key's tier). A `variant` keeps apart requests
+    that differ only in what their translation leaves out (gateway/native.py)."""
     return await gateway.cache.lookup(
         key.team,
-        chat.model,
+        f"{chat.model}#{variant}" if variant else chat.model,
         chat,
         headers,
         embedding=await _embedding(gateway, key.team, messages),

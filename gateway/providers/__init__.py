@@ -1,8 +1,16 @@
-"""Upstream calls behind one interface: litellm, or direct OpenAI-compatible HTTP."""
+"""Upstream calls behind one interface: litellm, direct OpenAI-compatible HTTP, or Anthropic's
+Messages API."""
 
+from gateway.providers.anthropic_http import AnthropicHTTPProvider
 from gateway.providers.base import Provider
 from gateway.providers.litellm_provider import LiteLLMProvider
 from gateway.providers.local import LocalProvider
 from gateway.providers.openai_http import OpenAIHTTPProvider
 
-__all__ = ["LiteLLMProvider", "LocalProvider", "OpenAIHTTPProvider", "Provider"]
+__all__ = [
+    "AnthropicHTTPProvider",
+    "LiteLLMProvider",
+    "LocalProvider",
+    "OpenAIHTTPProvider",
+    "Provider",
+]

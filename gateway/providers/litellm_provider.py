@@ -80,6 +80,12 @@ def _openai_shape(data: dict[str, Any]) -> dict[str, Any]:
         for part in ("message", "delta"):
             if isinstance(choice.get(part), dict):
                 choice[part].pop("provider_specific_fields", None)
+        message = choice.get("message")
+        for call in (message.get("tool_calls") or ()) if isinstance(message, dict) else ():
+            # litellm numbers a whole message's tool calls (Anthropic's), as only stream deltas
+            # are: a client sending the message back as it came would be refused for it.
+            if isinstance(call, dict):
+                call.pop("index", None)
     return data
 
 

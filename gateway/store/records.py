@@ -80,6 +80,9 @@ class SpendRecord:
     category: str | None = None
     router_artifact: str | None = None  # Router.artifact_id of the artifact that estimated
     config_hash: str | None = None  # gateway.fingerprint: the routing configuration in force
+    api: str = "openai"  # the API the request came in on: openai or anthropic
+    # Of prompt_tokens, those written to an Anthropic prompt cache (priced apart).
+    cache_creation_tokens: int = 0
 
 
 # PostgreSQL text refuses NUL; asyncpg cannot encode lone surrogates (no UTF-8 form).

@@ -403,6 +403,8 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "category": record.category,
         "router_artifact": record.router_artifact,
         "config_hash": record.config_hash,
+        "api": record.api,
+        "cache_creation_tokens": record.cache_creation_tokens,
     }
 
 
@@ -437,4 +439,7 @@ def _spend_record(row: Any) -> SpendRecord:
         category=row["category"],
         router_artifact=row["router_artifact"],
         config_hash=row["config_hash"],
+        # Rows written before revision 0008 do not say; only the OpenAI API existed for most.
+        api=row["api"] or "openai",
+        cache_creation_tokens=row["cache_creation_tokens"],
     )
