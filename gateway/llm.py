@@ -49,11 +49,14 @@ def model_info(model: str) -> ModelInfo | None:
     if entry is None:
         return None
     price = None
-    if "input_cost_per_token" in entry and "output_cost_per_token" in entry:
+    mode = entry.get("mode")
+    # An embedding model has no output tokens: some entries leave their price out.
+    output = entry.get("output_cost_per_token", 0 if mode == "embedding" else None)
+    if "input_cost_per_token" in entry and output is not None:
         cached = entry.get("cache_read_input_token_cost", entry["input_cost_per_token"])
         price = TokenPrice(
             input=_exact(entry["input_cost_per_token"]),
-            output=_exact(entry["output_cost_per_token"]),
+            output=_exact(output),
             cached_input=_exact(cached),
         )
     return ModelInfo(
@@ -63,6 +66,7 @@ def model_info(model: str) -> ModelInfo | None:
         vision=entry.get("supports_vision"),
         json_schema=entry.get("supports_response_schema"),
         reasoning=entry.get("supports_reasoning"),
+        mode=mode if isinstance(mode, str) else None,
     )
 
 

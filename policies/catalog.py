@@ -63,6 +63,11 @@ class ModelSpec(BaseModel):
     price: Price | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
     local: bool = False
+    mode: Literal["chat", "embedding"] | None = Field(
+        default=None,
+        description="chat (served on the chat and messages endpoints) or embedding (served on "
+        "/v1/embeddings only); default: litellm's model info says which, else chat.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -134,6 +139,7 @@ class ModelInfo:
     vision: bool | None = None
     json_schema: bool | None = None
     reasoning: bool | None = None
+    mode: str | None = None  # litellm's word: chat, embedding, image_generation, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,12 @@ class Deployment:
     price: TokenPrice
     capabilities: Capabilities
     local: bool
+    mode: Literal["chat", "embedding"] = "chat"
+
+    @property
+    def embedding(self) -> bool:
+        """Served on /v1/embeddings only: never routed to, never in a tier."""
+        return self.mode == "embedding"
 
     @property
     def upstream_model(self) -> str:
@@ -208,6 +220,14 @@ class Catalog:
                     "price.output_per_mtok, or mark the model local: true",
                 )
             known = info or ModelInfo(price=None)
+            mode = spec.mode or ("embedding" if known.mode == "embedding" else "chat")
+            if mode == "embedding" and spec.tier:
+                raise CatalogError(
+                    index,
+                    "tier",
+                    f"{spec.name!r} is an embedding model: it serves /v1/embeddings by its own "
+                    "name and cannot be in a tier",
+                )
             caps = Capabilities(
                 context_window=_first(spec.capabilities.context_window, known.context_window),
                 tools=_first(spec.capabilities.tools, known.tools),
@@ -227,6 +247,7 @@ class Catalog:
                     price=price,
                     capabilities=caps,
                     local=spec.local,
+                    mode=mode,
                 )
             )
         return cls(deployments)
