@@ -74,8 +74,8 @@ async def refused_rows(gw: InProcessGateway, expected: int) -> list[dict[str, An
     return [r for r in response.json()["data"] if r["status"] == 429]
 
 
-async def spend_the_daily_budget(gw: InProcessGateway) -> None:
-    body = {"team": "search", "period": "daily", "limit_usd": "0.00001"}
+async def spend_the_budget(gw: InProcessGateway, period: str) -> None:
+    body = {"team": "search", "period": period, "limit_usd": "0.00001"}
     assert (await gw.client.put("/admin/budgets", json=body, headers=gw.admin.headers)).is_success
     # The first request gets the budget's last stretch (docs/budgets.md); the next, none.
     first = await gw.client.post(
@@ -86,10 +86,14 @@ async def spend_the_daily_budget(gw: InProcessGateway) -> None:
     assert first.status_code == 200, first.text
 
 
-async def test_the_default_openai_client_does_not_retry_a_daily_budget_429(
-    gw: InProcessGateway,
+# Without the header: openai 2.x retries a 429 whose retry-after is missing (a total budget) or
+# at most 60 s (a daily budget in its last minute) twice; anthropic retries every one, after
+# waiting out retry-after (hours for a daily budget).
+@pytest.mark.parametrize("period", ["daily", "total"])
+async def test_the_default_openai_client_does_not_retry_a_budget_429(
+    gw: InProcessGateway, period: str
 ) -> None:
-    await spend_the_daily_budget(gw)
+    await spend_the_budget(gw, period)
     client = openai_sdk(gw)
     assert client.max_retries == 2  # the SDK's default: it would send the request thrice
     with pytest.raises(openai.RateLimitError) as refused:
@@ -99,10 +103,11 @@ async def test_the_default_openai_client_does_not_retry_a_daily_budget_429(
     assert len(await refused_rows(gw, 1)) == 1
 
 
-async def test_the_default_anthropic_client_does_not_retry_a_daily_budget_429(
-    gw: InProcessGateway,
+@pytest.mark.parametrize("period", ["daily", "total"])
+async def test_the_default_anthropic_client_does_not_retry_a_budget_429(
+    gw: InProcessGateway, period: str
 ) -> None:
-    await spend_the_daily_budget(gw)
+    await spend_the_budget(gw, period)
     client = anthropic_sdk(gw)
     assert client.max_retries == 2
     request = client.messages.create(model="direct", max_tokens=7, messages=HELLO)  # type: ignore[arg-type]
