@@ -83,8 +83,8 @@ async def _connect(host: str, port: int, timeout_s: float) -> str | None:
             _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return f"no connection within {timeout_s:g}s"
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: a host name that cannot be encoded
+        return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
     writer.close()
     try:
         await writer.wait_closed()

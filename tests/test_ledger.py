@@ -210,7 +210,7 @@ async def test_monthly_budget_rolls_over_on_the_first_in_local_time(
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(1))
     assert refused.value.detail["window"] == "2026-03"
-    assert refused.value.headers() == {"retry-after": "3600"}
+    assert refused.value.headers() == {"retry-after": "3600", "x-should-retry": "false"}
     clock.advance(hours=1)
     [usage] = await ledger.usage([budget])
     assert usage.window.label == "2026-04" and usage.spent == Amounts()
