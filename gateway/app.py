@@ -22,9 +22,12 @@ from gateway import __version__, outage
 from gateway.api.admin import router as admin_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions
+from gateway.api.embeddings import embeddings
 from gateway.api.messages import count_tokens, messages
 from gateway.api.metrics import metrics as metrics_route
-from gateway.auth import KeyService, bearer_token, load_key_secret
+from gateway.api.models import list_models, retrieve_model
+from gateway.api.unknown import not_served
+from gateway.auth import KeyService, load_key_secret
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
@@ -39,8 +42,11 @@ from gateway.openapi import (
     CHAT_RESPONSES,
     COUNT_TOKENS_OPENAPI_EXTRA,
     COUNT_TOKENS_RESPONSES,
+    EMBEDDINGS_OPENAPI_EXTRA,
+    EMBEDDINGS_RESPONSES,
     MESSAGES_OPENAPI_EXTRA,
     MESSAGES_RESPONSES,
+    MODEL_RESPONSES,
     DocumentedRoute,
     install_openapi,
 )
@@ -63,6 +69,7 @@ from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
+from gateway.upstreams import check_reachability
 from ledger.errors import LedgerError
 from local_backend import LocalBackend, ProbeLoop
 from policies import Catalog, PolicyEngine
@@ -195,11 +202,15 @@ def create_app(
         app.state.probes = probes
         if freeze_gc:
             freeze_startup_objects()
+        # In the background: an upstream that is down is worth a warning, not a failed start
+        # (it may come up later, and the other models serve meanwhile).
+        reachability = asyncio.create_task(check_reachability(catalog.deployments))
         try:
             yield
         finally:
             if probes is not None:
                 await probes.aclose()
+            reachability.cancel()
             if estimator is not None:
                 await estimator.aclose()
             await app.state.gateway.cache.aclose()
@@ -252,7 +263,20 @@ def create_app(
             openapi_extra=COUNT_TOKENS_OPENAPI_EXTRA,
         )
     )
+    app.router.routes.append(
+        DocumentedRoute(
+            "/v1/embeddings",
+            embeddings,
+            methods=["POST"],
+            responses=EMBEDDINGS_RESPONSES,
+            openapi_extra=EMBEDDINGS_OPENAPI_EXTRA,
+        )
+    )
     app.add_api_route("/v1/models", list_models, methods=["GET"])
+    # `:path`: a configured model's name may hold a slash (e.g. meta-llama/Llama-3.1-8B).
+    app.add_api_route(
+        "/v1/models/{model_id:path}", retrieve_model, methods=["GET"], responses=MODEL_RESPONSES
+    )
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
     if metrics is not None:
@@ -300,24 +324,6 @@ def freeze_startup_objects() -> None:
     gc.collect()
     gc.freeze()
     log.info("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
-
-
-async def list_models(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    try:
-        key = await gateway.keys.authenticate(bearer_token(request.headers))
-    except GatewayError as exc:
-        return error_response(exc)
-    names = gateway.policy.names()
-    allowed = [n for n in names if key.may_use(n, gateway.policy.tier_of(n))]
-    return json_response(
-        {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "rightsize"} for n in allowed
-            ],
-        }
-    )
 
 
 async def healthz() -> Response:
@@ -394,7 +400,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidRequest(message, param=param))
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (404, 405):
+            return not_served(request, exc.status_code)
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "api_error"

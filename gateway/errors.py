@@ -102,6 +102,17 @@ class UpstreamError(GatewayError):
         super().__init__(f"Upstream deployment {deployment!r} failed{where}: {message}", code=code)
         self.deployment = deployment
         self.upstream_status = upstream_status
+        self.reason = message  # the upstream's own words, without the deployment's name
+
+    def retell(self, attempts: list[str]) -> None:
+        """Say what every attempt of the request met, each naming its deployment and address
+        (pipeline/attempts.py writes them): the operator sees which upstream to look at."""
+        if len(attempts) == 1:
+            self.message = f"Upstream {attempts[0]}"
+        else:
+            listed = "; ".join(f"({i}) {a}" for i, a in enumerate(attempts, 1))
+            self.message = f"All {len(attempts)} upstream attempts failed: {listed}"
+        self.args = (self.message,)
 
 
 class UpstreamBadRequest(UpstreamError):

@@ -49,13 +49,16 @@ def model_info(model: str) -> ModelInfo | None:
     if entry is None:
         return None
     price = None
-    if "input_cost_per_token" in entry and "output_cost_per_token" in entry:
+    mode = entry.get("mode")
+    # An embedding model has no output tokens: some entries leave their price out.
+    output = entry.get("output_cost_per_token", 0 if mode == "embedding" else None)
+    if "input_cost_per_token" in entry and output is not None:
         cached = entry.get("cache_read_input_token_cost", entry["input_cost_per_token"])
         write = entry.get("cache_creation_input_token_cost")
         write_1h = entry.get("cache_creation_input_token_cost_above_1hr")
         price = TokenPrice(
             input=_exact(entry["input_cost_per_token"]),
-            output=_exact(entry["output_cost_per_token"]),
+            output=_exact(output),
             cached_input=_exact(cached),
             # Anthropic's prompt-cache writes, as litellm prices them (absent: the input price).
             cache_write=_exact(write) if write is not None else None,
@@ -68,6 +71,7 @@ def model_info(model: str) -> ModelInfo | None:
         vision=entry.get("supports_vision"),
         json_schema=entry.get("supports_response_schema"),
         reasoning=entry.get("supports_reasoning"),
+        mode=mode if isinstance(mode, str) else None,
     )
 
 

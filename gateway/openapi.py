@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Route
 
 from gateway.anthropic import CountTokensRequest, MessagesRequest
+from gateway.api.embeddings import EmbeddingsBody
 from gateway.schemas import ChatRequest
 
 _REF = "#/components/schemas/{model}"
@@ -176,6 +177,56 @@ CHAT_OPENAPI_EXTRA: dict[str, Any] = {
 }
 
 
+EMBEDDINGS_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "OpenAI's embeddings list, as the embedding deployment answered it.",
+    "required": ["data"],
+    "properties": {
+        "object": {"type": "string"},
+        "model": {"type": "string"},
+        "data": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": "object"},
+    },
+}
+
+# What POST /v1/embeddings answers (README.md, "Embeddings").
+EMBEDDINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The embeddings (floats, or base64 with `encoding_format: base64`)",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsList"}}
+        },
+    },
+    400: error_response(
+        "Invalid body, `auto` or a tier (embeddings are not routed), a chat model, or rejected "
+        "by the upstream"
+    ),
+    401: error_response("Missing, unknown or revoked key"),
+    403: error_response("The key may not use this model"),
+    404: error_response("Unknown model"),
+    408: error_response("The body did not arrive within server.body_timeout_s"),
+    413: error_response("Body over server.max_body_bytes"),
+    429: error_response("A budget or rate limit is exhausted (named in the message)"),
+    500: error_response("The model's transport cannot serve embeddings"),
+    502: error_response("The embedding deployment failed (named with its api_base)"),
+    503: error_response("The store or Redis is unavailable; retry after `retry-after`"),
+    504: error_response("The embedding deployment did not answer in time"),
+}
+
+EMBEDDINGS_OPENAPI_EXTRA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}
+        },
+    }
+}
+
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: error_response("Not a name this key may send as `model` (GET /v1/models lists them)"),
+}
+
+
 def anthropic_error(description: str) -> dict[str, Any]:
     """An OpenAPI response whose body is the Anthropic-shaped error."""
     schema = {"schema": _ANTHROPIC_ERROR_REF}
@@ -294,6 +345,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         anthropic = model.model_json_schema(ref_template=_ANTHROPIC_REF)
         schemas.update({f"Anthropic{k}": v for k, v in anthropic.pop("$defs", {}).items()})
         schemas[f"Anthropic{model.__name__}"] = anthropic
+    schemas["EmbeddingsRequest"] = EmbeddingsBody.model_json_schema(ref_template=_REF)
+    schemas["EmbeddingsList"] = EMBEDDINGS_RESPONSE_SCHEMA
     schemas["AnthropicMessage"] = ANTHROPIC_MESSAGE_SCHEMA
     schemas["AnthropicError"] = ANTHROPIC_ERROR_SCHEMA
     for path, item in spec.get("paths", {}).items():

@@ -287,7 +287,8 @@ class Settings(BaseModel):
             return "standard"
         if tiers:
             return tiers[0]
-        return catalog.deployments[0].name if catalog.deployments else None
+        chat = [d.name for d in catalog.deployments if not d.embedding]
+        return chat[0] if chat else None
 
     def describe_auto(self, source: str, default: str | None) -> str:
         """What `auto` does and which thresholds are in force, for the log and `route`."""
@@ -389,7 +390,25 @@ def build_catalog(
         validate_policy(settings.policy, {d.name for d in catalog.deployments}, catalog.tier_names)
     except PolicyError as exc:
         raise ConfigError(f"{_where(source, exc.field)}: {exc}") from None
+    _check_embedding_models_unrouted(settings, catalog, source)
     return catalog
+
+
+def _check_embedding_models_unrouted(settings: Settings, catalog: Catalog, source: str) -> None:
+    """An embedding model answers /v1/embeddings by its name: no chat request may route to it."""
+    embedding = {d.name for d in catalog.deployments if d.embedding}
+    if settings.routing.default in embedding:
+        raise ConfigError(
+            f"{_where(source, 'routing.default')}: {settings.routing.default!r} is an embedding "
+            "model; the default route needs a chat model or a tier"
+        )
+    for i, tier in enumerate(settings.policy.tiers):
+        for j, name in enumerate(tier.deployments):
+            if name in embedding:
+                raise ConfigError(
+                    f"{_where(source, f'policy.tiers[{i}].deployments[{j}]')}: {name!r} is an "
+                    "embedding model and cannot serve a tier"
+                )
 
 
 def _where(source: str, dotted: str) -> str:

@@ -43,6 +43,12 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     )
 
 
+def texts_tokens(texts: list[str]) -> int:
+    """cl100k tokens of plain texts (an embeddings request's inputs), no message overhead."""
+    encoding = _encoding()
+    return sum(len(encoding.encode_ordinary(text)) for text in texts)
+
+
 async def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """prompt_tokens from the event loop: a long prompt is counted in a worker thread.
 

@@ -44,7 +44,13 @@ class BudgetExceeded(LedgerError):
         }
 
     def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)} if self.retry_after else {}
+        headers = {"retry-after": str(self.retry_after)} if self.retry_after else {}
+        if not self.rate:
+            # A day's or a month's budget does not come back within a client's retry loop: the
+            # openai and anthropic SDKs read this header before the status and give up at once,
+            # instead of sending the request twice more for two more refusals.
+            headers["x-should-retry"] = "false"
+        return headers
 
 
 class CountersUnreachable(LedgerError):

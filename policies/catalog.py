@@ -88,6 +88,11 @@ class ModelSpec(BaseModel):
     gpu_cost: GpuCost | None = Field(
         default=None, description="Local only: priced by the GPU-hour over measured throughput."
     )
+    mode: Literal["chat", "embedding"] | None = Field(
+        default=None,
+        description="chat (served on the chat and messages endpoints) or embedding (served on "
+        "/v1/embeddings only); default: litellm's model info says which, else chat.",
+    )
 
     @model_validator(mode="after")
     def _engine_settings(self) -> ModelSpec:
@@ -201,6 +206,7 @@ class ModelInfo:
     vision: bool | None = None
     json_schema: bool | None = None
     reasoning: bool | None = None
+    mode: str | None = None  # litellm's word: chat, embedding, image_generation, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +229,12 @@ class Deployment:
     # LocalCostMeter (gateway/local_cost.py) prices each request from measured throughput.
     pricing: Pricing = "price"
     gpu_cost: GpuCost | None = None
+    mode: Literal["chat", "embedding"] = "chat"
+
+    @property
+    def embedding(self) -> bool:
+        """Served on /v1/embeddings only: never routed to, never in a tier."""
+        return self.mode == "embedding"
 
     @property
     def upstream_model(self) -> str:
@@ -297,6 +309,14 @@ class Catalog:
                     "price.output_per_mtok, or mark the model local: true (and give it gpu_cost)",
                 )
             known = info or ModelInfo(price=None)
+            mode = spec.mode or ("embedding" if known.mode == "embedding" else "chat")
+            if mode == "embedding" and spec.tier:
+                raise CatalogError(
+                    index,
+                    "tier",
+                    f"{spec.name!r} is an embedding model: it serves /v1/embeddings by its own "
+                    "name and cannot be in a tier",
+                )
             caps = Capabilities(
                 context_window=_first(spec.capabilities.context_window, known.context_window),
                 tools=_first(spec.capabilities.tools, known.tools),
@@ -321,6 +341,7 @@ class Catalog:
                     or ((spec.api_base,) if spec.engine and spec.api_base else ()),
                     pricing=pricing,
                     gpu_cost=spec.gpu_cost,
+                    mode=mode,
                 )
             )
         return cls(deployments)

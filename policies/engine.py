@@ -165,6 +165,13 @@ class PolicyEngine:
         self, model: str, estimate: Estimate | None, rule: TeamRule, trace: _Trace
     ) -> tuple[Deployment | None, str | None]:
         deployment = self._catalog.get(model)
+        if deployment is not None and deployment.embedding:
+            raise Refusal(
+                400,
+                "embedding_model",
+                f"{model!r} is an embedding model: send it to POST /v1/embeddings",
+                (),
+            )
         if deployment is not None:
             trace.steps.append(f"pinned model {model!r}")
             return deployment, self._tier_of.get(model)

@@ -17,6 +17,9 @@ fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is
 fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces); once the
                  last message is the tool's result, answers as fake-ok
 
+POST /v1/embeddings answers any model but fake-500 with embedding(i) for input i, as floats or
+as base64 float32 (encoding_format), and usage of EMBED_TOKENS per input (fake-nousage: none).
+
 Each request's client address is recorded too: the number of distinct ones is the number of
 connections the client opened.
 """
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +50,7 @@ CACHED_TOKENS = 8
 BIG_CHUNK_CHARS = 1_200_000
 STEADY_CHUNKS = 8
 STEADY_GAP_S = 0.1
+EMBED_TOKENS = 5  # per input: not what cl100k counts, so a test sees whose count is billed
 TOOL_CALL = {"id": "call_fake_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
 RAW_STREAMS = {
     "fake-crlf": b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\r\n\r\n'
@@ -63,6 +69,7 @@ class FakeUpstream:
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/_requests", self.recorded, methods=["GET"]),
             ]
         )
@@ -114,6 +121,31 @@ class FakeUpstream:
         if not model.endswith("fake-nousage"):
             result["usage"] = _usage(model)
         return Response(orjson.dumps(result), media_type="application/json")
+
+    async def embeddings(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append({"body": body, "auth": request.headers.get("authorization")})
+        model = body.get("model", "")
+        if model.endswith("fake-500"):
+            return _error(500, "the fake upstream fell over")
+        inputs = body["input"]
+        count = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+        data = []
+        for i in range(count):
+            vector: Any = embedding(i)
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        result: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if not model.endswith("fake-nousage"):
+            tokens = EMBED_TOKENS * count
+            result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return Response(orjson.dumps(result), media_type="application/json")
+
+
+def embedding(index: int) -> list[float]:
+    """The fake's vector for input number `index` (exact in float32)."""
+    return [index + 0.25, -0.5, 0.125]
 
 
 def _answers_a_tool(body: dict[str, Any]) -> bool:

@@ -87,6 +87,7 @@ async def test_budget_exhausted_returns_429_naming_the_budget(
         assert budget["limit_usd"] == "0.0001078" and budget["spent_usd"] == "0.0001078"
         assert (budget["reserved_usd"], budget["remaining_usd"]) == ("0", "0")
         assert "retry-after" not in refused.headers  # a total budget never resets
+        assert refused.headers["x-should-retry"] == "false"
         row = await gw.admin.spend(refused.headers["x-request-id"])
         assert (row["status"], row["error_type"]) == (429, "budget_exceeded")
 
@@ -101,6 +102,7 @@ async def test_a_daily_budget_429_carries_retry_after(
         refused = await chat(gw)
         assert refused.status_code == 429
         assert 0 < int(refused.headers["retry-after"]) <= 86400
+        assert refused.headers["x-should-retry"] == "false"
 
 
 async def test_a_requests_per_minute_limit_answers_429_rate_limit(
@@ -114,6 +116,7 @@ async def test_a_requests_per_minute_limit_answers_429_rate_limit(
         assert first.status_code == 200 and second.status_code == 429
         assert second.json()["error"]["code"] == "rate_limit_exceeded"
         assert 1 <= int(second.headers["retry-after"]) <= 60
+        assert "x-should-retry" not in second.headers  # the SDKs' retry after retry-after fits
 
 
 async def test_usage_shows_spent_reserved_and_remaining_per_budget(

@@ -51,7 +51,7 @@ def test_a_budget_refusal_is_answered_with_the_ledgers_body_and_retry_after() ->
     )
     assert error.body() == refusal.body()
     assert error.body()["error"]["budget"] == {"id": "team:search:daily", "exceeded": "usd"}
-    assert error.headers() == {"retry-after": "3600"}
+    assert error.headers() == {"retry-after": "3600", "x-should-retry": "false"}
 
 
 def test_unreachable_counters_are_answered_503_ledger_unavailable() -> None:

@@ -95,7 +95,7 @@ async def test_a_hold_that_does_not_fit_is_refused_naming_the_budget(ledger: Led
     assert (detail["spent_usd"], detail["reserved_usd"]) == ("0.00001", "0.00001")
     assert detail["remaining_usd"] == "0.000005"
     # 12:00 EDT to the next local midnight is 12 hours.
-    assert error.headers() == {"retry-after": str(12 * 3600)}
+    assert error.headers() == {"retry-after": str(12 * 3600), "x-should-retry": "false"}
     assert error.message.startswith("Daily budget exceeded for team 'search'")
     assert "resets at 2026-03-11T00:00:00-04:00" in error.message
 
@@ -179,7 +179,7 @@ async def test_daily_budget_rolls_over_at_local_midnight(
     await ledger.settle(hold, micro(10))
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(1))
-    assert refused.value.headers() == {"retry-after": "1"}
+    assert refused.value.headers() == {"retry-after": "1", "x-should-retry": "false"}
     # Midnight in New York is 04:00 UTC: the UTC day has not changed, the budget's day has.
     clock.now = at("2026-03-11T00:00:00-04:00")
     assert await ledger.reserve("search", "key_a", micro(10)) is not None
@@ -193,7 +193,10 @@ async def test_daily_budget_on_the_dst_day_lasts_23_hours(
     await ledger.reserve("search", "key_a", micro(10))
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(1))
-    assert refused.value.headers() == {"retry-after": str(22 * 3600 + 1800)}
+    assert refused.value.headers() == {
+        "retry-after": str(22 * 3600 + 1800),
+        "x-should-retry": "false",
+    }
 
 
 async def test_monthly_budget_rolls_over_on_the_first_in_local_time(
@@ -207,7 +210,7 @@ async def test_monthly_budget_rolls_over_on_the_first_in_local_time(
     with pytest.raises(BudgetExceeded) as refused:
         await ledger.reserve("search", "key_a", micro(1))
     assert refused.value.detail["window"] == "2026-03"
-    assert refused.value.headers() == {"retry-after": "3600"}
+    assert refused.value.headers() == {"retry-after": "3600", "x-should-retry": "false"}
     clock.advance(hours=1)
     [usage] = await ledger.usage([budget])
     assert usage.window.label == "2026-04" and usage.spent == Amounts()

@@ -16,6 +16,7 @@ from gateway.errors import InvalidRequest, UpstreamBadRequest, UpstreamError
 from gateway.native import NativeProvider, NativeRequest
 from gateway.providers import Provider
 from gateway.state import Gateway
+from gateway.upstreams import endpoint_of
 from policies import Decision, Deployment
 
 log = logging.getLogger("rightsize.chat")
@@ -34,15 +35,17 @@ async def attempt_with_fallbacks(
     """The first deployment's answer to `once`, falling back on an upstream failure.
 
     A bad request is not retried: the request itself is at fault, so another deployment
-    would refuse it too. The last failure is raised when every deployment failed.
+    would refuse it too. The last failure is raised when every deployment failed, its message
+    naming each attempt's deployment, address and failure.
     """
+    failures: list[str] = []
     for attempt, deployment in enumerate(attempts):
         try:
             return deployment, await once(deployment)
-        except UpstreamBadRequest:
-            raise
         except UpstreamError as exc:
-            if attempt + 1 == len(attempts):
+            failures.append(describe_failure(deployment, exc))
+            if isinstance(exc, UpstreamBadRequest) or attempt + 1 == len(attempts):
+                exc.retell(failures)
                 raise
             log.warning("%s; falling back to %r", exc.message, attempts[attempt + 1].name)
             on_fallback(exc, attempts[attempt + 1])
@@ -50,6 +53,15 @@ async def attempt_with_fallbacks(
             if delay:
                 await sleep(delay)
     raise ValueError("a decision has at least one deployment to attempt")
+
+
+def describe_failure(deployment: Deployment, error: UpstreamError) -> str:
+    """One failed attempt in words: which deployment, at which address, what happened."""
+    status = f" (status {error.upstream_status})" if error.upstream_status else ""
+    return (
+        f"deployment {deployment.name!r} at {endpoint_of(deployment)} failed{status}: "
+        f"{error.reason}"
+    )
 
 
 def backoff_s(backoff_ms: float, attempt: int) -> float:

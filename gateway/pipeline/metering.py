@@ -41,6 +41,15 @@ async def reserve_request(
     return await ledger.reserve(team, key_id, amounts)
 
 
+async def reserve_embedding(
+    ledger: Ledger, team: str, key_id: str, deployment: Deployment, input_tokens: int
+) -> Hold | None:
+    """Hold an embeddings request: its input tokens at the model's price (no output tokens)."""
+    if not await ledger.budgets_for(team, key_id):
+        return None
+    return await ledger.reserve(team, key_id, hold_amounts(deployment.price, input_tokens, 0))
+
+
 async def reserve_cache_hit(ledger: Ledger, team: str, key_id: str) -> Hold | None:
     """A prompt-cache hit is one request against the limits, at no cost and no tokens."""
     return await ledger.reserve(team, key_id, Amounts(0, 0, 1))

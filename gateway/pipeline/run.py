@@ -59,6 +59,7 @@ from router import Estimate
 log = logging.getLogger("rightsize.chat")
 
 T = TypeVar("T")
+Served = TypeVar("Served", bound="Answer | Replay | Stream | Refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +118,23 @@ Outcome = Answer | Replay | Stream | Refused
 
 async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
     """Serve one request; every failure becomes a logged `Refused`, never an exception."""
-    record = SpendRecord(request_id=inbound.request_id, created_at=_now(), status=200)
-    record.api = inbound.api
-    call = Call(record)
+    call = new_call(inbound.request_id)
+    call.record.api = inbound.api
+    return await guarded(gateway, call, partial(_serve, gateway, call, inbound))
+
+
+def new_call(request_id: str) -> Call:
+    """A request starting now, its spend record a success until it fails."""
+    return Call(SpendRecord(request_id=request_id, created_at=_now(), status=200))
+
+
+async def guarded(
+    gateway: Gateway, call: Call, serve: Callable[[], Awaitable[Served]]
+) -> Served | Refused:
+    """`serve`'s outcome; any failure instead becomes a `Refused`, logged and settled (the
+    chat pipeline's and the embeddings endpoint's one error ladder)."""
     try:
-        return await _serve(gateway, call, inbound)
+        return await serve()
     except RevokedKey as exc:
         call.record.team, call.record.key_id = exc.team, exc.key_id
         return await _refuse(gateway, call, exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from policies import Deployment
 
@@ -22,3 +22,12 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """Calls an embedding deployment: POST /v1/embeddings's body in, its answer out."""
+
+    async def embed(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI-shaped embeddings response (`data`, `model`, `usage`)."""
+        ...

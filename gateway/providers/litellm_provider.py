@@ -49,6 +49,22 @@ class LiteLLMProvider:
         except Exception as exc:
             raise _translate(deployment, exc, self._redact) from exc
 
+    async def embed(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in payload.items() if k != "model" and v is not None}
+        kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
+        if deployment.api_base:
+            kwargs["api_base"] = deployment.api_base
+        key = self._keys.get(deployment.name)
+        if key:
+            kwargs["api_key"] = key
+        try:
+            response = await self._lib.aembedding(**kwargs)
+        except Exception as exc:
+            raise _translate(deployment, exc, self._redact) from exc
+        # warnings off: litellm's type says floats, and base64 strings are what was asked for.
+        data: dict[str, Any] = response.model_dump(exclude_none=True, warnings=False)
+        return data
+
     def _kwargs(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         # An explicit null means "the default" in the OpenAI API; litellm takes some of them
         # for values (web_search_options: null fails inside it), so nulls are left out.

@@ -37,6 +37,7 @@ class _Target:
     """What a call to one deployment needs that does not change between calls."""
 
     url: URL
+    embeddings_url: URL
     headers: Mapping[str, str]
     # A plain call has `timeout_s` in all; a stream has it per read (first byte, then between
     # chunks), so that a long answer arriving steadily is not cut off.
@@ -47,7 +48,8 @@ class _Target:
 
 
 class OpenAIHTTPProvider:
-    """POST {api_base}/chat/completions with the client's body, model id swapped."""
+    """POST {api_base}/chat/completions (or /embeddings) with the client's body, model id
+    swapped."""
 
     def __init__(
         self,
@@ -75,9 +77,20 @@ class OpenAIHTTPProvider:
     async def complete(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(deployment)
         body = orjson.dumps({**payload, "stream": False, "model": deployment.upstream_model})
+        return await self._post(deployment, target, target.url, body)
+
+    async def embed(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(deployment)
+        body = orjson.dumps({**payload, "model": deployment.upstream_model})
+        return await self._post(deployment, target, target.embeddings_url, body)
+
+    async def _post(
+        self, deployment: Deployment, target: _Target, url: URL, body: bytes
+    ) -> dict[str, Any]:
+        """One plain (not streamed) call: the decoded JSON answer, or an UpstreamError."""
         try:
             async with self._client().post(
-                target.url,
+                url,
                 data=body,
                 headers=target.headers,
                 timeout=target.plain_timeout,
@@ -174,7 +187,8 @@ class OpenAIHTTPProvider:
     def _build_target(self, deployment: Deployment) -> _Target:
         if not deployment.api_base:
             raise UpstreamError(deployment.name, "no api_base is configured")
-        url = URL(deployment.api_base.rstrip("/") + "/chat/completions")
+        base = deployment.api_base.rstrip("/")
+        url = URL(base + "/chat/completions")
         headers = {"content-type": "application/json"}
         key = self._keys.get(deployment.name)
         if key:
@@ -187,6 +201,7 @@ class OpenAIHTTPProvider:
         timeout_s = deployment.timeout_s
         return _Target(
             url=url,
+            embeddings_url=URL(base + "/embeddings"),
             headers=headers,
             plain_timeout=aiohttp.ClientTimeout(total=timeout_s),
             stream_timeout=aiohttp.ClientTimeout(
