@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
 from gateway.metrics import Metrics
+from gateway.params import ParamTable
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -38,6 +39,8 @@ class Gateway:
     metrics: Metrics | None = None  # None: server.metrics is off
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
+    # The parameters each deployment takes, resolved on first need (gateway/params.py).
+    params: ParamTable = field(default_factory=ParamTable)
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]

@@ -272,8 +272,15 @@ async def _attempt(
     """The decision's deployments tried in order, each fallback noted in the spend record."""
     started = time.perf_counter()
 
-    def attempt(deployment: Deployment) -> Awaitable[T]:
-        return once(deployment, attempt_payload(payload, decision, deployment))
+    # A pinned model is the client's choice: a parameter it does not take is a 400, not a drop.
+    pinned = gateway.catalog.get(call.record.requested_model or "") is not None
+
+    async def attempt(deployment: Deployment) -> T:
+        body = attempt_payload(payload, decision, deployment)
+        call.fit = await gateway.params.fit(
+            deployment, body, pinned=pinned and deployment.name == call.record.requested_model
+        )
+        return await once(deployment, call.fit.payload)
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
         call.record.attempts += 1
@@ -292,6 +299,10 @@ async def _attempt(
         )
     finally:
         call.record.upstream_ms = (time.perf_counter() - started) * 1000
+        if call.fit is not None and call.fit.changed:
+            # The spend log's words for what the client sent and the upstream did not get.
+            served = call.record.deployment or ""
+            call.record.route_reason = f"{call.record.route_reason}; {call.fit.describe(served)}"
 
 
 async def _refuse(gateway: Gateway, call: Call, exc: GatewayError) -> Refused:
