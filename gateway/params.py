@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from gateway.errors import InvalidRequest
@@ -43,14 +43,16 @@ class ParamTable:
         return self._known[deployment.name]
 
     async def fit(
-        self, deployment: Deployment, payload: dict[str, Any], *, pinned: bool
+        self, deployment: Deployment, payload: dict[str, Any], *, pinned_by: Collection[str] = ()
     ) -> ParamFit:
-        """`payload` fitted to `deployment`; a pinned model's missing parameter is a 400."""
+        """`payload` fitted to `deployment`. `pinned_by`: the parameters the client sent to a
+        model it pinned; one the model does not take is a 400 (the policy's own are dropped)."""
         if not any(name in FITTED for name in payload):
             return ParamFit(payload)
         fitted = fit_params(payload, await self.takes(deployment))
-        if pinned and fitted.dropped:
-            name = fitted.dropped[0]
+        refused = [name for name in fitted.dropped if name in pinned_by]
+        if refused:
+            name = refused[0]
             raise InvalidRequest(
                 f"Model {deployment.name!r} does not take the parameter {name!r}; "
                 "leave it out, or send model 'auto' to have it dropped where unsupported",

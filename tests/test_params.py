@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.errors import InvalidRequest
 from gateway.params import ParamTable, derived_params
 from policies import Capabilities, Catalog, Deployment, ModelInfo, ModelSpec
 from policies.params import fit_params
@@ -229,6 +230,17 @@ def test_gpt_5_takes_verbosity_and_anthropic_takes_thinking() -> None:
 
 def test_a_model_litellm_cannot_place_has_unknown_parameters() -> None:
     assert derived_params(deployment("no-such-provider-model")) is None
+
+
+async def test_a_pinned_model_drops_the_policys_own_effort_but_refuses_the_clients() -> None:
+    table = ParamTable(derive=lambda _: frozenset({"temperature"}))
+    pinned = deployment("openai/gpt-4o")
+    body = {"reasoning_effort": "low", "temperature": 0.1}
+    fitted = await table.fit(pinned, body, pinned_by={"temperature"})  # the policy added effort
+    assert fitted.payload == {"temperature": 0.1} and fitted.dropped == ("reasoning_effort",)
+    with pytest.raises(InvalidRequest) as refused:
+        await table.fit(pinned, body, pinned_by=body)
+    assert refused.value.param == "reasoning_effort"
 
 
 async def test_the_configured_parameter_list_replaces_litellms() -> None:

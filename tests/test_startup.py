@@ -198,7 +198,7 @@ spec = ModelSpec(name="m", model="openai/gpt-4o", transport="openai_http", local
                  capabilities={{"params": ["temperature", "max_tokens"]}})
 [deployment] = Catalog.build([spec], lambda _: ModelInfo(price=None)).deployments
 body = {{"messages": [], "temperature": 0.2, "reasoning_effort": "low"}}
-fitted = asyncio.run(ParamTable().fit(deployment, body, pinned=False))
+fitted = asyncio.run(ParamTable().fit(deployment, body))
 assert fitted.dropped == ("reasoning_effort",), fitted
 print(json.dumps({loaded(("litellm",))}))
 """,

@@ -272,14 +272,12 @@ async def _attempt(
     """The decision's deployments tried in order, each fallback noted in the spend record."""
     started = time.perf_counter()
 
-    # A pinned model is the client's choice: a parameter it does not take is a 400, not a drop.
-    pinned = gateway.catalog.get(call.record.requested_model or "") is not None
-
     async def attempt(deployment: Deployment) -> T:
         body = attempt_payload(payload, decision, deployment)
-        call.fit = await gateway.params.fit(
-            deployment, body, pinned=pinned and deployment.name == call.record.requested_model
-        )
+        # A pinned model is the client's choice: a parameter the client sent it that it does
+        # not take is a 400, not a drop.
+        pinned = deployment.name == call.record.requested_model
+        call.fit = await gateway.params.fit(deployment, body, pinned_by=payload if pinned else ())
         return await once(deployment, call.fit.payload)
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
