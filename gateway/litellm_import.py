@@ -19,6 +19,7 @@ _ENV_REF = "os.environ/"
 _MILLION = Decimal(1_000_000)
 _UNUSABLE = re.compile(r"[^A-Za-z0-9._:/@-]")
 _MAX_ATTEMPTS = 10  # policy.retries.max_attempts' bound
+_DEFAULT_ATTEMPTS = 3  # and its default
 
 # model_info flags and the capability each one is in Rightsize.
 _CAPABILITIES = {
@@ -74,11 +75,27 @@ def import_litellm(
     imported = Imported({})
     notes = imported.notes
     timeout = _global_timeout(source, notes)
-    imported.config["models"] = _models(source.get("model_list") or [], lookup, mode_of, notes)
+    models, by_group = _models(source.get("model_list") or [], lookup, mode_of, notes)
+    imported.config["models"] = models
     if timeout is not None:
-        for model in imported.config["models"]:
+        for model in models:
             model.setdefault("timeout_s", timeout)
     policy = _policy(source, notes)
+    longest = _fallbacks(source, models, by_group, notes)
+    if longest:
+        policy["selection"] = "order"  # a tier's own deployments first, then its fallbacks
+        attempts = policy.get("retries", {}).get("max_attempts", _DEFAULT_ATTEMPTS)
+        if attempts < longest:
+            # LiteLLM tries the fallbacks after the group's retries: they must be reachable.
+            policy["retries"] = {"max_attempts": min(longest, _MAX_ATTEMPTS)}
+            notes.append(
+                Note(
+                    "policy.retries.max_attempts",
+                    f"set to {policy['retries']['max_attempts']}, so that the longest "
+                    "fallback chain is tried to its end",
+                    True,
+                )
+            )
     if policy:
         imported.config["policy"] = policy
     auth = _general(source.get("general_settings") or {}, notes)
@@ -113,8 +130,9 @@ def _models(
     lookup: Callable[[str], ModelInfo | None],
     mode_of: ModeOf,
     notes: list[Note],
-) -> list[dict[str, Any]]:
-    """One Rightsize model per chat deployment; a name used by several becomes a tier."""
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """One Rightsize model per chat deployment; a name used by several becomes a tier. Also
+    returns the models by the LiteLLM model_name they came from."""
     groups: dict[str, int] = {}
     for entry in entries:
         if isinstance(entry, dict) and entry.get("model_name") is not None:
@@ -123,6 +141,7 @@ def _models(
     taken: set[str] = set()
     seen: dict[str, int] = {}
     models = []
+    by_group: dict[str, list[dict[str, Any]]] = {}
     for index, entry in enumerate(entries):
         where = f"model_list[{index}]"
         if not isinstance(entry, dict):
@@ -186,7 +205,8 @@ def _models(
             if key not in {"model_name", "litellm_params", "model_info", "rpm", "tpm"}:
                 _lost(notes, f"{where}.{key}", entry[key], None)
         models.append(model)
-    return models
+        by_group.setdefault(group, []).append(model)
+    return models, by_group
 
 
 def _name(group: str, number: int | None, taken: set[str], where: str, notes: list[Note]) -> str:
@@ -360,6 +380,94 @@ def _first_setting(
     return present[0] if present else None
 
 
+def _fallbacks(
+    source: Mapping[str, Any],
+    models: list[dict[str, Any]],
+    by_group: dict[str, list[dict[str, Any]]],
+    notes: list[Note],
+) -> int:
+    """`fallbacks: [{A: [B, C]}]` as the tier A: A's deployments, then B and C, tried in
+    order. Mappable where B and C are single models in no tier of their own; returns the
+    length of the longest tier so made (0: none)."""
+    found = _first_setting(source, (("router_settings", "fallbacks"),
+                                    ("litellm_settings", "fallbacks")), notes)  # fmt: skip
+    if found is None:
+        return 0
+    where, entries = found
+    if not isinstance(entries, list):
+        _lost(notes, where, entries, "not a list of {model: [fallbacks]}")
+        return 0
+    claimed: set[str] = set()
+    longest = 0
+    for index, entry in enumerate(entries):
+        at = f"{where}[{index}]"
+        if not (isinstance(entry, dict) and len(entry) == 1):
+            _lost(notes, at, entry, "not a {model: [fallbacks]} entry")
+            continue
+        [(source_name, targets)] = entry.items()
+        why = _why_unmappable(str(source_name), targets, by_group, claimed)
+        if why is not None:
+            notes.append(Note(at, f"not carried: {entry!r}; {why}", False))
+            continue
+        chain = list(by_group[str(source_name)])
+        if len(chain) == 1 and "tier" not in chain[0]:
+            # The tier takes the name clients send; the deployment is renamed beside it.
+            chain[0]["name"] = _free_name(f"{chain[0]['name']}-1", models)
+        for model in chain:
+            model["tier"] = str(source_name)
+        for target in targets:
+            [model] = by_group[target]
+            model["tier"] = str(source_name)
+            claimed.add(target)
+            # Declaration order is the tier's order: each fallback right after the chain.
+            models.remove(model)
+            models.insert(models.index(chain[-1]) + 1, model)
+            chain.append(model)
+        claimed.add(str(source_name))
+        names = ", ".join(repr(m["name"]) for m in chain)
+        notes.append(
+            Note(
+                at,
+                f"carried as the tier {source_name!r}: {names}, tried in this order "
+                "(policy.selection: order); clients keep sending "
+                f"{source_name!r}, and may still pin {', '.join(map(repr, targets))}",
+                True,
+            )
+        )
+        longest = max(longest, len(chain))
+    return longest
+
+
+def _why_unmappable(
+    source_name: str, targets: Any, by_group: Mapping[str, list[dict[str, Any]]], claimed: set[str]
+) -> str | None:
+    """Why a fallback entry cannot become a tier, or None if it can."""
+    if source_name not in by_group:
+        return f"{source_name!r} is not an imported model"
+    if source_name in claimed:
+        return f"{source_name!r} is already another model's fallback"
+    if not isinstance(targets, list) or not targets:
+        return "its fallbacks are not a list of model names"
+    for target in targets:
+        if not isinstance(target, str) or target not in by_group:
+            return f"{target!r} is not an imported model"
+        if target == source_name or target in claimed:
+            return f"{target!r} already falls back or stands in elsewhere"
+        if len(by_group[target]) > 1 or "tier" in by_group[target][0]:
+            return (
+                f"{target!r} is a tier of its own; Rightsize tiers fall back to tiers only in "
+                "policy.tiers (by demand): set that up by hand"
+            )
+    return None
+
+
+def _free_name(name: str, models: list[dict[str, Any]]) -> str:
+    taken = {m["name"] for m in models}
+    while name in taken:
+        name += "-x"
+    return name
+
+
 def _general(general: Mapping[str, Any], notes: list[Note]) -> dict[str, Any]:
     """The auth section: master_key by environment variable name only; the rest reported."""
     auth: dict[str, Any] = {}
@@ -397,9 +505,6 @@ def _general(general: Mapping[str, Any], notes: list[Note]) -> dict[str, Any]:
 def _unmapped_router_settings(source: Mapping[str, Any], notes: list[Note]) -> None:
     """Every router and litellm setting not carried above, named with the reason."""
     reasons = {
-        "fallbacks": "Rightsize falls back between the deployments of a tier and from tier to "
-        "tier (policy.tiers[].fallback), not from one model name to another; put the models "
-        "that should stand in for each other in one tier",
         "context_window_fallbacks": "the policy already skips deployments whose context window "
         "the request would overflow",
         "model_group_alias": "Rightsize has no aliases; clients send the model or tier name",
@@ -409,6 +514,7 @@ def _unmapped_router_settings(source: Mapping[str, Any], notes: list[Note]) -> N
     }
     carried = {("router_settings", "timeout"), ("litellm_settings", "request_timeout")}
     carried |= {("router_settings", "num_retries"), ("litellm_settings", "num_retries")}
+    carried |= {("router_settings", "fallbacks"), ("litellm_settings", "fallbacks")}
     for section in ("router_settings", "litellm_settings"):
         for key, value in (source.get(section) or {}).items():
             if (section, key) in carried:

@@ -18,6 +18,7 @@ from gateway.cli import main
 from gateway.litellm_import import Imported, import_litellm
 from gateway.llm import model_cost_table, model_info
 from gateway.settings import build_catalog, load_settings
+from policies import PolicyEngine, RoutingRequest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "litellm"
 EXAMPLES = sorted(p.name for p in FIXTURES.glob("*.yaml"))
@@ -84,7 +85,10 @@ def test_every_setting_of_an_example_is_carried_or_reported(example: str) -> Non
             continue
         keys = data[section] if isinstance(data[section], dict) else {}
         for key in keys:
-            assert f"{section}.{key}" in reported, f"{example}: {section}.{key} lost silently"
+            place = f"{section}.{key}"
+            assert any(w == place or w.startswith(place + "[") for w in reported), (
+                f"{example}: {place} lost silently"
+            )
         if not keys:
             assert section in reported
 
@@ -120,14 +124,15 @@ def test_an_inline_key_is_never_written_and_the_model_names_a_variable_to_hold_i
 
 def test_deployments_sharing_a_model_name_become_one_tier_under_that_name() -> None:
     result = imported("configs_load_balancing.yaml")
-    zephyrs = [m for m in result.config["models"] if m.get("tier") == "zephyr-beta"]
+    zephyrs = [m for m in result.config["models"] if m["model"].startswith("huggingface/")]
+    assert {m["tier"] for m in zephyrs} == {"zephyr-beta"}
     assert [m["name"] for m in zephyrs] == ["zephyr-beta-1", "zephyr-beta-2", "zephyr-beta-3"]
     assert [m["api_base"] for m in zephyrs] == [
         "http://0.0.0.0:8001",
         "http://0.0.0.0:8002",
         "http://0.0.0.0:8003",
     ]
-    assert "tier" not in model(result, "gpt-4o")  # a name used once stays a pinned model
+    assert "tier" not in model(result, "gpt-3.5-turbo-16k")  # a name used once: a pinned model
 
 
 def test_an_api_base_read_from_the_environment_is_reported_with_the_override_to_use() -> None:
@@ -209,10 +214,66 @@ def test_num_retries_becomes_the_policys_attempts() -> None:
     assert result.config["policy"] == {"retries": {"max_attempts": 6}}
 
 
-def test_fallbacks_aliases_and_routing_strategy_are_reported_with_what_to_do_instead() -> None:
+def test_attempts_reach_the_end_of_the_longest_fallback_chain() -> None:
+    # num_retries: 2 would be 3 attempts; the zephyr-beta tier has 3 deployments and gpt-4o.
     result = imported("configs_load_balancing.yaml")
-    [fallbacks] = notes(result, "litellm_settings.fallbacks")
-    assert "[{'zephyr-beta': ['gpt-4o']}]" in fallbacks and "one tier" in fallbacks
+    assert result.config["policy"]["retries"] == {"max_attempts": 4}
+
+
+def test_a_fallback_to_a_single_model_is_tried_after_the_groups_own_deployments(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "rightsize.yaml"
+    example = str(FIXTURES / "configs_load_balancing.yaml")
+    assert CliRunner().invoke(main, ["config", "import", example, "--out", out]).exit_code == 0
+    settings, where = load_settings(out, environ={})
+    engine = PolicyEngine(build_catalog(settings, model_info, where), settings.policy, None)
+    decision = engine.decide(RoutingRequest(model="zephyr-beta", prompt_tokens=10))
+    assert [d.name for d in decision.attempts()] == [
+        "zephyr-beta-1",
+        "zephyr-beta-2",
+        "zephyr-beta-3",
+        "gpt-4o",  # litellm_settings.fallbacks: [{"zephyr-beta": ["gpt-4o"]}]
+    ]
+    pinned = engine.decide(RoutingRequest(model="gpt-4o", prompt_tokens=10))
+    assert [d.name for d in pinned.attempts()] == ["gpt-4o"]
+
+
+def test_a_single_model_with_a_fallback_becomes_a_tier_under_its_name() -> None:
+    result = imported(
+        {
+            "model_list": [
+                {"model_name": "main", "litellm_params": {"model": "gpt-4o"}},
+                {"model_name": "backup", "litellm_params": {"model": "gpt-4o-mini"}},
+            ],
+            "router_settings": {"fallbacks": [{"main": ["backup"]}]},
+        }
+    )
+    assert [(m["name"], m.get("tier")) for m in result.config["models"]] == [
+        ("main-1", "main"),
+        ("backup", "main"),
+    ]
+    assert result.config["policy"]["selection"] == "order"
+
+
+def test_a_fallback_to_a_group_is_reported_not_guessed() -> None:
+    result = imported(
+        {
+            "model_list": [
+                {"model_name": "main", "litellm_params": {"model": "gpt-4o"}},
+                {"model_name": "pool", "litellm_params": {"model": "gpt-4o-mini"}},
+                {"model_name": "pool", "litellm_params": {"model": "gpt-4o-mini"}},
+            ],
+            "litellm_settings": {"fallbacks": [{"main": ["pool"]}]},
+        }
+    )
+    [why] = notes(result, "litellm_settings.fallbacks[0]")
+    assert why.startswith("not carried: {'main': ['pool']}") and "tier of its own" in why
+    assert "tier" not in model(result, "main")
+
+
+def test_aliases_and_routing_strategy_are_reported_with_what_to_do_instead() -> None:
+    result = imported("configs_load_balancing.yaml")
     [alias] = notes(result, "router_settings.model_group_alias")
     assert "{'gpt-4': 'gpt-4o'}" in alias
     assert notes(result, "router_settings.routing_strategy")
