@@ -133,43 +133,19 @@ def _models(
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """One Rightsize model per chat deployment; a name used by several becomes a tier. Also
     returns the models by the LiteLLM model_name they came from."""
+    chat = [c for c in (_chat_entry(i, e, mode_of, notes) for i, e in enumerate(entries)) if c]
     groups: dict[str, int] = {}
-    for entry in entries:
-        if isinstance(entry, dict) and entry.get("model_name") is not None:
-            name = str(entry["model_name"])
-            groups[name] = groups.get(name, 0) + 1
+    for _, _, group in chat:
+        groups[group] = groups.get(group, 0) + 1
     taken: set[str] = set()
     seen: dict[str, int] = {}
     models = []
     by_group: dict[str, list[dict[str, Any]]] = {}
-    for index, entry in enumerate(entries):
+    for index, entry, group in chat:
         where = f"model_list[{index}]"
-        if not isinstance(entry, dict):
-            notes.append(Note(where, "not carried: not a mapping", False))
-            continue
-        group = str(entry.get("model_name", ""))
         params = entry.get("litellm_params") or {}
         info = entry.get("model_info") or {}
-        litellm_model = str(params.get("model", ""))
-        if "*" in group or "*" in litellm_model:
-            notes.append(
-                Note(
-                    where,
-                    f"not carried: wildcard route {group!r} -> {litellm_model!r}; Rightsize "
-                    "serves declared models only: declare each model it should serve",
-                    False,
-                )
-            )
-            continue
-        mode = info.get("mode") or mode_of(litellm_model)
-        if mode not in (None, "chat"):
-            notes.append(
-                Note(where, f"not carried: {group!r} is a {mode!r} model, not a chat model", False)
-            )
-            continue
-        if not litellm_model or litellm_model.endswith("/"):
-            notes.append(Note(where, f"not carried: {group!r} names no model", False))
-            continue
+        litellm_model = str(params["model"])
         seen[group] = seen.get(group, 0) + 1
         name = _name(group, seen[group] if groups[group] > 1 else None, taken, where, notes)
         model: dict[str, Any] = {"name": name, "model": litellm_model}
@@ -207,6 +183,36 @@ def _models(
         models.append(model)
         by_group.setdefault(group, []).append(model)
     return models, by_group
+
+
+def _chat_entry(
+    index: int, entry: Any, mode_of: ModeOf, notes: list[Note]
+) -> tuple[int, dict[str, Any], str] | None:
+    """The entry and its model_name if it is a chat deployment Rightsize can serve; else None,
+    with a note saying why not."""
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict):
+        notes.append(Note(where, "not carried: not a mapping", False))
+        return None
+    group = str(entry.get("model_name") or "")
+    params = entry.get("litellm_params") or {}
+    info = entry.get("model_info") or {}
+    litellm_model = str(params.get("model") or "") if isinstance(params, dict) else ""
+    if "*" in group or "*" in litellm_model:
+        why = (
+            f"wildcard route {group!r} -> {litellm_model!r}; Rightsize serves declared models "
+            "only: declare each model it should serve"
+        )
+    elif not isinstance(info, dict) or not isinstance(params, dict):
+        why = "litellm_params and model_info must be mappings"
+    elif (mode := info.get("mode") or mode_of(litellm_model)) not in (None, "chat"):
+        why = f"{group!r} is a {mode!r} model, not a chat model"
+    elif not litellm_model or litellm_model.endswith("/"):
+        why = f"{group!r} names no model"
+    else:
+        return index, entry, group
+    notes.append(Note(where, f"not carried: {why}", False))
+    return None
 
 
 def _name(group: str, number: int | None, taken: set[str], where: str, notes: list[Note]) -> str:

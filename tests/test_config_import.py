@@ -311,3 +311,20 @@ def test_an_unusable_model_name_is_carried_under_a_usable_one() -> None:
     )
     assert result.config["models"][0]["name"] == "my-model"
     assert notes(result, "model_list[0].model_name")
+
+
+def test_a_group_counts_only_the_deployments_it_imports() -> None:
+    result = imported(
+        {
+            "model_list": [
+                {"model_name": "pool", "litellm_params": {"model": "gpt-4o"}},
+                {"model_name": "pool", "litellm_params": {"model": "openai/*"}},
+                {"litellm_params": {"model": "gpt-4o-mini"}},  # no model_name at all
+            ]
+        }
+    )
+    assert [(m["name"], m.get("tier")) for m in result.config["models"]] == [
+        ("pool", None),
+        ("model", None),
+    ]
+    assert "wildcard route" in notes(result, "model_list[1]")[0]
