@@ -10,6 +10,7 @@ from gateway.cache import PromptCache
 from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.native import NativeProvider
+from gateway.params import ParamTable
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
@@ -48,6 +49,8 @@ class Gateway:
 
     # By API: the providers that take a request in that API as is (gateway/native.py).
     natives: Mapping[str, NativeProvider] = field(default_factory=dict)
+    # The parameters each deployment takes, resolved on first need (gateway/params.py).
+    params: ParamTable = field(default_factory=ParamTable)
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

@@ -56,6 +56,13 @@ class Capabilities(BaseModel):
     reasoning: bool | None = Field(
         default=None, description="Accepts reasoning_effort (a thinking budget)."
     )
+    params: list[str] | None = Field(
+        default=None,
+        description=(
+            "The OpenAI parameters the deployment takes, replacing those derived from litellm "
+            "(get_supported_openai_params for the model)."
+        ),
+    )
 
 
 class ModelSpec(BaseModel):
@@ -323,6 +330,7 @@ class Catalog:
                 vision=_first(spec.capabilities.vision, known.vision),
                 json_schema=_first(spec.capabilities.json_schema, known.json_schema),
                 reasoning=_first(spec.capabilities.reasoning, known.reasoning),
+                params=spec.capabilities.params,
             )
             deployments.append(
                 Deployment(

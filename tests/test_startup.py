@@ -182,3 +182,26 @@ print(json.dumps({"unfrozen": unfrozen, "frozen": frozen, "count": gc.get_freeze
     assert found["unfrozen"] == [True] * 4
     assert found["frozen"] == [False] * 4
     assert found["count"] > 10_000
+
+
+def test_fitting_parameters_to_a_deployment_that_lists_them_does_not_import_litellm(
+    tmp_path: Path,
+) -> None:
+    # capabilities.params is the way for an openai_http-only process to stay without litellm.
+    found = run_python(
+        f"""
+import asyncio, json, sys
+from gateway.params import ParamTable
+from policies import Catalog, ModelInfo, ModelSpec
+
+spec = ModelSpec(name="m", model="openai/gpt-4o", transport="openai_http", local=True,
+                 capabilities={{"params": ["temperature", "max_tokens"]}})
+[deployment] = Catalog.build([spec], lambda _: ModelInfo(price=None)).deployments
+body = {{"messages": [], "temperature": 0.2, "reasoning_effort": "low"}}
+fitted = asyncio.run(ParamTable().fit(deployment, body))
+assert fitted.dropped == ("reasoning_effort",), fitted
+print(json.dumps({loaded(("litellm",))}))
+""",
+        tmp_path,
+    )
+    assert found == []

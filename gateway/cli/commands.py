@@ -72,6 +72,10 @@ LAZY_COMMANDS = {
         'Estimate every {"id", "prompt"} row of a JSONL file; bad rows become {"id", "error"} '
         "rows.",
     ),
+    "config": (
+        "gateway.cli.config_import:config",
+        "Configuration tools: import a LiteLLM proxy config.",
+    ),
     "eval": (
         # The router's command, with --spend-log (which reads the gateway's database) added.
         "gateway.cli.spend_eval:eval_cmd",

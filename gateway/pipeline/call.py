@@ -14,6 +14,7 @@ from gateway.state import Gateway
 from gateway.store import SpendRecord
 from ledger.ledger import Hold
 from policies import Usage
+from policies.params import ParamFit
 from router import Estimate
 
 log = logging.getLogger("rightsize.chat")
@@ -28,6 +29,7 @@ class Call:
     estimate: Estimate | None = None
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
     cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
+    fit: ParamFit | None = None  # the payload as fitted to the deployment last attempted
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -87,6 +89,12 @@ def routing_headers(call: Call) -> dict[str, str]:
         "x-rightsize-cache": "miss",
         "x-rightsize-overhead-ms": f"{call.record.overhead_ms or 0:.3f}",
     }
+    if call.fit is not None and call.fit.dropped:
+        headers["x-rightsize-dropped-params"] = ",".join(call.fit.dropped)
+    if call.fit is not None and call.fit.translated:
+        headers["x-rightsize-translated-params"] = ",".join(
+            f"{sent}={upstream}" for sent, upstream in call.fit.translated
+        )
     if call.estimate is not None:
         headers["x-rightsize-demand"] = f"{call.estimate.reasoning_demand:.3f}"
         headers["x-rightsize-token-budget"] = (

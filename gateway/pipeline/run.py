@@ -309,14 +309,20 @@ async def _attempt(
     """The decision's deployments tried in order, each fallback noted in the spend record."""
     started = time.perf_counter()
 
-    def attempt(deployment: Deployment) -> Awaitable[T]:
+    async def attempt(deployment: Deployment) -> T:
         body = attempt_payload(payload, decision, deployment)
+        # A pinned model is the client's choice: a parameter the client sent it that it does
+        # not take is a 400, not a drop.
+        pinned = deployment.name == call.record.requested_model
+        call.fit = await gateway.params.fit(deployment, body, pinned_by=payload if pinned else ())
+        body = call.fit.payload
+        # After the fitting: vLLM's `priority` is no OpenAI parameter, the fitting would drop it.
         if gateway.local is not None and "priority" not in body:
             p50 = call.estimate.token_budget_p50 if call.estimate is not None else None
             priority = gateway.local.priority(deployment, p50)
             if priority is not None:
                 body = {**body, "priority": priority}  # vLLM: lower runs first
-        return once(deployment, body)
+        return await once(deployment, body)
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
         call.record.attempts += 1
@@ -335,6 +341,10 @@ async def _attempt(
         )
     finally:
         call.record.upstream_ms = (time.perf_counter() - started) * 1000
+        if call.fit is not None and call.fit.changed:
+            # The spend log's words for what the client sent and the upstream did not get.
+            served = call.record.deployment or ""
+            call.record.route_reason = f"{call.record.route_reason}; {call.fit.describe(served)}"
 
 
 async def _refuse(gateway: Gateway, call: Call, exc: GatewayError) -> Refused:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -11,6 +12,8 @@ from gateway.scrub import Redactor
 from policies import Deployment
 
 _CLIENT_ERRORS = {400, 413, 422}
+# litellm's UnsupportedParamsError names the parameters thus: "does not support parameters: [...]"
+_UNSUPPORTED = re.compile(r"does not support parameters: (\[[^\]]*\])")
 # Parameters litellm reads for itself; the client's values must not reach it under these names.
 _GATEWAY_ONLY = {"model", "stream", "stream_options", "metadata"}
 
@@ -105,10 +108,21 @@ def _openai_shape(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _unsupported_text(deployment: Deployment, message: str) -> str:
+    found = _UNSUPPORTED.search(message)
+    names = found.group(1) if found else "some of the parameters sent"
+    return f"Model {deployment.name!r} does not take {names}; leave them out"
+
+
 def _translate(deployment: Deployment, exc: Exception, redact: Redactor) -> UpstreamError:
     lib = litellm()
     message = redact(str(getattr(exc, "message", None) or exc))
     status = getattr(exc, "status_code", None)
+    if isinstance(exc, lib.UnsupportedParamsError):
+        # Its text advises litellm's own drop_params setting, which no client of ours can set.
+        return UpstreamBadRequest(
+            deployment.name, _unsupported_text(deployment, message), upstream_status=400
+        )
     if isinstance(exc, lib.Timeout):
         return UpstreamTimeout(deployment.name, f"no answer within {deployment.timeout_s:g}s")
     if isinstance(status, int) and status in _CLIENT_ERRORS:
