@@ -52,7 +52,9 @@ class GuardResult:
     oof_apgr_base: float
     oof_apgr_tuned: float
     gain_interval: tuple[float, float]  # bootstrap interval of the out-of-fold APGR gain
-    oof_logit: Array | None  # out-of-fold tuned logits (mean over repeats) at the chosen strength
+    oof_logit: (
+        Array | None
+    )  # out-of-fold tuned logits at the chosen strength, ranking only (_pooled)
 
 
 def _sigmoid(z: Array) -> Array:
@@ -176,8 +178,9 @@ def cross_validate(
     rng = np.random.default_rng(cfg.seed)
     oof = np.zeros((len(strengths), cfg.repeats, len(y)))
     oof_base = np.zeros((cfg.repeats, len(y)))
+    folds = np.zeros((cfg.repeats, len(y)), dtype=np.int64)
     for rep in range(cfg.repeats):
-        fold = _folds(y, cfg.folds, rng)
+        fold = folds[rep] = _folds(y, cfg.folds, rng)
         for k in range(cfg.folds):
             tr, te = fold != k, fold == k
             # The base with its intercept refitted: what a strength of infinity gives.
@@ -195,7 +198,7 @@ def cross_validate(
     }
     base_loss = float(np.mean([_log_loss(oof_base[r], y) for r in range(cfg.repeats)]))
     best = min(losses, key=lambda lam: losses[lam])
-    chosen = oof[strengths.index(best)].mean(axis=0)
+    chosen = _pooled(oof[strengths.index(best)], folds, base_logit)
     tuned_apgr = routing_scores(chosen, weak, strong).apgr
     draws = bootstrap_indices(len(y), cfg.bootstrap, cfg.seed + 1)
     gains = np.array(
@@ -234,6 +237,25 @@ def cross_validate(
             f"{1 - cfg.confidence:.0%} bootstrap quantile {lower:+.3f} is above zero): tuned",
         }
     )
+
+
+def _pooled(oof: Array, folds: npt.NDArray[np.int64], base_logit: Array) -> Array:
+    """Out-of-fold logits pooled over folds and repeats, each fold put on the base's scale.
+
+    Each fold's model has its own intercept and slope, which shift its rows against the other
+    folds' without saying anything about their order; moving each fold's logits to the base
+    logits' mean and spread on the same rows (no labels read) removes that noise from the pooled
+    ranking the guard scores.
+    """
+    out = np.zeros(oof.shape)
+    for rep in range(len(oof)):
+        for k in np.unique(folds[rep]):
+            te = folds[rep] == k
+            t, b = oof[rep, te], base_logit[te]
+            spread = t.std()
+            scale = b.std() / spread if spread > 1e-12 else 0.0
+            out[rep, te] = (t - t.mean()) * scale + b.mean()
+    return np.asarray(out.mean(axis=0), dtype=np.float64)
 
 
 def _replace_reason(result: GuardResult, reason: str) -> GuardResult:
