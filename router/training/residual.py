@@ -11,7 +11,7 @@ ranks held-out prompts worse than the base (issue 21: -0.04 to -0.06 APGR on set
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,10 +147,13 @@ def cross_validate(
     strong: Array,
     config: ResidualConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> GuardResult:
     """Choose the strength by out-of-fold log loss; keep the residual if its APGR gain is real.
 
-    progress (if given) is called with 1 after each fold's fits.
+    With groups, it is also refused if any group's own gain is below zero beyond noise (one
+    residual serves the whole file, so one group may pay for another's gain). progress (if
+    given) is called with 1 after each fold's fits.
     """
     cfg = config or ResidualConfig()
     y = gap_label(weak, strong)
@@ -227,6 +230,9 @@ def cross_validate(
             f"out-of-fold APGR gain {tuned_apgr - base_apgr:+.3f} is within noise (its "
             f"{1 - cfg.confidence:.0%} bootstrap quantile is {lower:+.3f}): the base is kept",
         )
+    loser = _losing_group(chosen, base_logit, weak, strong, groups, cfg)
+    if loser is not None:
+        return _replace_reason(result, loser)
     theta = fit_residual(x, base_logit, y, best)
     return GuardResult(
         **{
@@ -237,6 +243,39 @@ def cross_validate(
             f"{1 - cfg.confidence:.0%} bootstrap quantile {lower:+.3f} is above zero): tuned",
         }
     )
+
+
+def _losing_group(
+    tuned: Array,
+    base: Array,
+    weak: Array,
+    strong: Array,
+    groups: Sequence[str] | None,
+    cfg: ResidualConfig,
+) -> str | None:
+    """The reason to refuse if some group's out-of-fold APGR falls beyond noise, else None."""
+    if groups is None or len(set(groups)) < 2:
+        return None
+    keys = np.asarray(groups)
+    for name in sorted(set(groups)):
+        ix = np.flatnonzero(keys == name)
+        if len(ix) < 2 * cfg.min_labels:
+            continue
+        draws = ix[bootstrap_indices(len(ix), cfg.bootstrap, cfg.seed + 4)]
+        gains = np.array(
+            [
+                apgr_cpt50(tuned[d], weak[d], strong[d])[0]
+                - apgr_cpt50(base[d], weak[d], strong[d])[0]
+                for d in draws
+            ]
+        )
+        upper = float(np.quantile(gains, cfg.confidence))
+        if upper < 0.0:
+            return (
+                f"group {name!r} loses out-of-fold APGR (its gain's {cfg.confidence:.0%} "
+                f"bootstrap quantile is {upper:+.3f}): the base is kept"
+            )
+    return None
 
 
 def _pooled(oof: Array, folds: npt.NDArray[np.int64], base_logit: Array) -> Array:

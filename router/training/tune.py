@@ -1,6 +1,7 @@
 """Adapt an artifact to a deployment's own outcomes: `rightsize tune --pairs FILE --out DIR`.
 
 Reads an `eval --pairs` file, fits the guarded demand residual (router/training/residual.py)
+and, from rows with `strong_tokens`, the guarded budget shifts (router/training/budget_shift.py)
 on the chosen runtime's heads, and writes a complete artifact: a copy of the base with the
 tuned heads, a `tuned` block in router.json and a "Tuned" section in MODEL_CARD.md. Before and
 after figures are out of fold (the tuned router never scores rows it was fitted on).
@@ -21,6 +22,7 @@ from router.artifact import artifact_id, read_manifest, write_manifest
 from router.features import features_batch
 from router.heads import Heads
 from router.router import Router
+from router.training.budget_shift import BudgetShift, fit_budget_shift
 from router.training.evaluate import index_groups
 from router.training.metrics import budget_scores, routing_scores
 from router.training.pairs import PairRow
@@ -52,9 +54,10 @@ class TuneInputs:
 
 @dataclass(frozen=True)
 class TuneOutcome:
-    """The guard's verdict, the tuned heads (the base ones if it kept the base), the report."""
+    """The guards' verdicts, the tuned heads (the base ones if both kept the base), the report."""
 
     guard: GuardResult
+    budget: BudgetShift
     heads: Heads
     report: list[dict[str, object]]
     rows: int
@@ -114,14 +117,36 @@ def tune(
     cfg = config or ResidualConfig()
     inputs = tune_inputs(router, rows)
     guard = cross_validate(
-        inputs.x, inputs.base_logit, inputs.weak, inputs.strong, cfg, progress=progress
+        inputs.x,
+        inputs.base_logit,
+        inputs.weak,
+        inputs.strong,
+        cfg,
+        progress=progress,
+        groups=inputs.groups,
     )
     heads = router.heads if guard.theta is None else compose(router.heads, guard.theta)
     after = inputs.base_logit if guard.oof_logit is None or not guard.accepted else guard.oof_logit
+    timed = np.isfinite(inputs.tokens)
+    budget = fit_budget_shift(
+        inputs.p50[timed],
+        inputs.p90[timed],
+        inputs.tokens[timed],
+        draws=cfg.bootstrap,
+        groups=[g for g, t in zip(inputs.groups, timed, strict=True) if t],
+    )
+    if budget.p50 or budget.p90:
+        shift = np.array([budget.p50, budget.p90])
+        heads = replace(heads, budget_offsets=heads.budget_offsets + shift)
+    after_p50, after_p90 = inputs.p50.copy(), inputs.p90.copy()
+    if budget.oof_p50 is not None and budget.oof_p90 is not None:
+        after_p50[timed] = np.maximum(1.0, np.round(budget.oof_p50))
+        after_p90[timed] = np.maximum(after_p50[timed], np.round(budget.oof_p90))
     return TuneOutcome(
         guard=guard,
+        budget=budget,
         heads=heads,
-        report=before_after(inputs, after, cfg.bootstrap, cfg.seed),
+        report=before_after(inputs, after, after_p50, after_p90, cfg.bootstrap, cfg.seed),
         rows=len(rows),
     )
 
@@ -132,9 +157,9 @@ def _cells(values: Array, point: float) -> tuple[float, float, float]:
 
 
 def before_after(
-    inputs: TuneInputs, after: Array, draws: int, seed: int
+    inputs: TuneInputs, after: Array, after_p50: Array, after_p90: Array, draws: int, seed: int
 ) -> list[dict[str, object]]:
-    """APGR, CPT(50%) before/after and budget figures, each with a 95% bootstrap interval."""
+    """APGR, CPT(50%) and budget figures before/after, each with a 95% bootstrap interval."""
     out: list[dict[str, object]] = []
     groups = index_groups(inputs.groups, overall=len(set(inputs.groups)) > 1)
     for group, idx in groups.items():
@@ -157,13 +182,20 @@ def before_after(
             row["cpt50_after"] = _cells(t[:, 1], after_s.cpt50)
         timed = ix[np.isfinite(inputs.tokens[ix])]
         if len(timed):
-            # The residual moves demand only: budgets are the base heads' before and after.
-            p50, p90, actual = inputs.p50[timed], inputs.p90[timed], inputs.tokens[timed]
+            actual = inputs.tokens[timed]
             boot = bootstrap_indices(len(timed), draws, seed + 3)
-            scores = [budget_scores(p50[d], p90[d], actual[d]) for d in boot]
-            point = budget_scores(p50, p90, actual)
-            row["within_2x"] = _cells(np.array([s.within_2x for s in scores]), point.within_2x)
-            row["p90_cov"] = _cells(np.array([s.p90_coverage for s in scores]), point.p90_coverage)
+            for when, p50, p90 in (
+                ("before", inputs.p50[timed], inputs.p90[timed]),
+                ("after", after_p50[timed], after_p90[timed]),
+            ):
+                scores = [budget_scores(p50[d], p90[d], actual[d]) for d in boot]
+                point = budget_scores(p50, p90, actual)
+                row[f"within_2x_{when}"] = _cells(
+                    np.array([s.within_2x for s in scores]), point.within_2x
+                )
+                row[f"p90_cov_{when}"] = _cells(
+                    np.array([s.p90_coverage for s in scores]), point.p90_coverage
+                )
         out.append(row)
     return out
 
@@ -174,8 +206,10 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "apgr_gain",
     "cpt50_before",
     "cpt50_after",
-    "within_2x",
-    "p90_cov",
+    "within_2x_before",
+    "within_2x_after",
+    "p90_cov_before",
+    "p90_cov_after",
 )
 
 
@@ -215,6 +249,11 @@ def tuned_block(
         "cv_apgr_base": round(g.oof_apgr_base, 6),
         "cv_apgr_tuned": round(g.oof_apgr_tuned, 6),
         "cv_apgr_gain_interval": [round(v, 6) for v in g.gain_interval],
+        "budget_log_shift": {
+            "p50": round(outcome.budget.p50, 6),
+            "p90": round(outcome.budget.p90, 6),
+        },
+        "budget_reason": outcome.budget.reason,
     }
 
 
@@ -253,6 +292,9 @@ def _card_section(outcome: TuneOutcome, block: dict[str, Any]) -> str:
         f"intercept refitted: {base_loss_text}.",
         f"- Out-of-fold APGR: base {g.oof_apgr_base:.3f}, tuned {g.oof_apgr_tuned:.3f}, gain "
         f"interval [{g.gain_interval[0]:+.3f}, {g.gain_interval[1]:+.3f}] (bootstrap).",
+        f"- Token budgets: {outcome.budget.reason} (every category's p50 / p90 offset moved by "
+        f"{block['budget_log_shift']['p50']:+.3f} / {block['budget_log_shift']['p90']:+.3f} "
+        "in log tokens).",
         "",
         "Before / after on the file (after = out-of-fold; 95% bootstrap intervals):",
         "",

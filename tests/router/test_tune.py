@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from router import Router
 from router.artifact import artifact_id, read_manifest
 from router.cli import classify, tune
+from router.training.budget_shift import fit_budget_shift
 from router.training.metrics import routing_scores
 from router.training.pairs import PairRow
 from router.training.residual import ResidualConfig, cross_validate, residual_logit
@@ -120,12 +121,17 @@ def test_a_tuned_artifact_round_trips_and_changes_demand(base: Router, tmp_path:
     # What the file taught: history above chemistry, which the base had the other way round.
     assert _demand(loaded, history).mean() > _demand(loaded, chemistry).mean()
     assert _demand(base, history).mean() < _demand(base, chemistry).mean()
-    # The saved heads give exactly the tuned heads' estimates; budgets are the base's.
+    # The saved heads give exactly the tuned heads' estimates.
     assert loaded.heads.demand_residual is not None
     np.testing.assert_array_equal(loaded.heads.demand_residual, outcome.heads.demand_residual)
-    assert [e.token_budget_p50 for e in loaded.estimate_batch(fresh)] == [
-        e.token_budget_p50 for e in base.estimate_batch(fresh)
-    ]
+    # Every answer in the file is 150 tokens, far shorter than the base predicts: p50 moved
+    # by the fitted factor, towards 150.
+    shift = outcome.budget.p50
+    assert shift < 0.0
+    tuned_p50 = np.array([e.token_budget_p50 for e in loaded.estimate_batch(fresh)])
+    base_p50 = np.array([e.token_budget_p50 for e in base.estimate_batch(fresh)])
+    np.testing.assert_allclose(tuned_p50, base_p50 * np.exp(shift), atol=1.0, rtol=0.01)
+    assert np.median(np.abs(np.log(tuned_p50 / 150))) < np.median(np.abs(np.log(base_p50 / 150)))
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"Base artifact: `{base.artifact_id}`" in card and "Rows: 160" in card
 
@@ -207,3 +213,61 @@ def test_a_non_empty_out_directory_is_refused(tmp_path: Path) -> None:
     (out / "keep.txt").write_text("mine")
     result = CliRunner().invoke(tune, ["--pairs", str(pairs), "--out", str(out)])
     assert result.exit_code == 2 and "not empty" in result.output
+
+
+def _lengths(n: int, factor: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Base p50 / p90 and answers `factor` times longer than p50, with log-normal spread."""
+    rng = np.random.default_rng(seed)
+    p50 = rng.uniform(50, 800, n).round()
+    actual = np.maximum(1.0, (p50 * factor * np.exp(rng.normal(0.0, 0.4, n))).round())
+    return p50, (p50 * 2.0).round(), actual
+
+
+def test_budgets_move_to_a_more_verbose_strong_model() -> None:
+    p50, p90, actual = _lengths(400, 2.5, 0)
+    shift = fit_budget_shift(p50, p90, actual, draws=300)
+    assert np.exp(shift.p50) == pytest.approx(2.5, rel=0.1)
+    assert shift.oof_p50 is not None and shift.oof_p90 is not None
+    # Out of fold, p50 is within 2x nearly always and p90 covers about 90% of answers.
+    assert np.mean(np.abs(np.log2(shift.oof_p50 / actual)) <= 1.0) > 0.9
+    assert np.mean(actual <= shift.oof_p90) == pytest.approx(0.9, abs=0.04)
+
+
+def test_budgets_stay_when_the_base_is_already_right_or_rows_are_few() -> None:
+    p50, _, actual = _lengths(300, 1.0, 1)
+    # p90 at the 90% quantile of the spread already: nothing to gain on either.
+    p90 = (p50 * np.exp(0.4 * 1.2816)).round()
+    kept = fit_budget_shift(p50, p90, actual, draws=300)
+    assert kept.p50 == 0.0 and kept.p90 == 0.0 and "beyond noise" in kept.reason
+    few = fit_budget_shift(*_lengths(12, 3.0, 2), draws=300)
+    assert few.p50 == 0.0 and few.p90 == 0.0 and "fewer than" in few.reason
+
+
+def test_a_shift_that_one_group_pays_for_is_refused() -> None:
+    # Most rows' strong model writes 3x the base p50; a smaller group's writes what the base says.
+    a50, a90, a_actual = _lengths(600, 3.0, 3)
+    b50, b90, b_actual = _lengths(200, 1.0, 4)
+    p50, p90 = np.concatenate([a50, b50]), np.concatenate([a90, b90])
+    actual = np.concatenate([a_actual, b_actual])
+    alone = fit_budget_shift(p50, p90, actual, draws=300)
+    assert alone.p50 > 0.0
+    grouped = fit_budget_shift(p50, p90, actual, draws=300, groups=["a"] * 600 + ["b"] * 200)
+    assert grouped.p50 == 0.0 and "'b' would be worse off" in grouped.reason
+
+
+def test_a_residual_that_one_group_pays_for_is_refused() -> None:
+    rng = np.random.default_rng(5)
+    n = 1200
+    x = rng.standard_normal((n, 20))
+    base = rng.normal(0.0, 1.0, n)
+    group_b = np.arange(n) >= 900
+    # Group a's outcomes follow x[:, 0]; group b's follow the base, and the residual's
+    # x[:, 0] only scrambles its order.
+    truth = np.where(group_b, 3.0 * base, 0.3 * base + 2.5 * x[:, 0])
+    gap = rng.random(n) < 1.0 / (1.0 + np.exp(-truth))
+    weak, strong = np.where(gap, 0.0, 1.0), np.ones(n)
+    pooled = cross_validate(x, base, weak, strong, FAST)
+    assert pooled.accepted
+    groups = ["b" if g else "a" for g in group_b]
+    grouped = cross_validate(x, base, weak, strong, FAST, groups=groups)
+    assert not grouped.accepted and "group 'b' loses" in grouped.reason
