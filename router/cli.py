@@ -270,7 +270,7 @@ def tune(
     runtime: str | None,
     date: str | None,
 ) -> None:
-    """Adapt the router's demand to your outcomes; keep the base unless CV shows a gain."""
+    """Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain."""
     from tqdm import tqdm
 
     from router.artifact import read_manifest

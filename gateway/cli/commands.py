@@ -80,7 +80,7 @@ LAZY_COMMANDS = {
     "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),
     "tune": (
         "router.cli:tune",
-        "Adapt the router's demand to your outcomes; keep the base unless CV shows a gain.",
+        "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",
     ),
     "train": (
         "router.cli:train",
