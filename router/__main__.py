@@ -1,10 +1,10 @@
-"""`python -m router train|eval|classify`: the router's commands without the gateway's CLI."""
+"""`python -m router train|eval|tune|classify`: the router's commands without the gateway's CLI."""
 
 from __future__ import annotations
 
 import click
 
-from router.cli import classify, eval_cmd, train
+from router.cli import classify, eval_cmd, train, tune
 
 
 @click.group()
@@ -14,6 +14,7 @@ def main() -> None:
 
 main.add_command(train)
 main.add_command(eval_cmd)
+main.add_command(tune)
 main.add_command(classify)
 
 if __name__ == "__main__":

@@ -231,3 +231,72 @@ def classify(
         lines = read_lines(src, on_bytes=bar.update)
         rows, errors = classify_stream(router, lines, sink, batch_size)
     click.echo(f"{rows} rows, {errors} errors -> {output_path}", err=True)
+
+
+@click.command("tune")
+@click.option(
+    "--pairs",
+    "pairs_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your outcomes, rows as `eval --pairs` "
+    '({"prompt" or "messages", "weak", "strong", "strong_tokens"?, "group"?}).',
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New artifact directory (must not exist, or be empty).",
+)
+@click.option(
+    "--artifact",
+    "artifact_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Base artifact (default: the shipped one).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=None,
+    help="Whose heads to tune (default: the artifact's default runtime).",
+)
+@click.option("--date", default=None, help="Date for the model card (default: today).")
+def tune(
+    pairs_path: Path,
+    out_dir: Path,
+    artifact_dir: Path | None,
+    runtime: str | None,
+    date: str | None,
+) -> None:
+    """Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain."""
+    from tqdm import tqdm
+
+    from router.artifact import read_manifest
+    from router.router import Router
+    from router.training.pairs import PairFileError, load_pairs
+    from router.training.residual import ResidualConfig
+    from router.training.tune import report_table, tuned_block, write_tuned_artifact
+    from router.training.tune import tune as tune_rows
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise click.UsageError(f"{out_dir} is not empty; tune writes a new artifact directory")
+    try:
+        rows = load_pairs(pairs_path)
+    except PairFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    base_dir = artifact_dir or default_artifact_dir()
+    chosen = runtime or str(read_manifest(base_dir)["default_runtime"])
+    router = Router.load(base_dir, chosen)
+    config = ResidualConfig()
+    with tqdm(
+        total=config.folds * config.repeats, desc="tune (cross-validation)", disable=None
+    ) as bar:
+        outcome = tune_rows(router, rows, config, progress=bar.update)
+    block = tuned_block(
+        outcome, base_dir, chosen, date or dt.date.today().isoformat(), pairs_path.name
+    )
+    write_tuned_artifact(base_dir, out_dir, chosen, outcome, block)
+    click.echo(report_table(outcome.report))
+    click.echo(f"{outcome.guard.reason}\nwrote {out_dir}", err=True)

@@ -96,6 +96,10 @@ class Heads:
     feature_range: Array | None = None  # (2, n_features): low, high
     # Which of router.features' sets the heads read (absent from files before 2026-12-03: 1).
     feature_set: int = 1
+    # A tuned artifact's residual on the demand logit (`rightsize tune --pairs`): weights over
+    # the design's columns (0 on the neighbour column), a slope on the base logit, an
+    # intercept. tuned logit = (1 + slope) * base logit + weights . x + intercept. None: untuned.
+    demand_residual: Array | None = None  # (d + 2,)
 
     def design(
         self,
@@ -131,14 +135,27 @@ class Heads:
         """True when only the demand head weighs the neighbour column (the shipped heads)."""
         return not (np.any(self.category_coef[:, -1] != 0.0) or self.budget_coef[-1] != 0.0)
 
-    def demand(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
-        """Calibrated probability that the small model fails where the strong one succeeds."""
+    def base_demand_logit(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
+        """The demand logit of the trained heads, before any tuned residual."""
         raw = np.einsum("nd,nd->n", x, self.demand_coef[category]) + self.demand_intercept[category]
-        logit = (
+        return np.asarray(
             self.demand_platt[0] * raw
             + self.demand_platt[1]
-            + self.demand_category_offset[category]
+            + self.demand_category_offset[category],
+            dtype=np.float64,
         )
+
+    def demand_logit(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
+        """The demand logit, with the tuned residual if the heads have one."""
+        logit = self.base_demand_logit(x, category)
+        r = self.demand_residual
+        if r is None:
+            return logit
+        return np.asarray((1.0 + r[-2]) * logit + x @ r[:-2] + r[-1], dtype=np.float64)
+
+    def demand(self, x: Array, category: npt.NDArray[np.int64]) -> Array:
+        """Calibrated probability that the small model fails where the strong one succeeds."""
+        logit = self.demand_logit(x, category)
         return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0))), dtype=np.float64)
 
     def category(self, x: Array) -> npt.NDArray[np.int64]:
@@ -195,6 +212,8 @@ class Heads:
         if self.feature_range is not None:
             data["feature_range"] = _plain(self.feature_range)
         data["feature_set"] = self.feature_set
+        if self.demand_residual is not None:
+            data["demand_residual"] = _plain(self.demand_residual)
         return data
 
     @classmethod
@@ -221,6 +240,8 @@ class Heads:
         if "feature_range" in data:
             values["feature_range"] = np.asarray(data["feature_range"], dtype=np.float64)
         values["feature_set"] = int(data.get("feature_set", 1))
+        if "demand_residual" in data:
+            values["demand_residual"] = np.asarray(data["demand_residual"], dtype=np.float64)
         return cls(**values)
 
     def save(self, path: Path) -> None:
@@ -248,7 +269,9 @@ def neighbour_bank_path(heads_path: Path) -> Path:
 
 
 _FIELDS: tuple[str, ...] = tuple(
-    n for n in Heads.__dataclass_fields__ if n not in ("neighbours", "feature_range", "feature_set")
+    n
+    for n in Heads.__dataclass_fields__
+    if n not in ("neighbours", "feature_range", "feature_set", "demand_residual")
 )
 
 

@@ -114,6 +114,12 @@ def _check_heads_read_known_features(heads: Heads, encoder_dim: int, path: Path)
             f"({len(names)} features) with this encoder ({encoder_dim} dims) gives {width}: "
             "retrain it with `rightsize train --data DIR --out DIR`"
         )
+    residual = heads.demand_residual
+    if residual is not None and len(residual) != width + 2:
+        raise ValueError(
+            f"{path}: its tuned demand residual has {len(residual)} weights, its heads read "
+            f"{width} inputs (expected {width + 2}): tune it again with `rightsize tune`"
+        )
 
 
 class Router:

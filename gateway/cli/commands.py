@@ -82,6 +82,10 @@ LAZY_COMMANDS = {
         "Print routing and budget metrics per group, with random and prompt-length baselines.",
     ),
     "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),
+    "tune": (
+        "router.cli:tune",
+        "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",
+    ),
     "train": (
         "router.cli:train",
         "Train the router heads (and the static encoder); write the artifact and model card.",
