@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__, outage
 from gateway.api.admin import router as admin_router
+from gateway.api.admin_ui import AdminAssets, admin_ui_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions
 from gateway.api.messages import count_tokens, messages
@@ -221,6 +222,7 @@ def create_app(
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
+    app.include_router(admin_ui_router(AdminAssets.load()))
     _install_error_handlers(app)
     return app
 
