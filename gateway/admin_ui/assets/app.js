@@ -171,7 +171,7 @@
     fillTable("detail-keys", keys.data, (k) => [k.id, k.name, k.key_hint,
       perKey[k.id]?.requests ?? 0, perKey[k.id]?.cost_usd ?? "0", k.created_at,
       k.revoked_at ?? ""]);
-    fillTable("detail-requests", spend.data, (r) => [r.created_at, r.request_id, r.key_id,
+    fillTable("detail-requests", spend.data, (r) => [r.created_at.slice(0, 19).replace("T", " "), r.request_id, r.key_id,
       r.requested_model, r.deployment, r.tier, r.reasoning_demand?.toFixed(3) ?? "",
       r.cache_hit ? "hit" : "miss", r.status, `${r.prompt_tokens}/${r.completion_tokens}`,
       r.cost_usd]);
