@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import threadpoolctl
 from fastapi import FastAPI, Request
@@ -52,6 +53,7 @@ from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
+from gateway.tracing import Tracing
 from ledger.errors import LedgerError
 from policies import Catalog, PolicyEngine
 from router import EstimateBatcher, Router
@@ -67,9 +69,12 @@ def create_app(
     source: str = "configuration",
     catalog: Catalog | None = None,
     freeze_gc: bool = False,
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """Validate everything that can fail before serving, then build the app; `freeze_gc`
-    (`rightsize serve`) moves what start-up built out of the collector's reach."""
+    (`rightsize serve`) moves what start-up built out of the collector's reach;
+    `tracer_provider` (an OpenTelemetry SDK provider) replaces the one the OTEL_* variables
+    would build."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -91,6 +96,12 @@ def create_app(
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
     # Built here, once per app: in one process its series live in this app's own registry.
     metrics = Metrics.from_environment() if settings.server.metrics else None
+    record_prompts = settings.server.trace_prompts
+    tracing = (
+        Tracing(tracer_provider, record_prompts=record_prompts)
+        if tracer_provider is not None
+        else Tracing.from_environ(env, record_prompts=record_prompts)
+    )
     log.info(
         "spend rows record routing configuration %s and router artifact %s",
         routing_config,
@@ -153,6 +164,7 @@ def create_app(
             metrics=metrics,
             metrics_key=metrics_key,
             log_requests=settings.server.log_format == "json",
+            tracing=tracing,
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
@@ -174,6 +186,8 @@ def create_app(
             await store.aclose()
             if metrics is not None:
                 metrics.process_ended()
+            if tracing is not None and tracer_provider is None:
+                tracing.shutdown()  # flushes the spans still batched
 
     # The API description is public knowledge only where the operator says so.
     spec = settings.server.openapi

@@ -13,6 +13,7 @@ from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.stickiness import Stickiness
 from gateway.store import Store
+from gateway.tracing import Tracing
 from ledger.ledger import Ledger
 from policies import Catalog, Deployment, PolicyEngine
 from router import EstimateBatcher, Router
@@ -38,6 +39,7 @@ class Gateway:
     metrics: Metrics | None = None  # None: server.metrics is off
     metrics_key: str | None = None  # the scrape key, read from auth.metrics_key_env
     log_requests: bool = False  # server.log_format: json, one line per request
+    tracing: Tracing | None = None  # None: no OTEL_* variable asks for traces
 
     def provider(self, deployment: Deployment) -> Provider:
         return self.providers[deployment.transport]
