@@ -328,7 +328,7 @@ async def _attempt(
         nonlocal tried
         tried += 1
         body = attempt_payload(payload, decision, deployment)
-        name = f"chat {deployment.upstream_model}"
+        name = f"chat {deployment.upstream_model}" if call.trace is not None else ""
         with span(call, name, client=True) as traced:
             if traced.is_recording():
                 traced.set_attributes(_attempt_attributes(deployment, body, tried))
