@@ -172,7 +172,7 @@ def test_admin_page_shows_the_reports_numbers_drills_down_and_downloads_the_csv(
             page.click("#login")
             page.wait_for_selector("#login-error:not([hidden])")
             assert "Incorrect master key" in page.inner_text("#login-error")
-            assert page.is_hidden("#dashboard")
+            assert page.is_hidden("#dashboard") and page.is_hidden("#session")
             assert table(page, "#team-table") == []
             page.screenshot(path=ARTIFACTS / "02-wrong-key.png")
 
@@ -180,6 +180,7 @@ def test_admin_page_shows_the_reports_numbers_drills_down_and_downloads_the_csv(
             page.click("#login")
             page.wait_for_selector("body[data-loaded]", state="attached")
             assert page.is_hidden("#load-error"), page.inner_text("#load-error")
+            assert page.is_visible("#session") and page.is_hidden("#login-view")
             page.screenshot(path=ARTIFACTS / "03-dashboard.png", full_page=True)
             period = {"start": page.input_value("#start"), "end": page.input_value("#end")}
 
