@@ -77,7 +77,10 @@ LAZY_COMMANDS = {
         "gateway.cli.spend_eval:eval_cmd",
         "Print routing and budget metrics per group, with random and prompt-length baselines.",
     ),
-    "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),
+    "report": (
+        "gateway.cli.budgets:report",
+        "Cost, savings and routing reports from the spend log.",
+    ),
     "train": (
         "router.cli:train",
         "Train the router heads (and the static encoder); write the artifact and model card.",
