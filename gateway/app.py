@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import threadpoolctl
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__, outage
 from gateway.api.admin import router as admin_router
+from gateway.api.admin_ui import AdminAssets, admin_ui_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions
 from gateway.api.embeddings import embeddings
@@ -69,6 +71,7 @@ from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
+from gateway.tracing import Tracing
 from gateway.upstreams import check_reachability
 from ledger.errors import LedgerError
 from local_backend import LocalBackend, ProbeLoop
@@ -86,9 +89,12 @@ def create_app(
     source: str = "configuration",
     catalog: Catalog | None = None,
     freeze_gc: bool = False,
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """Validate everything that can fail before serving, then build the app; `freeze_gc`
-    (`rightsize serve`) moves what start-up built out of the collector's reach."""
+    (`rightsize serve`) moves what start-up built out of the collector's reach;
+    `tracer_provider` (an OpenTelemetry SDK provider) replaces the one the OTEL_* variables
+    would build."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -116,6 +122,12 @@ def create_app(
     _log_configuration(settings, catalog, source, default, master_key is not None, env)
     # Built here, once per app: in one process its series live in this app's own registry.
     metrics = Metrics.from_environment() if settings.server.metrics else None
+    record_prompts = settings.server.trace_prompts
+    tracing = (
+        Tracing(tracer_provider, record_prompts=record_prompts)
+        if tracer_provider is not None
+        else Tracing.from_environ(env, record_prompts=record_prompts)
+    )
     log.info(
         "spend rows record routing configuration %s and router artifact %s",
         routing_config,
@@ -192,6 +204,7 @@ def create_app(
             log_requests=settings.server.log_format == "json",
             local=local,
             local_cost=LocalCostMeter(catalog),
+            tracing=tracing,
         )
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
@@ -222,6 +235,8 @@ def create_app(
             await store.aclose()
             if metrics is not None:
                 metrics.process_ended()
+            if tracing is not None and tracer_provider is None:
+                tracing.shutdown()  # flushes the spans still batched
 
     # The API description is public knowledge only where the operator says so.
     spec = settings.server.openapi
@@ -283,6 +298,7 @@ def create_app(
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
+    app.include_router(admin_ui_router(AdminAssets.load()))
     _install_error_handlers(app)
     return app
 

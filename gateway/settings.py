@@ -112,6 +112,11 @@ class ServerSettings(BaseModel):
         "request (ids, team, key id, models, tier, demand, cache, status, tokens, cost, "
         "overhead; never prompt text) on the rightsize.requests logger.",
     )
+    trace_prompts: bool = Field(
+        default=False,
+        description="With OpenTelemetry traces on (OTEL_* variables), put the prompt's messages "
+        "on each request's span as gen_ai.input.messages. Off: spans carry no prompt text.",
+    )
     worker_start_timeout_s: int = Field(
         default=60,
         ge=1,

@@ -16,6 +16,7 @@ from gateway.settings import ConfigError, Settings
 from gateway.spend import SpendWriter
 from gateway.stickiness import Stickiness
 from gateway.store import Store
+from gateway.tracing import Tracing
 from ledger.ledger import Ledger
 from local_backend import LocalBackend
 from policies import Catalog, Deployment, PolicyEngine
@@ -51,6 +52,7 @@ class Gateway:
     natives: Mapping[str, NativeProvider] = field(default_factory=dict)
     # The parameters each deployment takes, resolved on first need (gateway/params.py).
     params: ParamTable = field(default_factory=ParamTable)
+    tracing: Tracing | None = None  # None: no OTEL_* variable asks for traces
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, cast, extract, func, select
+from sqlalchemy import Integer, case, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -241,6 +241,77 @@ def _local_row(
             ),
         )
     return row
+
+
+DEMAND_BUCKETS = 10  # the router demand histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
+
+
+async def routing_report(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    *,
+    team: str | None = None,
+) -> dict[str, Any]:
+    """Requests, cache hits and cost per tier over the days start..end, and the router's demand
+    histogram (requests whose demand was estimated) over the same rows."""
+    first, after = utc_range(zone, start, end)
+    demand = spend_log.c.reasoning_demand
+    bucket = case(
+        *((demand < (i + 1) / DEMAND_BUCKETS, i) for i in range(DEMAND_BUCKETS - 1)),
+        else_=DEMAND_BUCKETS - 1,
+    ).label("bucket")
+    in_range = [spend_log.c.created_at >= first, spend_log.c.created_at < after]
+    if team is not None:
+        in_range.append(spend_log.c.team == team)
+    hit = func.coalesce(func.sum(case((spend_log.c.cache_hit, 1), else_=0)), 0)
+    by_tier = (
+        select(
+            spend_log.c.tier,
+            func.count(),
+            hit,
+            func.coalesce(func.sum(spend_log.c.cost_picousd), 0),
+        )
+        .where(*in_range)
+        .group_by(spend_log.c.tier)
+    )
+    by_bucket = select(bucket, func.count()).where(*in_range, demand.is_not(None)).group_by(bucket)
+    async with engine.connect() as conn:
+        tiers = [tuple(r) for r in await conn.execute(by_tier)]
+        buckets = {int(b): int(n) for b, n in await conn.execute(by_bucket)}
+    rows = [
+        {
+            "tier": tier,
+            "requests": int(n),
+            "cache_hits": int(hits),
+            "cost_usd": _money(from_picousd(int(pico))),
+        }
+        for tier, n, hits, pico in sorted(tiers, key=lambda r: _sort_key(r[:1]))
+    ]
+    requests = sum(r["requests"] for r in rows)
+    cache_hits = sum(r["cache_hits"] for r in rows)
+    return {
+        "report": "routing",
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "timezone": zone.key,
+        "columns": ["tier", "requests", "cache_hits", "cost_usd"],
+        "rows": rows,
+        "demand_histogram": [
+            {
+                "low": f"{i / DEMAND_BUCKETS:.1f}",
+                "high": f"{(i + 1) / DEMAND_BUCKETS:.1f}",
+                "requests": buckets.get(i, 0),
+            }
+            for i in range(DEMAND_BUCKETS)
+        ],
+        "totals": {
+            "requests": requests,
+            "cache_hits": cache_hits,
+            "cache_hit_rate": _percent(Decimal(cache_hits), Decimal(requests)),
+        },
+    }
 
 
 def to_csv(report: dict[str, Any]) -> str:

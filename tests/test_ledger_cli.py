@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -75,3 +76,14 @@ def test_report_costs_names_an_unpriced_local_model_under_the_table(tmp_path: Pa
     result = CliRunner().invoke(main, [*args, "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "local loc: unpriced; unpriced: no price and no gpu_cost" in result.output
+
+
+def test_report_routing_prints_the_tiers_and_the_demand_histogram(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    args = ["report", "routing", "--start", "2026-03-01", "--end", "2026-03-31"]
+    result = CliRunner().invoke(main, [*args, "--format", "json", "--config", cfg])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["report"] == "routing" and report["timezone"] == "Europe/Berlin"
+    assert len(report["demand_histogram"]) == 10
+    assert report["totals"] == {"requests": 0, "cache_hits": 0, "cache_hit_rate": None}

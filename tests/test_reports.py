@@ -15,7 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.store import SpendRecord, Store
-from ledger.reports import GROUPINGS, cost_report, offset_segments, savings_report, to_csv
+from ledger.reports import (
+    GROUPINGS,
+    cost_report,
+    offset_segments,
+    routing_report,
+    savings_report,
+    to_csv,
+)
 from policies import Capabilities, Deployment, TokenPrice
 from tests.conftest import gateway_config, in_process_gateway
 from tests.fake_upstream import RunningUpstream
@@ -207,3 +214,40 @@ async def test_a_report_with_an_unknown_grouping_is_a_400(
         )
         assert response.status_code == 400
         assert response.json()["error"]["param"] == "group_by"
+
+
+async def test_routing_report_counts_tiers_cache_hits_and_demand_as_the_spend_log(
+    store_url: str,
+) -> None:
+    rng = random.Random(7)
+    rows = spend_rows(200)
+    for record in rows:
+        record.cache_hit = rng.random() < 0.3
+        record.reasoning_demand = rng.choice([None, 0.0, 0.1, 0.55, 0.9, 0.999, 1.0])
+    store = Store.connect(store_url)
+    await store.migrate()
+    await store.insert_spend(rows)
+    try:
+        report = await routing_report(store.engine, ZONE, START, END)
+    finally:
+        await store.aclose()
+    seen = [r for r in rows if in_range(r)]
+    by_tier = {
+        r["tier"]: (r["requests"], r["cache_hits"], Decimal(r["cost_usd"])) for r in report["rows"]
+    }
+    assert by_tier == {
+        tier: (
+            sum(1 for r in seen if r.tier == tier),
+            sum(1 for r in seen if r.tier == tier and r.cache_hit),
+            sum((r.cost_usd for r in seen if r.tier == tier), Decimal(0)),
+        )
+        for tier in {r.tier for r in seen}
+    }
+    buckets = [b["requests"] for b in report["demand_histogram"]]
+    demands = [r.reasoning_demand for r in seen if r.reasoning_demand is not None]
+    assert buckets == [sum(1 for d in demands if min(int(d * 10), 9) == i) for i in range(10)]
+    hits = sum(1 for r in seen if r.cache_hit)
+    assert report["totals"]["cache_hits"] == hits
+    assert Decimal(report["totals"]["cache_hit_rate"]) == (
+        Decimal(hits * 100) / len(seen)
+    ).quantize(Decimal("0.01"))

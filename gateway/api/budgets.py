@@ -17,7 +17,7 @@ from gateway.state import Gateway
 from ledger.budgets import Budget, budget_id
 from ledger.ledger import usage_json
 from ledger.periods import Period
-from ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
+from ledger.reports import GROUPINGS, cost_report, routing_report, savings_report, to_csv
 
 router = APIRouter(prefix="/admin", tags=["budgets"])
 
@@ -195,6 +195,19 @@ async def savings(
         local=[d for d in gateway.catalog.deployments if d.local],
     )
     return _report_response(report, format, "savings")
+
+
+@router.get("/reports/routing")
+async def routing(
+    gateway: AdminGateway,
+    start: date,
+    end: date,
+    team: str | None = None,
+    format: ReportFormat = "json",
+) -> Response:
+    """Requests, cache hits and cost per tier, and the router's demand histogram."""
+    report = await routing_report(gateway.store.engine, gateway.ledger.zone, start, end, team=team)
+    return _report_response(report, format, "routing")
 
 
 def _groups(group_by: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from gateway.settings import Settings, build_catalog
 from gateway.store import Store
 from ledger.ledger import Ledger, usage_json
 from ledger.periods import Period
-from ledger.reports import GROUPINGS, cost_report, savings_report, to_csv
+from ledger.reports import GROUPINGS, cost_report, routing_report, savings_report, to_csv
 from policies import Deployment
 
 _T = TypeVar("_T")
@@ -137,7 +137,7 @@ def budgets_usage(config_path: str | None, team: str, as_json: bool) -> None:
 
 @click.group()
 def report() -> None:
-    """Cost and savings reports from the spend log."""
+    """Cost, savings and routing reports from the spend log."""
 
 
 _report_options = [
@@ -199,6 +199,20 @@ def report_savings(
         return await savings_report(
             store.engine, ledger.zone, _day(start), _day(end), deployment, team=team, local=local
         )
+
+    _emit(_with_ledger(config_path, build), fmt)
+
+
+@report.command("routing")
+@config_option
+@_with_report_options
+def report_routing(
+    config_path: str | None, start: Any, end: Any, team: str | None, fmt: str
+) -> None:
+    """Requests, cache hits and cost per tier, and the router's demand histogram."""
+
+    async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
+        return await routing_report(store.engine, ledger.zone, _day(start), _day(end), team=team)
 
     _emit(_with_ledger(config_path, build), fmt)
 

@@ -81,7 +81,10 @@ LAZY_COMMANDS = {
         "gateway.cli.spend_eval:eval_cmd",
         "Print routing and budget metrics per group, with random and prompt-length baselines.",
     ),
-    "report": ("gateway.cli.budgets:report", "Cost and savings reports from the spend log."),
+    "report": (
+        "gateway.cli.budgets:report",
+        "Cost, savings and routing reports from the spend log.",
+    ),
     "tune": (
         "router.cli:tune",
         "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from gateway.pipeline.metering import settle_request
 from gateway.request_log import log_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
+from gateway.tracing import NO_SPAN, RequestTrace
 from ledger.ledger import Hold
 from policies import Usage
 from policies.params import ParamFit
@@ -30,6 +32,7 @@ class Call:
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
     cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
     fit: ParamFit | None = None  # the payload as fitted to the deployment last attempted
+    trace: RequestTrace | None = None  # None: tracing is off (gateway/tracing.py)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -38,9 +41,14 @@ class Call:
 async def finish(gateway: Gateway, call: Call) -> None:
     """Write the spend row, then settle the hold: the row is journaled before the ledger
     moves, so a worker killed in between loses no paid spend."""
-    note_routing(gateway, call)
-    gateway.spend.record(call.record)
-    await settle_request(gateway.ledger, call.hold, call.record)
+    try:
+        with span(call, "rightsize.settle"):
+            note_routing(gateway, call)
+            gateway.spend.record(call.record)
+            await settle_request(gateway.ledger, call.hold, call.record)
+    finally:
+        if call.trace is not None:
+            call.trace.end(call.record, call.cache)
     # Counted and logged from the record as written, in this one place every request ends;
     # after the settlement, and never the request's failure (a full disk under the metrics'
     # multiprocess files).
@@ -51,6 +59,11 @@ async def finish(gateway: Gateway, call: Call) -> None:
             log_request(call.record, call.cache)
     except Exception:
         log.exception("request %s: metrics or request log failed", call.record.request_id)
+
+
+def span(call: Call, name: str, *, client: bool = False) -> AbstractContextManager[Any]:
+    """A child span of the request's trace; the shared no-op while tracing is off."""
+    return NO_SPAN if call.trace is None else call.trace.child(name, client=client)
 
 
 def note_routing(gateway: Gateway, call: Call) -> None:

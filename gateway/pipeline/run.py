@@ -32,7 +32,15 @@ from gateway.pipeline.attempts import (
     open_stream,
     open_upstream,
 )
-from gateway.pipeline.call import Call, charge, finish, routing_headers, usage_payload, usd
+from gateway.pipeline.call import (
+    Call,
+    charge,
+    finish,
+    routing_headers,
+    span,
+    usage_payload,
+    usd,
+)
 from gateway.pipeline.relay import StreamEvent, relay
 from gateway.pipeline.steps import (
     authenticate,
@@ -120,6 +128,8 @@ async def run(gateway: Gateway, inbound: Inbound) -> Outcome:
     """Serve one request; every failure becomes a logged `Refused`, never an exception."""
     call = new_call(inbound.request_id)
     call.record.api = inbound.api
+    if gateway.tracing is not None:
+        call.trace = gateway.tracing.start(inbound.request_id, inbound.headers)
     return await guarded(gateway, call, partial(_serve, gateway, call, inbound))
 
 
@@ -163,10 +173,16 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     payload = chat.upstream_payload()
     messages = payload["messages"]
     variant = native.cache_variant() if native is not None else ""
-    cached = await lookup_cache(gateway, key, chat, messages, inbound.headers, variant)
-    call.cache = "hit" if cached.hit else "miss" if cached.key is not None else "bypass"
+    if call.trace is not None:
+        call.trace.prompt(messages)
+    with span(call, "rightsize.cache") as traced:
+        cached = await lookup_cache(gateway, key, chat, messages, inbound.headers, variant)
+        call.cache = "hit" if cached.hit else "miss" if cached.key is not None else "bypass"
+        traced.set_attribute("rightsize.cache", call.cache)
     if cached.hit:
-        call.hold = await hold_cache_hit(gateway, key)
+        with span(call, "rightsize.hold") as traced:
+            call.hold = await hold_cache_hit(gateway, key)
+            traced.set_attribute("rightsize.held", call.hold is not None)
         return await _from_cache(gateway, call, key, chat, messages, cached)
     team = await team_context(gateway, key)
     talk = conversation(gateway, key, chat, messages)
@@ -175,17 +191,22 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     later: asyncio.Task[Estimate | None] | None = None
     if await estimate_can_wait(gateway, key, chat, n_prompt, team):
         # Only the answer's headers read it: it runs while the upstream call is in flight.
-        later = asyncio.create_task(estimate(gateway, messages))
+        later = asyncio.create_task(_estimate(gateway, call, messages))
     else:
-        call.estimate = await estimate(gateway, messages)
+        call.estimate = await _estimate(gateway, call, messages)
     try:
         states = gateway.local.states() if gateway.local is not None else None
-        decision = decide(
-            gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor, states
-        )
-        call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
-        call.record.route_reason = decision.reason
-        call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
+        with span(call, "rightsize.decide") as traced:
+            decision = decide(
+                gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor, states
+            )
+            call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
+            call.record.route_reason = decision.reason
+            if traced.is_recording():
+                traced.set_attributes(_decision_attributes(decision))
+        with span(call, "rightsize.hold") as traced:
+            call.hold = await hold(gateway, key, chat, decision, call, n_prompt)
+            traced.set_attribute("rightsize.held", call.hold is not None)
         outcome: Answer | Stream
         if chat.stream:
             outcome = await _stream(gateway, call, chat, payload, decision, cached, later, native)
@@ -197,6 +218,34 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     finally:
         if later is not None:
             later.cancel()  # a refused or failed call has no headers to fill: no-op once done
+
+
+async def _estimate(
+    gateway: Gateway, call: Call, messages: list[dict[str, Any]]
+) -> Estimate | None:
+    with span(call, "rightsize.estimate") as traced:
+        found = await estimate(gateway, messages)
+        if found is not None and traced.is_recording():
+            traced.set_attributes(
+                {
+                    "rightsize.reasoning_demand": float(found.reasoning_demand),
+                    "rightsize.token_budget_p50": int(found.token_budget_p50),
+                    "rightsize.token_budget_p90": int(found.token_budget_p90),
+                    "rightsize.category": str(found.category),
+                }
+            )
+        return found
+
+
+def _decision_attributes(decision: Decision) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "rightsize.deployment": decision.deployment.name,
+        "rightsize.route_reason": decision.reason,
+        "rightsize.fallbacks": [d.name for d in decision.attempts()[1:]],
+    }
+    if decision.tier is not None:
+        attributes["rightsize.tier"] = decision.tier
+    return attributes
 
 
 async def _from_cache(
@@ -308,8 +357,11 @@ async def _attempt(
 ) -> tuple[Deployment, T]:
     """The decision's deployments tried in order, each fallback noted in the spend record."""
     started = time.perf_counter()
+    tried = 0
 
     async def attempt(deployment: Deployment) -> T:
+        nonlocal tried
+        tried += 1
         body = attempt_payload(payload, decision, deployment)
         # A pinned model is the client's choice: a parameter the client sent it that it does
         # not take is a 400, not a drop.
@@ -322,7 +374,18 @@ async def _attempt(
             priority = gateway.local.priority(deployment, p50)
             if priority is not None:
                 body = {**body, "priority": priority}  # vLLM: lower runs first
-        return await once(deployment, body)
+        name = f"chat {deployment.upstream_model}" if call.trace is not None else ""
+        with span(call, name, client=True) as traced:
+            if traced.is_recording():
+                traced.set_attributes(_attempt_attributes(deployment, body, tried))
+            try:
+                result = await once(deployment, body)
+            except UpstreamError as exc:
+                traced.set_attribute("error.type", exc.code or exc.type)
+                raise
+            if isinstance(result, dict) and traced.is_recording():
+                traced.set_attributes(_response_attributes(result))
+            return result
 
     def fell_back(error: UpstreamError, to: Deployment) -> None:
         call.record.attempts += 1
@@ -345,6 +408,52 @@ async def _attempt(
             # The spend log's words for what the client sent and the upstream did not get.
             served = call.record.deployment or ""
             call.record.route_reason = f"{call.record.route_reason}; {call.fit.describe(served)}"
+
+
+def _attempt_attributes(
+    deployment: Deployment, body: dict[str, Any], attempt: int
+) -> dict[str, Any]:
+    """An upstream call in the GenAI semantic conventions' names (no prompt text)."""
+    provider, sep, _ = deployment.model.partition("/")
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider if sep else "openai",
+        "gen_ai.request.model": deployment.upstream_model,
+        "rightsize.deployment": deployment.name,
+        "rightsize.transport": deployment.transport,
+        "rightsize.attempt": attempt,
+    }
+    for field, name in (
+        ("max_tokens", "gen_ai.request.max_tokens"),
+        ("max_completion_tokens", "gen_ai.request.max_tokens"),
+        ("temperature", "gen_ai.request.temperature"),
+        ("top_p", "gen_ai.request.top_p"),
+        ("reasoning_effort", "rightsize.reasoning_effort"),
+    ):
+        value = body.get(field)
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            attributes[name] = value
+    return attributes
+
+
+def _response_attributes(result: dict[str, Any]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    if isinstance(result.get("model"), str):
+        attributes["gen_ai.response.model"] = result["model"]
+    if isinstance(result.get("id"), str):
+        attributes["gen_ai.response.id"] = result["id"]
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        for field, name in (
+            ("prompt_tokens", "gen_ai.usage.input_tokens"),
+            ("completion_tokens", "gen_ai.usage.output_tokens"),
+        ):
+            if isinstance(usage.get(field), int):
+                attributes[name] = usage[field]
+    reasons = [c.get("finish_reason") for c in result.get("choices") or () if isinstance(c, dict)]
+    if reasons and all(isinstance(r, str) for r in reasons):
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    return attributes
 
 
 async def _refuse(gateway: Gateway, call: Call, exc: GatewayError) -> Refused:
