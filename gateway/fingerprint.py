@@ -55,6 +55,11 @@ def _described(deployment: Deployment) -> dict[str, Any]:
     del values["pricing"]
     # Price fields added later (cache writes) are None unless a price sets them.
     values["price"] = {k: v for k, v in values["price"].items() if v is not None}
+    # Likewise capabilities.params (the parameters a deployment takes), None unless configured.
+    capabilities = deployment.capabilities.model_dump(mode="json")
+    if capabilities.get("params") is None:
+        capabilities.pop("params", None)
+    values["capabilities"] = capabilities
     for field in dataclasses.fields(deployment):
         if field.name not in values:
             continue

@@ -72,7 +72,7 @@ def received(upstream: RunningUpstream, marker: str) -> list[dict[str, Any]]:
     return [
         dict(r["body"])
         for r in upstream.fake.requests
-        if marker in orjson.dumps(r["body"]["messages"]).decode()
+        if marker in orjson.dumps(r["body"].get("messages", [])).decode()  # embeddings: none
     ]
 
 
