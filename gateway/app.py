@@ -46,6 +46,7 @@ from gateway.openapi import (
 from gateway.providers import LiteLLMProvider, OpenAIHTTPProvider, Provider
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
+from gateway.shutdown import Drain
 from gateway.spend import SpendWriter, default_fallback_file, default_journal_dir
 from gateway.state import Gateway, resolve_api_keys
 from gateway.stickiness import Stickiness
@@ -66,9 +67,11 @@ def create_app(
     source: str = "configuration",
     catalog: Catalog | None = None,
     freeze_gc: bool = False,
+    drain_on_sigterm: bool = False,
 ) -> FastAPI:
-    """Validate everything that can fail before serving, then build the app; `freeze_gc`
-    (`rightsize serve`) moves what start-up built out of the collector's reach."""
+    """Validate everything that can fail before serving, then build the app. `rightsize serve`
+    sets `freeze_gc` (what start-up built moves out of the collector's reach) and
+    `drain_on_sigterm` (SIGTERM drains for server.drain_s first: gateway/shutdown.py)."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -99,8 +102,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.connect(settings.store_url(), settings.store.pool())
+        # Refused here, before serving: a schema this release does not know (or, without
+        # migrating, one it has not reached yet: `rightsize migrate` runs first).
         if settings.store.migrate_on_start:
             await store.migrate()
+        else:
+            await store.check_schema()
         # The writer's own engine, used only on its own thread's loop (an engine's connections
         # belong to one loop); one connection is enough for one batch at a time.
         spend_pool = dataclasses.replace(settings.store.pool(), size=1, overflow=0)
@@ -159,6 +166,8 @@ def create_app(
         app.state.gateway.ledger.start()
         if freeze_gc:
             freeze_startup_objects()
+        if drain_on_sigterm:
+            app.state.drain.install()  # uvicorn's own handler is in place by now
         try:
             yield
         finally:
@@ -184,6 +193,7 @@ def create_app(
         docs_url="/docs" if spec else None,
         redoc_url="/redoc" if spec else None,
     )
+    app.state.drain = Drain(settings.server.drain_s)
     install_openapi(app)
     # The hot route: plain Starlette, described in the document all the same.
     app.router.routes.append(
@@ -234,7 +244,7 @@ def app_from_env() -> FastAPI:
         follow_supervisor(int(supervisor))
     settings, source = load_settings()
     hold_blas_threads(settings)
-    app = create_app(settings, source=source, freeze_gc=True)
+    app = create_app(settings, source=source, freeze_gc=True, drain_on_sigterm=True)
     warm_up()  # uvicorn reports the worker started only after this factory has returned
     return app
 
@@ -288,8 +298,13 @@ async def healthz() -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the store, Redis (when configured) and the router; 503 naming what is down."""
+    """Readiness: the store, Redis (when configured) and the router; 503 naming what is down,
+    or 503 `draining` once SIGTERM has come (the load balancer stops sending requests here)."""
     gateway: Gateway = request.app.state.gateway
+    drain: Drain = request.app.state.drain
+    if drain.draining:
+        body = {"status": "draining", "down": [], "checks": {}}
+        return json_response(body, status=503, headers={"connection": "close"})
     checks: dict[str, dict[str, str]] = {
         "store": await _check(_ping_store(gateway.store)),
     }
