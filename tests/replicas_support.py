@@ -56,10 +56,15 @@ class Process:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int | None:
         """Send `sig` and wait for the exit; SIGKILL after `timeout_s`. Returns the exit code."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float = 30) -> int | None:
+        """Wait for the exit (SIGKILL after `timeout_s`); the exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -54,7 +54,7 @@ MESSAGES = [
 ]
 MAX_TOKENS = 7
 COST = Decimal("0.0000539")  # the fake's usage (21 prompt, 7 completion) at PRICE_DIRECT
-DRAIN_S = 1.5  # HAProxy checks every 200 ms, two failures: out of rotation within it
+DRAIN_S = 2.0  # HAProxy checks every 200 ms, two failures: out of rotation within it
 
 
 @dataclass
@@ -298,10 +298,20 @@ def test_a_rolling_restart_under_steady_load_fails_no_request_and_loses_no_spend
                     results.append((0, ""))
                     failures.append(repr(exc))
 
+    def drained_out(replica: Replica) -> bool:
+        # Out of rotation on /readyz's 503 (L7STS) while the replica still serves.
+        server = cluster.lb.servers()[replica.name]
+        taken_out = server["status"] == "DOWN" and server["check_status"] == "L7STS"
+        assert not taken_out or replica.alive(), f"{replica.name} stopped before HAProxy saw it"
+        return taken_out
+
     async def restart(replica: Replica) -> None:
         # SIGTERM: /readyz turns 503, HAProxy takes it out, it serves DRAIN_S more, finishes
         # what is in flight, flushes its spend log, releases its holds and exits.
-        code = await asyncio.to_thread(replica.stop, signal.SIGTERM, 30)
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_until, lambda: drained_out(replica), DRAIN_S, "drained")
+        code = await asyncio.to_thread(replica.wait_exit, 30)
         assert code in (0, -signal.SIGTERM), f"{replica.name} exited {code}"
         replica.start()
         await asyncio.to_thread(wait_until, replica.ready, 120, f"{replica.name} back")
