@@ -61,6 +61,7 @@ from gateway.providers import (
 )
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
+from gateway.shutdown import Drain
 from gateway.spend import (
     WRITER_CONNECTIONS,
     SpendWriter,
@@ -90,9 +91,11 @@ def create_app(
     catalog: Catalog | None = None,
     freeze_gc: bool = False,
     tracer_provider: Any = None,
+    drain_on_sigterm: bool = False,
 ) -> FastAPI:
-    """Validate everything that can fail before serving, then build the app; `freeze_gc`
-    (`rightsize serve`) moves what start-up built out of the collector's reach;
+    """Validate everything that can fail before serving, then build the app. `rightsize serve`
+    sets `freeze_gc` (what start-up built moves out of the collector's reach) and
+    `drain_on_sigterm` (SIGTERM drains for server.drain_s first: gateway/shutdown.py);
     `tracer_provider` (an OpenTelemetry SDK provider) replaces the one the OTEL_* variables
     would build."""
     env = dict(os.environ if environ is None else environ)
@@ -137,8 +140,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.connect(settings.store_url(), settings.store.pool())
+        # Refused here, before serving: a schema this release does not know (or, without
+        # migrating, one it has not reached yet: `rightsize migrate` runs first).
         if settings.store.migrate_on_start:
             await store.migrate()
+        else:
+            await store.check_schema()
         # The writer's own engine, used only on its own thread's loop (an engine's connections
         # belong to one loop); one connection is enough for one batch at a time.
         spend_pool = dataclasses.replace(settings.store.pool(), size=WRITER_CONNECTIONS, overflow=0)
@@ -218,6 +225,8 @@ def create_app(
         # In the background: an upstream that is down is worth a warning, not a failed start
         # (it may come up later, and the other models serve meanwhile).
         reachability = asyncio.create_task(check_reachability(catalog.deployments))
+        if drain_on_sigterm:
+            app.state.drain.install()  # uvicorn's own handler is in place by now
         try:
             yield
         finally:
@@ -248,6 +257,7 @@ def create_app(
         docs_url="/docs" if spec else None,
         redoc_url="/redoc" if spec else None,
     )
+    app.state.drain = Drain(settings.server.drain_s)
     install_openapi(app)
     # The hot route: plain Starlette, described in the document all the same.
     app.router.routes.append(
@@ -312,7 +322,7 @@ def app_from_env() -> FastAPI:
         follow_supervisor(int(supervisor))
     settings, source = load_settings()
     hold_blas_threads(settings)
-    app = create_app(settings, source=source, freeze_gc=True)
+    app = create_app(settings, source=source, freeze_gc=True, drain_on_sigterm=True)
     warm_up()  # uvicorn reports the worker started only after this factory has returned
     return app
 
@@ -348,8 +358,13 @@ async def healthz() -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the store, Redis (when configured) and the router; 503 naming what is down."""
+    """Readiness: the store, Redis (when configured) and the router; 503 naming what is down,
+    or 503 `draining` once SIGTERM has come (the load balancer stops sending requests here)."""
     gateway: Gateway = request.app.state.gateway
+    drain: Drain = request.app.state.drain
+    if drain.draining:
+        body = {"status": "draining", "down": [], "checks": {}}
+        return json_response(body, status=503, headers={"connection": "close"})
     checks: dict[str, dict[str, str]] = {
         "store": await _check(_ping_store(gateway.store)),
     }

@@ -117,6 +117,20 @@ class ServerSettings(BaseModel):
         description="With OpenTelemetry traces on (OTEL_* variables), put the prompt's messages "
         "on each request's span as gen_ai.input.messages. Off: spans carry no prompt text.",
     )
+    drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM: seconds /readyz answers 503 (draining) while the process still "
+        "serves, so that the load balancer's health check or Kubernetes' readiness probe takes "
+        "it out of rotation before it stops accepting; 0 stops at once (SIGINT always does).",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Then: seconds requests and streams in flight have to finish before they "
+        "are cancelled (the exiting process releases their holds). Keep "
+        "drain_s + shutdown_timeout_s under Kubernetes' terminationGracePeriodSeconds.",
+    )
     worker_start_timeout_s: int = Field(
         default=60,
         ge=1,

@@ -97,8 +97,9 @@ class CounterBackend(Protocol):
         returns how many holds were released."""
         ...
 
-    async def retire(self, owner: str) -> None:
-        """Forget a process's heartbeat at a clean shutdown (its holds are settled)."""
+    async def retire(self, owner: str) -> int:
+        """At a clean shutdown: forget a process's heartbeat and release the holds it still
+        has (requests cancelled past the shutdown timeout); returns how many were released."""
         ...
 
     async def ping(self) -> None:

@@ -272,7 +272,11 @@ class Ledger:
                 )
             else:
                 try:
-                    await self.counters.retire(self.owner)
+                    released = await self.counters.retire(self.owner)
+                    if released:
+                        log.warning(
+                            "ledger: released %d holds of requests that never settled", released
+                        )
                 except Exception as exc:
                     log.warning("ledger: could not retire this process's heartbeat: %r", exc)
         if self._tasks:

@@ -34,6 +34,8 @@ from ledger.budgets import Amounts
 
 # Connections per process; a call past them waits for one (see RedisCounters.connect).
 _MAX_CONNECTIONS = 256
+# A "stale before" no heartbeat reaches: the sweep script then releases the owner's holds.
+_ALWAYS_STALE_MS = 2**62
 
 _PURGE = """
 local function release(h, z, m)
@@ -317,8 +319,11 @@ class RedisCounters:
             released += max(0, int(await self._sweep(keys=keys, args=[owner, stale_before_ms])))
         return released
 
-    async def retire(self, owner: str) -> None:
-        await self.redis.zrem(self._workers, owner)
+    async def retire(self, owner: str) -> int:
+        # The sweep's script, for this owner alone and whenever it was last seen.
+        counters = sorted(_text(c) for c in await self.redis.smembers(self._owner_key(owner)))
+        keys = [self._workers, self._owner_key(owner), *self._counter_keys(counters)]
+        return max(0, int(await self._sweep(keys=keys, args=[owner, _ALWAYS_STALE_MS])))
 
     async def ping(self) -> None:
         await self.redis.ping()

@@ -160,9 +160,11 @@ class SQLCounters:
                 await conn.execute(delete(workers).where(workers.c.owner.in_(silent)))
         return released
 
-    async def retire(self, owner: str) -> None:
+    async def retire(self, owner: str) -> int:
         async with self.engine.begin() as conn:
+            result = await conn.execute(delete(holds).where(holds.c.hold_id.like(f"{owner}.%")))
             await conn.execute(delete(workers).where(workers.c.owner == owner))
+        return int(result.rowcount)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

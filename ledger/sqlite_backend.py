@@ -175,11 +175,15 @@ class SQLiteCounters:
 
         return await self._call(run)
 
-    async def retire(self, owner: str) -> None:
-        def run(conn: sqlite3.Connection) -> None:
+    async def retire(self, owner: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            released = conn.execute(
+                "DELETE FROM ledger_reservations WHERE hold_id LIKE ?", (f"{owner}.%",)
+            ).rowcount
             conn.execute("DELETE FROM ledger_workers WHERE owner = ?", (owner,))
+            return int(released)
 
-        await self._call(run)
+        return int(await self._call(run))
 
     async def ping(self) -> None:
         def run(conn: sqlite3.Connection) -> None:

@@ -11,6 +11,16 @@ if [ ! -x /usr/bin/chromium ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver
 fi
 
+# HAProxy (Debian's package) for the multi-replica test (tests/test_replicas.py): installed when
+# missing and the script may install packages; a no-op where it is present.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ] && command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    $SUDO apt-get install -y -q haproxy >/dev/null \
+        || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q haproxy >/dev/null; } \
+        || echo "haproxy could not be installed: tests/test_replicas.py will skip (fail in CI)" >&2
+fi
+
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate

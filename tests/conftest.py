@@ -183,6 +183,10 @@ def gateway_env(**extra: str) -> dict[str, str]:
         RIGHTSIZE_MASTER_KEY=MASTER_KEY,
         RIGHTSIZE_KEY_SECRET="test-key-secret",
         FAKE_UPSTREAM_KEY="sk-fake-upstream",
+        # SIGTERM stops a test's server at once; the drain has tests of its own.
+        RIGHTSIZE_SERVER__DRAIN_S="0",
+    )
+    env.update(
         **extra,
     )
     return env

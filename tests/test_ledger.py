@@ -370,3 +370,19 @@ def test_a_hold_is_the_smaller_of_the_max_tokens_and_the_predicted_p90() -> None
     assert bound(420, None) == 420
     assert bound(None, 1000) == 1000
     assert bound(None, None) == 1000  # the default cap, within what the context window leaves
+
+
+async def test_a_clean_shutdown_releases_the_holds_its_requests_never_settled(
+    backend: str, tmp_path: Path, clock: FrozenClock, request: pytest.FixtureRequest
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    async with open_ledger(backend, tmp_path, prefix, clock, reservation_ttl_s=3600) as stopping:
+        stopping.start()  # its heartbeat: a process that shuts down retires it
+        budget = await put(stopping, period=Period.TOTAL, limit_usd=100 * USD)
+        assert await stopping.reserve("search", "key_a", micro(10)) is not None  # cancelled
+        [usage] = await stopping.usage([budget])
+        assert usage.reserved == micro(10)
+    # Its aclose (the lifespan's end) released the hold at once, not after the hour's TTL.
+    async with open_ledger(backend, tmp_path, prefix, clock, reservation_ttl_s=3600) as other:
+        [usage] = await other.usage([budget])
+        assert usage.reserved == Amounts()

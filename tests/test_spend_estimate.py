@@ -238,7 +238,7 @@ async def test_revision_0007_adds_empty_estimate_columns_to_existing_rows_and_go
     from alembic import command
     from sqlalchemy import inspect, text
 
-    from gateway.store.store import _MIGRATIONS
+    from gateway.store.schema import _MIGRATIONS
 
     def to(revision: str, down: bool = False) -> Any:
         def step(connection: Any) -> None:

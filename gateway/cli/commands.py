@@ -131,7 +131,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         # The operator's directory, emptied before any series of this run writes there: an
         # earlier run's files would be summed into this one's counters.
         prepare_multiproc_dir(Path(given_metrics_dir))
-    app = config_call(lambda: create_app(settings, source=source, freeze_gc=True))
+    app = config_call(
+        lambda: create_app(settings, source=source, freeze_gc=True, drain_on_sigterm=True)
+    )
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -140,9 +142,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         "access_log": False,
         "timeout_keep_alive": settings.server.keep_alive_s,
         "http": "gateway.timeouts:SlowClientProtocol",  # header and body timeouts
+        # After SIGTERM's drain (gateway/shutdown.py): how long requests in flight may finish.
+        "timeout_graceful_shutdown": settings.server.shutdown_timeout_s,
     }
     # Several workers: migrate once here, then each worker rebuilds the app from the same file.
-    run(_prepare_store(settings, workers, migrate=workers > 1))
+    run(_prepare_store(settings, workers, migrate=workers > 1 and settings.store.migrate_on_start))
     if workers == 1:
         warm_up()
         uvicorn.run(app, **options)
@@ -198,6 +202,42 @@ async def _prepare_store(settings: Settings, workers: int, *, migrate: bool) -> 
             await store.migrate()
     finally:
         await store.aclose()
+
+
+@main.command()
+@config_option
+@click.option(
+    "--check", is_flag=True, help="Change nothing: exit 1 unless the schema is this release's."
+)
+def migrate(config_path: str | None, check: bool) -> None:
+    """Bring the store's schema to this release's (the deployment's migration Job)."""
+    from gateway.store import SchemaError, SchemaState, Store
+
+    settings, _ = load_config(config_path)
+
+    async def migrate_store() -> tuple[str | None, SchemaState]:
+        store = Store.connect(settings.store_url())
+        try:
+            async with store.engine.connect() as conn:
+                before = (await conn.run_sync(_schema_state)).current
+            return before, await (store.check_schema() if check else store.migrate())
+        finally:
+            await store.aclose()
+
+    try:
+        before, after = run(migrate_store())
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if before == after.current:
+        click.echo(f"schema at revision {after.current}: up to date")
+    else:
+        click.echo(f"schema migrated from revision {before or 'none'} to {after.current}")
+
+
+def _schema_state(connection: Any) -> Any:
+    from gateway.store.schema import schema_state
+
+    return schema_state(connection)
 
 
 @main.group()

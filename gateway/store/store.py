@@ -9,19 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.store.records import ApiKey, SpendRecord, Team, from_picousd, to_picousd
+from gateway.store.schema import SchemaError, SchemaState, refuse_unknown, schema_state, upgrade
 from gateway.store.tables import api_keys, archived_teams, spend_log, teams
-
-_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-
 
 # Separates a deleted team's name from its archive suffix, `search~1f2e3d4c`. Team names cannot
 # contain it (gateway.api.admin.TEAM_NAME), so an archived id never names a live team.
@@ -113,10 +109,24 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    async def migrate(self) -> SchemaState:
+        """Bring the schema to the newest Alembic revision (once, whoever else migrates at the
+        same time); SchemaError if a newer release migrated it."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+            return await conn.run_sync(upgrade)
+
+    async def check_schema(self) -> SchemaState:
+        """For a process that does not migrate: SchemaError unless the schema is this
+        release's newest (a newer one is refused; an older one waits for `rightsize migrate`)."""
+        async with self.engine.connect() as conn:
+            state = await conn.run_sync(schema_state)
+        refuse_unknown(state)
+        if not state.up_to_date:
+            raise SchemaError(
+                f"the database schema is at revision {state.current or 'none'}, this release "
+                f"needs {state.head}: run `rightsize migrate` (or set store.migrate_on_start)"
+            )
+        return state
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -300,13 +310,6 @@ class Store:
                 )
                 rows.extend(_spend_record(r._mapping) for r in await conn.execute(query))
         return rows
-
-
-def _upgrade(connection: Connection) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
