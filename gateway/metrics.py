@@ -5,7 +5,8 @@ serve --workers N`): prometheus-client's multiprocess mode, each worker writing 
 files in PROMETHEUS_MULTIPROC_DIR (a directory the supervisor makes per run) and a scrape
 answered by any worker summing every worker's files, so the counts are the replica's.
 
-Labels are bounded: team, tier, deployment, status and reasons from fixed sets; never a key,
+Labels are bounded: team, tier, deployment, configured replica URLs, status and reasons from
+fixed sets; never a key,
 a request id, a requested model name (client text) or prompt text (DESIGN.md).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from yarl import URL
 
 from gateway.store import SpendRecord
+from local_backend import ReplicaReport
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _DIR_PREFIX = "rightsize-metrics-"  # then the supervisor's pid (gateway.cli serve)
@@ -37,6 +41,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The gateway's own time per request is milliseconds; a slow one is tens.
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _DEMAND_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # The ledger's refusal codes (ledger/errors.py BudgetExceeded.code) and what each counts as.
 _DENIALS = {"budget_exceeded": "budget", "rate_limit_exceeded": "rate"}
@@ -140,6 +145,54 @@ class Metrics:
             buckets=_UPSTREAM_BUCKETS,
             registry=registry,
         )
+        self.first_token = Histogram(
+            "rightsize_time_to_first_token_seconds",
+            "Streams: from the request's arrival to the first chunk from upstream (fallbacks "
+            "included), by the deployment that served it.",
+            ["deployment"],
+            buckets=_FIRST_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        # Local engines as this process's probes last read them (set at each scrape; across
+        # workers the most recent value wins: every worker probes the same engines).
+
+        def engine_gauge(name: str, documentation: str, labels: list[str]) -> Gauge:
+            return Gauge(
+                name, documentation, labels, registry=registry, multiprocess_mode="mostrecent"
+            )
+
+        self.engine_waiting = engine_gauge(
+            "rightsize_local_engine_requests_waiting",
+            "Requests waiting in a local engine's queue (vLLM num_requests_waiting, SGLang "
+            "num_queue_reqs), as last probed.",
+            ["deployment", "replica"],
+        )
+        self.engine_running = engine_gauge(
+            "rightsize_local_engine_requests_running",
+            "Requests a local engine is running, as last probed.",
+            ["deployment", "replica"],
+        )
+        self.engine_kv = engine_gauge(
+            "rightsize_local_engine_kv_cache_usage_ratio",
+            "A local engine's KV-cache use, 0..1 (vLLM kv_cache_usage_perc, SGLang token_usage).",
+            ["deployment", "replica"],
+        )
+        self.engine_age = engine_gauge(
+            "rightsize_local_engine_reading_age_seconds",
+            "Age of the last load reading of a local engine (stale past local_backend."
+            "stale_after_s).",
+            ["deployment", "replica"],
+        )
+        self.engine_healthy = engine_gauge(
+            "rightsize_local_engine_replica_healthy",
+            "1 while a local engine replica is in rotation, 0 while out (probes or breaker).",
+            ["deployment", "replica"],
+        )
+        self.engine_spilled = engine_gauge(
+            "rightsize_local_engine_spilled",
+            "1 while a local deployment spills new requests to the next tier.",
+            ["deployment"],
+        )
         self.overhead = Histogram(
             "rightsize_gateway_overhead_seconds",
             "Gateway time per request, the upstream call excluded.",
@@ -170,8 +223,11 @@ class Metrics:
         directory = os.environ.get(MULTIPROC_ENV)
         return cls(Path(directory) if directory else None)
 
-    def observe(self, record: SpendRecord, *, held: bool) -> None:
-        """Count one finished request from its spend record; `held` when the ledger held it."""
+    def observe(
+        self, record: SpendRecord, *, held: bool, first_token_ms: float | None = None
+    ) -> None:
+        """Count one finished request from its spend record; `held` when the ledger held it,
+        `first_token_ms` for a stream (when its first chunk arrived)."""
         team = record.team or ""
         deployment = record.deployment or ""
         self._child(self.requests, team, record.tier or "", deployment, str(record.status)).inc()
@@ -196,6 +252,8 @@ class Metrics:
             self._child(self.fallbacks, deployment).inc(record.attempts - 1)
         if record.upstream_ms:
             self._child(self.upstream, deployment).observe(record.upstream_ms / 1000)
+        if first_token_ms is not None:
+            self._child(self.first_token, deployment).observe(first_token_ms / 1000)
         if record.prompt_tokens:
             self._child(self.tokens, team, deployment, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
@@ -222,6 +280,23 @@ class Metrics:
     def rows_still_failing(self, count: int) -> None:
         self.spend_failing.set(count)
 
+    def local_engines(self, replicas: Iterable[ReplicaReport]) -> None:
+        """Set the local-engine gauges from the probes' view (before a scrape)."""
+        for r in replicas:
+            labels = (r.deployment, _without_credentials(r.replica))
+            self._child(self.engine_healthy, *labels).set(1 if r.healthy else 0)
+            self._child(self.engine_spilled, r.deployment).set(1 if r.spilled else 0)
+            readings = (
+                (self.engine_waiting, r.waiting),
+                (self.engine_running, r.running),
+                (self.engine_kv, r.kv_usage),
+                (self.engine_age, r.age_s),
+            )
+            for gauge, value in readings:
+                # No reading (an engine without metrics, or none yet): no value, never a 0.
+                if value is not None:
+                    self._child(gauge, *labels).set(value)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
         child = self._children.get(key)
@@ -242,6 +317,10 @@ class Metrics:
         """Drop this process's live gauges from the sums (its counters stay: they happened)."""
         if self.multiproc_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiproc_dir))
+
+
+def _without_credentials(url: str) -> str:
+    return str(URL(url).with_user(None))
 
 
 def new_multiproc_dir() -> Path:

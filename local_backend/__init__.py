@@ -1,7 +1,7 @@
 """Local engines (vLLM, SGLang, llama.cpp, Ollama): health and load probes, spill-over to
 remote tiers with hysteresis, and replica picking by load and prefix affinity."""
 
-from local_backend.backend import LocalBackend, Pick
+from local_backend.backend import LocalBackend, Pick, ReplicaReport
 from local_backend.probe import ProbeLoop, engine_root, health_url
 from local_backend.prometheus import EngineLoad, MetricsFormatError, parse_engine_load
 from local_backend.replica import Replica
@@ -17,6 +17,7 @@ __all__ = [
     "Pick",
     "ProbeLoop",
     "Replica",
+    "ReplicaReport",
     "SpillGate",
     "SpillSettings",
     "engine_root",

@@ -33,6 +33,21 @@ class _Pool:
     turn: itertools.count  # ties between equally loaded replicas go round in turn
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """One replica as the probes last saw it, for the gateway's metrics."""
+
+    deployment: str
+    replica: str  # its base URL as configured
+    healthy: bool
+    spilled: bool  # the deployment's spill gate
+    waiting: float | None  # None: no reading (engines without metrics, or none yet)
+    running: float | None
+    kv_usage: float | None
+    age_s: float | None  # how old the reading is
+    in_flight: int  # requests this process has sent it and not finished
+
+
 class LocalBackend:
     """Every deployment with an `engine`: fed by the probe loop and by the gateway's own calls."""
 
@@ -82,6 +97,29 @@ class LocalBackend:
                 age_s=min(ages) if ages else None,
             )
         return states
+
+    def report(self) -> list[ReplicaReport]:
+        """Every replica's health and last reading (this process's view)."""
+        now = self._clock()
+        out = []
+        for name, pool in self._pools.items():
+            for replica in pool.replicas:
+                reading = replica.reading
+                load = reading.load if reading is not None else None
+                out.append(
+                    ReplicaReport(
+                        deployment=name,
+                        replica=replica.url,
+                        healthy=self.healthy(replica),
+                        spilled=pool.gate.spilled,
+                        waiting=load.waiting if load is not None else None,
+                        running=load.running if load is not None else None,
+                        kv_usage=load.kv_usage if load is not None else None,
+                        age_s=now - reading.at if reading is not None else None,
+                        in_flight=replica.in_flight,
+                    )
+                )
+        return out
 
     def refresh(self) -> None:
         """Move each deployment's spill gate on what is known now (after each probe round)."""

@@ -59,6 +59,29 @@ async def test_queue_past_the_threshold_spills_to_the_remote_tier_and_comes_back
         assert (await ask(client))[0] == "gpu"
 
 
+async def test_metrics_show_each_engines_probed_load_health_and_spill(
+    engine: RunningEngine, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    from tests.test_metrics import parse, total
+
+    config = local_config(tmp_path, upstream, engine.state.engine, [engine.base_url], **PROBES)
+    async with in_process_gateway(config) as gw:
+        local = gw.app.state.gateway.local
+        engine.state.waiting, engine.state.kv = 20, 0.5
+        await until(lambda: local.states()["gpu"].spill is not None)
+
+        response = await gw.client.get("/metrics", headers=gw.admin.headers)
+        samples = parse(response.text)
+
+        labels = {"deployment": "gpu", "replica": engine.base_url}
+        assert total(samples, "rightsize_local_engine_requests_waiting", **labels) == 20
+        assert total(samples, "rightsize_local_engine_kv_cache_usage_ratio", **labels) == 0.5
+        assert total(samples, "rightsize_local_engine_replica_healthy", **labels) == 1
+        assert total(samples, "rightsize_local_engine_spilled", deployment="gpu") == 1
+        age = total(samples, "rightsize_local_engine_reading_age_seconds", **labels)
+        assert 0 <= age < PROBES["stale_after_s"]
+
+
 async def test_kv_cache_past_its_threshold_spills(
     engine: RunningEngine, upstream: RunningUpstream, tmp_path: Path
 ) -> None:

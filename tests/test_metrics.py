@@ -177,6 +177,21 @@ async def test_a_streamed_request_is_counted_when_its_stream_ends(gw: InProcessG
     assert cost == pytest.approx(float(usage["cost_usd"]))
 
 
+async def test_a_stream_records_its_time_to_first_token_and_a_plain_answer_none(
+    gw: InProcessGateway,
+) -> None:
+    streamed = await ask(gw, gw.key, model="direct", stream=True, temperature=0.5)
+    plain = await ask(gw, gw.key, model="direct", temperature=0.5)
+    assert (streamed.status_code, plain.status_code) == (200, 200)
+
+    samples = await scrape(gw)
+
+    ttft = "rightsize_time_to_first_token_seconds"
+    assert total(samples, f"{ttft}_count", deployment="direct") == 1
+    assert total(samples, f"{ttft}_sum", deployment="direct") > 0
+    assert total(samples, "rightsize_upstream_latency_seconds_count", deployment="direct") == 2
+
+
 async def test_no_series_names_a_key_a_request_id_or_the_prompt(gw: InProcessGateway) -> None:
     response = await ask(gw, gw.key, temperature=0.5)
     assert response.status_code == 200, response.text

@@ -25,6 +25,8 @@ async def metrics(request: Request) -> Response:
             check_scrape_key(gateway, bearer_token(request.headers))
         except AuthenticationFailed as exc:
             return error_response(exc)
+    if gateway.local is not None:
+        gateway.metrics.local_engines(gateway.local.report())
     # Multiprocess mode reads every worker's files: off the event loop.
     body = await asyncio.to_thread(gateway.metrics.exposition)
     return Response(body, media_type=CONTENT_TYPE)

@@ -336,6 +336,7 @@ async def _stream(
         return await open_stream(gateway.provider(deployment), deployment, body)
 
     deployment, opened = await _attempt(gateway, call, payload, decision, once)
+    call.first_token_ms = call.elapsed_ms()
     if later is not None:
         # The headers go out with the first chunk, after this: they carry the estimate.
         try:
