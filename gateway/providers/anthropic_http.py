@@ -23,7 +23,7 @@ from gateway.anthropic.upstream import EventReader, completion
 from gateway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout
 from gateway.native import NativeRequest
 from gateway.providers.base import Provider
-from gateway.providers.openai_http import _describe, _lines, _ssl_context
+from gateway.providers.pooled import CLIENT_ERRORS, MAX_MESSAGE, PooledSession, describe, read_lines
 from gateway.scrub import Redactor
 from policies import Deployment
 
@@ -31,9 +31,6 @@ DEFAULT_API_BASE = "https://api.anthropic.com"
 # The version the API requires a client to name; the client's own is passed on when it sends one.
 DEFAULT_VERSION = "2023-06-01"
 _PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
-_CLIENT_ERRORS = {400, 413, 422}
-_MAX_MESSAGE = 1000
-_KEEPALIVE_S = 4.0
 
 
 class AnthropicHTTPProvider:
@@ -52,15 +49,10 @@ class AnthropicHTTPProvider:
         self._keys = api_keys
         self._openai = openai
         self._redact = redactor or Redactor(api_keys.values())
-        self._max_connections = max_connections
-        self._ssl = _ssl_context()
-        # Created on the first call: an aiohttp session belongs to the loop it is created in.
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = PooledSession(max_connections)
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._pool.aclose()
 
     # The Provider interface: an OpenAI-shaped request, translated by litellm.
 
@@ -96,7 +88,7 @@ class AnthropicHTTPProvider:
         body = {**request.body, "model": deployment.anthropic_model, "stream": True}
         url = self._url(deployment, "/v1/messages")
         try:
-            response = await self._client().post(
+            response = await self._pool.get().post(
                 url,
                 data=orjson.dumps(body),
                 headers=self._headers(deployment, request.headers),
@@ -107,13 +99,13 @@ class AnthropicHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except aiohttp.ClientError as exc:
-            raise self._error(deployment, f"connection failed: {_describe(exc)}") from exc
+            raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
         reader = EventReader()
         try:
             if response.status >= 400:
                 raise self._status_error(deployment, response.status, await response.read())
             name = ""
-            async with aclosing(_lines(response.content)) as batches:
+            async with aclosing(read_lines(response.content)) as batches:
                 async for lines in batches:
                     for line in lines:
                         if line.startswith(b"event:"):
@@ -132,7 +124,7 @@ class AnthropicHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise self._error(deployment, f"the stream broke off: {_describe(exc)}") from exc
+            raise self._error(deployment, f"the stream broke off: {describe(exc)}") from exc
         finally:
             response.release()
 
@@ -159,7 +151,7 @@ class AnthropicHTTPProvider:
     ) -> tuple[int, bytes]:
         url = self._url(deployment, path)
         try:
-            async with self._client().post(
+            async with self._pool.get().post(
                 url,
                 data=orjson.dumps(body),
                 headers=self._headers(deployment, client_headers),
@@ -171,24 +163,12 @@ class AnthropicHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except aiohttp.ClientError as exc:
-            raise self._error(deployment, f"connection failed: {_describe(exc)}") from exc
+            raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
 
     def _translator(self) -> Provider:
         if self._openai is None:
             raise RuntimeError("no litellm provider to translate chat completions for Anthropic")
         return self._openai
-
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S, ssl=self._ssl
-            )
-            session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-            )
-            self._session = session
-        return session
 
     def _url(self, deployment: Deployment, path: str) -> URL:
         base = (deployment.api_base or DEFAULT_API_BASE).rstrip("/")
@@ -208,15 +188,15 @@ class AnthropicHTTPProvider:
         return headers
 
     def _error(self, deployment: Deployment, message: str, **kwargs: Any) -> UpstreamError:
-        return UpstreamError(deployment.name, self._redact(message)[:_MAX_MESSAGE], **kwargs)
+        return UpstreamError(deployment.name, self._redact(message)[:MAX_MESSAGE], **kwargs)
 
     def _status_error(self, deployment: Deployment, status: int, content: bytes) -> UpstreamError:
         try:
             message = _message(orjson.loads(content))
         except orjson.JSONDecodeError:
             message = content.decode(errors="replace") or "no body"
-        kind = UpstreamBadRequest if status in _CLIENT_ERRORS else UpstreamError
-        return kind(deployment.name, self._redact(message)[:_MAX_MESSAGE], upstream_status=status)
+        kind = UpstreamBadRequest if status in CLIENT_ERRORS else UpstreamError
+        return kind(deployment.name, self._redact(message)[:MAX_MESSAGE], upstream_status=status)
 
 
 def _for_litellm(deployment: Deployment) -> Deployment:

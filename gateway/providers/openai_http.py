@@ -6,30 +6,20 @@ aiohttp rather than httpx: on the request path httpx cost 1.1-1.5 ms a call agai
 
 from __future__ import annotations
 
-import os
-import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import certifi
 import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from gateway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout
+from gateway.providers.pooled import CLIENT_ERRORS, MAX_MESSAGE, PooledSession, describe, read_lines
 from gateway.scrub import Redactor
 from policies import Deployment
-
-_CLIENT_ERRORS = {400, 413, 422}
-# Upstream text is cut to this length after redaction, so that a cut never leaves part of a
-# secret where the whole one would have been redacted.
-_MAX_MESSAGE = 1000
-# Idle connections are dropped a little before the common server keep-alive of 5 s (uvicorn,
-# vLLM): reusing one the server is closing at that moment fails the POST, which is not retried.
-_KEEPALIVE_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +51,12 @@ class OpenAIHTTPProvider:
         self._keys = api_keys
         # Upstream text reaches the client and the log: no secret may ride along in it.
         self._redact = redactor or Redactor(api_keys.values())
-        self._max_connections = max_connections
-        # Loading the CA bundle takes milliseconds: at start-up, not on a first request's path.
-        self._ssl = _ssl_context()
         # By name and URL: a local deployment's replicas are one name at several URLs.
         self._targets: dict[tuple[str, str | None], _Target] = {}
-        # Created on the first call: an aiohttp session belongs to the loop it is created in.
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = PooledSession(max_connections)
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._pool.aclose()
 
     async def complete(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(deployment)
@@ -89,7 +73,7 @@ class OpenAIHTTPProvider:
     ) -> dict[str, Any]:
         """One plain (not streamed) call: the decoded JSON answer, or an UpstreamError."""
         try:
-            async with self._client().post(
+            async with self._pool.get().post(
                 url,
                 data=body,
                 headers=target.headers,
@@ -103,7 +87,7 @@ class OpenAIHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except aiohttp.ClientError as exc:
-            raise self._error(deployment, f"connection failed: {_describe(exc)}") from exc
+            raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
         if status >= 400:
             raise self._status_error(deployment, status, content)
         try:
@@ -125,7 +109,7 @@ class OpenAIHTTPProvider:
             }
         )
         try:
-            response = await self._client().post(
+            response = await self._pool.get().post(
                 target.url,
                 data=body,
                 headers=target.headers,
@@ -137,11 +121,11 @@ class OpenAIHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except aiohttp.ClientError as exc:
-            raise self._error(deployment, f"connection failed: {_describe(exc)}") from exc
+            raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
         try:
             if response.status >= 400:
                 raise self._status_error(deployment, response.status, await response.read())
-            async with aclosing(_lines(response.content)) as batches:
+            async with aclosing(read_lines(response.content)) as batches:
                 async for lines in batches:
                     for line in lines:
                         if not line.startswith(b"data:"):
@@ -157,25 +141,10 @@ class OpenAIHTTPProvider:
         except TimeoutError as exc:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise self._error(deployment, f"the stream broke off: {_describe(exc)}") from exc
+            raise self._error(deployment, f"the stream broke off: {describe(exc)}") from exc
         finally:
             # Back to the pool when the body was read to its end; closed when it was not.
             response.release()
-
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                keepalive_timeout=_KEEPALIVE_S,
-                ssl=self._ssl,
-            )
-            # No cookie jar: cookies an upstream sets are not state this process should keep.
-            session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-            )
-            self._session = session
-        return session
 
     def _target(self, deployment: Deployment) -> _Target:
         key = (deployment.name, deployment.api_base)
@@ -212,48 +181,16 @@ class OpenAIHTTPProvider:
         )
 
     def _error(self, deployment: Deployment, message: str, **kwargs: Any) -> UpstreamError:
-        return UpstreamError(deployment.name, self._redact(message)[:_MAX_MESSAGE], **kwargs)
+        return UpstreamError(deployment.name, self._redact(message)[:MAX_MESSAGE], **kwargs)
 
     def _status_error(self, deployment: Deployment, status: int, content: bytes) -> UpstreamError:
         try:
             message = _message(orjson.loads(content))
         except orjson.JSONDecodeError:
             message = content.decode(errors="replace") or "no body"
-        kind = UpstreamBadRequest if status in _CLIENT_ERRORS else UpstreamError
-        clean = self._redact(message)[:_MAX_MESSAGE]
+        kind = UpstreamBadRequest if status in CLIENT_ERRORS else UpstreamError
+        clean = self._redact(message)[:MAX_MESSAGE]
         return kind(deployment.name, clean, upstream_status=status)
-
-
-def _ssl_context() -> ssl.SSLContext:
-    """Certificates as httpx chose them: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's."""
-    if cafile := os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=cafile)
-    if capath := os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=capath)
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[list[bytes], None]:
-    """The body's lines without their endings, in a batch per network read.
-
-    Split here rather than by StreamReader.readline, which refuses a line longer than twice its
-    read buffer (2 x 256 KiB in aiohttp 3.14): one big chunk must not end a stream.
-    """
-    pending = bytearray()
-    async for piece in content.iter_any():
-        pending += piece
-        end = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
-        if end:
-            yield bytes(pending[:end]).splitlines()
-            del pending[:end]
-    if pending:  # a last line without its newline, as a line reader returns it
-        yield [bytes(pending)]
-
-
-def _describe(exc: BaseException) -> str:
-    # str(), not repr(): an aiohttp connection error's repr carries its ConnectionKey, proxy
-    # credentials included.
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _timeout_text(deployment: Deployment) -> str:
