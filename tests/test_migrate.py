@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
 from gateway.store import Store
+from gateway.store.schema import _MIGRATIONS
 from tests.conftest import gateway_env
 from tests.replicas_support import fresh_database
 
-HEAD = "0007"
+# This release's newest revision, read from the migrations (not a number to bump by hand).
+HEAD = ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+OLDER = ScriptDirectory(str(_MIGRATIONS)).get_revision(HEAD).down_revision
 
 
 def _rightsize(*args: str, store_url: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -78,11 +82,11 @@ def test_serve_refuses_a_schema_newer_than_it_knows(tmp_path: Path, migrate_on_s
 
 
 def test_a_replica_that_does_not_migrate_refuses_an_older_schema(tmp_path: Path) -> None:
-    url = _sqlite_at(tmp_path, "0006")
+    url = _sqlite_at(tmp_path, OLDER)
 
     served = _rightsize(
         "serve", "--port", "0", store_url=url, RIGHTSIZE_STORE__MIGRATE_ON_START="false"
     )
 
     assert served.returncode != 0
-    assert f"revision 0006, this release needs {HEAD}: run `rightsize migrate`" in served.stderr
+    assert f"revision {OLDER}, this release needs {HEAD}: run `rightsize migrate`" in served.stderr

@@ -17,7 +17,7 @@ def _migrate(revision: str, down: bool = False) -> Any:
         from alembic import command
         from alembic.config import Config
 
-        from gateway.store.store import _MIGRATIONS
+        from gateway.store.schema import _MIGRATIONS
 
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
