@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import yaml
+from tqdm import tqdm
 
 from gateway.llm import model_info
 from gateway.settings import ConfigError, Settings, build_catalog
@@ -89,10 +90,11 @@ def calibrate_policy(
     prompts = list(_read_prompts(Path(traffic)))
     router = _router(settings)
     demands: list[float] = []
-    for start in range(0, len(prompts), 256):
-        demands.extend(
-            e.reasoning_demand for e in router.estimate_batch(prompts[start : start + 256])
-        )
+    with tqdm(total=len(prompts), desc="calibrate", unit="prompt", disable=None) as bar:
+        for start in range(0, len(prompts), 256):
+            batch = prompts[start : start + 256]
+            demands.extend(e.reasoning_demand for e in router.estimate_batch(batch))
+            bar.update(len(batch))
     try:
         thresholds = thresholds_for_shares(demands, tiers, parse_shares(max_share))
     except CalibrationError as exc:

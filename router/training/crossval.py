@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from router.encoders.base import Encoder
 from router.features import FEATURE_NAMES, LATEST_FEATURE_SET, features_batch
@@ -36,7 +37,8 @@ def leave_one_source_out(
     dev_emb = cached_encode(encoder, [r.prompt for r in dev], cache)
     features = features_batch([r.prompt for r in train])
     rows: list[dict[str, object]] = []
-    for source in sorted({r.source for r in dev}):
+    sources = sorted({r.source for r in dev})
+    for source in tqdm(sources, desc="leave one source out", unit="source", disable=None):
         keep = np.array([r.source != source for r in train])
         kept = [r for r, k in zip(train, keep, strict=True) if k]
         labels = pair_labels(kept)

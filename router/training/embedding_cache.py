@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from router.encoders.base import Encoder
 
@@ -28,9 +29,14 @@ def cached_encode(
     # Sorting by length keeps padded batches short on transformer runtimes.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        out[idx] = encoder.encode([texts[i] for i in idx])
+    # A bar on a terminal only (disable=None): minutes for a dataset on the transformer runtime.
+    with tqdm(
+        total=len(texts), desc=f"encode ({encoder.name})", unit="prompt", disable=None
+    ) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = encoder.encode([texts[i] for i in idx])
+            bar.update(len(idx))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, out, allow_pickle=False)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from router.artifact import write_manifest
 from router.encoders.base import Encoder
@@ -124,7 +125,9 @@ def train_artifact(data_dir: str | Path, options: TrainOptions) -> dict[str, Any
         encoders.append(("transformer", st, TRANSFORMER_HEADS, True))
 
     dev_tables: dict[str, list[dict[str, object]]] = {}
-    for kind, encoder, heads_file, cacheable in encoders:
+    for kind, encoder, heads_file, cacheable in tqdm(
+        encoders, desc="train heads", unit="runtime", disable=None
+    ):
         heads = fit_heads(
             _encode(encoder, prompts, options, cacheable),
             features,
