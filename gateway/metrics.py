@@ -193,6 +193,14 @@ class Metrics:
             "1 while a local deployment spills new requests to the next tier.",
             ["deployment"],
         )
+        self.budget_used = Gauge(
+            "rightsize_budget_used_ratio",
+            "The largest share (spent + held) / limit over a team's USD and token budgets in "
+            "their current windows (rate limits aside); 1 is the limit. Read at each scrape.",
+            ["team"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.overhead = Histogram(
             "rightsize_gateway_overhead_seconds",
             "Gateway time per request, the upstream call excluded.",
@@ -296,6 +304,11 @@ class Metrics:
                 # No reading (an engine without metrics, or none yet): no value, never a 0.
                 if value is not None:
                     self._child(gauge, *labels).set(value)
+
+    def budgets_used(self, used: Iterable[tuple[str, float]]) -> None:
+        """Set each budgeted team's used share (before a scrape)."""
+        for team, share in used:
+            self._child(self.budget_used, team).set(share)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)

@@ -177,6 +177,20 @@ async def test_a_streamed_request_is_counted_when_its_stream_ends(gw: InProcessG
     assert cost == pytest.approx(float(usage["cost_usd"]))
 
 
+async def test_each_budgeted_teams_used_share_is_a_gauge(gw: InProcessGateway) -> None:
+    await budget(gw, "search", "0.01")
+    response = await ask(gw, gw.key, model="direct", temperature=0.5)
+    assert response.status_code == 200, response.text
+    cost = Decimal(response.headers["x-rightsize-cost-usd"])
+    await gw.admin.team("unbudgeted")
+
+    samples = await scrape(gw)
+
+    used = total(samples, "rightsize_budget_used_ratio", team="search")
+    assert used == pytest.approx(float(cost / Decimal("0.01")))
+    assert not [s for s in samples if s[1].get("team") == "unbudgeted"]
+
+
 async def test_a_stream_records_its_time_to_first_token_and_a_plain_answer_none(
     gw: InProcessGateway,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +14,8 @@ from gateway.errors import AuthenticationFailed
 from gateway.http import error_response
 from gateway.metrics import CONTENT_TYPE
 from gateway.state import Gateway
+
+log = logging.getLogger("rightsize.metrics")
 
 
 async def metrics(request: Request) -> Response:
@@ -27,9 +30,22 @@ async def metrics(request: Request) -> Response:
             return error_response(exc)
     if gateway.local is not None:
         gateway.metrics.local_engines(gateway.local.report())
+    gateway.metrics.budgets_used(await _budgets_used(gateway))
     # Multiprocess mode reads every worker's files: off the event loop.
     body = await asyncio.to_thread(gateway.metrics.exposition)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+async def _budgets_used(gateway: Gateway) -> list[tuple[str, float]]:
+    """Each team's budget share, one counter read per team; none when the store or the
+    counters cannot be read (the scrape still answers, the rest of the series are ours)."""
+    try:
+        teams = await gateway.store.list_teams()
+        shares = [(t.name, await gateway.ledger.budget_used(t.name, "")) for t in teams]
+    except Exception as exc:
+        log.warning("metrics: budget shares not read: %r", exc)
+        return []
+    return [(team, share) for team, share in shares if share is not None]
 
 
 def check_scrape_key(gateway: Gateway, presented: str | None) -> None:
