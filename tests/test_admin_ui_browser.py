@@ -215,6 +215,10 @@ def test_admin_page_shows_the_reports_numbers_drills_down_and_downloads_the_csv(
             )
             assert histogram == [b["requests"] for b in routing["demand_histogram"]]
             assert sum(histogram) > 50
+            # This gateway has no local engine: the section says so rather than showing zeros.
+            assert api.get("/admin/local-engines").json() == {"data": []}
+            assert table(page, "#engine-table") == []
+            assert page.inner_text("#engines-note") == "No local engines configured."
             savings = api.get("/admin/reports/savings", params=period).json()["totals"]
             assert page.inner_text("#savings-total").startswith(savings["savings_usd"] + " USD")
 

@@ -82,6 +82,24 @@ async def test_metrics_show_each_engines_probed_load_health_and_spill(
         assert 0 <= age < PROBES["stale_after_s"]
 
 
+async def test_the_admin_api_lists_each_replicas_probed_load_for_the_admin_page(
+    engine: RunningEngine, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    config = local_config(tmp_path, upstream, engine.state.engine, [engine.base_url], **PROBES)
+    async with in_process_gateway(config) as gw:
+        local = gw.app.state.gateway.local
+        engine.state.waiting, engine.state.kv = 3, 0.25
+        await until(lambda: (r := local.replicas("gpu")[0].reading) and r.load.waiting == 3)
+
+        response = await gw.client.get("/admin/local-engines", headers=gw.admin.headers)
+
+        (replica,) = response.json()["data"]
+        assert (replica["deployment"], replica["replica"]) == ("gpu", engine.base_url)
+        assert (replica["healthy"], replica["spilled"]) == (True, False)
+        assert (replica["waiting"], replica["kv_cache_usage"]) == (3, 0.25)
+        assert 0 <= replica["reading_age_s"] < PROBES["stale_after_s"]
+
+
 async def test_kv_cache_past_its_threshold_spills(
     engine: RunningEngine, upstream: RunningUpstream, tmp_path: Path
 ) -> None:

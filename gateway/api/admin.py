@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from yarl import URL
 
 from gateway.auth import bearer_token, check_master_key
 from gateway.errors import GatewayError, InvalidRequest
@@ -187,6 +188,33 @@ async def spend(
 ) -> Response:
     rows = await gateway.store.spend(request_id=request_id, team=team, limit=min(limit, 1000))
     return json_response({"data": [spend_json(r) for r in rows]})
+
+
+# Local engines (local_backend/)
+
+
+@router.get("/local-engines")
+async def local_engines(gateway: AdminGateway) -> Response:
+    """Each local engine replica as this process's probes last saw it (empty: no engines)."""
+    found = gateway.local.report() if gateway.local is not None else []
+    return json_response(
+        {
+            "data": [
+                {
+                    "deployment": r.deployment,
+                    "replica": str(URL(r.replica).with_user(None)),
+                    "healthy": r.healthy,
+                    "spilled": r.spilled,
+                    "waiting": r.waiting,
+                    "running": r.running,
+                    "kv_cache_usage": r.kv_usage,
+                    "reading_age_s": None if r.age_s is None else round(r.age_s, 3),
+                    "in_flight": r.in_flight,
+                }
+                for r in found
+            ]
+        }
+    )
 
 
 # Prompt cache (gateway/cache)

@@ -134,6 +134,18 @@
       scales: { x: { title: { display: true, text: "reasoning demand" } } } } });
   }
 
+  async function loadEngines() {
+    const engines = (await json("/admin/local-engines")).data;
+    const shown = (value) => (value === null ? "–" : value);
+    $("engines-note").textContent = engines.length
+      ? "As this gateway's probes last read each engine's /metrics."
+      : "No local engines configured.";
+    fillTable("engine-table", engines, (e) => [e.deployment, e.replica, e.healthy ? "yes" : "no",
+      e.spilled ? "yes" : "no", shown(e.waiting), shown(e.running),
+      e.kv_cache_usage === null ? "–" : Math.round(e.kv_cache_usage * 100) + "%",
+      shown(e.reading_age_s)]);
+  }
+
   async function loadSavings() {
     let report;
     try {
@@ -206,7 +218,8 @@
   async function refresh() {
     await guarded(async () => {
       const teams = (await json("/admin/teams")).data;
-      await Promise.all([loadBudgets(teams), loadCosts(), loadRouting(), loadSavings()]);
+      await Promise.all([loadBudgets(teams), loadCosts(), loadRouting(), loadSavings(),
+        loadEngines()]);
       if (selectedTeam) await drillDown(selectedTeam);
     });
     document.body.dataset.loaded = String(Date.now());
