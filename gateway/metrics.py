@@ -102,6 +102,14 @@ class Metrics:
             ["tier", "requested"],
             registry=registry,
         )
+        self.rules = Counter(
+            "rightsize_routing_rules",
+            "Routing decisions by the tier served and each policy rule that acted (pinned, "
+            "tier, demand, default, team_tiers, sticky, soft_budget, spill, next_tier, "
+            "reasoning_effort): one decision counts once per rule.",
+            ["tier", "rule"],
+            registry=registry,
+        )
         self.fallbacks = Counter(
             "rightsize_upstream_fallbacks",
             "Upstream attempts that failed over to the next deployment, by the one that served.",
@@ -232,7 +240,12 @@ class Metrics:
         return cls(Path(directory) if directory else None)
 
     def observe(
-        self, record: SpendRecord, *, held: bool, first_token_ms: float | None = None
+        self,
+        record: SpendRecord,
+        *,
+        held: bool,
+        first_token_ms: float | None = None,
+        rules: Iterable[str] = (),
     ) -> None:
         """Count one finished request from its spend record; `held` when the ledger held it,
         `first_token_ms` for a stream (when its first chunk arrived)."""
@@ -256,6 +269,8 @@ class Metrics:
             return  # refused before a decision
         requested = "auto" if record.requested_model == "auto" else "named"
         self._child(self.decisions, record.tier or "", requested).inc()
+        for rule in rules:
+            self._child(self.rules, record.tier or "", rule).inc()
         if record.attempts > 1:
             self._child(self.fallbacks, deployment).inc(record.attempts - 1)
         if record.upstream_ms:

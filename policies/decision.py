@@ -44,6 +44,21 @@ class Candidate:
     expected_cost: Decimal | None = None
 
 
+# Every rule a decision may name (Decision.rules): a bounded set, fit for a metrics label.
+RULES = (
+    "pinned",  # a configured model asked for by name
+    "tier",  # a tier asked for by name
+    "demand",  # auto: the router's demand picked the tier
+    "default",  # auto without an estimate or tiers: the default tier
+    "team_tiers",  # the team's allowed tiers moved or kept the tier
+    "sticky",  # the conversation's floor lifted the tier
+    "soft_budget",  # a soft budget capped the tier
+    "spill",  # a local engine past its load threshold was passed over
+    "next_tier",  # nothing admissible in a tier: its fallback tier
+    "reasoning_effort",  # the policy set a reasoning effort
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The deployment a request goes to, the ones to fall back on, and why."""
@@ -55,6 +70,8 @@ class Decision:
     candidates: tuple[Candidate, ...] = ()
     reasoning_effort: str | None = None
     expected_cost: Decimal | None = None
+    # The rules that acted (RULES), in order; `reason` says the same in words.
+    rules: tuple[str, ...] = ()
 
     def attempts(self) -> tuple[Deployment, ...]:
         """The deployments to try, in order."""

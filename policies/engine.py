@@ -56,6 +56,14 @@ class _Trace:
     # Spilled deployments (local_backend's load past its threshold): after every other
     # admissible deployment of every tier walked, so new requests go to the next tier.
     spilled: list[Deployment] = field(default_factory=list)
+    # The rules that acted, as bounded names (RULES), in order: for metrics and reports.
+    rules: list[str] = field(default_factory=list)
+
+    def note(self, rule: str, step: str) -> None:
+        """A step of the explanation, made by `rule`."""
+        if rule not in self.rules:
+            self.rules.append(rule)
+        self.steps.append(step)
 
 
 class PolicyEngine:
@@ -135,7 +143,7 @@ class PolicyEngine:
             current = self._next_tier.get(current)
             if not chosen and current is not None:
                 what = "spilled" if len(trace.spilled) > spilled_before else "nothing admissible"
-                trace.steps.append(f"{what} in tier {visited[-1]!r}: next tier {current!r}")
+                trace.note("next_tier", f"{what} in tier {visited[-1]!r}: next tier {current!r}")
         # A spilled deployment still serves when nothing else can (better slow than refused).
         chosen.extend(d for d in trace.spilled if d not in chosen)
         if not chosen:
@@ -159,6 +167,7 @@ class PolicyEngine:
             candidates=tuple(trace.candidates),
             reasoning_effort=effort,
             expected_cost=_cost(first, request.prompt_tokens, output_tokens),
+            rules=tuple(trace.rules),
         )
 
     def _resolve(
@@ -173,12 +182,12 @@ class PolicyEngine:
                 (),
             )
         if deployment is not None:
-            trace.steps.append(f"pinned model {model!r}")
+            trace.note("pinned", f"pinned model {model!r}")
             return deployment, self._tier_of.get(model)
         if model in self._tiers:
             if rule.allowed_tiers is not None and model not in rule.allowed_tiers:
                 raise NotAllowed(f"This team may not use tier {model!r}")
-            trace.steps.append(f"tier {model!r} requested")
+            trace.note("tier", f"tier {model!r} requested")
             return None, model
         if model != AUTO:
             raise UnknownModel(model)
@@ -195,11 +204,11 @@ class PolicyEngine:
                 if demand >= self._thresholds[i][0]
             )
             tier = self._thresholds[index][1]
-            trace.steps.append(f"demand {demand:.3f} -> tier {tier!r} ({self._crossed(index)})")
+            trace.note("demand", f"demand {demand:.3f} -> tier {tier!r} ({self._crossed(index)})")
         else:
             tier = rule.default_tier or self._spec.default_tier or self._default_tier()
             why = "no estimate" if self._demand_routing else "no policy tiers"
-            trace.steps.append(f"{why}: auto -> default tier {tier!r}")
+            trace.note("default", f"{why}: auto -> default tier {tier!r}")
         allowed = rule.allowed_tiers
         if allowed is not None and tier not in allowed:
             order = self._order
@@ -209,7 +218,7 @@ class PolicyEngine:
             if not below and not above:
                 raise NotAllowed("This team may use no tier that auto can route to")
             replacement = (below or above)[0]
-            trace.steps.append(f"team may not use {tier!r}: tier {replacement!r}")
+            trace.note("team_tiers", f"team may not use {tier!r}: tier {replacement!r}")
             tier = replacement
         return tier
 
@@ -244,9 +253,9 @@ class PolicyEngine:
         if order.index(floor.tier) <= order.index(tier):
             return tier
         if rule.allowed_tiers is not None and floor.tier not in rule.allowed_tiers:
-            trace.steps.append(f"sticky: {floor.why}, not forced: team may not use it")
+            trace.note("team_tiers", f"sticky: {floor.why}, not forced: team may not use it")
             return tier
-        trace.steps.append(f"sticky: {floor.why}: tier {floor.tier!r}, not {tier!r}")
+        trace.note("sticky", f"sticky: {floor.why}: tier {floor.tier!r}, not {tier!r}")
         return floor.tier
 
     def _soft_cap(self, tier: str | None, team: TeamContext | None, trace: _Trace) -> str | None:
@@ -265,7 +274,7 @@ class PolicyEngine:
             cap = soft.cap_tier if soft is not None else self._order[0]
             why = f"{', '.join(team.soft_budgets)} past its soft_at_percent"
         if cap is not None and self._order.index(tier) > self._order.index(cap):
-            trace.steps.append(f"soft budget: {why}, capped at {cap!r}")
+            trace.note("soft_budget", f"soft budget: {why}, capped at {cap!r}")
             return cap
         return tier
 
@@ -316,7 +325,7 @@ class PolicyEngine:
                 trace.candidates.append(
                     Candidate(deployment.name, tier, True, f"spilled: {state.spill}", cost)
                 )
-                trace.steps.append(f"spill: {deployment.name!r} {state.spill}")
+                trace.note("spill", f"spill: {deployment.name!r} {state.spill}")
                 trace.spilled.append(deployment)
                 continue
             rank = cost if self._spec.selection == "cost" else _ZERO
@@ -353,7 +362,7 @@ class PolicyEngine:
             return None
         for step in self._spec.reasoning_effort:
             if step.below is None or estimate.reasoning_demand < step.below:
-                trace.steps.append(f"reasoning effort {step.effort!r}")
+                trace.note("reasoning_effort", f"reasoning effort {step.effort!r}")
                 return step.effort
         return None
 

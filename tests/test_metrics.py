@@ -177,6 +177,24 @@ async def test_a_streamed_request_is_counted_when_its_stream_ends(gw: InProcessG
     assert cost == pytest.approx(float(usage["cost_usd"]))
 
 
+async def test_routing_decisions_are_counted_by_each_rule_that_acted(
+    gw: InProcessGateway,
+) -> None:
+    # This configuration has no policy tiers: `auto` takes the default tier.
+    routed = await ask(gw, gw.key, temperature=0.5)
+    tier = await ask(gw, gw.key, model="standard", temperature=0.5)
+    pinned = await ask(gw, gw.key, model="direct", temperature=0.5)
+    assert [r.status_code for r in (routed, tier, pinned)] == [200, 200, 200]
+
+    samples = await scrape(gw)
+
+    rules = "rightsize_routing_rules_total"
+    assert total(samples, rules, tier=routed.headers["x-rightsize-tier"], rule="default") == 1
+    assert total(samples, rules, tier="standard", rule="tier") == 1
+    assert total(samples, rules, rule="pinned") == 1
+    assert total(samples, rules) == 3  # nothing else acted
+
+
 async def test_each_budgeted_teams_used_share_is_a_gauge(gw: InProcessGateway) -> None:
     await budget(gw, "search", "0.01")
     response = await ask(gw, gw.key, model="direct", temperature=0.5)

@@ -32,6 +32,7 @@ class Call:
     hold: Hold | None = None  # the ledger's reservation, settled wherever the record is written
     cache: str | None = None  # the prompt cache's verdict: hit, miss, bypass; None: not asked
     first_token_ms: float | None = None  # a stream: its first chunk, from the request's arrival
+    rules: tuple[str, ...] = ()  # the policy rules that made the decision (Decision.rules)
     fit: ParamFit | None = None  # the payload as fitted to the deployment last attempted
     trace: RequestTrace | None = None  # None: tracing is off (gateway/tracing.py)
 
@@ -56,7 +57,10 @@ async def finish(gateway: Gateway, call: Call) -> None:
     try:
         if gateway.metrics is not None:
             gateway.metrics.observe(
-                call.record, held=call.hold is not None, first_token_ms=call.first_token_ms
+                call.record,
+                held=call.hold is not None,
+                first_token_ms=call.first_token_ms,
+                rules=call.rules,
             )
         if gateway.log_requests:
             log_request(call.record, call.cache)

@@ -202,6 +202,7 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
             )
             call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
             call.record.route_reason = decision.reason
+            call.rules = decision.rules
             if traced.is_recording():
                 traced.set_attributes(_decision_attributes(decision))
         with span(call, "rightsize.hold") as traced:

@@ -239,6 +239,23 @@ def test_a_spilled_local_deployment_sends_new_requests_to_the_next_tier_with_the
     assert back.deployment.name == "local-llama"
 
 
+def test_a_decision_names_each_rule_that_acted_from_a_bounded_set() -> None:
+    from policies.decision import RULES
+
+    capped = engine().decide(request(), HARD, TeamContext("search", budget_used=0.85))
+    assert capped.rules[:2] == ("demand", "soft_budget")
+    pinned = engine().decide(request("thinker"), HARD)
+    assert pinned.rules == ("pinned", "reasoning_effort")
+    policy = {"tiers": [
+        {"name": "local", "deployments": ["local-llama"]},
+        {"name": "standard", "deployments": ["big"], "min_demand": 0.5},
+    ]}  # fmt: skip
+    states = {"local-llama": DeploymentState(spill="queue 12 >= queue_high 8 (vllm metrics)")}
+    spilled = engine(policy).decide(request("local"), EASY, None, states)
+    assert spilled.rules == ("tier", "spill", "next_tier")
+    assert set(capped.rules + pinned.rules + spilled.rules) <= set(RULES)
+
+
 def test_a_pinned_spilled_deployment_is_still_served() -> None:
     states = {"local-llama": DeploymentState(spill="queue 9 >= queue_high 8 (vllm metrics)")}
     decision = engine().decide(request("local-llama"), EASY, None, states)
