@@ -20,10 +20,16 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from gateway.anthropic.upstream import EventReader, completion
-from gateway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.native import NativeRequest
 from gateway.providers.base import Provider
-from gateway.providers.pooled import CLIENT_ERRORS, MAX_MESSAGE, PooledSession, describe, read_lines
+from gateway.providers.pooled import (
+    PooledSession,
+    describe,
+    read_lines,
+    status_error,
+    upstream_error,
+)
 from gateway.scrub import Redactor
 from policies import Deployment
 
@@ -188,15 +194,10 @@ class AnthropicHTTPProvider:
         return headers
 
     def _error(self, deployment: Deployment, message: str, **kwargs: Any) -> UpstreamError:
-        return UpstreamError(deployment.name, self._redact(message)[:MAX_MESSAGE], **kwargs)
+        return upstream_error(self._redact, deployment.name, message, **kwargs)
 
     def _status_error(self, deployment: Deployment, status: int, content: bytes) -> UpstreamError:
-        try:
-            message = _message(orjson.loads(content))
-        except orjson.JSONDecodeError:
-            message = content.decode(errors="replace") or "no body"
-        kind = UpstreamBadRequest if status in CLIENT_ERRORS else UpstreamError
-        return kind(deployment.name, self._redact(message)[:MAX_MESSAGE], upstream_status=status)
+        return status_error(self._redact, deployment.name, status, content, _message)
 
 
 def _for_litellm(deployment: Deployment) -> Deployment:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import aiohttp
 import certifi
+import orjson
+
+from gateway.errors import UpstreamBadRequest, UpstreamError
+from gateway.scrub import Redactor
 
 # Upstream statuses that are the request's fault, not the deployment's: no fallback.
 CLIENT_ERRORS = frozenset({400, 413, 422})
@@ -78,3 +83,26 @@ def describe(exc: BaseException) -> str:
     # str(), not repr(): an aiohttp connection error's repr carries its ConnectionKey, proxy
     # credentials included.
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def upstream_error(
+    redact: Redactor, deployment: str, message: str, **details: Any
+) -> UpstreamError:
+    """An upstream failure whose text may reach the client: secrets cut, then the length."""
+    return UpstreamError(deployment, redact(message)[:MAX_MESSAGE], **details)
+
+
+def status_error(
+    redact: Redactor,
+    deployment: str,
+    status: int,
+    content: bytes,
+    message_of: Callable[[Any], str],
+) -> UpstreamError:
+    """An upstream's error answer: the request's fault (no fallback) for CLIENT_ERRORS."""
+    try:
+        message = message_of(orjson.loads(content))
+    except orjson.JSONDecodeError:
+        message = content.decode(errors="replace") or "no body"
+    kind = UpstreamBadRequest if status in CLIENT_ERRORS else UpstreamError
+    return kind(deployment, redact(message)[:MAX_MESSAGE], upstream_status=status)
