@@ -76,6 +76,46 @@ spend_log = Table(
 )
 
 
+# Shadow evaluation (issue 21, revision 0009): for a sampled request the tier that did not serve
+# it is called too, in the background, and a judge deployment grades the two answers. Each row
+# is one judged pair; `rightsize report routing` and `tune` read them. The prompt text is kept
+# only when the team allows it; its hash always.
+router_outcomes = Table(
+    "router_outcomes",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("outcome_id", String(32), nullable=False),  # the gateway's id: writes are idempotent
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("team", String(128), nullable=True),
+    Column("request_id", String(64), nullable=False),  # the served request's, as in spend_log
+    Column("prompt_hash", String(64), nullable=False),  # sha256 hex of the prompt the router read
+    Column("prompt_text", Text, nullable=True),
+    # The router's estimate of the prompt when it was served.
+    Column("reasoning_demand", Float, nullable=True),
+    Column("category", String(32), nullable=True),
+    Column("router_artifact", String(32), nullable=True),
+    # The two tiers compared (light: the cheaper one), their deployments, and which one served.
+    Column("served", String(8), nullable=False),  # light or strong
+    Column("light_tier", String(64), nullable=False),
+    Column("strong_tier", String(64), nullable=False),
+    Column("light_deployment", String(256), nullable=True),
+    Column("strong_deployment", String(256), nullable=True),
+    Column("light_completion_tokens", Integer, nullable=True),
+    Column("strong_completion_tokens", Integer, nullable=True),
+    # The judge's preference: light, strong or tie; null when there is no verdict (a failed
+    # shadow call or judge, with `error` saying which).
+    Column("verdict", String(8), nullable=True),
+    Column("judge_deployment", String(256), nullable=True),
+    Column("shadow_cost_picousd", BigInteger, nullable=False, default=0),
+    Column("judge_cost_picousd", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Index("ix_router_outcomes_outcome_id", "outcome_id", unique=True),
+    Index("ix_router_outcomes_team_created", "team", "created_at"),
+)
+
+
 budgets = Table(
     "budgets",
     metadata,

@@ -108,6 +108,7 @@ async def _empty_tables(url: str) -> None:
             ):
                 await conn.exec_driver_sql(f"DELETE FROM {ledger_table}")  # gateway/ledger
             await conn.exec_driver_sql("DELETE FROM spend_log")
+            await conn.exec_driver_sql("DELETE FROM router_outcomes")
             await conn.exec_driver_sql("DELETE FROM api_keys")
             await conn.exec_driver_sql("DELETE FROM teams")
     finally:

@@ -1,6 +1,6 @@
 """Persistent state: teams, keys and the spend log on SQLite or PostgreSQL."""
 
-from gateway.store.records import ApiKey, SpendRecord, Team, from_picousd, to_picousd
+from gateway.store.records import ApiKey, OutcomeRecord, SpendRecord, Team, from_picousd, to_picousd
 from gateway.store.schema import SchemaError, SchemaState
 from gateway.store.store import Conflict, Missing, Store, sqlite_path
 
@@ -8,6 +8,7 @@ __all__ = [
     "ApiKey",
     "Conflict",
     "Missing",
+    "OutcomeRecord",
     "SchemaError",
     "SchemaState",
     "SpendRecord",

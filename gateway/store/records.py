@@ -85,6 +85,34 @@ class SpendRecord:
     cache_creation_tokens: int = 0
 
 
+@dataclass(slots=True)
+class OutcomeRecord:
+    """One shadow-judged request (table router_outcomes, revision 0009): both tiers' answers to
+    the same prompt and the judge's preference between them."""
+
+    request_id: str
+    created_at: datetime
+    prompt_hash: str  # sha256 hex of the prompt text the router read
+    served: str  # "light" or "strong": the tier whose answer the client got
+    light_tier: str
+    strong_tier: str
+    team: str | None = None
+    prompt_text: str | None = None  # only when the team allows it
+    reasoning_demand: float | None = None
+    category: str | None = None
+    router_artifact: str | None = None
+    light_deployment: str | None = None
+    strong_deployment: str | None = None
+    light_completion_tokens: int | None = None
+    strong_completion_tokens: int | None = None
+    verdict: str | None = None  # "light", "strong", "tie"; None: no verdict (see error)
+    judge_deployment: str | None = None
+    shadow_cost_usd: Decimal = field(default_factory=Decimal)
+    judge_cost_usd: Decimal = field(default_factory=Decimal)
+    error: str | None = None
+    outcome_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 # PostgreSQL text refuses NUL; asyncpg cannot encode lone surrogates (no UTF-8 form).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _MONEY_COLUMNS = {"cost_usd": "cost_picousd", "saved_usd": "saved_picousd"}

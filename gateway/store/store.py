@@ -15,9 +15,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.store.records import ApiKey, SpendRecord, Team, from_picousd, to_picousd
+from gateway.store.records import (
+    ApiKey,
+    OutcomeRecord,
+    SpendRecord,
+    Team,
+    from_picousd,
+    to_picousd,
+)
 from gateway.store.schema import SchemaError, SchemaState, refuse_unknown, schema_state, upgrade
-from gateway.store.tables import api_keys, archived_teams, spend_log, teams
+from gateway.store.tables import api_keys, archived_teams, router_outcomes, spend_log, teams
 
 # Separates a deleted team's name from its archive suffix, `search~1f2e3d4c`. Team names cannot
 # contain it (gateway.api.admin.TEAM_NAME), so an archived id never names a live team.
@@ -311,6 +318,37 @@ class Store:
                 rows.extend(_spend_record(r._mapping) for r in await conn.execute(query))
         return rows
 
+    # Shadow-judged outcomes (issue 21)
+
+    async def insert_outcomes(self, records: Sequence[OutcomeRecord]) -> None:
+        """Write the rows; a row whose outcome_id is already stored is skipped."""
+        if not records:
+            return
+        async with self.engine.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            statement = dialect.insert(router_outcomes).on_conflict_do_nothing(
+                index_elements=["outcome_id"]
+            )
+            await conn.execute(statement, [_outcome_row(r) for r in records])
+
+    async def outcomes(
+        self,
+        *,
+        team: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[OutcomeRecord]:
+        """The judged outcomes, oldest first, of one team or all, in [since, until)."""
+        query = select(router_outcomes).order_by(router_outcomes.c.id)
+        if team is not None:
+            query = query.where(router_outcomes.c.team == team)
+        if since is not None:
+            query = query.where(router_outcomes.c.created_at >= since)
+        if until is not None:
+            query = query.where(router_outcomes.c.created_at < until)
+        async with self.engine.connect() as conn:
+            return [_outcome_record(r._mapping) for r in await conn.execute(query)]
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -446,3 +484,27 @@ def _spend_record(row: Any) -> SpendRecord:
         api=row["api"] or "openai",
         cache_creation_tokens=row["cache_creation_tokens"],
     )
+
+
+_OUTCOME_MONEY = {"shadow_cost_usd": "shadow_cost_picousd", "judge_cost_usd": "judge_cost_picousd"}
+
+
+def _outcome_row(record: OutcomeRecord) -> dict[str, Any]:
+    row = {
+        name: getattr(record, name)
+        for name in OutcomeRecord.__dataclass_fields__
+        if name not in _OUTCOME_MONEY
+    }
+    for name, column in _OUTCOME_MONEY.items():
+        row[column] = to_picousd(getattr(record, name))
+    return row
+
+
+def _outcome_record(row: Any) -> OutcomeRecord:
+    fields = {
+        name: row[name] for name in OutcomeRecord.__dataclass_fields__ if name not in _OUTCOME_MONEY
+    }
+    fields["created_at"] = _aware(row["created_at"])
+    for name, column in _OUTCOME_MONEY.items():
+        fields[name] = from_picousd(row[column])
+    return OutcomeRecord(**fields)

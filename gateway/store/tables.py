@@ -7,6 +7,7 @@ from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Table
 # The spend log, and the metadata every table is on, are defined with the ledger's tables: the
 # ledger rebuilds its counters and its reports from the log; the store writes its rows.
 from ledger.tables import metadata as metadata
+from ledger.tables import router_outcomes as router_outcomes
 from ledger.tables import spend_log as spend_log
 
 teams = Table(

@@ -1,0 +1,29 @@
+"""Alembic steps to a given revision, for the tests of one migration on both stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def migrate_to(revision: str, down: bool = False) -> Callable[[Any], None]:
+    """A function for `AsyncConnection.run_sync` taking the schema up (or down) to `revision`."""
+
+    def step(connection: Any) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        from gateway.store.schema import _MIGRATIONS
+
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    return step
+
+
+def tables(connection: Any) -> set[str]:
+    from sqlalchemy import inspect
+
+    return set(inspect(connection).get_table_names())
