@@ -208,9 +208,9 @@ def test_healthz_answers_within_100ms_while_huge_and_deep_bodies_are_refused(liv
     assert sum("server.max_messages" in message for _, message in answers) == 2 * SENDS
     assert sum("server.max_json_depth" in message for _, message in answers) == SENDS
     assert len(probes) >= 5
-    # One probe may be held up by the host itself (a shared 2-core machine under test load); a
-    # parse on the event loop would hold up one probe per huge body, twelve in all.
-    assert sorted(probes)[-2] < 0.100, sorted(probes)[-5:]
+    # A parse on the event loop would hold up one probe per huge body, twelve in all; the host
+    # itself (a shared 2-core machine under test load) may hold up a few, never twelve.
+    assert sum(p >= 0.100 for p in probes) <= 3, sorted(probes)[-13:]
 
 
 # Slow clients: raw sockets against a live server with short timeouts.

@@ -9,11 +9,12 @@ import asyncio
 import dataclasses
 import os
 import signal
+import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -228,13 +229,21 @@ async def test_a_row_recorded_before_the_writer_started_is_written_while_it_runs
     assert [r.request_id for r in rows] == ["early"]
 
 
-class _SlowStore(Store):
-    """A store whose inserts hold their thread for `block_s`, as SQLAlchemy's own work does."""
+class _HeldStore(Store):
+    """A store whose inserts hold their thread until the test lets them go, as SQLAlchemy's own
+    work holds it: on the serving loop's thread such an insert would stop the loop."""
 
-    block_s = 0.3
+    entered = threading.Event()
+    release = threading.Event()
+    threads: ClassVar[list[int]] = []
+    released: ClassVar[list[bool]] = []
 
     async def insert_spend(self, records: Any) -> None:
-        time.sleep(self.block_s)  # noqa: ASYNC251 (holding the thread is the point)
+        _HeldStore.threads.append(threading.get_ident())
+        _HeldStore.entered.set()
+        # Waits for the serving loop to turn while this insert holds its thread; were the
+        # insert on the serving loop, nothing could release it and the wait would time out.
+        _HeldStore.released.append(_HeldStore.release.wait(timeout=5))
         await super().insert_spend(records)
 
 
@@ -244,31 +253,36 @@ async def test_writing_spend_rows_never_stalls_the_serving_event_loop(
     store = Store.connect(store_url)
     await store.migrate()
     writer = SpendWriter(
-        lambda: _SlowStore(Store.connect(store_url).engine),
+        lambda: _HeldStore(Store.connect(store_url).engine),
         flush_interval_s=0.01,
         batch_size=500,
         fallback_file=tmp_path / "spend-log-unwritten.jsonl",
         journal_dir=tmp_path / "journal",
     )
+    _HeldStore.threads.clear()
+    _HeldStore.released.clear()
+    serving = threading.get_ident()
     try:
         await writer.start()
         loop = asyncio.get_running_loop()
-        worst = 0.0
-        for i in range(3):  # three flushes, each blocking its thread for 0.3 s
-            writer.record(_record(f"slow-{i}", "search"))
-            until = loop.time() + 0.5
-            while loop.time() < until:
-                before = loop.time()
+        for i in range(3):  # three flushes, each holding its thread until the loop turns
+            _HeldStore.entered.clear()
+            _HeldStore.release.clear()
+            writer.record(_record(f"held-{i}", "search"))
+            deadline = loop.time() + 30
+            while not _HeldStore.entered.is_set():
+                assert loop.time() < deadline, "the writer never flushed"
                 await asyncio.sleep(0.005)
-                worst = max(worst, loop.time() - before - 0.005)
+            await asyncio.sleep(0)  # the serving loop turns while the insert is held
+            _HeldStore.release.set()
         await writer.aclose()
         rows = await store.spend(team="search")
     finally:
+        _HeldStore.release.set()
         await store.aclose()
-    assert sorted(r.request_id for r in rows) == ["slow-0", "slow-1", "slow-2"]
-    # On the serving loop each flush would stall it for block_s; on the writer's thread it
-    # costs a busy 2-core host a few milliseconds at most.
-    assert worst < _SlowStore.block_s / 3, f"the serving loop stalled {worst * 1000:.0f} ms"
+    assert sorted(r.request_id for r in rows) == ["held-0", "held-1", "held-2"]
+    assert _HeldStore.released == [True, True, True]  # each released by the turning loop
+    assert serving not in _HeldStore.threads
 
 
 def test_a_killed_worker_loses_no_spend_row_and_counters_equal_the_log(
