@@ -213,6 +213,10 @@ def create_app(
             local_cost=LocalCostMeter(catalog),
             tracing=tracing,
         )
+        # A counter rebuilt from the spend log (after Redis lost it) counts this process's rows
+        # still queued in the writer; other processes' queued rows are at most one batch
+        # interval each (docs/budgets.md).
+        app.state.gateway.ledger.before_rebuild = spend.flush
         await app.state.gateway.cache.start()
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
         # process's heartbeat retired) by ledger.aclose() below.

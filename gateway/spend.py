@@ -145,6 +145,11 @@ class SpendWriter:
                 with self._lock:
                     self._journal.close()
 
+    async def flush(self) -> None:
+        """Write the records queued so far now, without waiting for the batch interval (the
+        ledger asks for it before it rebuilds a counter from the spend log)."""
+        await self._thread.run(self._flush(final=False))
+
     async def replay(self) -> None:
         """Write the journals of dead processes and the fallback file into the store."""
         await self._thread.run(self._replay())

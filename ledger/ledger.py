@@ -17,7 +17,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -102,6 +102,9 @@ class Ledger:
         # This process's id: every hold id starts with it, its heartbeat is kept under it.
         self.owner = secrets.token_hex(6)
         self._maintenance: asyncio.Task[None] | None = None
+        # Called before a counter is rebuilt from the spend log: the gateway writes this
+        # process's queued spend rows first, so that the rebuild counts them.
+        self.before_rebuild: Callable[[], Awaitable[None]] | None = None
         self._down_since: datetime | None = None
         self._allowance_used: dict[str, Amounts] = {}
         self._unsettled: deque[tuple[Hold, Amounts]] = deque()
@@ -417,6 +420,12 @@ class Ledger:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _rebuild(self, budget: Budget, window: Window, claim: Claim, now_ms: int) -> None:
+        if self.before_rebuild is not None:
+            try:
+                await self.before_rebuild()
+            except Exception:
+                # The rows stay journaled and queued; the rebuild counts what is written.
+                log.exception("queued spend rows not written before a counter rebuild")
         spent = await self.budgets.spent(budget, window)
         log.info(
             "ledger counter %s rebuilt from the spend log: $%s, %d tokens, %d requests",
