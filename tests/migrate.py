@@ -27,3 +27,9 @@ def tables(connection: Any) -> set[str]:
     from sqlalchemy import inspect
 
     return set(inspect(connection).get_table_names())
+
+
+def spend_columns(connection: Any) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {c["name"] for c in inspect(connection).get_columns("spend_log")}

@@ -5,32 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from gateway.spend import decode, encode
 from gateway.store import SpendRecord, Store
 from tests.conftest import InProcessGateway
-
-
-def _migrate(revision: str, down: bool = False) -> Any:
-    def step(connection: Any) -> None:
-        from alembic import command
-        from alembic.config import Config
-
-        from gateway.store.schema import _MIGRATIONS
-
-        config = Config()
-        config.set_main_option("script_location", str(_MIGRATIONS))
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-    return step
-
-
-def _columns(connection: Any) -> set[str]:
-    from sqlalchemy import inspect
-
-    return {c["name"] for c in inspect(connection).get_columns("spend_log")}
+from tests.migrate import migrate_to, spend_columns
 
 
 async def test_revision_0008_adds_api_and_cache_writes_to_existing_rows_and_goes_back(
@@ -42,9 +21,9 @@ async def test_revision_0008_adds_api_and_cache_writes_to_existing_rows_and_goes
     try:
         async with store.engine.begin() as conn:
             # A fresh SQLite file is empty, a session's PostgreSQL database already at head.
-            await conn.run_sync(_migrate("0007"))
-            await conn.run_sync(_migrate("0007", down=True))
-            assert not {"api", "cache_creation_tokens"} & await conn.run_sync(_columns)
+            await conn.run_sync(migrate_to("0007"))
+            await conn.run_sync(migrate_to("0007", down=True))
+            assert not {"api", "cache_creation_tokens"} & await conn.run_sync(spend_columns)
             await conn.execute(
                 text(
                     "INSERT INTO spend_log (request_id, created_at, status, prompt_tokens, "
@@ -59,10 +38,10 @@ async def test_revision_0008_adds_api_and_cache_writes_to_existing_rows_and_goes
         # An older row does not say its API: read as the OpenAI API's, with no cache writes.
         assert (old.api, old.cache_creation_tokens) == ("openai", 0)
         async with store.engine.begin() as conn:
-            assert {"api", "cache_creation_tokens"} <= await conn.run_sync(_columns)
-            await conn.run_sync(_migrate("0007", down=True))
-            assert not {"api", "cache_creation_tokens"} & await conn.run_sync(_columns)
-            await conn.run_sync(_migrate("head"))
+            assert {"api", "cache_creation_tokens"} <= await conn.run_sync(spend_columns)
+            await conn.run_sync(migrate_to("0007", down=True))
+            assert not {"api", "cache_creation_tokens"} & await conn.run_sync(spend_columns)
+            await conn.run_sync(migrate_to("head"))
     finally:
         await store.aclose()
 

@@ -16,6 +16,7 @@ from router.estimate import CATEGORIES
 from router.messages import prompt_from_messages
 from tests.cache_support import QUESTION, ask
 from tests.conftest import InProcessGateway
+from tests.migrate import migrate_to, spend_columns
 
 
 async def logged(gateway: InProcessGateway, request_id: str) -> dict[str, Any]:
@@ -235,32 +236,15 @@ def _estimated_record(**changes: Any) -> SpendRecord:
 async def test_revision_0007_adds_empty_estimate_columns_to_existing_rows_and_goes_back(
     store_url: str,
 ) -> None:
-    from alembic import command
-    from sqlalchemy import inspect, text
-
-    from gateway.store.schema import _MIGRATIONS
-
-    def to(revision: str, down: bool = False) -> Any:
-        def step(connection: Any) -> None:
-            from alembic.config import Config
-
-            config = Config()
-            config.set_main_option("script_location", str(_MIGRATIONS))
-            config.attributes["connection"] = connection
-            (command.downgrade if down else command.upgrade)(config, revision)
-
-        return step
-
-    def columns(connection: Any) -> set[str]:
-        return {c["name"] for c in inspect(connection).get_columns("spend_log")}
+    from sqlalchemy import text
 
     store = Store.connect(store_url)
     try:
         async with store.engine.begin() as conn:
             # A fresh SQLite file is empty, a session's PostgreSQL database already at head.
-            await conn.run_sync(to("0006"))
-            await conn.run_sync(to("0006", down=True))
-            assert not set(_ESTIMATE_COLUMNS) & await conn.run_sync(columns)
+            await conn.run_sync(migrate_to("0006"))
+            await conn.run_sync(migrate_to("0006", down=True))
+            assert not set(_ESTIMATE_COLUMNS) & await conn.run_sync(spend_columns)
             await conn.execute(
                 text(
                     "INSERT INTO spend_log (request_id, created_at, status, prompt_tokens, "
@@ -274,9 +258,9 @@ async def test_revision_0007_adds_empty_estimate_columns_to_existing_rows_and_go
         (old,) = await store.spend(request_id="req_old")
         assert all(getattr(old, c) is None for c in _ESTIMATE_COLUMNS)
         async with store.engine.begin() as conn:
-            await conn.run_sync(to("0006", down=True))
-            assert not set(_ESTIMATE_COLUMNS) & await conn.run_sync(columns)
-            await conn.run_sync(to("head"))
-            assert set(_ESTIMATE_COLUMNS) <= await conn.run_sync(columns)
+            await conn.run_sync(migrate_to("0006", down=True))
+            assert not set(_ESTIMATE_COLUMNS) & await conn.run_sync(spend_columns)
+            await conn.run_sync(migrate_to("head"))
+            assert set(_ESTIMATE_COLUMNS) <= await conn.run_sync(spend_columns)
     finally:
         await store.aclose()
