@@ -17,19 +17,16 @@ messages' JSON, a count no tokenizer would give.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_CALL, free_port
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_CALL, ServedApp
 
 CACHE_USAGE = {
     "input_tokens": 5,
@@ -218,31 +215,15 @@ def _error(status: int, kind: str, message: str) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-class RunningAnthropic:
+class RunningAnthropic(ServedApp):
     """The fake Anthropic upstream served on loopback from a background thread."""
+
+    what = "the fake Anthropic upstream"
 
     def __init__(self) -> None:
         self.fake = FakeAnthropic()
-        self.port = free_port()
-        config = uvicorn.Config(
-            self.fake.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(self.fake.app)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> RunningAnthropic:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the fake Anthropic upstream did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)

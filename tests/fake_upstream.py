@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import uvicorn
@@ -240,34 +240,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RunningUpstream:
-    """The fake upstream served on loopback from a background thread."""
+class ServedApp:
+    """An ASGI app served by uvicorn on a free loopback port from a background thread."""
 
-    def __init__(self) -> None:
-        self.fake = FakeUpstream()
+    what = "the fake upstream"
+
+    def __init__(self, app: Any) -> None:
         self.port = free_port()
         config = uvicorn.Config(
-            self.fake.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> RunningUpstream:
+    def __enter__(self) -> Self:
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline:
-                raise RuntimeError("the fake upstream did not start")
+                raise RuntimeError(f"{self.what} did not start")
             time.sleep(0.01)
         return self
 
     def __exit__(self, *_: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=5)
+
+
+class RunningUpstream(ServedApp):
+    """The fake upstream served on loopback from a background thread."""
+
+    def __init__(self) -> None:
+        self.fake = FakeUpstream()
+        super().__init__(self.fake.app)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
 
 if __name__ == "__main__":
