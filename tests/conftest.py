@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.fake_upstream import RunningUpstream, free_port
+from tests.served import ServedProcess
 
 MASTER_KEY = "test-master-key"
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -265,8 +265,10 @@ def in_process_gateway(config: dict[str, Any], env: dict[str, str] | None = None
     return run()
 
 
-class LiveServer:
+class LiveServer(ServedProcess):
     """`rightsize serve` in a subprocess on loopback."""
+
+    what = "rightsize serve"
 
     def __init__(
         self,
@@ -288,32 +290,7 @@ class LiveServer:
             assert cwd is not None, "a server without a config file needs a directory"
             self.log = cwd / "serve.log"
         command += ["--port", str(self.port), "--workers", str(workers)]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_ready(ready_s)
-
-    def _wait_ready(self, ready_s: float) -> None:
-        deadline = time.monotonic() + ready_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rightsize serve exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"rightsize serve did not become ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self._spawn(command, env, ready_s, cwd=cwd)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.fake_upstream import free_port
+from tests.served import ServedProcess
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -74,8 +71,11 @@ def transformers_cli() -> str | None:
     return str(beside) if beside.exists() else shutil.which("transformers")
 
 
-class TransformersServe:
+class TransformersServe(ServedProcess):
     """`transformers serve MODEL_DIR` on loopback, pinned to that model, on the CPU."""
+
+    what = "transformers serve"
+    health_path = "/health"
 
     def __init__(self, cli: str, model_dir: Path, workdir: Path, ready_s: float = 90) -> None:
         self.port = free_port()
@@ -91,28 +91,4 @@ class TransformersServe:
         (workdir / "hf-cache").mkdir(exist_ok=True)
         command = [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--device", "cpu", "--default-seed", "0"]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready(ready_s)
-
-    def _wait_ready(self, ready_s: float) -> None:
-        deadline = time.monotonic() + ready_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"transformers serve did not become ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        self._spawn(command, env, ready_s)
