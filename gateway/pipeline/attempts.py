@@ -7,6 +7,7 @@ completion, or a stream opened up to its first chunk, before any byte reaches th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from gateway.providers import Provider
 from gateway.state import Gateway
 from gateway.upstreams import endpoint_of
 from policies import Decision, Deployment
+from policies.params import THINKING_BUDGETS
 
 log = logging.getLogger("rightsize.chat")
 
@@ -96,6 +98,37 @@ def attempt_payload(
     if effort and deployment.capabilities.reasoning and "reasoning_effort" not in payload:
         return {**payload, "reasoning_effort": effort}
     return payload
+
+
+def native_attempt(
+    native: NativeRequest, decision: Decision, deployment: Deployment
+) -> tuple[NativeRequest, str | None]:
+    """The native (Anthropic) body for one deployment: the policy's reasoning effort as
+    `thinking` unless the client set it, and why it was not sent when it could not be.
+
+    Anthropic takes a thinking budget of at least 1,024 tokens below max_tokens, and refuses it
+    beside a changed temperature or top_k or a forced tool choice: then the request goes as
+    the client wrote it and the reason is returned for the spend row.
+    """
+    effort = decision.reasoning_effort
+    body = native.body
+    if not effort or not deployment.capabilities.reasoning or "thinking" in body:
+        return native, None
+    budget = THINKING_BUDGETS.get(effort)
+    if budget is None:  # "none": no thinking asked for
+        return native, None
+    refusal = None
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens <= budget:
+        refusal = f"max_tokens {max_tokens} is not above the thinking budget {budget}"
+    elif body.get("temperature", 1) != 1 or "top_k" in body:
+        refusal = "temperature or top_k is set"
+    elif (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        refusal = "a tool use is forced"
+    if refusal is not None:
+        return native, f"reasoning effort {effort!r} not sent as thinking: {refusal}"
+    thinking = {"type": "enabled", "budget_tokens": budget}
+    return dataclasses.replace(native, body={**body, "thinking": thinking}), None
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from gateway.pipeline.attempts import (
     OpenStream,
     attempt_payload,
     attempt_with_fallbacks,
+    native_attempt,
     native_provider,
     open_stream,
     open_upstream,
@@ -298,10 +299,12 @@ async def _complete(
     async def once(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
         speaker = native_provider(gateway, deployment, native)
         if speaker is not None and native is not None:
-            return await speaker.complete_native(deployment, native)
+            return await speaker.complete_native(
+                deployment, _native_body(call, native, decision, deployment)
+            )
         return await gateway.provider(deployment).complete(deployment, body)
 
-    deployment, result = await _attempt(gateway, call, payload, decision, once)
+    deployment, result = await _attempt(gateway, call, payload, decision, once, native)
     answered = result.pop(NATIVE, None)
     if later is not None:
         call.estimate = await later
@@ -333,10 +336,11 @@ async def _stream(
     async def once(deployment: Deployment, body: dict[str, Any]) -> OpenStream:
         speaker = native_provider(gateway, deployment, native)
         if speaker is not None and native is not None:
-            return await open_upstream(speaker.stream_native(deployment, native), deployment)
+            sent = _native_body(call, native, decision, deployment)
+            return await open_upstream(speaker.stream_native(deployment, sent), deployment)
         return await open_stream(gateway.provider(deployment), deployment, body)
 
-    deployment, opened = await _attempt(gateway, call, payload, decision, once)
+    deployment, opened = await _attempt(gateway, call, payload, decision, once, native)
     call.first_token_ms = call.elapsed_ms()
     if later is not None:
         # The headers go out with the first chunk, after this: they carry the estimate.
@@ -350,12 +354,46 @@ async def _stream(
     return Stream(events, routing_headers(call))
 
 
+def _native_body(
+    call: Call, native: NativeRequest, decision: Decision, deployment: Deployment
+) -> NativeRequest:
+    """The native request for one attempt, noting in the spend row an effort not sent."""
+    sent, unsent = native_attempt(native, decision, deployment)
+    if unsent is not None:
+        call.record.route_reason = f"{call.record.route_reason}; {unsent}"
+    return sent
+
+
+async def _fitted(
+    gateway: Gateway,
+    call: Call,
+    payload: dict[str, Any],
+    decision: Decision,
+    deployment: Deployment,
+) -> dict[str, Any]:
+    """The OpenAI-shaped body for one deployment: the policy's effort, the parameters it takes."""
+    body = attempt_payload(payload, decision, deployment)
+    # A pinned model is the client's choice: a parameter the client sent it that it does
+    # not take is a 400, not a drop.
+    pinned = deployment.name == call.record.requested_model
+    call.fit = await gateway.params.fit(deployment, body, pinned_by=payload if pinned else ())
+    body = call.fit.payload
+    # After the fitting: vLLM's `priority` is no OpenAI parameter, the fitting would drop it.
+    if gateway.local is not None and "priority" not in body:
+        p50 = call.estimate.token_budget_p50 if call.estimate is not None else None
+        priority = gateway.local.priority(deployment, p50)
+        if priority is not None:
+            body = {**body, "priority": priority}  # vLLM: lower runs first
+    return body
+
+
 async def _attempt(
     gateway: Gateway,
     call: Call,
     payload: dict[str, Any],
     decision: Decision,
     once: Callable[[Deployment, dict[str, Any]], Awaitable[T]],
+    native: NativeRequest | None = None,
 ) -> tuple[Deployment, T]:
     """The decision's deployments tried in order, each fallback noted in the spend record."""
     started = time.perf_counter()
@@ -364,18 +402,12 @@ async def _attempt(
     async def attempt(deployment: Deployment) -> T:
         nonlocal tried
         tried += 1
-        body = attempt_payload(payload, decision, deployment)
-        # A pinned model is the client's choice: a parameter the client sent it that it does
-        # not take is a 400, not a drop.
-        pinned = deployment.name == call.record.requested_model
-        call.fit = await gateway.params.fit(deployment, body, pinned_by=payload if pinned else ())
-        body = call.fit.payload
-        # After the fitting: vLLM's `priority` is no OpenAI parameter, the fitting would drop it.
-        if gateway.local is not None and "priority" not in body:
-            p50 = call.estimate.token_budget_p50 if call.estimate is not None else None
-            priority = gateway.local.priority(deployment, p50)
-            if priority is not None:
-                body = {**body, "priority": priority}  # vLLM: lower runs first
+        if native is not None and native_provider(gateway, deployment, native) is not None:
+            # Goes upstream in its own API's shape (native_attempt): the OpenAI payload and its
+            # parameter fitting are not what is sent.
+            call.fit, body = None, payload
+        else:
+            body = await _fitted(gateway, call, payload, decision, deployment)
         name = f"chat {deployment.upstream_model}" if call.trace is not None else ""
         with span(call, name, client=True) as traced:
             if traced.is_recording():
