@@ -317,3 +317,17 @@ def test_calibrate_from_outcomes_finds_where_the_strong_tier_starts_winning(
     # lies midway between 0.6475 and the next win, 0.6525.
     assert line.split() == ["standard:", "min_demand", "0.6500", "share", "35.0%", "quality",
                             "0.950", "of", "1.000", "(180", "judged", "prompts)"]  # fmt: skip
+
+
+def test_calibrate_from_outcomes_refuses_a_judged_tier_the_policy_lacks(
+    store_url: str, tmp_path: Path
+) -> None:
+    rows = [outcome(i, i / 10, "strong", strong_tier="reasoning") for i in range(5)]
+    asyncio.run(insert_outcomes(store_url, rows))
+    cfg = config_file(tmp_path, store_url)
+    result = CliRunner().invoke(main, ["calibrate", "--config", str(cfg), "--outcomes"])
+    assert result.exit_code == 1
+    assert "the outcomes judge tier 'reasoning', which is not a policy tier" in result.output
+    both = ["calibrate", "--config", str(cfg), "--outcomes", "--traffic", str(cfg)]
+    mixed = CliRunner().invoke(main, [*both, "--max-share", "standard=0.5"])
+    assert mixed.exit_code == 2 and "not both" in mixed.output
