@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -20,8 +21,17 @@ from policies import (
     TeamContext,
     UnknownModel,
 )
-from policies.calibrate import CalibrationError, parse_shares, shares_of, thresholds_for_shares
+from policies.calibrate import (
+    CalibrationError,
+    parse_shares,
+    shares_of,
+    threshold_keeping_quality,
+    thresholds_for_shares,
+)
 from router import Router, prompt_from_messages
+
+if TYPE_CHECKING:
+    from gateway.store import OutcomeRecord
 
 
 def _engine(settings: Settings, source: str) -> PolicyEngine:
@@ -100,19 +110,74 @@ def calibrate_policy(
     except CalibrationError as exc:
         raise ConfigError(f"calibrate: {exc}") from None
     if output:
-        data = yaml.safe_load(Path(source).read_text()) if Path(source).is_file() else {}
-        policy = data.setdefault("policy", {})
-        written = {t["name"]: t for t in policy.get("tiers", [])}
-        for tier in settings.policy.tiers:
-            entry = written.setdefault(tier.name, tier.model_dump(exclude_defaults=True))
-            entry["min_demand"] = round(thresholds[tier.name], 6)
-        policy["tiers"] = [written[t] for t in tiers]
-        Path(output).write_text(yaml.safe_dump(data, sort_keys=False))
+        write_thresholds(settings, source, thresholds, output)
     return {
         "thresholds": thresholds,
         "shares": shares_of(demands, thresholds),
         "prompts": len(prompts),
     }
+
+
+def write_thresholds(
+    settings: Settings, source: str, thresholds: Mapping[str, float], output: str
+) -> None:
+    """The configuration at `source` with the tiers' min_demand set from `thresholds` (tiers
+    not named there keep theirs), written to `output`."""
+    tiers = [t.name for t in settings.policy.tiers]
+    data = yaml.safe_load(Path(source).read_text()) if Path(source).is_file() else {}
+    policy = data.setdefault("policy", {})
+    written = {t["name"]: t for t in policy.get("tiers", [])}
+    for tier in settings.policy.tiers:
+        entry = written.setdefault(tier.name, tier.model_dump(exclude_defaults=True))
+        entry["min_demand"] = round(thresholds.get(tier.name, tier.min_demand), 6)
+    policy["tiers"] = [written[t] for t in tiers]
+    Path(output).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def calibrate_from_outcomes(
+    settings: Settings,
+    source: str,
+    outcomes: Sequence[OutcomeRecord],
+    keep: float,
+    output: str | None,
+) -> dict[str, Any]:
+    """Per strong tier judged in `outcomes`, the min_demand that keeps `keep` of its judged
+    quality at the fewest prompts sent to it; optionally write the configuration."""
+    from ledger.judged import VERDICT_PAIRS
+
+    tiers = {t.name: t.min_demand for t in settings.policy.tiers}
+    by_tier: dict[str, list[tuple[float, float, float]]] = {}
+    skipped = 0
+    for outcome in outcomes:
+        if outcome.verdict not in VERDICT_PAIRS or outcome.reasoning_demand is None:
+            skipped += 1
+            continue
+        weak, strong = VERDICT_PAIRS[outcome.verdict]
+        by_tier.setdefault(outcome.strong_tier, []).append((outcome.reasoning_demand, weak, strong))
+    if not by_tier:
+        raise ConfigError("calibrate: no judged outcomes with a logged demand in the period")
+    first = next(iter(tiers), None)
+    chosen: dict[str, dict[str, float]] = {}
+    for tier, rows in sorted(by_tier.items()):
+        if tier not in tiers or tier == first:
+            raise ConfigError(
+                f"{source}: policy.tiers: the outcomes judge tier {tier!r}, which is not a "
+                "policy tier above the first"
+            )
+        try:
+            chosen[tier] = threshold_keeping_quality(rows, keep)
+        except CalibrationError as exc:
+            raise ConfigError(f"calibrate: {exc}") from None
+    proposed = dict(tiers, **{t: c["threshold"] for t, c in chosen.items()})
+    values = list(proposed.values())
+    if any(values[i] <= values[i - 1] for i in range(1, len(values))):
+        raise ConfigError(
+            "calibrate: the chosen thresholds do not rise with the tiers: "
+            + ", ".join(f"{t} {v:.4f}" for t, v in proposed.items())
+        )
+    if output:
+        write_thresholds(settings, source, proposed, output)
+    return {"tiers": chosen, "thresholds": proposed, "skipped": skipped}
 
 
 def _read_prompts(path: Path) -> list[str]:

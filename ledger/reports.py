@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy import Integer, case, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from ledger.judged import budget_accuracy, judged_section
 from ledger.money import from_picousd, to_picousd
 from ledger.tables import spend_log
 from policies import Deployment, throughput
@@ -253,9 +254,12 @@ async def routing_report(
     end: date,
     *,
     team: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Requests, cache hits and cost per tier over the days start..end, and the router's demand
-    histogram (requests whose demand was estimated) over the same rows."""
+    """Requests, cache hits and cost per tier over the days start..end, the router's demand
+    histogram (requests whose demand was estimated) over the same rows, the shadow-judged
+    quality of each compared pair of tiers at the `thresholds` in force (min_demand per tier),
+    and the token budgets' coverage of real answers (ledger/judged.py)."""
     first, after = utc_range(zone, start, end)
     demand = spend_log.c.reasoning_demand
     bucket = case(
@@ -311,6 +315,9 @@ async def routing_report(
             "cache_hits": cache_hits,
             "cache_hit_rate": _percent(Decimal(cache_hits), Decimal(requests)),
         },
+        "thresholds": dict(thresholds or {}),
+        "judged": await judged_section(engine, first, after, thresholds or {}, team=team),
+        "budget_accuracy": await budget_accuracy(engine, first, after, team=team),
     }
 
 

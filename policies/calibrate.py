@@ -68,3 +68,51 @@ def parse_shares(text: str) -> dict[str, float]:
         if not sep:
             raise CalibrationError(f"not a TIER=SHARE pair: {item!r}")
     return shares
+
+
+def threshold_keeping_quality(
+    rows: Sequence[tuple[float, float, float]], keep: float
+) -> dict[str, float]:
+    """The highest min_demand whose routing keeps `keep` of the strong tier's judged quality.
+
+    `rows` are (demand, weak quality, strong quality) of judged prompts (`eval --pairs`
+    values). Prompts at or above the threshold go to the strong tier; quality is the mean over
+    prompts of the tier's quality, and the strong tier's is its mean with every prompt sent up.
+    The least cost is the fewest prompts sent up: the first cut, walking down from the highest
+    demand, that reaches the target. The threshold lies midway between the lowest demand sent
+    up and the highest kept down (rounded to 6 decimals, as `calibrate` writes).
+    """
+    if not 0.0 < keep <= 1.0:
+        raise CalibrationError("--keep is a share of the strong tier's quality in (0, 1]")
+    if not rows:
+        raise CalibrationError("no judged outcomes with a logged demand")
+    ordered = sorted(rows, key=lambda r: -r[0])
+    n = len(ordered)
+    strong_quality = sum(r[2] for r in ordered) / n
+    target = keep * strong_quality - 1e-12  # float sums of 0/1 qualities: no spurious misses
+    quality_sum = sum(r[1] for r in ordered)
+    k = 0
+    while True:
+        # A cut between ordered[k - 1] and ordered[k]: only where the demand changes.
+        at_cut = k in (0, n) or ordered[k][0] != ordered[k - 1][0]
+        if at_cut and quality_sum / n >= target:
+            break
+        quality_sum += ordered[k][2] - ordered[k][1]
+        k += 1
+    if k == 0:
+        threshold = min(1.0, round(ordered[0][0] + 1e-6, 6))
+    elif k == n:
+        threshold = ordered[-1][0]
+    else:
+        low, high = ordered[k][0], ordered[k - 1][0]
+        threshold = round((low + high) / 2, 6)
+        if not low < threshold <= high:
+            threshold = high
+    return {
+        "threshold": threshold,
+        "strong_share": k / n,
+        "quality": quality_sum / n,
+        "strong_quality": strong_quality,
+        "light_quality": sum(r[1] for r in ordered) / n,
+        "prompts": n,
+    }

@@ -205,8 +205,16 @@ async def routing(
     team: str | None = None,
     format: ReportFormat = "json",
 ) -> Response:
-    """Requests, cache hits and cost per tier, and the router's demand histogram."""
-    report = await routing_report(gateway.store.engine, gateway.ledger.zone, start, end, team=team)
+    """Requests, cache hits and cost per tier, the demand histogram, judged quality per pair
+    of tiers at the thresholds in force, and token-budget coverage."""
+    report = await routing_report(
+        gateway.store.engine,
+        gateway.ledger.zone,
+        start,
+        end,
+        team=team,
+        thresholds={t.name: t.min_demand for t in gateway.settings.policy.tiers},
+    )
     return _report_response(report, format, "routing")
 
 

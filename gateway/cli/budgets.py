@@ -209,10 +209,14 @@ def report_savings(
 def report_routing(
     config_path: str | None, start: Any, end: Any, team: str | None, fmt: str
 ) -> None:
-    """Requests, cache hits and cost per tier, and the router's demand histogram."""
+    """Requests, cache hits and cost per tier, the demand histogram, judged quality per pair
+    of tiers at the thresholds in force, and token-budget coverage."""
 
-    async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
-        return await routing_report(store.engine, ledger.zone, _day(start), _day(end), team=team)
+    async def build(settings: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
+        thresholds = {t.name: t.min_demand for t in settings.policy.tiers}
+        return await routing_report(
+            store.engine, ledger.zone, _day(start), _day(end), team=team, thresholds=thresholds
+        )
 
     _emit(_with_ledger(config_path, build), fmt)
 
@@ -241,3 +245,35 @@ def _emit(result: dict[str, Any], fmt: str) -> None:
         for local in result.get("local", ()):
             cost = "unpriced" if local["cost_usd"] is None else f"{local['cost_usd']} USD"
             click.echo(f"\nlocal {local['deployment']}: {cost}; {local['derivation']}")
+        for pair in result.get("judged", ()):
+            click.echo(f"\njudged {pair['light_tier']} vs {pair['strong_tier']}: {_judged(pair)}")
+        for row in result.get("budget_accuracy", ()):
+            click.echo(
+                f"\nbudget {row['tier']}/{row['deployment']}: {row['answers']} answers, "
+                f"within p50 {_share(row['within_p50'])}, within p90 {_share(row['within_p90'])}"
+            )
+
+
+def _judged(pair: dict[str, Any]) -> str:
+    text = (
+        f"{pair['judged']} judged ({pair['no_verdict']} without a verdict); strong wins "
+        f"{_share(pair['strong_win_rate'])}, light wins {_share(pair['light_win_rate'])}, "
+        f"ties {_share(pair['tie_rate'])}"
+    )
+    if pair["apgr"] is not None:
+        text += f"; APGR {_share(pair['apgr'])}, CPT(50%) {_share(pair['cpt50'])}"
+    if pair["pgr_at_threshold"] is not None:
+        text += (
+            f"; at min_demand {pair['threshold']}: {pair['strong_share_at_threshold']:.1%} "
+            f"to {pair['strong_tier']}, PGR {_share(pair['pgr_at_threshold'])}"
+        )
+    return text
+
+
+def _share(cell: dict[str, Any] | None) -> str:
+    """`0.625 [0.31, 0.86]`: a value and its 95% interval."""
+    if cell is None:
+        return "n/a"
+    if cell["low"] is None:
+        return f"{cell['value']:.3f}"
+    return f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"

@@ -386,15 +386,38 @@ def route(
 @config_option
 @click.option(
     "--traffic",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False),
     help="JSONL sample of real prompts: rows with 'prompt' or 'messages'.",
 )
 @click.option(
     "--max-share",
     "max_share",
-    required=True,
-    help="Share of prompts per tier above the first, e.g. reasoning=0.2,standard=0.5.",
+    default=None,
+    help="With --traffic: share of prompts per tier above the first, e.g. "
+    "reasoning=0.2,standard=0.5.",
+)
+@click.option(
+    "--outcomes",
+    is_flag=True,
+    help="Instead of --traffic: the shadow-judged outcomes in the configured store.",
+)
+@click.option(
+    "--keep",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="With --outcomes: the share of the strong tier's judged quality to keep.",
+)
+@click.option("--team", default=None, help="With --outcomes: only this team's outcomes.")
+@click.option(
+    "--since", type=click.DateTime(["%Y-%m-%d"]), default=None, help="With --outcomes (UTC day)."
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="With --outcomes: up to this UTC day, exclusive.",
 )
 @click.option(
     "--output",
@@ -402,16 +425,54 @@ def route(
     default=None,
     help="Write the configuration with the new thresholds here (default: print them).",
 )
-def calibrate(config_path: str | None, traffic: str, max_share: str, output: str | None) -> None:
-    """Compute tier demand thresholds so that the chosen shares hold on a traffic sample."""
-    from gateway.routing import calibrate_policy
+def calibrate(
+    config_path: str | None,
+    traffic: str | None,
+    max_share: str | None,
+    outcomes: bool,
+    keep: float,
+    team: str | None,
+    since: Any,
+    until: Any,
+    output: str | None,
+) -> None:
+    """Compute tier demand thresholds: chosen shares on a traffic sample, or (--outcomes) the
+    least strong-tier traffic that keeps --keep of its judged quality."""
+    from gateway.routing import calibrate_from_outcomes, calibrate_policy
 
     settings, source = load_config(config_path)
-    result = config_call(lambda: calibrate_policy(settings, source, traffic, max_share, output))
-    for tier, share in result["shares"].items():
-        click.echo(f"{tier:>12}: min_demand {result['thresholds'][tier]:.4f}  share {share:.1%}")
+    if outcomes:
+        if traffic or max_share:
+            raise click.UsageError("give --traffic with --max-share, or --outcomes, not both")
+        found = _with_store(
+            config_path,
+            lambda store: store.outcomes(team=team, since=_utc(since), until=_utc(until)),
+        )
+        picked = config_call(lambda: calibrate_from_outcomes(settings, source, found, keep, output))
+        for tier, c in picked["tiers"].items():
+            click.echo(
+                f"{tier:>12}: min_demand {c['threshold']:.4f}  share {c['strong_share']:.1%}  "
+                f"quality {c['quality']:.3f} of {c['strong_quality']:.3f} "
+                f"({c['prompts']} judged prompts)"
+            )
+        if picked["skipped"]:
+            click.echo(f"skipped {picked['skipped']} outcomes without a verdict or a demand")
+    else:
+        if not traffic or not max_share:
+            raise click.UsageError("give --traffic with --max-share, or --outcomes")
+        result = config_call(lambda: calibrate_policy(settings, source, traffic, max_share, output))
+        for tier, share in result["shares"].items():
+            click.echo(
+                f"{tier:>12}: min_demand {result['thresholds'][tier]:.4f}  share {share:.1%}"
+            )
     if output:
         click.echo(f"wrote {output}")
+
+
+def _utc(day: Any) -> Any:
+    from datetime import UTC
+
+    return None if day is None else day.replace(tzinfo=UTC)
 
 
 def _with_store(config_path: str | None, action: Callable[[Any], Awaitable[_T]]) -> _T:
