@@ -79,3 +79,21 @@ async def test_revision_0009_creates_the_outcomes_table_and_goes_back(store_url:
             assert "router_outcomes" in await conn.run_sync(tables)
     finally:
         await store.aclose()
+
+
+async def test_a_deleted_teams_outcomes_are_archived_with_its_spend_rows(store_url: str) -> None:
+    store = Store.connect(store_url)
+    await store.migrate()
+    try:
+        await store.create_team("search")
+        await store.insert_outcomes([outcome("r1", "search", T0), outcome("r2", "ads", T0)])
+        archived = await store.delete_team("search")
+        await store.create_team("search")  # the name again: a new team, no judged history
+        mine = await store.outcomes(team="search")
+        theirs = await store.outcomes(team=archived.id)
+        others = await store.outcomes(team="ads")
+    finally:
+        await store.aclose()
+    assert mine == []
+    assert [o.request_id for o in theirs] == ["r1"]
+    assert [o.request_id for o in others] == ["r2"]

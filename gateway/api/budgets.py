@@ -213,7 +213,7 @@ async def routing(
         start,
         end,
         team=team,
-        thresholds={t.name: t.min_demand for t in gateway.settings.policy.tiers},
+        thresholds={t.name: t.min_demand for t in gateway.policy.spec.tiers},
     )
     return _report_response(report, format, "routing")
 

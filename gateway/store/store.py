@@ -380,6 +380,10 @@ async def _move_to_archive(
         update(spend_log).where(spend_log.c.team == name).values(team=archived_id)
     )
     moved = int(result.rowcount)
+    # Its judged outcomes go with it: a team made again under the name starts without them.
+    await conn.execute(
+        update(router_outcomes).where(router_outcomes.c.team == name).values(team=archived_id)
+    )
     for move in relabel:
         moved += await move(conn, name, archived_id)
     return moved
