@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -184,9 +185,16 @@ def test_healthz_answers_within_100ms_while_huge_and_deep_bodies_are_refused(liv
                 response = client.post("/v1/chat/completions", content=body)
                 answers.append((response.status_code, response.json()["error"]["message"]))
 
+    baseline: list[float] = []
+
     def probe() -> None:
         with httpx.Client(base_url=base_url, timeout=10) as client:
             client.get("/healthz")  # connected before the measurements start
+            for _ in range(10):  # the host's own pace, before anything is sent
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                baseline.append(time.perf_counter() - started)
+            measured.set()
             while sending.is_set():
                 started = time.perf_counter()
                 assert client.get("/healthz").status_code == 200
@@ -195,7 +203,9 @@ def test_healthz_answers_within_100ms_while_huge_and_deep_bodies_are_refused(liv
 
     prober = threading.Thread(target=probe)
     senders = [threading.Thread(target=send, args=(body,)) for body in (huge, deep, huge)]
+    measured = threading.Event()
     prober.start()
+    assert measured.wait(timeout=30)
     for thread in senders:
         thread.start()
     for thread in senders:
@@ -209,8 +219,10 @@ def test_healthz_answers_within_100ms_while_huge_and_deep_bodies_are_refused(liv
     assert sum("server.max_json_depth" in message for _, message in answers) == SENDS
     assert len(probes) >= 5
     # A parse on the event loop would hold up one probe per huge body, twelve in all; the host
-    # itself (a shared 2-core machine under test load) may hold up a few, never twelve.
-    assert sum(p >= 0.100 for p in probes) <= 3, sorted(probes)[-13:]
+    # itself (a shared 2-core machine under test load) may hold up a few, never twelve. "Held
+    # up": over 100 ms, or over four times the host's own pace when it is slower than that.
+    slow = max(0.100, 4 * statistics.median(baseline))
+    assert sum(p >= slow for p in probes) <= 3, (slow, sorted(probes)[-13:])
 
 
 # Slow clients: raw sockets against a live server with short timeouts.
