@@ -237,7 +237,7 @@ def classify(
 @click.option(
     "--pairs",
     "pairs_path",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Your outcomes, rows as `eval --pairs` "
     '({"prompt" or "messages", "weak", "strong", "strong_tokens"?, "group"?}).',
@@ -264,7 +264,7 @@ def classify(
 )
 @click.option("--date", default=None, help="Date for the model card (default: today).")
 def tune(
-    pairs_path: Path,
+    pairs_path: Path | None,
     out_dir: Path,
     artifact_dir: Path | None,
     runtime: str | None,
@@ -280,6 +280,8 @@ def tune(
     from router.training.tune import report_table, tuned_block, write_tuned_artifact
     from router.training.tune import tune as tune_rows
 
+    if pairs_path is None:  # `rightsize tune` adds --spend-log, which needs no file
+        raise click.UsageError("give --pairs FILE (or, with the gateway, --spend-log)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise click.UsageError(f"{out_dir} is not empty; tune writes a new artifact directory")
     try:

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.artifact import RUNTIMES, artifact_id, default_artifact_dir, read_manifest
+from router.deployment_budgets import DeploymentBudgets
 from router.encoders.base import Encoder
 from router.estimate import Estimate
 from router.features import UnknownFeatureSetError, feature_names, features_batch
@@ -131,6 +132,8 @@ class Router:
         self._cache = _EmbeddingLRU(cache_size)
         # Set by load(): the id of the artifact directory (router.artifact.artifact_id).
         self.artifact_id: str | None = None
+        # Set by load(): budgets per deployment from `tune --spend-log` (none: the heads').
+        self.deployment_budgets = DeploymentBudgets()
 
     @classmethod
     def load(
@@ -154,7 +157,12 @@ class Router:
         _check_heads_read_known_features(heads, encoder.dim, directory / heads_file)
         router = cls(encoder, heads, cache_size)
         router.artifact_id = artifact_id(directory)
+        router.deployment_budgets = DeploymentBudgets.from_manifest(manifest)
         return router
+
+    def budget_for(self, estimate: Estimate, deployment: str) -> Estimate:
+        """The estimate with the deployment's own token budgets, where the artifact has them."""
+        return self.deployment_budgets.apply(estimate, deployment)
 
     def embed_batch(self, prompts: list[str]) -> npt.NDArray[np.float32]:
         """L2-normalised embeddings of the prompts, served from the LRU where possible."""

@@ -86,7 +86,8 @@ LAZY_COMMANDS = {
         "Cost, savings and routing reports from the spend log.",
     ),
     "tune": (
-        "router.cli:tune",
+        # The router's command, with --spend-log (which reads the gateway's database) added.
+        "gateway.cli.spend_tune:tune_cmd",
         "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",
     ),
     "train": (

@@ -47,6 +47,7 @@ from gateway.pipeline.steps import (
     authenticate,
     conversation,
     decide,
+    deployment_budget,
     estimate,
     estimate_can_wait,
     hold,
@@ -380,7 +381,8 @@ async def _fitted(
     body = call.fit.payload
     # After the fitting: vLLM's `priority` is no OpenAI parameter, the fitting would drop it.
     if gateway.local is not None and "priority" not in body:
-        p50 = call.estimate.token_budget_p50 if call.estimate is not None else None
+        budget = deployment_budget(gateway, call.estimate, deployment.name)
+        p50 = budget.token_budget_p50 if budget is not None else None
         priority = gateway.local.priority(deployment, p50)
         if priority is not None:
             body = {**body, "priority": priority}  # vLLM: lower runs first

@@ -238,12 +238,23 @@ async def hold(
     """Reserve the request against the team's and key's budgets and limits (429 past them).
 
     The hold is the prompt as `decide` counted it plus what the router predicts (p90 output
-    tokens), not the worst case.
+    tokens, the deployment's own where the artifact has them), not the worst case.
     """
-    predicted = call.estimate.token_budget_p90 if call.estimate else None
+    budget = deployment_budget(gateway, call.estimate, decision.deployment.name)
+    predicted = budget.token_budget_p90 if budget else None
     return await reserve_request(
         gateway.ledger, key.team, key.id, chat, decision.deployment, n_prompt_tokens, predicted
     )
+
+
+def deployment_budget(
+    gateway: Gateway, estimate: Estimate | None, deployment: str
+) -> Estimate | None:
+    """The estimate with the deployment's own token budgets where the router artifact has them
+    (`tune --spend-log`); the spend log and the headers keep the heads' (the refit's input)."""
+    if estimate is None or gateway.router is None:
+        return estimate
+    return gateway.router.budget_for(estimate, deployment)
 
 
 async def hold_cache_hit(gateway: Gateway, key: ApiKey) -> Hold | None:

@@ -303,6 +303,28 @@ class Store:
         async with self.engine.connect() as conn:
             return [_spend_record(r._mapping) for r in await conn.execute(query)]
 
+    async def spend_served(
+        self,
+        *,
+        since: datetime | None = None,
+        team: str | None = None,
+        deployment: str | None = None,
+    ) -> list[SpendRecord]:
+        """Spend-log rows with a router estimate, oldest first, optionally filtered."""
+        query = (
+            select(spend_log)
+            .where(spend_log.c.token_budget_p50.is_not(None))
+            .order_by(spend_log.c.id)
+        )
+        if since is not None:
+            query = query.where(spend_log.c.created_at >= since)
+        if team is not None:
+            query = query.where(spend_log.c.team == team)
+        if deployment is not None:
+            query = query.where(spend_log.c.deployment == deployment)
+        async with self.engine.connect() as conn:
+            return [_spend_record(r._mapping) for r in await conn.execute(query)]
+
     async def spend_of_requests(self, request_ids: Sequence[str]) -> list[SpendRecord]:
         """Every spend-log row of these request ids, oldest first (an id may have several)."""
         rows: list[SpendRecord] = []
