@@ -3,8 +3,9 @@
 The tuned logit is `(1 + slope) * base + w . x + b`: a logistic regression with the base
 router's logit as offset, `w` and `slope` L2-shrunk towards zero (the base router), the
 intercept free (it moves calibration, never the order). The strength is chosen by K-fold
-cross-validation on the file; the guard keeps the base unless the out-of-fold APGR gain's
-bootstrap lower bound is above zero. With few labels a fit that looks good in sample often
+cross-validation on the file; the guard keeps the base unless the out-of-fold log-loss gain
+over the recalibrated base has its bootstrap lower bound above zero and the out-of-fold APGR
+gain is above zero in most bootstrap draws. With few labels a fit that looks good in sample often
 ranks held-out prompts worse than the base (issue 21: -0.04 to -0.06 APGR on sets of 72 and
 300 prompts), and the guard is what turns that into "no change".
 """
@@ -55,6 +56,8 @@ class GuardResult:
     oof_logit: (
         Array | None
     )  # out-of-fold tuned logits at the chosen strength, ranking only (_pooled)
+    # Bootstrap interval of the out-of-fold log-loss gain per row (base minus tuned).
+    loss_gain_interval: tuple[float, float] = (0.0, 0.0)
 
 
 def _sigmoid(z: Array) -> Array:
@@ -211,7 +214,9 @@ def cross_validate(
             for d in draws
         ]
     )
-    lower = float(np.quantile(gains, 1.0 - cfg.confidence))
+    loss_gains = _row_loss_gain(oof_base, oof[strengths.index(best)], y)[draws].mean(axis=1)
+    loss_lower = float(np.quantile(loss_gains, 1.0 - cfg.confidence))
+    apgr_median = float(np.median(gains))
     result = GuardResult(
         accepted=False,
         reason="",
@@ -223,12 +228,19 @@ def cross_validate(
         oof_apgr_tuned=tuned_apgr,
         gain_interval=_interval(gains, 2 * cfg.confidence - 1.0),
         oof_logit=chosen,
+        loss_gain_interval=_interval(loss_gains, 2 * cfg.confidence - 1.0),
     )
-    if lower <= 0.0:
+    if loss_lower <= 0.0:
         return _replace_reason(
             result,
-            f"out-of-fold APGR gain {tuned_apgr - base_apgr:+.3f} is within noise (its "
-            f"{1 - cfg.confidence:.0%} bootstrap quantile is {lower:+.3f}): the base is kept",
+            f"out-of-fold log-loss gain {base_loss - losses[best]:+.4f} is within noise (its "
+            f"{1 - cfg.confidence:.0%} bootstrap quantile is {loss_lower:+.4f}): the base is kept",
+        )
+    if apgr_median <= 0.0:
+        return _replace_reason(
+            result,
+            f"out-of-fold APGR gain {tuned_apgr - base_apgr:+.3f} is not above zero in most "
+            f"bootstrap draws (median {apgr_median:+.3f}): the base is kept",
         )
     loser = _losing_group(chosen, base_logit, weak, strong, groups, cfg)
     if loser is not None:
@@ -239,10 +251,25 @@ def cross_validate(
             **result.__dict__,
             "accepted": True,
             "theta": theta,
-            "reason": f"out-of-fold APGR gain {tuned_apgr - base_apgr:+.3f} (its "
-            f"{1 - cfg.confidence:.0%} bootstrap quantile {lower:+.3f} is above zero): tuned",
+            "reason": f"out-of-fold log-loss gain {base_loss - losses[best]:+.4f} (its "
+            f"{1 - cfg.confidence:.0%} bootstrap quantile {loss_lower:+.4f} is above zero), "
+            f"APGR gain {tuned_apgr - base_apgr:+.3f} (bootstrap median {apgr_median:+.3f}): "
+            "tuned",
         }
     )
+
+
+def _row_loss_gain(base: Array, tuned: Array, y: Array) -> Array:
+    """Each row's log loss under the base minus under the tuned logits, averaged over repeats.
+
+    Per-row log loss is a smoother statistic than APGR (an integral over the whole ranking),
+    so its bootstrap bound separates a real gain from noise with fewer rows: in the held-out
+    simulation (docs/router.md) it kept a residual that helped in 5 of 5 draws at 20% of
+    mmlu_pro where the APGR bound kept it in 4, and refused it as often on small sets.
+    """
+    base_loss = np.logaddexp(0.0, base) - y * base
+    tuned_loss = np.logaddexp(0.0, tuned) - y * tuned
+    return np.asarray((base_loss - tuned_loss).mean(axis=0), dtype=np.float64)
 
 
 def _losing_group(

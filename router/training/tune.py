@@ -249,6 +249,7 @@ def tuned_block(
         "cv_apgr_base": round(g.oof_apgr_base, 6),
         "cv_apgr_tuned": round(g.oof_apgr_tuned, 6),
         "cv_apgr_gain_interval": [round(v, 6) for v in g.gain_interval],
+        "cv_log_loss_gain_interval": [round(v, 6) for v in g.loss_gain_interval],
         "budget_log_shift": {
             "p50": round(outcome.budget.p50, 6),
             "p90": round(outcome.budget.p90, 6),
@@ -291,7 +292,9 @@ def _card_section(outcome: TuneOutcome, block: dict[str, Any]) -> str:
         f"{strength}; out-of-fold log loss per strength: {losses}; the base with its "
         f"intercept refitted: {base_loss_text}.",
         f"- Out-of-fold APGR: base {g.oof_apgr_base:.3f}, tuned {g.oof_apgr_tuned:.3f}, gain "
-        f"interval [{g.gain_interval[0]:+.3f}, {g.gain_interval[1]:+.3f}] (bootstrap).",
+        f"interval [{g.gain_interval[0]:+.3f}, {g.gain_interval[1]:+.3f}] (bootstrap); "
+        f"log-loss gain per row interval [{g.loss_gain_interval[0]:+.4f}, "
+        f"{g.loss_gain_interval[1]:+.4f}].",
         f"- Token budgets: {outcome.budget.reason} (every category's p50 / p90 offset moved by "
         f"{block['budget_log_shift']['p50']:+.3f} / {block['budget_log_shift']['p90']:+.3f} "
         "in log tokens).",

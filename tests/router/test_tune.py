@@ -61,7 +61,7 @@ def test_tune_gains_on_held_out_rows_where_a_learnable_signal_exists() -> None:
     fed, rest = slice(0, 400), slice(400, n)
     guard = cross_validate(x[fed], base[fed], weak[fed], strong[fed], FAST)
     assert guard.accepted and guard.theta is not None
-    assert guard.gain_interval[0] > 0.0
+    assert guard.gain_interval[0] > 0.0 and guard.loss_gain_interval[0] > 0.0
     before = routing_scores(base[rest], weak[rest], strong[rest]).apgr
     tuned = residual_logit(x[rest], base[rest], guard.theta)
     after = routing_scores(tuned, weak[rest], strong[rest]).apgr
@@ -204,6 +204,20 @@ def test_cli_tunes_on_a_learnable_file_and_the_gateway_loads_the_result(
     # route prints demand to four decimals.
     assert demand == pytest.approx(float(_demand(Router.load(out), [prompt])[0]), abs=1e-4)
     assert demand != pytest.approx(float(_demand(base, [prompt])[0]), abs=1e-3)
+
+
+def test_tune_is_deterministic_byte_for_byte(base: Router, tmp_path: Path) -> None:
+    pairs = _write(tmp_path / "topics.jsonl", _topic_rows(80, 0))
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        result = CliRunner().invoke(
+            tune, ["--pairs", str(pairs), "--out", str(out), "--date", "2026-12-03"]
+        )
+        assert result.exit_code == 0, result.output
+    assert read_manifest(outs[0])["tuned"]["accepted"] is True
+    # Same file, same seed: the same residual, manifest and card, whatever the run.
+    for name in ("heads_static.json", "router.json", "MODEL_CARD.md"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
 def test_a_non_empty_out_directory_is_refused(tmp_path: Path) -> None:
