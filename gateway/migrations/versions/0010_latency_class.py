@@ -27,6 +27,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
     for table in reversed(_TABLES):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("latency_class")
+        if sqlite:
+            # Not batch mode: it would recreate `teams`, and dropping the old table cascades to
+            # every key (api_keys' foreign key). SQLite 3.35+ drops a plain column in place.
+            op.execute(f"ALTER TABLE {table} DROP COLUMN latency_class")
+        else:
+            op.drop_column(table, "latency_class")
