@@ -153,13 +153,11 @@ class LatencyWatch:
     def __init__(self, policy: PolicyEngine, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._gates: dict[str, LatencyGate] = {}
-        tiers = {t.name: t.latency for t in policy.spec.tiers}
-        for tier in policy.tiers:
-            objective = tiers.get(tier)
-            if objective is None:
-                continue
-            for name in next(t.deployments for t in policy.spec.tiers if t.name == tier):
-                self._gates.setdefault(name, LatencyGate(objective))
+        for tier in policy.spec.tiers:
+            if tier.latency is not None:
+                for name in tier.deployments:
+                    # A deployment in several tiers: the first tier's objective judges it.
+                    self._gates.setdefault(name, LatencyGate(tier.latency))
 
     @property
     def enabled(self) -> bool:
