@@ -298,3 +298,23 @@ async def test_the_savings_reports_batch_line_equals_a_hand_computation(store_ur
     assert report["latency_classes"]["unpriced"] == [
         {"latency_class": "batch", "deployment": "retired", "requests": 1}
     ]
+
+
+def test_the_command_line_creates_a_team_with_a_default_class(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    cfg = tmp_path / "rightsize.yaml"
+    cfg.write_text(f"store:\n  url: sqlite:///{tmp_path / 'rs.db'}\n")
+    runner = CliRunner()
+    made = runner.invoke(
+        main, ["teams", "create", "nightly", "--latency-class", "batch", "--config", str(cfg)]
+    )
+    assert made.exit_code == 0, made.output
+    listed = runner.invoke(main, ["teams", "list", "--json", "--config", str(cfg)])
+    assert '"latency_class": "batch"' in listed.output
+    bad = runner.invoke(
+        main, ["teams", "create", "x", "--latency-class", "soon", "--config", str(cfg)]
+    )
+    assert bad.exit_code != 0
