@@ -116,8 +116,7 @@ def test_any_series_stays_broken_at_least_the_minimum_dwell(
             assert broke_at is not None and now - broke_at >= OBJECTIVE.min_dwell_s
 
 
-@pytest.fixture
-async def gw(tmp_path: Path, upstream: RunningUpstream) -> Any:
+def _config(tmp_path: Path, upstream: RunningUpstream, latency: dict[str, Any]) -> Any:
     models = [
         {
             "name": name,
@@ -129,6 +128,23 @@ async def gw(tmp_path: Path, upstream: RunningUpstream) -> Any:
         }
         for name, upstream_id in (("steady", "lat-steady"), ("backup", "lat-backup"))
     ]
+    policy = {
+        "tiers": [
+            {"name": "quick", "deployments": ["steady"], "latency": latency},
+            {"name": "careful", "deployments": ["backup"], "min_demand": 0.5},
+        ]
+    }
+    return gateway_config(
+        f"sqlite:///{tmp_path / 'gw.db'}",
+        upstream,
+        models=models,
+        policy=policy,
+        router={"enabled": False},
+    )
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, upstream: RunningUpstream) -> Any:
     latency = {
         "total_p95_ms": 1000,
         "window": 10,
@@ -137,20 +153,7 @@ async def gw(tmp_path: Path, upstream: RunningUpstream) -> Any:
         "min_dwell_s": 5,
         "probe_every_s": 10,
     }
-    policy = {
-        "tiers": [
-            {"name": "quick", "deployments": ["steady"], "latency": latency},
-            {"name": "careful", "deployments": ["backup"], "min_demand": 0.5},
-        ]
-    }
-    config = gateway_config(
-        f"sqlite:///{tmp_path / 'gw.db'}",
-        upstream,
-        models=models,
-        policy=policy,
-        router={"enabled": False},
-    )
-    async with in_process_gateway(config) as running:
+    async with in_process_gateway(_config(tmp_path, upstream, latency)) as running:
         try:
             yield running
         finally:
@@ -223,3 +226,24 @@ async def test_a_batch_request_is_not_moved_off_a_slow_deployment(
     )
     assert interactive.headers["x-rightsize-model"] == "backup"
     assert batch.headers["x-rightsize-model"] == "steady"
+
+
+async def test_a_stream_slow_to_its_first_chunk_breaks_a_ttft_objective(
+    tmp_path: Path, upstream: RunningUpstream
+) -> None:
+    latency = {"ttft_p95_ms": 1000, "window": 5, "min_samples": 1, "recover_samples": 1}
+    async with in_process_gateway(_config(tmp_path, upstream, latency)) as gw:
+        client = openai.AsyncOpenAI(
+            base_url="http://gateway/v1", api_key=gw.key, http_client=gw.client, max_retries=0
+        )
+        upstream.fake.delay_s["lat-steady"] = 1.5
+        try:
+            stream = await client.chat.completions.create(
+                model="quick", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            assert [c async for c in stream]
+        finally:
+            upstream.fake.delay_s.clear()
+        served, reason = await _ask(client, gw)
+    assert served == "backup"
+    assert "p95 time to first token" in reason
