@@ -35,6 +35,7 @@ from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
 from gateway.fingerprint import config_hash
 from gateway.http import error_response, json_response
+from gateway.latency import LatencyWatch
 from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
 from gateway.local_cost import LocalCostMeter
@@ -212,6 +213,7 @@ def create_app(
             local=local,
             local_cost=LocalCostMeter(catalog),
             tracing=tracing,
+            latency=_latency_watch(policy),
         )
         # A counter rebuilt from the spend log (after Redis lost it) counts this process's rows
         # still queued in the writer; other processes' queued rows are at most one batch
@@ -524,3 +526,9 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _latency_watch(policy: PolicyEngine) -> LatencyWatch | None:
+    """The latency objectives' measurements, when a tier has one."""
+    watch = LatencyWatch(policy)
+    return watch if watch.enabled else None

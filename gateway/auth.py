@@ -79,7 +79,11 @@ class KeyService:
         return hmac.new(self._secret, secret_key.encode(), hashlib.sha256).hexdigest()
 
     async def issue(
-        self, team: str, name: str | None = None, allowed_models: Sequence[str] | None = None
+        self,
+        team: str,
+        name: str | None = None,
+        allowed_models: Sequence[str] | None = None,
+        latency_class: str | None = None,
     ) -> IssuedKey:
         secret_key = KEY_PREFIX + secrets.token_urlsafe(32)
         key = await self._store.create_key(
@@ -89,6 +93,7 @@ class KeyService:
             key_hint=secret_key[:7] + "…",
             name=name,
             allowed_models=allowed_models,
+            latency_class=latency_class,
         )
         return IssuedKey(key=key, secret=secret_key)
 
@@ -96,6 +101,15 @@ class KeyService:
         key = await self._store.revoke_key(key_id)
         self._cache = {s: v for s, v in self._cache.items() if v[1].id != key_id}
         return key
+
+    def forget(self, *, key_id: str | None = None, team: str | None = None) -> None:
+        """Drop cached keys (one, or a team's) whose stored defaults changed: this process reads
+        them again at once, other workers within the cache's time to live."""
+        self._cache = {
+            s: v
+            for s, v in self._cache.items()
+            if v[1].id != key_id and (team is None or v[1].team != team)
+        }
 
     async def authenticate(self, secret_key: str | None) -> ApiKey:
         if not secret_key:

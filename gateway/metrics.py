@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 from yarl import URL
 
+from gateway.latency import GateReport
 from gateway.store import SpendRecord
 from local_backend import ReplicaReport
 
@@ -105,8 +106,8 @@ class Metrics:
         self.rules = Counter(
             "rightsize_routing_rules",
             "Routing decisions by the tier served and each policy rule that acted (pinned, "
-            "tier, demand, default, team_tiers, sticky, soft_budget, spill, next_tier, "
-            "reasoning_effort): one decision counts once per rule.",
+            "tier, demand, default, team_tiers, sticky, soft_budget, spill, latency_class, "
+            "latency_objective, next_tier, reasoning_effort): one decision counts once per rule.",
             ["tier", "rule"],
             registry=registry,
         )
@@ -199,6 +200,12 @@ class Metrics:
         self.engine_spilled = engine_gauge(
             "rightsize_local_engine_spilled",
             "1 while a local deployment spills new requests to the next tier.",
+            ["deployment"],
+        )
+        self.latency_broken = engine_gauge(
+            "rightsize_deployment_latency_objective_broken",
+            "1 while a deployment breaks its tier's latency objective (avoided by interactive "
+            "requests but for half-open probes), 0 while within it; this process's view.",
             ["deployment"],
         )
         self.budget_used = Gauge(
@@ -302,6 +309,11 @@ class Metrics:
 
     def rows_still_failing(self, count: int) -> None:
         self.spend_failing.set(count)
+
+    def latency_objectives(self, gates: Iterable[GateReport]) -> None:
+        """Set each measured deployment's latency-objective state (before a scrape)."""
+        for gate in gates:
+            self._child(self.latency_broken, gate.deployment).set(1 if gate.broken else 0)
 
     def local_engines(self, replicas: Iterable[ReplicaReport]) -> None:
         """Set the local-engine gauges from the probes' view (before a scrape)."""

@@ -74,6 +74,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         "reason": decision.reason,
         "fallbacks": [d.name for d in decision.fallbacks],
         "reasoning_effort": decision.reasoning_effort,
+        "latency_class": decision.latency_class,
         "expected_cost_usd": str(decision.expected_cost)
         if decision.expected_cost is not None
         else None,

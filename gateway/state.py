@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
+from gateway.latency import LatencyWatch
 from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.native import NativeProvider
@@ -53,6 +54,8 @@ class Gateway:
     # The parameters each deployment takes, resolved on first need (gateway/params.py).
     params: ParamTable = field(default_factory=ParamTable)
     tracing: Tracing | None = None  # None: no OTEL_* variable asks for traces
+    # The deployments of tiers with a latency objective, measured (None: no tier has one).
+    latency: LatencyWatch | None = None
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

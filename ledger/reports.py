@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledger.judged import budget_accuracy, judged_section
 from ledger.money import from_picousd, to_picousd
 from ledger.tables import spend_log
-from policies import Deployment, throughput
+from policies import Deployment, Usage, throughput
 
 GROUPINGS = ("team", "key", "model", "requested_model", "tier", "day")
 _COLUMNS = {
@@ -44,6 +44,13 @@ SAVINGS_METHOD = (
     "model with no price is listed there as unpriced (its requests count at 0 here)."
 )
 _MILLION = Decimal(1_000_000)
+LATENCY_METHOD = (
+    "Latency classes: each request logged as batch or background (cache hits aside) priced "
+    "at its own deployment's interactive price from the catalog, at its token counts, against "
+    "what it cost. Savings = interactive - actual, per class. A deployment no longer in the "
+    "catalog cannot be priced: its requests are listed as unpriced and left out."
+)
+DEFERRED_CLASSES = ("batch", "background")
 
 
 async def cost_report(
@@ -100,8 +107,11 @@ async def savings_report(
     *,
     team: str | None = None,
     local: Sequence[Deployment] = (),
+    catalog: Sequence[Deployment] = (),
 ) -> dict[str, Any]:
-    """Actual cost against the reference model's cost at the same tokens, per team and day."""
+    """Actual cost against the reference model's cost at the same tokens, per team and day;
+    and what the latency classes saved against serving everything interactively (`catalog`:
+    the deployments whose interactive prices that line uses)."""
     totals = await _grouped(engine, zone, start, end, ("team", "day"), team)
     price = reference.price
     rows = []
@@ -150,8 +160,72 @@ async def savings_report(
             "savings_usd": _money(sum_reference - sum_actual),
             "savings_percent": _percent(sum_reference - sum_actual, sum_reference),
         },
+        "latency_classes": await latency_savings(engine, zone, start, end, catalog, team=team),
         "local": await local_spend(engine, zone, start, end, local, team=team),
     }
+
+
+async def latency_savings(
+    engine: AsyncEngine,
+    zone: ZoneInfo,
+    start: date,
+    end: date,
+    catalog: Sequence[Deployment],
+    *,
+    team: str | None = None,
+) -> dict[str, Any]:
+    """Per deferred latency class: its requests' cost against the same requests served
+    interactively (each deployment's catalog price at the requests' tokens)."""
+    first, after = utc_range(zone, start, end)
+    query = (
+        select(
+            spend_log.c.latency_class,
+            spend_log.c.deployment,
+            func.count(),
+            func.coalesce(func.sum(spend_log.c.prompt_tokens), 0),
+            func.coalesce(func.sum(spend_log.c.completion_tokens), 0),
+            func.coalesce(func.sum(spend_log.c.cached_tokens), 0),
+            func.coalesce(func.sum(spend_log.c.cache_creation_tokens), 0),
+            func.coalesce(func.sum(spend_log.c.cost_picousd), 0),
+        )
+        .where(
+            spend_log.c.created_at >= first,
+            spend_log.c.created_at < after,
+            spend_log.c.latency_class.in_(DEFERRED_CLASSES),
+            spend_log.c.cache_hit.is_(False),
+        )
+        .group_by(spend_log.c.latency_class, spend_log.c.deployment)
+    )
+    if team is not None:
+        query = query.where(spend_log.c.team == team)
+    prices = {d.name: d.price for d in catalog}
+    counts = dict.fromkeys(DEFERRED_CLASSES, 0)
+    actuals = dict.fromkeys(DEFERRED_CLASSES, Decimal(0))
+    interactives = dict.fromkeys(DEFERRED_CLASSES, Decimal(0))
+    unpriced: list[dict[str, Any]] = []
+    async with engine.connect() as conn:
+        for latency, deployment, n, prompt, completion, cached, written, pico in await conn.execute(
+            query
+        ):
+            price = prices.get(deployment)
+            if price is None:
+                unpriced.append({"latency_class": latency, "deployment": deployment, "requests": n})
+                continue
+            usage = Usage(int(prompt), int(completion), int(cached), int(written))
+            counts[latency] += int(n)
+            actuals[latency] += from_picousd(int(pico))
+            interactives[latency] += price.cost(usage)
+    rows = [
+        {
+            "latency_class": latency,
+            "requests": counts[latency],
+            "actual_cost_usd": _money(actuals[latency]),
+            "interactive_cost_usd": _money(interactives[latency]),
+            "savings_usd": _money(interactives[latency] - actuals[latency]),
+        }
+        for latency in DEFERRED_CLASSES
+    ]
+    return {"method": LATENCY_METHOD, "rows": rows, "unpriced": unpriced}
 
 
 async def local_spend(

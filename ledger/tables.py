@@ -70,6 +70,8 @@ spend_log = Table(
     # Anthropic upstream priced apart (revision 0008); api is null on older rows.
     Column("api", String(16), nullable=True),
     Column("cache_creation_tokens", Integer, nullable=False, default=0, server_default="0"),
+    # interactive, batch or background (revision 0010); null on older rows.
+    Column("latency_class", String(16), nullable=True),
     Index("ix_spend_log_request_id", "request_id"),
     Index("ix_spend_log_record_id", "record_id", unique=True),
     Index("ix_spend_log_team_created", "team", "created_at"),

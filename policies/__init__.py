@@ -12,7 +12,16 @@ from policies.catalog import (
     TokenPrice,
     Usage,
 )
-from policies.config import PolicyError, PolicySpec, TierSpec, validate_policy
+from policies.config import (
+    INTERACTIVE,
+    LATENCY_CLASSES,
+    LatencyClass,
+    LatencyObjective,
+    PolicyError,
+    PolicySpec,
+    TierSpec,
+    validate_policy,
+)
 from policies.decision import (
     AUTO,
     Candidate,
@@ -28,6 +37,8 @@ from policies.local_cost import GpuCost, Pricing, Throughput, ThroughputWindow, 
 
 __all__ = [
     "AUTO",
+    "INTERACTIVE",
+    "LATENCY_CLASSES",
     "Candidate",
     "Capabilities",
     "Catalog",
@@ -36,6 +47,8 @@ __all__ = [
     "Deployment",
     "DeploymentState",
     "GpuCost",
+    "LatencyClass",
+    "LatencyObjective",
     "ModelInfo",
     "ModelInfoLookup",
     "ModelSpec",

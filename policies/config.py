@@ -4,13 +4,46 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Effort = Literal["minimal", "low", "medium", "high"]
+# How soon a request's answer is needed (issue 26); `interactive` unless something says otherwise.
+LatencyClass = Literal["interactive", "batch", "background"]
+LATENCY_CLASSES: tuple[str, ...] = ("interactive", "batch", "background")
+INTERACTIVE = "interactive"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class LatencyObjective(_Strict):
+    """A tier's latency objective, judged per deployment on the gateway's own measurements.
+
+    A deployment breaks it when the p95 of its last `window` requests (at least `min_samples`)
+    is above an objective; it is then avoided by interactive traffic, and lets one request
+    through every `probe_every_s` (half-open). It recovers once at least `min_dwell_s` have
+    passed and `recover_samples` fresh requests have a p95 at most `recover_ratio` x objective.
+    """
+
+    ttft_p95_ms: float | None = Field(
+        default=None, gt=0, description="Time to first token (streams)."
+    )
+    total_p95_ms: float | None = Field(default=None, gt=0, description="Whole upstream call.")
+    recover_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
+    window: int = Field(default=100, ge=1, le=10_000)
+    min_samples: int = Field(default=20, ge=1)
+    recover_samples: int = Field(default=5, ge=1)
+    min_dwell_s: float = Field(default=30.0, ge=0.0)
+    probe_every_s: float = Field(default=5.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> LatencyObjective:
+        if self.ttft_p95_ms is None and self.total_p95_ms is None:
+            raise ValueError("set ttft_p95_ms, total_p95_ms or both")
+        if max(self.min_samples, self.recover_samples) > self.window:
+            raise ValueError("min_samples and recover_samples must fit in the window")
+        return self
 
 
 class TierSpec(_Strict):
@@ -22,6 +55,7 @@ class TierSpec(_Strict):
     fallback: str | None = Field(
         default=None, description="Tier to try when every deployment here fails (default: next up)."
     )
+    latency: LatencyObjective | None = None
 
 
 class TeamRule(_Strict):
@@ -31,6 +65,9 @@ class TeamRule(_Strict):
     allowed_models: list[str] | None = None
     default_tier: str | None = None
     local_only: bool = False
+    # The team's latency class when neither the request's header nor its key nor the team's
+    # stored default names one.
+    latency_class: LatencyClass | None = None
 
 
 class SoftBudget(_Strict):
@@ -61,6 +98,10 @@ class PolicySpec(_Strict):
         description="cost: cheapest expected cost among admissible deployments; order: as listed.",
     )
     default_tier: str | None = None
+    latency_class: LatencyClass = Field(
+        default="interactive",
+        description="Latency class of requests that name none (header, key, team or team rule).",
+    )
     teams: dict[str, TeamRule] = Field(default_factory=dict)
     soft_budget: SoftBudget | None = None
     reasoning_effort: list[EffortStep] = Field(

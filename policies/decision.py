@@ -31,6 +31,10 @@ class RoutingRequest:
     needs_json_schema: bool = False
     # Session stickiness (the gateway's): `auto` and tier requests are served no lower.
     floor: TierFloor | None = None
+    # The latency class the caller asked for and where it came from (`x-rightsize-latency
+    # header`, `key default`, `team default`); None: the policy's team rule or default decides.
+    latency_class: str | None = None
+    latency_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,8 @@ RULES = (
     "sticky",  # the conversation's floor lifted the tier
     "soft_budget",  # a soft budget capped the tier
     "spill",  # a local engine past its load threshold was passed over
+    "latency_class",  # a latency class other than the default interactive one
+    "latency_objective",  # a deployment breaking its tier's latency objective was passed over
     "next_tier",  # nothing admissible in a tier: its fallback tier
     "reasoning_effort",  # the policy set a reasoning effort
 )
@@ -72,6 +78,7 @@ class Decision:
     expected_cost: Decimal | None = None
     # The rules that acted (RULES), in order; `reason` says the same in words.
     rules: tuple[str, ...] = ()
+    latency_class: str = "interactive"
 
     def attempts(self) -> tuple[Deployment, ...]:
         """The deployments to try, in order."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from policies.catalog import Catalog, Deployment, Usage
-from policies.config import PolicySpec, TeamRule, fallback_tier
+from policies.config import INTERACTIVE, PolicySpec, TeamRule, fallback_tier
 from policies.decision import (
     AUTO,
     Candidate,
@@ -37,6 +37,9 @@ class DeploymentState:
     # with hysteresis); None: not spilling.
     spill: str | None = None
     age_s: float | None = None  # age of the load reading; None: no reading (load unknown)
+    # Why interactive requests avoid this deployment: it breaks its tier's latency objective
+    # (the gateway's measurements, with hysteresis); None: within it, or not measured.
+    slow: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class _Trace:
     spilled: list[Deployment] = field(default_factory=list)
     # The rules that acted, as bounded names (RULES), in order: for metrics and reports.
     rules: list[str] = field(default_factory=list)
+    latency_class: str = INTERACTIVE
 
     def note(self, rule: str, step: str) -> None:
         """A step of the explanation, made by `rule`."""
@@ -114,6 +118,7 @@ class PolicyEngine:
         """Pick a deployment and fallbacks; raise Refusal or UnknownModel when none may serve."""
         trace = _Trace()
         rule = self._spec.teams.get(team.name, _NO_RULE) if team else _NO_RULE
+        trace.latency_class = self._latency_class(request, rule, trace)
         pinned, tier = self._resolve(request.model, estimate, rule, trace)
         if pinned is None and request.model == AUTO:
             # Only `auto` is lifted: a tier asked for by name is what the client chose.
@@ -168,7 +173,22 @@ class PolicyEngine:
             reasoning_effort=effort,
             expected_cost=_cost(first, request.prompt_tokens, output_tokens),
             rules=tuple(trace.rules),
+            latency_class=trace.latency_class,
         )
+
+    def _latency_class(self, request: RoutingRequest, rule: TeamRule, trace: _Trace) -> str:
+        """The request's own class, else the team rule's, else the policy's; noted unless it is
+        the plain default (interactive, named by nobody)."""
+        if request.latency_class is not None:
+            latency, source = request.latency_class, request.latency_source or "request"
+        elif rule.latency_class is not None:
+            latency, source = rule.latency_class, "policy team rule"
+        else:
+            latency, source = self._spec.latency_class, "policy default"
+            if latency == INTERACTIVE:
+                return latency
+        trace.note("latency_class", f"latency class {latency!r} ({source})")
+        return latency
 
     def _resolve(
         self, model: str, estimate: Estimate | None, rule: TeamRule, trace: _Trace
@@ -326,6 +346,13 @@ class PolicyEngine:
                     Candidate(deployment.name, tier, True, f"spilled: {state.spill}", cost)
                 )
                 trace.note("spill", f"spill: {deployment.name!r} {state.spill}")
+                trace.spilled.append(deployment)
+                continue
+            if state is not None and state.slow is not None and trace.latency_class == INTERACTIVE:
+                # Like a spill: passed over while anything else can serve, never refused for it.
+                why = f"breaks its latency objective: {state.slow}"
+                trace.candidates.append(Candidate(deployment.name, tier, True, why, cost))
+                trace.note("latency_objective", f"latency: {deployment.name!r} {why}")
                 trace.spilled.append(deployment)
                 continue
             rank = cost if self._spec.selection == "cost" else _ZERO

@@ -17,6 +17,9 @@ fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is
 fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces); once the
                  last message is the tool's result, answers as fake-ok
 
+Latency knob: `delay_s[model id]` (seconds, changeable while serving) delays every chat answer
+of that model id before anything else; any unlisted id not above answers as fake-ok.
+
 POST /v1/embeddings answers any model but fake-500 with embedding(i) for input i, as floats or
 as base64 float32 (encoding_format), and usage of EMBED_TOKENS per input (fake-nousage: none).
 
@@ -66,6 +69,7 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.delay_s: dict[str, float] = {}  # the latency knob, by model id
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -88,6 +92,9 @@ class FakeUpstream:
             }
         )
         model = body.get("model", "")
+        delay = self.delay_s.get(model.removeprefix("openai/"), 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if model.endswith("fake-500"):
             return _error(500, "the fake upstream fell over")
         if model.endswith("fake-400"):
@@ -126,6 +133,9 @@ class FakeUpstream:
         body = orjson.loads(await request.body())
         self.requests.append({"body": body, "auth": request.headers.get("authorization")})
         model = body.get("model", "")
+        delay = self.delay_s.get(model.removeprefix("openai/"), 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if model.endswith("fake-500"):
             return _error(500, "the fake upstream fell over")
         inputs = body["input"]

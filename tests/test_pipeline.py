@@ -281,6 +281,7 @@ class FakeGateway:
     ledger: None = None
     cache: None = None
     metrics: None = None
+    latency: None = None  # no tier with a latency objective
     log_requests: bool = False
     local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 

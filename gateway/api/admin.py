@@ -17,6 +17,7 @@ from gateway.state import Gateway
 from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Store, Team
 from gateway.store.store import ArchivedTeam
 from ledger.ledger import Ledger
+from policies import LatencyClass
 
 log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -48,10 +49,25 @@ class CacheUnavailable(GatewayError):
     code = "cache_unavailable"
 
 
+_LATENCY_DOC = (
+    "Default latency class of requests without an x-rightsize-latency header: "
+    "interactive, batch or background; null: the key's team's, then the policy's."
+)
+
+
 class TeamIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=TEAM_NAME)
+    latency_class: LatencyClass | None = Field(default=None, description=_LATENCY_DOC)
+
+
+class LatencyClassIn(BaseModel):
+    """PATCH body of a team or key: its default latency class (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_class: LatencyClass | None = Field(description=_LATENCY_DOC)
 
 
 class KeyIn(BaseModel):
@@ -62,6 +78,7 @@ class KeyIn(BaseModel):
     allowed_models: list[str] | None = Field(
         default=None, description="Names the key may send as `model`: models, tiers or auto."
     )
+    latency_class: LatencyClass | None = Field(default=None, description=_LATENCY_DOC)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -79,10 +96,21 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 @router.post("/teams", status_code=201)
 async def create_team(body: TeamIn, gateway: AdminGateway) -> Response:
     try:
-        team = await open_team(gateway.store, gateway.ledger, body.name)
+        team = await open_team(gateway.store, gateway.ledger, body.name, body.latency_class)
     except Conflict as exc:
         raise Exists(str(exc), param="name") from None
     return json_response(team_json(team), status=201)
+
+
+@router.patch("/teams/{name}")
+async def update_team(name: str, body: LatencyClassIn, gateway: AdminGateway) -> Response:
+    """Set the team's default latency class."""
+    try:
+        team = await gateway.store.set_team_latency_class(name, body.latency_class)
+    except Missing as exc:
+        raise NoSuch(str(exc)) from None
+    gateway.keys.forget(team=name)
+    return json_response(team_json(team))
 
 
 @router.get("/teams")
@@ -111,14 +139,18 @@ async def delete_team(name: str, gateway: AdminGateway) -> Response:
     return json_response({"name": name, "deleted": True, "archived_id": archived.id})
 
 
-async def open_team(store: Store, ledger: Ledger, name: str) -> Team:
+async def open_team(
+    store: Store, ledger: Ledger, name: str, latency_class: str | None = None
+) -> Team:
     """Create a team that starts clean, whatever a deleted team of that name left behind: spend
     rows logged after its deletion and leftover budgets go to its archive, counters its
     in-flight requests rebuilt after the deletion are dropped."""
     if name in {t.name for t in await store.list_teams()}:
         raise Conflict(f"team {name!r} already exists")
     await _forget_counters(ledger, name, "created")
-    team = await store.create_team(name, relabel=[ledger.budgets.archive_team])
+    team = await store.create_team(
+        name, relabel=[ledger.budgets.archive_team], latency_class=latency_class
+    )
     ledger.forget_budgets()
     return team
 
@@ -159,7 +191,9 @@ async def create_key(body: KeyIn, gateway: AdminGateway) -> Response:
                 f"Unknown models in allowed_models: {', '.join(unknown)}", param="allowed_models"
             )
     try:
-        issued = await gateway.keys.issue(body.team, body.name, body.allowed_models)
+        issued = await gateway.keys.issue(
+            body.team, body.name, body.allowed_models, body.latency_class
+        )
     except Missing as exc:
         raise NoSuch(str(exc), param="team") from None
     return json_response({**key_json(issued.key), "key": issued.secret}, status=201)
@@ -168,6 +202,17 @@ async def create_key(body: KeyIn, gateway: AdminGateway) -> Response:
 @router.get("/keys")
 async def list_keys(gateway: AdminGateway, team: str | None = None) -> Response:
     return json_response({"data": [key_json(k) for k in await gateway.store.list_keys(team)]})
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: LatencyClassIn, gateway: AdminGateway) -> Response:
+    """Set the key's default latency class."""
+    try:
+        key = await gateway.store.set_key_latency_class(key_id, body.latency_class)
+    except Missing as exc:
+        raise NoSuch(str(exc)) from None
+    gateway.keys.forget(key_id=key_id)
+    return json_response(key_json(key))
 
 
 @router.delete("/keys/{key_id}")
@@ -243,7 +288,11 @@ async def _drop_cached_answers(gateway: Gateway, team: str) -> None:
 
 
 def team_json(team: Team) -> dict[str, Any]:
-    return {"name": team.name, "created_at": team.created_at.isoformat()}
+    return {
+        "name": team.name,
+        "created_at": team.created_at.isoformat(),
+        "latency_class": team.latency_class,
+    }
 
 
 def archived_team_json(team: ArchivedTeam) -> dict[str, Any]:
@@ -264,6 +313,7 @@ def key_json(key: ApiKey) -> dict[str, Any]:
         "allowed_models": list(key.allowed_models) if key.allowed_models is not None else None,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "latency_class": key.latency_class,
     }
 
 
@@ -298,4 +348,5 @@ def spend_json(record: SpendRecord) -> dict[str, Any]:
         "config_hash": record.config_hash,
         "api": record.api,
         "cache_creation_tokens": record.cache_creation_tokens,
+        "latency_class": record.latency_class,
     }

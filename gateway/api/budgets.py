@@ -193,6 +193,7 @@ async def savings(
         deployment,
         team=team,
         local=[d for d in gateway.catalog.deployments if d.local],
+        catalog=gateway.catalog.deployments,
     )
     return _report_response(report, format, "savings")
 

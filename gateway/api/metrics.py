@@ -30,6 +30,8 @@ async def metrics(request: Request) -> Response:
             return error_response(exc)
     if gateway.local is not None:
         gateway.metrics.local_engines(gateway.local.report())
+    if gateway.latency is not None:
+        gateway.metrics.latency_objectives(gateway.latency.report())
     gateway.metrics.budgets_used(await _budgets_used(gateway))
     # Multiprocess mode reads every worker's files: off the event loop.
     body = await asyncio.to_thread(gateway.metrics.exposition)

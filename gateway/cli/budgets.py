@@ -197,7 +197,14 @@ def report_savings(
 
     async def build(_: Settings, store: Store, ledger: Ledger) -> dict[str, Any]:
         return await savings_report(
-            store.engine, ledger.zone, _day(start), _day(end), deployment, team=team, local=local
+            store.engine,
+            ledger.zone,
+            _day(start),
+            _day(end),
+            deployment,
+            team=team,
+            local=local,
+            catalog=catalog.deployments,
         )
 
     _emit(_with_ledger(config_path, build), fmt)
@@ -242,6 +249,19 @@ def _emit(result: dict[str, Any], fmt: str) -> None:
         print_rows(result["rows"], result["columns"], as_json=False)
         if "method" in result:
             click.echo(f"\nmethod: {result['method']}")
+        latency = result.get("latency_classes")
+        if latency is not None:
+            for line in latency["rows"]:
+                click.echo(
+                    f"\nlatency class {line['latency_class']}: {line['requests']} requests, "
+                    f"{line['actual_cost_usd']} USD against {line['interactive_cost_usd']} USD "
+                    f"interactively, saved {line['savings_usd']} USD"
+                )
+            for row in latency["unpriced"]:
+                click.echo(
+                    f"latency class {row['latency_class']}: {row['requests']} requests of "
+                    f"{row['deployment']!r} unpriced (not in the catalog)"
+                )
         for local in result.get("local", ()):
             cost = "unpriced" if local["cost_usd"] is None else f"{local['cost_usd']} USD"
             click.echo(f"\nlocal {local['deployment']}: {cost}; {local['derivation']}")

@@ -249,7 +249,13 @@ def teams() -> None:
 @teams.command("create")
 @config_option
 @click.argument("name")
-def teams_create(config_path: str | None, name: str) -> None:
+@click.option(
+    "--latency-class",
+    type=click.Choice(["interactive", "batch", "background"]),
+    default=None,
+    help="The team's default latency class (default: the policy's).",
+)
+def teams_create(config_path: str | None, name: str, latency_class: str | None) -> None:
     """Create a team."""
     import re
 
@@ -261,7 +267,9 @@ def teams_create(config_path: str | None, name: str) -> None:
             "a team name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
             "or digit"
         )
-    team = _with_team_ledger(config_path, lambda store, ledger: open_team(store, ledger, name))
+    team = _with_team_ledger(
+        config_path, lambda store, ledger: open_team(store, ledger, name, latency_class)
+    )
     click.echo(f"created team {team.name}")
 
 
@@ -279,7 +287,7 @@ def teams_list(config_path: str | None, archived: bool, as_json: bool) -> None:
         print_rows([archived_team_json(t) for t in found], columns, as_json)
         return
     rows = [team_json(t) for t in _with_store(config_path, lambda store: store.list_teams())]
-    print_rows(rows, ["name", "created_at"], as_json)
+    print_rows(rows, ["name", "created_at", "latency_class"], as_json)
 
 
 @teams.command("delete")

@@ -35,6 +35,10 @@ class Call:
     rules: tuple[str, ...] = ()  # the policy rules that made the decision (Decision.rules)
     fit: ParamFit | None = None  # the payload as fitted to the deployment last attempted
     trace: RequestTrace | None = None  # None: tracing is off (gateway/tracing.py)
+    # The served deployment's own call (the last attempt): when it started and, streamed, when
+    # its first chunk came; the latency objectives' samples (gateway/latency.py).
+    attempt_started: float | None = None
+    attempt_first_token_ms: float | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -43,6 +47,7 @@ class Call:
 async def finish(gateway: Gateway, call: Call) -> None:
     """Write the spend row, then settle the hold: the row is journaled before the ledger
     moves, so a worker killed in between loses no paid spend."""
+    observe_latency(gateway, call)
     try:
         with span(call, "rightsize.settle"):
             note_routing(gateway, call)
@@ -66,6 +71,19 @@ async def finish(gateway: Gateway, call: Call) -> None:
             log_request(call.record, call.cache)
     except Exception:
         log.exception("request %s: metrics or request log failed", call.record.request_id)
+
+
+def observe_latency(gateway: Gateway, call: Call) -> None:
+    """A served request's latency, for its deployment's objective: the last attempt's call
+    from its start to its end (a stream's end), and a stream's first chunk. Failed attempts
+    are the fallbacks' business, not samples."""
+    record = call.record
+    if gateway.latency is None or call.attempt_started is None or record.deployment is None:
+        return
+    if record.status != 200 or record.cache_hit:
+        return
+    total_ms = (time.perf_counter() - call.attempt_started) * 1000
+    gateway.latency.observe(record.deployment, call.attempt_first_token_ms, total_ms)
 
 
 def span(call: Call, name: str, *, client: bool = False) -> AbstractContextManager[Any]:

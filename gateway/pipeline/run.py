@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from gateway.cache import CacheLookup
 from gateway.errors import GatewayError, RevokedKey, UpstreamError, from_ledger
+from gateway.latency import requested_class, served_now
 from gateway.native import NATIVE, NativeRequest
 from gateway.outage import unavailable
 from gateway.pipeline.attempts import (
@@ -48,6 +49,7 @@ from gateway.pipeline.steps import (
     conversation,
     decide,
     deployment_budget,
+    deployment_states,
     estimate,
     estimate_can_wait,
     hold,
@@ -63,7 +65,7 @@ from gateway.store import ApiKey, SpendRecord
 from gateway.tokens import count_prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
 from ledger.errors import LedgerError
-from policies import Decision, Deployment
+from policies import INTERACTIVE, Decision, Deployment
 from router import Estimate
 
 log = logging.getLogger("rightsize.chat")
@@ -169,6 +171,9 @@ async def guarded(
 
 async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     key = await authenticate(gateway, call, inbound.token)
+    latency = requested_class(inbound.headers, key)
+    if latency.latency_class is not None:
+        call.record.latency_class = latency.latency_class
     chat = await inbound.read()
     native = inbound.native() if inbound.native is not None else None
     call.record.requested_model, call.record.stream = chat.model, bool(chat.stream)
@@ -197,13 +202,23 @@ async def _serve(gateway: Gateway, call: Call, inbound: Inbound) -> Outcome:
     else:
         call.estimate = await _estimate(gateway, call, messages)
     try:
-        states = gateway.local.states() if gateway.local is not None else None
+        states = deployment_states(gateway)
         with span(call, "rightsize.decide") as traced:
             decision = decide(
-                gateway.policy, key, chat, messages, n_prompt, call.estimate, team, floor, states
+                gateway.policy,
+                key,
+                chat,
+                messages,
+                n_prompt,
+                call.estimate,
+                team,
+                floor,
+                states,
+                latency,
             )
             call.record.deployment, call.record.tier = decision.deployment.name, decision.tier
-            call.record.route_reason = decision.reason
+            call.record.latency_class = decision.latency_class
+            call.record.route_reason = _route_reason(gateway, decision)
             call.rules = decision.rules
             if traced.is_recording():
                 traced.set_attributes(_decision_attributes(decision))
@@ -238,6 +253,16 @@ async def _estimate(
                 }
             )
         return found
+
+
+def _route_reason(gateway: Gateway, decision: Decision) -> str:
+    """The decision's explanation, and what the gateway adds: a half-open probe of a deployment
+    breaking its latency objective, a batch or background request answered at once."""
+    notes = [decision.reason]
+    if gateway.latency is not None and decision.latency_class == INTERACTIVE:
+        notes.append(gateway.latency.chosen(decision.deployment.name) or "")
+    notes.append(served_now(decision) or "")
+    return "; ".join(n for n in notes if n)
 
 
 def _decision_attributes(decision: Decision) -> dict[str, Any]:
@@ -343,6 +368,8 @@ async def _stream(
 
     deployment, opened = await _attempt(gateway, call, payload, decision, once, native)
     call.first_token_ms = call.elapsed_ms()
+    if call.attempt_started is not None:
+        call.attempt_first_token_ms = (time.perf_counter() - call.attempt_started) * 1000
     if later is not None:
         # The headers go out with the first chunk, after this: they carry the estimate.
         try:
@@ -414,6 +441,7 @@ async def _attempt(
         with span(call, name, client=True) as traced:
             if traced.is_recording():
                 traced.set_attributes(_attempt_attributes(deployment, body, tried))
+            call.attempt_started = time.perf_counter()
             try:
                 result = await once(deployment, body)
             except UpstreamError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.cache import CacheLookup
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.latency import RequestedClass
 from gateway.pipeline.call import Call
 from gateway.pipeline.metering import reserve_cache_hit, reserve_request
 from gateway.schemas import ChatRequest
@@ -192,9 +193,11 @@ def decide(
     team: TeamContext | None = None,
     floor: TierFloor | None = None,
     states: Mapping[str, DeploymentState] | None = None,
+    latency: RequestedClass | None = None,
 ) -> Decision:
     """The policy's decision for the request, its refusals as 404, 403 or 400 on `model`;
-    `states`: the local backend's health and load of its deployments."""
+    `states`: the local backend's health and load of its deployments, and the deployments
+    breaking their latency objective; `latency`: the class the caller named."""
     routing = RoutingRequest(
         model=chat.model,
         prompt_tokens=n_prompt_tokens,
@@ -204,6 +207,8 @@ def decide(
         needs_json_schema=chat.response_format is not None
         and chat.response_format.type == "json_schema",
         floor=floor,
+        latency_class=latency.latency_class if latency is not None else None,
+        latency_source=latency.source if latency is not None else "",
     )
     try:
         decision = policy.decide(routing, estimate, team or TeamContext(name=key.team), states)
@@ -225,6 +230,13 @@ def _has_images(messages: list[dict[str, Any]]) -> bool:
         if isinstance(message.get("content"), list)
         for part in message["content"]
     )
+
+
+def deployment_states(gateway: Gateway) -> Mapping[str, DeploymentState] | None:
+    """What the policy must know of the deployments now: the local backend's health and load,
+    and which break their tier's latency objective."""
+    states = gateway.local.states() if gateway.local is not None else None
+    return gateway.latency.states(states) if gateway.latency is not None else states
 
 
 async def hold(

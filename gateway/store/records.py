@@ -23,6 +23,7 @@ from ledger.money import to_picousd as to_picousd
 class Team:
     name: str
     created_at: datetime
+    latency_class: str | None = None  # the team's default latency class; None: the policy's
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class ApiKey:
     allowed_models: tuple[str, ...] | None
     created_at: datetime
     revoked_at: datetime | None
+    latency_class: str | None = None  # the key's default latency class; None: the team's
+    team_latency_class: str | None = None  # its team's, read with the key
 
     def may_use(self, *names: str | None) -> bool:
         """True when the key is unrestricted or any of the names is on its allow-list."""
@@ -83,6 +86,8 @@ class SpendRecord:
     api: str = "openai"  # the API the request came in on: openai or anthropic
     # Of prompt_tokens, those written to an Anthropic prompt cache (priced apart).
     cache_creation_tokens: int = 0
+    # interactive, batch or background (gateway/latency.py); None on rows before revision 0010.
+    latency_class: str | None = "interactive"
 
 
 @dataclass(slots=True)

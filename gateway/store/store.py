@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,14 +140,24 @@ class Store:
 
     # Teams
 
-    async def create_team(self, name: str, *, relabel: Sequence[TeamRelabel] = ()) -> Team:
+    async def create_team(
+        self,
+        name: str,
+        *,
+        relabel: Sequence[TeamRelabel] = (),
+        latency_class: str | None = None,
+    ) -> Team:
         """Create a team. What still carries the name (spend rows an earlier team of that name
         logged after its deletion; rows and budgets, with each `relabel`, of a team deleted
         before deletions archived) moves to that team's archive first: the new one starts clean."""
-        team = Team(name=name, created_at=_now())
+        team = Team(name=name, created_at=_now(), latency_class=latency_class)
         async with self.engine.begin() as conn:
             try:
-                await conn.execute(insert(teams).values(name=name, created_at=team.created_at))
+                await conn.execute(
+                    insert(teams).values(
+                        name=name, created_at=team.created_at, latency_class=latency_class
+                    )
+                )
             except IntegrityError:
                 raise Conflict(f"team {name!r} already exists") from None
             latest = await conn.scalar(
@@ -175,7 +185,23 @@ class Store:
     async def list_teams(self) -> list[Team]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(teams).order_by(teams.c.name))
-            return [Team(name=r.name, created_at=_aware(r.created_at)) for r in rows]
+            return [
+                Team(name=r.name, created_at=_aware(r.created_at), latency_class=r.latency_class)
+                for r in rows
+            ]
+
+    async def set_team_latency_class(self, name: str, latency_class: str | None) -> Team:
+        """Set (None: clear) the team's default latency class."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(teams).where(teams.c.name == name).values(latency_class=latency_class)
+            )
+            row = (await conn.execute(select(teams).where(teams.c.name == name))).first()
+        if row is None:
+            raise Missing(f"team {name!r} does not exist")
+        return Team(
+            name=row.name, created_at=_aware(row.created_at), latency_class=row.latency_class
+        )
 
     async def delete_team(self, name: str, *, relabel: Sequence[TeamRelabel] = ()) -> ArchivedTeam:
         """Archive a team under a new id, `name~hex`: its spend rows (and what each `relabel`
@@ -228,6 +254,7 @@ class Store:
         key_hint: str,
         name: str | None,
         allowed_models: Sequence[str] | None,
+        latency_class: str | None = None,
     ) -> ApiKey:
         key = ApiKey(
             id=key_id,
@@ -237,11 +264,13 @@ class Store:
             allowed_models=tuple(allowed_models) if allowed_models is not None else None,
             created_at=_now(),
             revoked_at=None,
+            latency_class=latency_class,
         )
         async with self.engine.begin() as conn:
-            exists = await conn.scalar(select(teams.c.name).where(teams.c.name == team))
+            exists = (await conn.execute(select(teams).where(teams.c.name == team))).first()
             if exists is None:
                 raise Missing(f"team {team!r} does not exist")
+            key = replace(key, team_latency_class=exists.latency_class)
             await conn.execute(
                 insert(api_keys).values(
                     id=key.id,
@@ -251,12 +280,13 @@ class Store:
                     key_hint=key_hint,
                     allowed_models=list(allowed_models) if allowed_models is not None else None,
                     created_at=key.created_at,
+                    latency_class=latency_class,
                 )
             )
         return key
 
     async def list_keys(self, team: str | None = None) -> list[ApiKey]:
-        query = select(api_keys).order_by(api_keys.c.created_at)
+        query = _keys_query().order_by(api_keys.c.created_at)
         if team is not None:
             query = query.where(api_keys.c.team == team)
         async with self.engine.connect() as conn:
@@ -265,9 +295,7 @@ class Store:
     async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
         """The key with this hash (revoked or not) and its stored hash for a constant-time check."""
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
-            ).first()
+            row = (await conn.execute(_keys_query().where(api_keys.c.key_hash == key_hash))).first()
         return (_key(row._mapping), row.key_hash) if row is not None else None
 
     async def revoke_key(self, key_id: str) -> ApiKey:
@@ -277,7 +305,18 @@ class Store:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=_now())
             )
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+            row = (await conn.execute(_keys_query().where(api_keys.c.id == key_id))).first()
+        if row is None:
+            raise Missing(f"key {key_id!r} does not exist")
+        return _key(row._mapping)
+
+    async def set_key_latency_class(self, key_id: str, latency_class: str | None) -> ApiKey:
+        """Set (None: clear) the key's default latency class."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id).values(latency_class=latency_class)
+            )
+            row = (await conn.execute(_keys_query().where(api_keys.c.id == key_id))).first()
         if row is None:
             raise Missing(f"key {key_id!r} does not exist")
         return _key(row._mapping)
@@ -420,6 +459,13 @@ def _archived(row: Any) -> ArchivedTeam:
     )
 
 
+def _keys_query() -> Any:
+    """Keys with their team's default latency class (a key outlives no team: cascade)."""
+    return select(api_keys, teams.c.latency_class.label("team_latency_class")).join(
+        teams, teams.c.name == api_keys.c.team
+    )
+
+
 def _key(row: Any) -> ApiKey:
     allowed = row["allowed_models"]
     return ApiKey(
@@ -430,6 +476,8 @@ def _key(row: Any) -> ApiKey:
         allowed_models=tuple(allowed) if allowed is not None else None,
         created_at=_aware(row["created_at"]),
         revoked_at=_aware(row["revoked_at"]) if row["revoked_at"] else None,
+        latency_class=row["latency_class"],
+        team_latency_class=row["team_latency_class"],
     )
 
 
@@ -472,6 +520,7 @@ def _spend_row(record: SpendRecord) -> dict[str, Any]:
         "config_hash": record.config_hash,
         "api": record.api,
         "cache_creation_tokens": record.cache_creation_tokens,
+        "latency_class": record.latency_class,
     }
 
 
@@ -509,6 +558,7 @@ def _spend_record(row: Any) -> SpendRecord:
         # Rows written before revision 0008 do not say; only the OpenAI API existed for most.
         api=row["api"] or "openai",
         cache_creation_tokens=row["cache_creation_tokens"],
+        latency_class=row["latency_class"],
     )
 
 

@@ -15,6 +15,8 @@ teams = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The team's default latency class (revision 0010); null: the policy's.
+    Column("latency_class", String(16), nullable=True),
 )
 
 api_keys = Table(
@@ -28,6 +30,8 @@ api_keys = Table(
     Column("allowed_models", JSON, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # The key's default latency class (revision 0010); null: the team's.
+    Column("latency_class", String(16), nullable=True),
     Index("ix_api_keys_team", "team"),
 )
 
