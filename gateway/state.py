@@ -13,6 +13,7 @@ from gateway.native import NativeProvider
 from gateway.params import ParamTable
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
+from gateway.shadow import ShadowRunner
 from gateway.spend import SpendWriter
 from gateway.stickiness import Stickiness
 from gateway.store import Store
@@ -53,6 +54,8 @@ class Gateway:
     # The parameters each deployment takes, resolved on first need (gateway/params.py).
     params: ParamTable = field(default_factory=ParamTable)
     tracing: Tracing | None = None  # None: no OTEL_* variable asks for traces
+    # Shadow evaluation (gateway/shadow.py); None: no team has it enabled.
+    shadow: ShadowRunner | None = None
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

@@ -12,7 +12,15 @@ from policies.catalog import (
     TokenPrice,
     Usage,
 )
-from policies.config import PolicyError, PolicySpec, TierSpec, validate_policy
+from policies.config import (
+    PolicyError,
+    PolicySpec,
+    ShadowPolicy,
+    ShadowSpec,
+    TierSpec,
+    shadow_tiers,
+    validate_policy,
+)
 from policies.decision import (
     AUTO,
     Candidate,
@@ -47,6 +55,8 @@ __all__ = [
     "Pricing",
     "Refusal",
     "RoutingRequest",
+    "ShadowPolicy",
+    "ShadowSpec",
     "TeamContext",
     "Throughput",
     "ThroughputWindow",
@@ -55,6 +65,7 @@ __all__ = [
     "TokenPrice",
     "UnknownModel",
     "Usage",
+    "shadow_tiers",
     "throughput",
     "validate_policy",
 ]
