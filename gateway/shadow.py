@@ -19,20 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway.errors import GatewayError
-from gateway.store import OutcomeRecord, SpendRecord, to_picousd
+from gateway.local_cost import LocalCostMeter
+from gateway.params import ParamTable
+from gateway.providers import Provider
+from gateway.spend import SpendWriter
+from gateway.store import OutcomeRecord, SpendRecord, Store, to_picousd
 from gateway.tokens import count_prompt_tokens
 from gateway.usage import completion_text, count_usage, usage_from
 from ledger.budgets import Amounts, Budget
 from ledger.errors import LedgerError
-from ledger.ledger import Hold, hold_amounts
+from ledger.ledger import Hold, Ledger, hold_amounts
 from ledger.periods import Period
-from policies import Deployment, ShadowPolicy, ShadowSpec, Usage, shadow_tiers
-
-if TYPE_CHECKING:
-    from gateway.state import Gateway
+from policies import Catalog, Deployment, PolicyEngine, ShadowPolicy, ShadowSpec, shadow_tiers
 
 log = logging.getLogger("rightsize.shadow")
 
@@ -115,6 +116,20 @@ class _Judged:
     verdict: str | None = None
     cost: Decimal = field(default_factory=Decimal)
     error: str | None = None
+
+
+class Gateway(Protocol):
+    """What the runner uses of the gateway's state (gateway.state.Gateway)."""
+
+    catalog: Catalog
+    policy: PolicyEngine
+    store: Store
+    spend: SpendWriter
+    ledger: Ledger
+    params: ParamTable
+    local_cost: LocalCostMeter
+
+    def provider(self, deployment: Deployment) -> Provider: ...
 
 
 class ShadowRunner:
@@ -361,7 +376,3 @@ class ShadowRunner:
 
 def _tokens(record: SpendRecord) -> int:
     return record.prompt_tokens + record.completion_tokens
-
-
-def usage_tokens(usage: Usage) -> int:
-    return usage.prompt_tokens + usage.completion_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -227,7 +228,7 @@ def _validate_shadow(spec: PolicySpec, deployments: set[str], tiers: list[str]) 
             raise PolicyError(f"{where}.strong", "the compared tiers must differ")
 
 
-def shadow_tiers(entry: ShadowSpec, tiers: list[str] | tuple[str, ...]) -> tuple[str, str]:
+def shadow_tiers(entry: ShadowSpec, tiers: Sequence[str]) -> tuple[str, str]:
     """The two tiers a shadow setting compares: as written, else the first and the last."""
     light = entry.light or (tiers[0] if tiers else "")
     strong = entry.strong or (tiers[-1] if tiers else "")

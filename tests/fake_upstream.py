@@ -167,7 +167,7 @@ def _answer(body: dict[str, Any]) -> str:
 
 
 def _between(text: str, start: str, end: str) -> str:
-    head, found, rest = text.partition(start)
+    _, found, rest = text.partition(start)
     return rest.partition(end)[0] if found else ""
 
 
