@@ -86,7 +86,8 @@ LAZY_COMMANDS = {
         "Cost, savings and routing reports from the spend log.",
     ),
     "tune": (
-        "router.cli:tune",
+        # The router's command, with --store (which reads the gateway's router_outcomes) added.
+        "gateway.cli.outcomes_tune:tune_cmd",
         "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",
     ),
     "train": (
