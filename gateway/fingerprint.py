@@ -29,12 +29,13 @@ def config_hash(
     session stickiness (it lifts tiers).
 
     Secrets are never in it: deployments name their keys' environment variables only. Batching
-    settings are left out: they change latency, not a decision. `local_backend` (given when a
+    settings are left out: they change latency, not a decision; so is `policy.shadow`. `local_backend` (given when a
     model has an engine): its spill thresholds, which move requests between tiers.
     """
     described = {
         "deployments": [_described(d) for d in catalog.deployments],
-        "policy": policy.model_dump(mode="json"),
+        # Shadow evaluation decides no route (it runs after the answer): left out.
+        "policy": policy.model_dump(mode="json", exclude={"shadow"}),
         "default": default,
         "router": router.model_dump(mode="json", include={"enabled", "artifact", "runtime"}),
     }

@@ -282,6 +282,7 @@ class FakeGateway:
     cache: None = None
     metrics: None = None
     log_requests: bool = False
+    shadow: None = None  # no shadow evaluation
     local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
 
