@@ -215,7 +215,7 @@ def create_app(
             tracing=tracing,
         )
         await app.state.gateway.cache.start()
-        shadow = ShadowRunner(settings.policy.shadow)
+        shadow = ShadowRunner(settings.policy.shadow, observer=metrics)
         if shadow.active:
             shadow.start(app.state.gateway)
             app.state.gateway.shadow = shadow

@@ -29,8 +29,9 @@ def config_hash(
     session stickiness (it lifts tiers).
 
     Secrets are never in it: deployments name their keys' environment variables only. Batching
-    settings are left out: they change latency, not a decision; so is `policy.shadow`. `local_backend` (given when a
-    model has an engine): its spill thresholds, which move requests between tiers.
+    settings are left out: they change latency, not a decision; so is `policy.shadow`.
+    `local_backend` (given when a model has an engine): its spill thresholds, which move
+    requests between tiers.
     """
     described = {
         "deployments": [_described(d) for d in catalog.deployments],

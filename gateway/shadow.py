@@ -132,12 +132,19 @@ class Gateway(Protocol):
     def provider(self, deployment: Deployment) -> Provider: ...
 
 
+class ShadowObserver(Protocol):
+    """Told of each job's fate (gateway.metrics.Metrics: `rightsize_shadow_jobs_total`)."""
+
+    def shadow_job(self, team: str, result: str) -> None: ...
+
+
 class ShadowRunner:
     """The sampler, the bounded queue and its workers."""
 
-    def __init__(self, policy: ShadowPolicy) -> None:
+    def __init__(self, policy: ShadowPolicy, observer: ShadowObserver | None = None) -> None:
         self.policy = policy
         self.counts = ShadowCounts()
+        self._observer = observer
         self._random = random.Random(policy.seed)
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=policy.queue_size)
         self._workers: list[asyncio.Task[None]] = []
@@ -159,7 +166,7 @@ class ShadowRunner:
             return None
         if self._random.random() >= spec.sample_rate:
             return None
-        self.counts.sampled += 1
+        self._count(team, "sampled")
         return spec
 
     def offer(self, job: ShadowJob) -> bool:
@@ -167,7 +174,7 @@ class ShadowRunner:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.counts.dropped += 1
+            self._count(job.team, "dropped")
             log.warning(
                 "shadow queue full (%d): request %s not shadowed",
                 self._queue.maxsize,
@@ -245,7 +252,7 @@ class ShadowRunner:
             spec, hold_amounts(other.price, n_prompt, body["max_tokens"]), job.request_id
         )
         if hold is None:
-            self.counts.capped += 1
+            self._count(job.team, "capped")
             return None
         reason = f"shadow: {other_tier} beside {job.served_tier} for team {job.team}"
         answer, cost, error = await self._call(
@@ -264,10 +271,15 @@ class ShadowRunner:
             if judged.error is not None:
                 outcome.error = f"judge: {judged.error}"
         await gateway.store.insert_outcomes([outcome])
-        self.counts.written += 1
+        self._count(job.team, "written")
         if outcome.error is not None:
-            self.counts.failed += 1
+            self._count(job.team, "failed")
         return outcome
+
+    def _count(self, team: str, result: str) -> None:
+        setattr(self.counts, result, getattr(self.counts, result) + 1)
+        if self._observer is not None:
+            self._observer.shadow_job(team, result)
 
     async def _hold(self, spec: ShadowSpec, amounts: Amounts, request_id: str) -> Hold | None:
         gateway = self._gateway

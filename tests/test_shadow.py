@@ -268,6 +268,32 @@ def test_the_share_sampled_stays_within_binomial_bounds_of_the_rate(rate: float,
     assert runner.counts.sampled == drawn
 
 
+async def test_a_full_queue_drops_the_job_and_counts_it_without_waiting() -> None:
+    from gateway.metrics import Metrics
+    from tests.test_metrics import parse, total
+
+    metrics = Metrics()
+    spec = ShadowSpec(enabled=True, sample_rate=1.0, budget="b", judge="judge")
+    runner = ShadowRunner(ShadowPolicy(default=spec, queue_size=2), observer=metrics)
+    job = ShadowJob(
+        request_id="r",
+        team="search",
+        spec=spec,
+        messages=MESSAGES,
+        payload={"model": "auto", "messages": MESSAGES},
+        prompt_text=PROMPT,
+        served_tier="light",
+        served_deployment="small",
+        served_text=ANSWER,
+        served_completion_tokens=COMPLETION_TOKENS,
+    )
+    # No worker runs: the queue fills, and offer() returns at once either way.
+    assert [runner.offer(job) for _ in range(5)] == [True, True, False, False, False]
+    assert runner.counts.dropped == 3
+    samples = parse(metrics.exposition().decode())
+    assert total(samples, "rightsize_shadow_jobs_total", team="search", result="dropped") == 3
+
+
 def test_shadow_spend_never_passes_the_daily_cap_under_concurrency(
     store_url: str, upstream: RunningUpstream
 ) -> None:
