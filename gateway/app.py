@@ -62,6 +62,7 @@ from gateway.providers import (
 )
 from gateway.scrub import Redactor, redact_logs
 from gateway.settings import ConfigError, Settings, build_catalog, load_settings
+from gateway.shadow import ShadowRunner
 from gateway.shutdown import Drain
 from gateway.spend import (
     WRITER_CONNECTIONS,
@@ -220,6 +221,10 @@ def create_app(
         # interval each (docs/budgets.md).
         app.state.gateway.ledger.before_rebuild = spend.flush
         await app.state.gateway.cache.start()
+        shadow = ShadowRunner(settings.policy.shadow, observer=metrics)
+        if shadow.active:
+            shadow.start(app.state.gateway)
+            app.state.gateway.shadow = shadow
         # Heartbeat, retried settlements, release of dead processes' holds; stopped (and this
         # process's heartbeat retired) by ledger.aclose() below.
         app.state.gateway.ledger.start()
@@ -238,6 +243,7 @@ def create_app(
         finally:
             if probes is not None:
                 await probes.aclose()
+            await shadow.aclose()  # jobs still queued are dropped: their holds were not taken
             reachability.cancel()
             if estimator is not None:
                 await estimator.aclose()

@@ -29,12 +29,14 @@ def config_hash(
     session stickiness (it lifts tiers).
 
     Secrets are never in it: deployments name their keys' environment variables only. Batching
-    settings are left out: they change latency, not a decision. `local_backend` (given when a
-    model has an engine): its spill thresholds, which move requests between tiers.
+    settings are left out: they change latency, not a decision; so is `policy.shadow`.
+    `local_backend` (given when a model has an engine): its spill thresholds, which move
+    requests between tiers.
     """
     described = {
         "deployments": [_described(d) for d in catalog.deployments],
-        "policy": policy.model_dump(mode="json"),
+        # Shadow evaluation decides no route (it runs after the answer): left out.
+        "policy": _policy(policy),
         "default": default,
         "router": router.model_dump(mode="json", include={"enabled", "artifact", "runtime"}),
     }
@@ -44,6 +46,21 @@ def config_hash(
         described["local_backend"] = local_backend.model_dump(mode="json", include={"spill"})
     text = orjson.dumps(described, default=_plain, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _policy(policy: PolicySpec) -> dict[str, Any]:
+    """The policy's fields, less those added later at their default (latency classes and
+    objectives): a configuration that sets none of them keeps its old hash."""
+    values: dict[str, Any] = policy.model_dump(mode="json", exclude={"shadow"})
+    if values.get("latency_class") == "interactive":
+        del values["latency_class"]
+    for tier in values.get("tiers", ()):
+        if tier.get("latency") is None:
+            tier.pop("latency", None)
+    for rule in values.get("teams", {}).values():
+        if rule.get("latency_class") is None:
+            rule.pop("latency_class", None)
+    return values
 
 
 def _described(deployment: Deployment) -> dict[str, Any]:

@@ -135,6 +135,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.shadow = Counter(
+            "rightsize_shadow_jobs",
+            "Shadow evaluation by team and result (sampled, dropped, capped, written, failed).",
+            ["team", "result"],
+            registry=registry,
+        )
         self.holds = Counter(
             "rightsize_budget_holds",
             "Requests held against a budget or rate limit before the upstream call.",
@@ -298,6 +304,11 @@ class Metrics:
 
     def cache_bypass(self, reason: str) -> None:
         self._child(self.cache_bypasses, reason).inc()
+
+    # The shadow runner's observer (gateway.shadow.ShadowObserver).
+
+    def shadow_job(self, team: str, result: str) -> None:
+        self._child(self.shadow, team, result).inc()
 
     # The spend writer's observer (gateway.spend.SpendObserver); called on its thread.
 

@@ -14,6 +14,7 @@ from gateway.native import NativeProvider
 from gateway.params import ParamTable
 from gateway.providers import Provider
 from gateway.settings import ConfigError, Settings
+from gateway.shadow import ShadowRunner
 from gateway.spend import SpendWriter
 from gateway.stickiness import Stickiness
 from gateway.store import Store
@@ -56,6 +57,8 @@ class Gateway:
     tracing: Tracing | None = None  # None: no OTEL_* variable asks for traces
     # The deployments of tiers with a latency objective, measured (None: no tier has one).
     latency: LatencyWatch | None = None
+    # Shadow evaluation (gateway/shadow.py); None: no team has it enabled.
+    shadow: ShadowRunner | None = None
 
     def provider(self, deployment: Deployment) -> Provider:
         if deployment.engine is not None and "local" in self.providers:

@@ -149,6 +149,19 @@ class Ledger:
         budgets = await self.budgets_for(team, key_id)
         if not budgets:
             return None
+        return await self._reserve(team, budgets, amounts, strict=False)
+
+    async def reserve_within(
+        self, subject: str, budgets: Sequence[Budget], amounts: Amounts
+    ) -> Hold:
+        """Hold `amounts` against these budgets, never past a limit: no last stretch is lent and
+        an outage refuses (CountersUnreachable) whatever `ledger.on_outage` says. For spend
+        the gateway chooses to make (shadow evaluation), whose cap must hold exactly."""
+        return await self._reserve(subject, list(budgets), amounts, strict=True)
+
+    async def _reserve(
+        self, team: str, budgets: list[Budget], amounts: Amounts, *, strict: bool
+    ) -> Hold:
         now = self.clock()
         windows = tuple(window_at(b.period, now, self.zone) for b in budgets)
         claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
@@ -168,12 +181,14 @@ class Ledger:
                 if not is_outage(exc):
                     raise
                 self._outage(exc)
+                if strict:
+                    raise counters_unreachable(exc) from exc
                 return self._admit_locally(team, budgets, windows, claims, hold_id, amounts, exc)
             self._recovered()
             if isinstance(result, Admitted):
                 state = self._budget_state(budgets, windows, result.states)
                 return Hold(hold_id, tuple(budgets), windows, claims, amounts, state)
-            stretch = last_stretch(claims[result.index], result.state, amounts)
+            stretch = None if strict else last_stretch(claims[result.index], result.state, amounts)
             if stretch is not None:
                 # Tried as one more atomic reserve: it fits only while the counter still
                 # stands as it was read (nothing held, nothing spent since).

@@ -19,7 +19,10 @@ from policies.config import (
     LatencyObjective,
     PolicyError,
     PolicySpec,
+    ShadowPolicy,
+    ShadowSpec,
     TierSpec,
+    shadow_tiers,
     validate_policy,
 )
 from policies.decision import (
@@ -60,6 +63,8 @@ __all__ = [
     "Pricing",
     "Refusal",
     "RoutingRequest",
+    "ShadowPolicy",
+    "ShadowSpec",
     "TeamContext",
     "Throughput",
     "ThroughputWindow",
@@ -68,6 +73,7 @@ __all__ = [
     "TokenPrice",
     "UnknownModel",
     "Usage",
+    "shadow_tiers",
     "throughput",
     "validate_policy",
 ]

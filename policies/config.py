@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,6 +91,45 @@ class Retries(_Strict):
     backoff_ms: int = Field(default=50, ge=0)
 
 
+class ShadowSpec(_Strict):
+    """Shadow evaluation for a team (docs/shadow.md): a sampled `auto` request's other tier is
+    called in the background and a judge deployment grades the two answers."""
+
+    enabled: bool = False
+    sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    daily_usd_cap: Decimal = Field(default=Decimal("1"), gt=0)
+    budget: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="The named budget (a spend-log team name) the shadow and judge calls are "
+        "charged to, capped at daily_usd_cap.",
+    )
+    light: str | None = Field(default=None, description="The cheaper tier (default: the first).")
+    strong: str | None = Field(default=None, description="The stronger tier (default: the last).")
+    judge: str | None = Field(default=None, description="The deployment that grades the pair.")
+    keep_prompt_text: bool = False
+    max_output_tokens: int = Field(default=1024, gt=0)
+    judge_max_tokens: int = Field(default=512, gt=0)
+
+
+class ShadowPolicy(_Strict):
+    """The `policy.shadow` section: a default and per-team overrides of its fields."""
+
+    default: ShadowSpec = Field(default_factory=ShadowSpec)
+    teams: dict[str, ShadowSpec] = Field(default_factory=dict)
+    queue_size: int = Field(default=1000, ge=1, description="Jobs waiting; more are dropped.")
+    concurrency: int = Field(default=4, ge=1, le=256)
+    seed: int | None = Field(default=None, description="The sampler's seed (tests, replays).")
+
+    def for_team(self, team: str) -> ShadowSpec:
+        """The team's settings: the default with the fields the team's entry sets."""
+        override = self.teams.get(team)
+        if override is None:
+            return self.default
+        fields = {name: getattr(override, name) for name in override.model_fields_set}
+        return self.default.model_copy(update=fields)
+
+
 class PolicySpec(_Strict):
     """The `policy` section of the configuration file."""
 
@@ -115,6 +156,7 @@ class PolicySpec(_Strict):
     default_output_tokens: int = Field(
         default=512, gt=0, description="Output tokens assumed when neither estimate nor max_tokens."
     )
+    shadow: ShadowPolicy = Field(default_factory=ShadowPolicy)
 
 
 class PolicyError(ValueError):
@@ -168,6 +210,7 @@ def validate_policy(spec: PolicySpec, deployments: set[str], model_tiers: list[s
                 raise PolicyError(
                     f"policy.teams.{team}.allowed_models[{j}]", f"unknown model {model!r}"
                 )
+    _validate_shadow(spec, deployments, names or model_tiers)
     steps = spec.reasoning_effort
     for j, step in enumerate(steps):
         last = j == len(steps) - 1
@@ -201,3 +244,33 @@ def _tier_references(spec: PolicySpec) -> list[tuple[str, str]]:
         if rule.default_tier:
             refs.append((rule.default_tier, f"policy.teams.{team}.default_tier"))
     return refs
+
+
+def _validate_shadow(spec: PolicySpec, deployments: set[str], tiers: list[str]) -> None:
+    """Each enabled shadow setting (the default, and each team's merged over it) must name a
+    budget, a judge deployment and two distinct known tiers."""
+    shadow = spec.shadow
+    entries = [("policy.shadow.default", shadow.default)]
+    entries += [(f"policy.shadow.teams.{team}", shadow.for_team(team)) for team in shadow.teams]
+    for where, entry in entries:
+        if not entry.enabled:
+            continue
+        if entry.budget is None:
+            raise PolicyError(f"{where}.budget", "shadow evaluation needs a named budget")
+        if entry.judge is None:
+            raise PolicyError(f"{where}.judge", "shadow evaluation needs a judge deployment")
+        if entry.judge not in deployments:
+            raise PolicyError(f"{where}.judge", f"unknown deployment {entry.judge!r}")
+        light, strong = shadow_tiers(entry, tiers)
+        for name, tier in (("light", light), ("strong", strong)):
+            if tier not in tiers:
+                raise PolicyError(f"{where}.{name}", f"unknown tier {tier!r}")
+        if light == strong:
+            raise PolicyError(f"{where}.strong", "the compared tiers must differ")
+
+
+def shadow_tiers(entry: ShadowSpec, tiers: Sequence[str]) -> tuple[str, str]:
+    """The two tiers a shadow setting compares: as written, else the first and the last."""
+    light = entry.light or (tiers[0] if tiers else "")
+    strong = entry.strong or (tiers[-1] if tiers else "")
+    return light, strong

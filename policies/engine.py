@@ -105,6 +105,10 @@ class PolicyEngine:
     def names(self) -> list[str]:
         return [AUTO, *self._order, *(d.name for d in self._catalog.deployments)]
 
+    def tier_deployments(self, tier: str) -> list[Deployment]:
+        """The tier's deployments in preference order (none for an unknown tier)."""
+        return list(self._tiers.get(tier, ()))
+
     def tier_of(self, deployment: str) -> str | None:
         return self._tier_of.get(deployment)
 

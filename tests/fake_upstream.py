@@ -14,6 +14,11 @@ fake-stall       streams two chunks, then nothing for 3 s
 fake-crlf        streams RAW_STREAMS' body: CRLF line endings, the last line without one, no [DONE]
 fake-redirect    HTTP 307 back to /v1/chat/completions (a client following it loops)
 fake-garbled     streams RAW_STREAMS' body: a chunk, then a `data:` line that is not JSON
+fake-long        answers LONG_ANSWER (longer than ANSWER), like fake-ok otherwise
+fake-judge       a pairwise judge (gateway/shadow.py's prompt): "[[A]]" or "[[B]]" for the longer
+                 of the two answers in the last message, "[[C]]" when they are as long
+fake-judge-a     a judge with a position bias: always "[[A]]"
+fake-garbage     answers text with no verdict in it
 fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces); once the
                  last message is the tool's result, answers as fake-ok
 
@@ -47,6 +52,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 ANSWER = "Hello from the fake upstream."
+LONG_ANSWER = "Hello from the fake upstream, at length: a longer and more detailed answer."
 PROMPT_TOKENS = 21
 COMPLETION_TOKENS = 7
 CACHED_TOKENS = 8
@@ -113,7 +119,7 @@ class FakeUpstream:
             return StreamingResponse(_chunks(body), media_type="text/event-stream")
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": ANSWER},
+            "message": {"role": "assistant", "content": _answer(body)},
             "finish_reason": "stop",
         }
         if model.endswith("fake-tool") and not _answers_a_tool(body):
@@ -151,6 +157,28 @@ class FakeUpstream:
             tokens = EMBED_TOKENS * count
             result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         return Response(orjson.dumps(result), media_type="application/json")
+
+
+def _answer(body: dict[str, Any]) -> str:
+    model = body.get("model", "")
+    if model.endswith("fake-long"):
+        return LONG_ANSWER
+    if model.endswith("fake-judge-a"):
+        return "Assistant A is better. [[A]]"
+    if model.endswith("fake-judge"):
+        last = str((body.get("messages") or [{}])[-1].get("content") or "")
+        a = _between(last, "[The Start of Assistant A's Answer]\n", "\n[The End of Assistant A's")
+        b = _between(last, "[The Start of Assistant B's Answer]\n", "\n[The End of Assistant B's")
+        verdict = "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+        return f"The longer answer is the better one. {verdict}"
+    if model.endswith("fake-garbage"):
+        return "I would rather not say which is better."
+    return ANSWER
+
+
+def _between(text: str, start: str, end: str) -> str:
+    _, found, rest = text.partition(start)
+    return rest.partition(end)[0] if found else ""
 
 
 def embedding(index: int) -> list[float]:

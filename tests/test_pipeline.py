@@ -283,6 +283,7 @@ class FakeGateway:
     metrics: None = None
     latency: None = None  # no tier with a latency objective
     log_requests: bool = False
+    shadow: None = None  # no shadow evaluation
     local_cost: LocalCostMeter = field(default_factory=LocalCostMeter)
 
 

@@ -121,7 +121,8 @@ def test_the_artifact_id_changes_with_the_artifact_files(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", ["threshold", "price", "runtime", "stickiness", "engine", "spill"]
+    "change",
+    ["threshold", "price", "runtime", "stickiness", "engine", "spill", "objective", "latency"],
 )
 def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> None:
     from gateway.fingerprint import config_hash
@@ -162,6 +163,10 @@ def test_the_config_hash_changes_with_the_routing_configuration(change: str) -> 
         changed["router"] = {"runtime": "onnx"}
     elif change == "engine":
         changed["models"][0].update(engine="vllm", api_base="http://gpu:8000/v1")
+    elif change == "objective":
+        changed["policy"] = {"tiers": [tiers[0], {**tiers[1], "latency": {"ttft_p95_ms": 800}}]}
+    elif change == "latency":
+        changed["policy"] = {"tiers": tiers, "latency_class": "batch"}
     elif change == "spill":
         engine = {"engine": "vllm", "api_base": "http://gpu:8000/v1"}
         base["models"] = [{**models[0], **engine}, models[1]]

@@ -70,7 +70,16 @@ def insert(store_url: str, rows: list[SpendRecord]) -> None:
 
 
 def tune_cli(store_url: str, out: Path, *extra: str) -> tuple[str, str]:
-    args = ["tune", "--spend-log", "--store", store_url, "--out", str(out), "--date", "2026-12-04"]
+    args = [
+        "tune",
+        "--spend-log",
+        "--store-url",
+        store_url,
+        "--out",
+        str(out),
+        "--date",
+        "2026-12-04",
+    ]
     result = CliRunner().invoke(main, [*args, *extra])
     assert result.exit_code == 0, result.output
     return result.stdout, result.stderr
@@ -180,7 +189,7 @@ def test_spend_log_options_need_the_flag(tmp_path: Path) -> None:
 
 def test_no_usable_rows_is_an_error_naming_the_artifact(store_url: str, tmp_path: Path) -> None:
     insert(store_url, served("big", 0.0, 40, 0, router_artifact="0123456789abcdef"))
-    args = ["tune", "--spend-log", "--store", store_url, "--out", str(tmp_path / "o")]
+    args = ["tune", "--spend-log", "--store-url", store_url, "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "40 other router artifacts" in result.stderr
@@ -226,5 +235,13 @@ async def test_the_hold_is_the_deployments_p90_from_the_tuned_artifact(
 def test_tune_help_lists_the_spend_log_options_beside_pairs() -> None:
     result = CliRunner().invoke(main, ["tune", "--help"])
     assert result.exit_code == 0
-    for option in ("--pairs", "--spend-log", "--since", "--team", "--deployment", "--store"):
+    for option in (
+        "--pairs",
+        "--spend-log",
+        "--since",
+        "--team",
+        "--deployment",
+        "--store",
+        "--store-url",
+    ):
         assert option in result.output

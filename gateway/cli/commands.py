@@ -86,8 +86,8 @@ LAZY_COMMANDS = {
         "Cost, savings and routing reports from the spend log.",
     ),
     "tune": (
-        # The router's command, with --spend-log (which reads the gateway's database) added.
-        "gateway.cli.spend_tune:tune_cmd",
+        # The router's command, with --spend-log and --store (which read the gateway's database).
+        "gateway.cli.tune:tune_cmd",
         "Adapt demand and budgets to your outcomes; keep the base unless CV shows a gain.",
     ),
     "train": (

@@ -1,9 +1,7 @@
 """`rightsize tune --spend-log`: token budgets per deployment refitted on logged traffic.
 
-The router's `tune` command (router/cli.py) tunes on a pairs file; the router may not read the
-gateway's database, so this module adds the options that do to that command and hands every
-other run to it unchanged. The fitting and the artifact are the router's
-(router/training/spend_budgets.py); reading and filtering the spend log is done here.
+The fitting and the artifact are the router's (router/training/spend_budgets.py); reading and
+filtering the spend log is done here (the command: gateway/cli/tune.py).
 """
 
 from __future__ import annotations
@@ -16,44 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway.cli.support import load_config, run
-from router.cli import tune as _router_tune
+from gateway.cli.support import run
 
 if TYPE_CHECKING:
     from gateway.store import SpendRecord
     from router.training.spend_budgets import LoggedAnswer
-
-_OPTIONS: list[click.Parameter] = [
-    click.Option(
-        ["--spend-log", "spend_log"],
-        is_flag=True,
-        help="Refit the token budgets per deployment on the requests the spend log holds "
-        "instead of a pairs file (docs/router.md).",
-    ),
-    click.Option(
-        ["--since"],
-        type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-        default=None,
-        help="With --spend-log: only rows logged from this UTC date or time on.",
-    ),
-    click.Option(["--team"], default=None, help="With --spend-log: only this team's rows."),
-    click.Option(
-        ["--deployment"], default=None, help="With --spend-log: only this deployment's rows."
-    ),
-    click.Option(
-        ["--store", "store_url"],
-        default=None,
-        help="With --spend-log: the gateway's database URL (default: the configuration's).",
-    ),
-    click.Option(
-        ["--config", "config_path"],
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="With --spend-log: the YAML configuration whose store to read (default: "
-        "$RIGHTSIZE_CONFIG, else built-in defaults).",
-    ),
-]
-_SPEND_ONLY = ("since", "team", "deployment", "store_url", "config_path")
 
 
 @dataclass
@@ -99,37 +64,6 @@ def usable_answers(records: list[SpendRecord], artifact: str) -> Usable:
                 )
             )
     return usable
-
-
-def _tune(**options: Any) -> None:
-    spend_log = options.pop("spend_log")
-    extra = {name: options.pop(name) for name in _SPEND_ONLY}
-    if not spend_log:
-        if any(v is not None for v in extra.values()):
-            raise click.UsageError(
-                "--since, --team, --deployment, --store and --config go with --spend-log"
-            )
-        click.get_current_context().invoke(_router_tune, **options)
-        return
-    if options.get("pairs_path") is not None:
-        raise click.UsageError("give --pairs FILE or --spend-log, not both")
-    if options.get("runtime") is not None:
-        raise click.UsageError("--spend-log moves budgets of every runtime: drop --runtime")
-    store_url, config_path = extra["store_url"], extra["config_path"]
-    if store_url is None:
-        store_url = load_config(config_path)[0].store_url()
-    elif config_path is not None:
-        raise click.UsageError("give --store URL or --config FILE, not both")
-    since = extra["since"].replace(tzinfo=dt.UTC) if extra["since"] is not None else None
-    tune_from_spend_log(
-        store_url,
-        options["out_dir"],
-        options["artifact_dir"],
-        options["date"] or dt.date.today().isoformat(),
-        since=since,
-        team=extra["team"],
-        deployment=extra["deployment"],
-    )
 
 
 def tune_from_spend_log(
@@ -198,12 +132,3 @@ async def _served(
         return await store.spend_served(since=since, team=team, deployment=deployment)
     finally:
         await store.aclose()
-
-
-tune_cmd = click.Command(
-    name=_router_tune.name,
-    callback=_tune,
-    params=[*_router_tune.params, *_OPTIONS],
-    help=_router_tune.help,
-    short_help=_router_tune.short_help,
-)

@@ -14,6 +14,7 @@ from gateway.errors import GatewayError
 from gateway.native import NATIVE
 from gateway.pipeline.attempts import OpenStream
 from gateway.pipeline.call import Call, charge, finish, usage_payload, usd
+from gateway.pipeline.shadowing import offer_shadow
 from gateway.schemas import ChatRequest
 from gateway.state import Gateway
 from gateway.usage import completion_text, count_usage, usage_from
@@ -101,6 +102,8 @@ async def relay(
     if completion is not None and call.record.status == 200:
         # After the end has gone out: the client does not wait for the cache.
         await gateway.cache.store(cached, deployment.name, completion)
+    if call.record.status == 200 and gateway.shadow is not None:
+        offer_shadow(gateway, call, chat.upstream_payload(), "".join(text))
 
 
 async def _final_usage(

@@ -44,6 +44,7 @@ from gateway.pipeline.call import (
     usd,
 )
 from gateway.pipeline.relay import StreamEvent, relay
+from gateway.pipeline.shadowing import offer_shadow
 from gateway.pipeline.steps import (
     authenticate,
     conversation,
@@ -346,7 +347,20 @@ async def _complete(
     headers = routing_headers(call)
     headers["x-rightsize-cost-usd"] = usd(cost)
     after = partial(gateway.cache.store, cached, deployment.name, result) if cached.write else None
+    if gateway.shadow is not None:
+        text = "".join(completion_text(c.get("message") or {}) for c in result.get("choices") or ())
+        shadowing = partial(_offer_shadow, gateway, call, payload, text)
+        after = partial(_in_turn, after, shadowing) if after is not None else shadowing
     return Answer(result, headers, after, native=answered)
+
+
+async def _offer_shadow(gateway: Gateway, call: Call, payload: dict[str, Any], text: str) -> None:
+    offer_shadow(gateway, call, payload, text)
+
+
+async def _in_turn(*steps: Callable[[], Awaitable[None]]) -> None:
+    for step in steps:
+        await step()
 
 
 async def _stream(
