@@ -1,0 +1,291 @@
+"""The batch API (issue 26): the openai SDK's batch flow against the gateway, whose upstream is a
+fake provider's batch API; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from gateway.batches import BatchStore
+from gateway.store import Store
+from policies import Catalog, ModelInfo, ModelSpec, TokenPrice
+from tests.conftest import (
+    PRICE_SMALL,
+    InProcessGateway,
+    gateway_config,
+    in_process_gateway,
+)
+from tests.fake_batch_provider import RunningBatchProvider
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
+from tests.test_spend_api import _migrate
+
+# PRICE_SMALL is $0.15 / $0.6 per million tokens; its batch price (unset) is half of that.
+LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3")) / 10**6
+DEADLINE_S = 60
+
+
+@pytest.fixture
+def provider() -> Iterator[RunningBatchProvider]:
+    with RunningBatchProvider() as running:
+        yield running
+
+
+@pytest.fixture
+async def gw(
+    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
+) -> AsyncIterator[InProcessGateway]:
+    config = gateway_config(store_url, upstream)
+    config["models"].append(
+        {
+            "name": "bulk",
+            "model": "openai/fake-ok",
+            "api_base": provider.base_url,
+            "api_key_env": "FAKE_UPSTREAM_KEY",
+            "transport": "openai_http",
+            "price": PRICE_SMALL,
+        }
+    )
+    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30}
+    async with in_process_gateway(config) as running:
+        yield running
+
+
+def sdk(gw: InProcessGateway, key: str | None = None) -> openai.AsyncOpenAI:
+    """The real openai SDK, over the gateway's in-process transport."""
+    return openai.AsyncOpenAI(
+        api_key=key or gw.key, base_url="http://gateway/v1", http_client=gw.client
+    )
+
+
+def jsonl(*lines: dict[str, Any] | bytes) -> bytes:
+    return b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+
+
+def line(custom_id: str, text: str, model: str = "bulk") -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 50}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+async def until(client: openai.AsyncOpenAI, batch_id: str, *statuses: str) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        assert time.monotonic() < deadline, f"batch stayed {batch.status}"
+        await asyncio.sleep(0.05)
+
+
+async def set_budget(gw: InProcessGateway) -> None:
+    body = {"team": "search", "period": "monthly", "limit_usd": "10"}
+    response = await gw.client.put("/admin/budgets", json=body, headers=gw.admin.headers)
+    assert response.status_code == 200, response.text
+
+
+async def budget_usage(gw: InProcessGateway) -> dict[str, Any]:
+    response = await gw.client.get("/admin/teams/search/usage", headers=gw.admin.headers)
+    (usage,) = response.json()["data"]
+    return dict(usage)
+
+
+async def spend_rows(store_url: str, count: int) -> list[Any]:
+    store = Store.connect(store_url)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            rows = [r for r in await store.spend(team="search", limit=1000) if r.api == "batch"]
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+    finally:
+        await store.aclose()
+
+
+async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_settling(
+    gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
+) -> None:
+    await set_budget(gw)
+    client = sdk(gw)
+    content = jsonl(
+        line("first", "one"),
+        line("second", "two"),
+        b"{not json",
+        line("third", "three", model="auto"),
+        line("fourth", "four"),
+    )
+    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+    assert uploaded.bytes == len(content)
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "validating"
+    batch = await until(client, batch.id, "in_progress")
+    # Held while the provider works: the lines' predicted cost at the batch price.
+    held = await budget_usage(gw)
+    assert Decimal(held["reserved_usd"]) > 0 and Decimal(held["spent_usd"]) == 0
+    assert held["reserved_requests"] == 4
+
+    provider.fake.complete()
+    batch = await until(client, batch.id, "completed")
+    assert (batch.request_counts.total, batch.request_counts.completed) == (5, 4)
+    assert batch.request_counts.failed == 1
+    output = [
+        orjson.loads(x)
+        for x in (await client.files.content(batch.output_file_id)).read().splitlines()
+    ]
+    assert [o["custom_id"] for o in output] == ["first", "second", "third", "fourth"]
+    answers = [o["response"]["body"]["choices"][0]["message"]["content"] for o in output]
+    # `auto` chose another deployment, whose server has no batch API: its line ran on its own.
+    assert answers == ["echo: one", "echo: two", ANSWER, "echo: four"]
+    errors = [
+        orjson.loads(x)
+        for x in (await client.files.content(batch.error_file_id)).read().splitlines()
+    ]
+    assert [e["error"]["code"] for e in errors] == ["invalid_json"]
+
+    rows = await spend_rows(store_url, 4)
+    batch_rows = [r for r in rows if r.status == 200]
+    assert len(batch_rows) == 4
+    assert all(r.cost_usd == LINE_COST for r in batch_rows if r.deployment == "bulk")
+    assert all(r.route_reason.startswith(f"batch {batch.id}: ") for r in batch_rows)
+    settled = await budget_usage(gw)
+    assert Decimal(settled["reserved_usd"]) == 0 and settled["reserved_requests"] == 0
+    assert Decimal(settled["spent_usd"]) == sum(r.cost_usd for r in batch_rows)
+    # One provider job for the lines routed to `bulk`, with the deployment's API key.
+    assert provider.fake.keys == {"Bearer sk-fake-upstream"}
+
+
+async def test_a_cancelled_batch_cancels_upstream_and_releases_its_holds(
+    gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
+) -> None:
+    await set_budget(gw)
+    client = sdk(gw)
+    content = jsonl(line("a", "one"), line("b", "two"))
+    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await until(client, batch.id, "in_progress")
+    assert (await budget_usage(gw))["reserved_requests"] == 2
+    cancelling = await client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling"
+    batch = await until(client, batch.id, "cancelled")
+    assert len(provider.fake.cancelled) == 1
+    usage = await budget_usage(gw)
+    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
+    assert Decimal(usage["spent_usd"]) == 0
+    assert await spend_rows(store_url, 0) == []
+    errors = (await client.files.content(batch.error_file_id)).read().splitlines()
+    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_cancelled"] * 2
+
+
+async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGateway) -> None:
+    await gw.admin.team("other")
+    other = sdk(gw, (await gw.admin.key("other"))["key"])
+    client = sdk(gw)
+    uploaded = await client.files.create(file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    with pytest.raises(openai.NotFoundError):
+        await other.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.files.content(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.cancel(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert (await other.files.list()).data == []
+    assert (await other.batches.list()).data == []
+    assert [f.id for f in (await client.files.list()).data] == [uploaded.id]
+    assert [b.id for b in (await client.batches.list()).data] == [batch.id]
+
+
+async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_error(
+    gw: InProcessGateway,
+) -> None:
+    client = sdk(gw)
+    uploaded = await client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    assert (await client.files.retrieve(uploaded.id)).filename == "in.jsonl"
+    assert (await client.files.content(uploaded.id)).read() == b"{}\n"
+    assert (await client.files.delete(uploaded.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(uploaded.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.files.create(file=("in.jsonl", b"{}\n"), purpose="fine-tune")
+    assert refused.value.body["param"] == "purpose"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(gw, "sk-not-a-key").files.list()
+
+
+async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url: str) -> None:
+    from datetime import timedelta
+
+    store = Store.connect(store_url)
+    try:
+        await store.migrate()
+        batches = BatchStore(store)
+        made = await batches.add_batch(
+            "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
+        )
+        assert await batches.lease(made.id, "one", 30)
+        assert not await batches.lease(made.id, "two", 30)
+        assert await batches.lease(made.id, "one", 0.001)  # renewed, now short
+        await asyncio.sleep(0.05)
+        assert await batches.lease(made.id, "two", 30)  # run out: taken over
+        await batches.update_batch(made.id, status="completed")
+        assert not await batches.lease(made.id, "two", 30)  # nothing left to drive
+    finally:
+        await store.aclose()
+
+
+async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str) -> None:
+    from sqlalchemy import inspect
+
+    def tables(connection: Any) -> set[str]:
+        return set(inspect(connection).get_table_names())
+
+    added = {"files", "batches", "batch_jobs", "batch_lines"}
+    store = Store.connect(store_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_migrate("head"))
+            assert added <= await conn.run_sync(tables)
+            await conn.run_sync(_migrate("0008", down=True))
+            assert not added & await conn.run_sync(tables)
+            await conn.run_sync(_migrate("head"))
+            assert added <= await conn.run_sync(tables)
+    finally:
+        await store.aclose()
+
+
+def test_the_batch_price_is_configured_or_the_model_databases_or_half_the_price() -> None:
+    info = ModelInfo(
+        price=TokenPrice(Decimal("1E-6"), Decimal("4E-6"), Decimal("1E-6")),
+        batch_price=TokenPrice(Decimal("4E-7"), Decimal("2E-6"), Decimal("4E-7")),
+    )
+    specs = [
+        ModelSpec(name="published", model="x/published"),
+        ModelSpec(name="halved", model="x/priced", price=PRICE_SMALL),
+        ModelSpec(
+            name="configured",
+            model="x/priced",
+            price={**PRICE_SMALL, "batch_input_per_mtok": "0.1", "batch_output_per_mtok": "0.2"},
+        ),
+    ]
+    catalog = Catalog.build(specs, lambda model: info if model == "x/published" else None)
+    rates = {d.name: (d.batch_rate.input, d.batch_rate.output) for d in catalog.deployments}
+    assert rates["published"] == (Decimal("4E-7"), Decimal("2E-6"))
+    assert rates["halved"] == (Decimal("0.075") / 10**6, Decimal("0.3") / 10**6)
+    assert rates["configured"] == (Decimal("0.1") / 10**6, Decimal("0.2") / 10**6)
