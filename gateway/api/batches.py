@@ -20,10 +20,11 @@ from gateway.batches.store import BatchStore
 from gateway.batches.worker import ENDPOINT, WINDOW, BatchWorker
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.http import error_response, json_response
+from gateway.openapi import BATCH_RESPONSES
 from gateway.state import Gateway
 from gateway.store import ApiKey
 
-router = APIRouter()
+router = APIRouter(responses=BATCH_RESPONSES)
 _PURPOSES = ("batch",)
 
 
@@ -51,7 +52,7 @@ def _list(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/files", include_in_schema=True)
+@router.post("/v1/files")
 async def upload_file(request: Request) -> Response:
     """Upload a JSONL of requests (multipart/form-data: `file`, `purpose=batch`)."""
     try:
@@ -143,7 +144,9 @@ async def create_batch(request: Request) -> Response:
         store = _store(request)
         found = await store.file(key.team, file_id) if isinstance(file_id, str) else None
         if found is None or found.purpose != "batch":
-            raise NotFound(f"No batch file with id {file_id!r}", param="input_file_id")
+            raise NotFound(
+                f"No batch file with id {file_id!r}", param="input_file_id", code="not_found"
+            )
         batch = await store.add_batch(key.team, key.id, ENDPOINT, found.id, WINDOW, metadata)
     except GatewayError as exc:
         return error_response(exc)
@@ -168,7 +171,7 @@ async def retrieve_batch(request: Request, batch_id: str) -> Response:
         key = await _key(request)
         found = await _store(request).batch(key.team, batch_id)
         if found is None:
-            raise NotFound(f"No batch with id {batch_id!r}")
+            raise NotFound(f"No batch with id {batch_id!r}", code="not_found")
     except GatewayError as exc:
         return error_response(exc)
     return json_response(found.json())
@@ -181,7 +184,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
         key = await _key(request)
         found = await _store(request).request_cancel(key.team, batch_id)
         if found is None:
-            raise NotFound(f"No batch with id {batch_id!r}")
+            raise NotFound(f"No batch with id {batch_id!r}", code="not_found")
     except GatewayError as exc:
         return error_response(exc)
     _worker(request).wake()
@@ -189,7 +192,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 
 
 def _no_file(file_id: str) -> NotFound:
-    return NotFound(f"No such file: {file_id!r}", param="file_id")
+    return NotFound(f"No such file: {file_id!r}", param="file_id", code="not_found")
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | None]:
