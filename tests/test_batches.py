@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -289,3 +290,49 @@ def test_the_batch_price_is_configured_or_the_model_databases_or_half_the_price(
     assert rates["published"] == (Decimal("4E-7"), Decimal("2E-6"))
     assert rates["halved"] == (Decimal("0.075") / 10**6, Decimal("0.3") / 10**6)
     assert rates["configured"] == (Decimal("0.1") / 10**6, Decimal("0.2") / 10**6)
+
+
+async def test_lines_run_on_an_idle_local_engine_and_go_to_the_provider_batch_api_when_it_is_busy(
+    upstream: RunningUpstream, provider: RunningBatchProvider, tmp_path: Path
+) -> None:
+    from tests.fake_engine import EngineState, RunningEngine
+    from tests.local_support import local_config
+    from tests.local_support import until as until_true
+
+    with RunningEngine(EngineState("engine", engine="vllm")) as engine:
+        probes = {"probe_interval_s": 0.05, "probe_timeout_s": 0.5, "stale_after_s": 0.5}
+        config = local_config(tmp_path, upstream, "vllm", [engine.base_url], **probes)
+        cloud = next(m for m in config["models"] if m["name"] == "cloud")
+        cloud["api_base"] = provider.base_url  # the remote tier's provider has a batch API
+        config["batches"] = {"poll_interval_s": 0.05}
+        async with in_process_gateway(config) as gw:
+            local = gw.app.state.gateway.local
+            client = sdk(gw)
+            await until_true(lambda: local.replicas("gpu")[0].reading is not None)
+
+            async def run(name: str) -> list[dict[str, Any]]:
+                content = jsonl(
+                    line(f"{name}-1", "one", "local"), line(f"{name}-2", "two", "local")
+                )
+                uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+                batch = await client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                )
+                provider.fake.complete()
+                batch = await until(client, batch.id, "completed")
+                output = (await client.files.content(batch.output_file_id)).read()
+                return [orjson.loads(x) for x in output.splitlines()]
+
+            idle = await run("idle")
+            assert [o["response"]["body"]["model"] for o in idle] == ["local-model"] * 2
+            assert provider.fake.batches == {}  # nothing went to the provider
+
+            engine.state.waiting = 20
+            await until_true(lambda: local.states()["gpu"].spill is not None)
+            busy = await run("busy")
+            assert [o["custom_id"] for o in busy] == ["busy-1", "busy-2"]
+            assert [o["response"]["body"]["model"] for o in busy] == ["fake-ok"] * 2
+            (submitted,) = provider.fake.batches
+            assert [r["custom_id"] for r in provider.fake.requests(submitted)] == ["0", "1"]
