@@ -336,3 +336,54 @@ async def test_lines_run_on_an_idle_local_engine_and_go_to_the_provider_batch_ap
             assert [o["response"]["body"]["model"] for o in busy] == ["fake-ok"] * 2
             (submitted,) = provider.fake.batches
             assert [r["custom_id"] for r in provider.fake.requests(submitted)] == ["0", "1"]
+
+
+async def test_another_process_takes_over_a_batch_whose_driver_stopped(
+    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
+) -> None:
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from tests.conftest import gateway_env
+
+    config = gateway_config(store_url, upstream)
+    config["models"].append(
+        {
+            "name": "bulk",
+            "model": "openai/fake-ok",
+            "api_base": provider.base_url,
+            "api_key_env": "FAKE_UPSTREAM_KEY",
+            "transport": "openai_http",
+            "price": PRICE_SMALL,
+        }
+    )
+    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 0.5}
+    async with in_process_gateway(config) as first:
+        await set_budget(first)
+        key, admin = first.key, first.admin.headers
+        client = sdk(first)
+        content = jsonl(line("a", "one"), line("b", "two"))
+        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await until(client, batch.id, "in_progress")
+    # The first process is gone with the batch in progress; a second one carries it on.
+    provider.fake.complete()
+    app = create_app(Settings.model_validate(config), environ=gateway_env())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            second = openai.AsyncOpenAI(api_key=key, base_url="http://gateway/v1", http_client=http)
+            done = await until(second, batch.id, "completed")
+            output = (await second.files.content(done.output_file_id)).read().splitlines()
+            await spend_rows(store_url, 2)
+            usage = (await http.get("/admin/teams/search/usage", headers=admin)).json()["data"][0]
+    # Charged by the second process; nothing left held.
+    assert Decimal(usage["spent_usd"]) == 2 * LINE_COST and usage["reserved_requests"] == 0
+    assert [orjson.loads(o)["custom_id"] for o in output] == ["a", "b"]
+    assert len(provider.fake.batches) == 1  # not submitted twice
+    rows = await spend_rows(store_url, 2)
+    assert sorted(r.request_id for r in rows) == [f"{batch.id}-0", f"{batch.id}-1"]
+    assert all(r.cost_usd == LINE_COST for r in rows)
