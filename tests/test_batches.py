@@ -29,6 +29,8 @@ from tests.test_spend_api import _migrate
 
 # PRICE_SMALL is $0.15 / $0.6 per million tokens; its batch price (unset) is half of that.
 LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3")) / 10**6
+# PRICE_DIRECT ($1.1 / $4.4) halved likewise.
+DIRECT_LINE_COST = (PROMPT_TOKENS * Decimal("0.55") + COMPLETION_TOKENS * Decimal("2.2")) / 10**6
 DEADLINE_S = 60
 
 
@@ -128,10 +130,16 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
     )
     assert batch.status == "validating"
     batch = await until(client, batch.id, "in_progress")
-    # Held while the provider works: the lines' predicted cost at the batch price.
-    held = await budget_usage(gw)
-    assert Decimal(held["reserved_usd"]) > 0 and Decimal(held["spent_usd"]) == 0
-    assert held["reserved_requests"] == 4
+    # `auto` routed the third line to `direct`, whose server has no batch API: it runs on its
+    # own and is charged at once; the other three stay held while the provider works.
+    deadline = time.monotonic() + DEADLINE_S
+    while (held := await budget_usage(gw))["reserved_requests"] != 3:
+        assert time.monotonic() < deadline, held
+        await asyncio.sleep(0.05)
+    assert Decimal(held["reserved_usd"]) > 0
+    (direct,) = await spend_rows(store_url, 1)
+    assert (direct.deployment, direct.cost_usd) == ("direct", DIRECT_LINE_COST)
+    assert Decimal(held["spent_usd"]) == DIRECT_LINE_COST
 
     provider.fake.complete()
     batch = await until(client, batch.id, "completed")
@@ -154,7 +162,7 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
     rows = await spend_rows(store_url, 4)
     batch_rows = [r for r in rows if r.status == 200]
     assert len(batch_rows) == 4
-    assert all(r.cost_usd == LINE_COST for r in batch_rows if r.deployment == "bulk")
+    assert sorted(r.cost_usd for r in batch_rows) == [LINE_COST] * 3 + [DIRECT_LINE_COST]
     assert all(r.route_reason.startswith(f"batch {batch.id}: ") for r in batch_rows)
     settled = await budget_usage(gw)
     assert Decimal(settled["reserved_usd"]) == 0 and settled["reserved_requests"] == 0
