@@ -42,6 +42,7 @@ from gateway.llm import model_info
 from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.openapi import (
+    BATCH_RESPONSES,
     CHAT_OPENAPI_EXTRA,
     CHAT_RESPONSES,
     COUNT_TOKENS_OPENAPI_EXTRA,
@@ -318,7 +319,7 @@ def create_app(
     app.add_api_route("/readyz", readyz, methods=["GET"])
     if metrics is not None:
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
-    app.include_router(batches_router)
+    app.include_router(batches_router, responses=BATCH_RESPONSES)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     app.include_router(admin_ui_router(AdminAssets.load()))

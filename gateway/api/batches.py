@@ -20,11 +20,10 @@ from gateway.batches.store import BatchStore
 from gateway.batches.worker import ENDPOINT, WINDOW, BatchWorker
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.http import error_response, json_response
-from gateway.openapi import BATCH_RESPONSES
 from gateway.state import Gateway
 from gateway.store import ApiKey
 
-router = APIRouter(responses=BATCH_RESPONSES)
+router = APIRouter()  # its error responses are declared where the app includes it
 _PURPOSES = ("batch",)
 
 
