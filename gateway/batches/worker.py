@@ -39,6 +39,8 @@ log = logging.getLogger("rightsize.batches")
 
 WINDOW = timedelta(hours=24)  # the one completion window OpenAI offers
 ENDPOINT = "/v1/chat/completions"
+# Lines routed at once: the router's batcher estimates them together.
+_ROUTE_CHUNK = 64
 _DIRECT_CONCURRENCY = 4  # lines of one batch in flight at once on a deployment without a batch API
 
 
@@ -187,9 +189,19 @@ class BatchWorker:
                 "message": f"A batch holds at most {self.settings.max_lines} requests",
             }
         ttl_s = max((batch.expires_at.replace(tzinfo=UTC) - _now()).total_seconds(), 1)
-        rows = [
-            await self._route_line(batch, key, i, raw, ttl_s) for i, raw in enumerate(raw_lines)
-        ]
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(raw_lines), _ROUTE_CHUNK):
+            # Renewed as it goes: a long file must not outlast the lease, or a second process
+            # would route (and hold) the same lines again.
+            if not await self.store.lease(batch.id, self.owner, self.settings.lease_s):
+                raise RuntimeError(f"batch {batch.id}: lease lost while routing its lines")
+            chunk = raw_lines[start : start + _ROUTE_CHUNK]
+            rows += await asyncio.gather(
+                *(
+                    self._route_line(batch, key, start + i, raw, ttl_s)
+                    for i, raw in enumerate(chunk)
+                )
+            )
         jobs: dict[str, str] = {}
         for row in rows:
             if row["status"] == "pending":
