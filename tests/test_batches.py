@@ -55,7 +55,7 @@ async def gw(
             "price": PRICE_SMALL,
         }
     )
-    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30}
+    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30, "max_file_bytes": 64_000}
     async with in_process_gateway(config) as running:
         yield running
 
@@ -236,6 +236,9 @@ async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_
     assert refused.value.body["param"] == "purpose"  # type: ignore[index]
     with pytest.raises(openai.AuthenticationError):
         await sdk(gw, "sk-not-a-key").files.list()
+    with pytest.raises(openai.APIStatusError) as too_large:
+        await client.files.create(file=("in.jsonl", b"x" * 64_001), purpose="batch")
+    assert too_large.value.status_code == 413
 
 
 async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url: str) -> None:

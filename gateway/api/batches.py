@@ -11,7 +11,6 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -19,7 +18,8 @@ from gateway.auth import bearer_token
 from gateway.batches.store import BatchStore
 from gateway.batches.worker import ENDPOINT, WINDOW, BatchWorker
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
-from gateway.http import error_response, json_response
+from gateway.http import error_response, json_response, read_json
+from gateway.settings import ServerSettings
 from gateway.state import Gateway
 from gateway.store import ApiKey
 
@@ -56,13 +56,7 @@ async def upload_file(request: Request) -> Response:
     """Upload a JSONL of requests (multipart/form-data: `file`, `purpose=batch`)."""
     try:
         key = await _key(request)
-        limit = _worker(request).settings.max_file_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"A file may be at most {limit} bytes")
-        body = await request.body()
-        if len(body) > limit:
-            raise PayloadTooLarge(f"A file may be at most {limit} bytes")
+        body = await _read_capped(request, _worker(request).settings.max_file_bytes)
         fields, upload = _multipart(request.headers.get("content-type", ""), body)
         purpose = fields.get("purpose")
         if purpose not in _PURPOSES:
@@ -126,12 +120,8 @@ async def create_batch(request: Request) -> Response:
     """Start a batch of the input file's lines; routed, held and submitted in the background."""
     try:
         key = await _key(request)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("The body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The body must be a JSON object")
+        gateway: Gateway = request.app.state.gateway
+        body = await read_json(request, gateway.settings.server, _json_object)
         if body.get("endpoint") != ENDPOINT:
             raise InvalidRequest(f"endpoint must be {ENDPOINT!r}", param="endpoint")
         if body.get("completion_window") != "24h":
@@ -188,6 +178,25 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
         return error_response(exc)
     _worker(request).wake()
     return json_response(found.json())
+
+
+def _json_object(body: Any, _: ServerSettings) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object")
+    return body
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes `limit`, before reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"A file may be at most {limit} bytes (batches.max_file_bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"A file may be at most {limit} bytes (batches.max_file_bytes)")
+    return bytes(body)
 
 
 def _no_file(file_id: str) -> NotFound:
