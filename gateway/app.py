@@ -22,14 +22,16 @@ from starlette.exceptions import HTTPException
 from gateway import __version__, outage
 from gateway.api.admin import router as admin_router
 from gateway.api.admin_ui import AdminAssets, admin_ui_router
+from gateway.api.batches import router as batches_router
 from gateway.api.budgets import router as ledger_admin_router
-from gateway.api.chat import chat_completions
+from gateway.api.chat import chat_completions, parse_chat_request
 from gateway.api.embeddings import embeddings
 from gateway.api.messages import count_tokens, messages
 from gateway.api.metrics import metrics as metrics_route
 from gateway.api.models import list_models, retrieve_model
 from gateway.api.unknown import not_served
 from gateway.auth import KeyService, load_key_secret
+from gateway.batches import BatchWorker, ProviderBatches
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
@@ -41,6 +43,7 @@ from gateway.llm import model_info
 from gateway.local_cost import LocalCostMeter
 from gateway.metrics import Metrics
 from gateway.openapi import (
+    BATCH_RESPONSES,
     CHAT_OPENAPI_EXTRA,
     CHAT_RESPONSES,
     COUNT_TOKENS_OPENAPI_EXTRA,
@@ -231,6 +234,15 @@ def create_app(
         if probes is not None:
             probes.start()
         app.state.probes = probes
+        # Batches (docs/batches.md): driven from the database by whichever process leases one.
+        batch_worker = BatchWorker(
+            app.state.gateway,
+            ProviderBatches(api_keys, redactor=redactor),
+            settings.batches,
+            parse_chat_request,
+        )
+        batch_worker.start()
+        app.state.batch_worker = batch_worker
         if freeze_gc:
             freeze_startup_objects()
         # In the background: an upstream that is down is worth a warning, not a failed start
@@ -241,6 +253,7 @@ def create_app(
         try:
             yield
         finally:
+            await batch_worker.aclose()
             if probes is not None:
                 await probes.aclose()
             await shadow.aclose()  # jobs still queued are dropped: their holds were not taken
@@ -318,6 +331,7 @@ def create_app(
     app.add_api_route("/readyz", readyz, methods=["GET"])
     if metrics is not None:
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
+    app.include_router(batches_router, responses=BATCH_RESPONSES)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     app.include_router(admin_ui_router(AdminAssets.load()))

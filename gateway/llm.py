@@ -64,8 +64,22 @@ def model_info(model: str) -> ModelInfo | None:
             cache_write=_exact(write) if write is not None else None,
             cache_write_1h=_exact(write_1h) if write_1h is not None else None,
         )
+    batch_price = None
+    batch_in, batch_out = (
+        entry.get("input_cost_per_token_batches"),
+        entry.get("output_cost_per_token_batches"),
+    )
+    if price is not None and batch_in is not None and batch_out is not None:
+        # The provider's batch API price; its cached reads at the same discount as its input.
+        ratio = _exact(batch_in) / price.input if price.input else Decimal("0.5")
+        batch_price = TokenPrice(
+            input=_exact(batch_in),
+            output=_exact(batch_out),
+            cached_input=price.cached_input * ratio,
+        )
     return ModelInfo(
         price=price,
+        batch_price=batch_price,
         context_window=entry.get("max_input_tokens"),
         tools=entry.get("supports_function_calling"),
         vision=entry.get("supports_vision"),

@@ -226,6 +226,13 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: error_response("Not a name this key may send as `model` (GET /v1/models lists them)"),
 }
 
+# /v1/files and /v1/batches (gateway/api/batches.py).
+BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: error_response("Invalid body, form or parameter (the field is named in `param`)"),
+    404: error_response("No such file or batch of this key's team"),
+    413: error_response("A file over batches.max_file_bytes"),
+}
+
 
 def anthropic_error(description: str) -> dict[str, Any]:
     """An OpenAPI response whose body is the Anthropic-shaped error."""

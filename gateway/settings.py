@@ -270,6 +270,27 @@ class SpendLogSettings(BaseModel):
     replay_interval_s: float = Field(default=30, gt=0)
 
 
+class BatchSettings(BaseModel):
+    """POST /v1/files and /v1/batches (docs/batches.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_s: float = Field(
+        default=30, gt=0, description="How often the gateway polls its provider batch jobs."
+    )
+    lease_s: float = Field(
+        default=120,
+        gt=0,
+        description="A batch is driven by one process at a time; another takes it over once "
+        "that process has not renewed its lease for this long (a crash, a restart).",
+    )
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_lines: int = Field(default=50_000, gt=0, description="Lines per batch (OpenAI's limit).")
+    batches_per_poll: int = Field(
+        default=20, gt=0, description="Batches one process advances per poll (a bound)."
+    )
+
+
 class Settings(BaseModel):
     """The whole configuration file."""
 
@@ -287,6 +308,7 @@ class Settings(BaseModel):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # budgets: gateway/ledger
     # Probes, spill-over and replica picking of models with an `engine` (docs/local_backend.md).
     local_backend: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)  # docs/batches.md
     # Where policy.tiers' thresholds came from when no file wrote them (zero-config); not a
     # configuration key.
     _thresholds_origin: str | None = PrivateAttr(default=None)

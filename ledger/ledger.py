@@ -144,8 +144,12 @@ class Ledger:
         """Drop the cache after a budget changed in this process."""
         self._cache.clear()
 
-    async def reserve(self, team: str, key_id: str, amounts: Amounts) -> Hold | None:
-        """Hold `amounts` against every budget of the team and key; None when there are none."""
+    async def reserve(
+        self, team: str, key_id: str, amounts: Amounts, *, ttl_s: float | None = None
+    ) -> Hold | None:
+        """Hold `amounts` against every budget of the team and key; None when there are none.
+        `ttl_s`: how long the hold lasts unsettled (default `ledger.reservation_ttl_s`; a batch
+        line's lasts its batch's completion window)."""
         budgets = await self.budgets_for(team, key_id)
         if not budgets:
             return None
@@ -167,7 +171,8 @@ class Ledger:
         claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
         hold_id = f"{self.owner}.{secrets.token_hex(8)}"
         now_ms = _ms(now)
-        expires = now_ms + int(self.settings.reservation_ttl_s * 1000)
+        ttl = self.settings.reservation_ttl_s if ttl_s is None else ttl_s
+        expires = now_ms + int(ttl * 1000)
         asked = amounts
         # Rebuilds, and one cut to the last stretch per budget: each pass ends or shrinks.
         for _ in range(4 + len(claims)):
@@ -216,6 +221,18 @@ class Ledger:
         self._recovered()
         for budget, window, state in zip(hold.budgets, hold.windows, states, strict=True):
             self._alerts(budget, window, state, actual)
+
+    async def resume(
+        self, hold_id: str, team: str, key_id: str, amounts: Amounts, held_at: datetime
+    ) -> Hold | None:
+        """A hold made earlier, perhaps by another process (a batch line's), to settle it: the
+        team's and key's budgets in the windows they were in when it was made."""
+        budgets = await self.budgets_for(team, key_id)
+        if not budgets:
+            return None
+        windows = tuple(window_at(b.period, held_at, self.zone) for b in budgets)
+        claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
+        return Hold(hold_id, tuple(budgets), windows, claims, amounts)
 
     async def budget_state(self, team: str, key_id: str) -> BudgetState:
         """Soft budgets of this team and key past their threshold, for the policy to read

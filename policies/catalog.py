@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Literal, TypeVar
 
@@ -29,6 +29,9 @@ class Price(BaseModel):
     # Anthropic's prompt-cache writes (5-minute and 1-hour); unset: the input price.
     cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
     cache_write_1h_per_mtok: Decimal | None = Field(default=None, ge=0)
+    # The provider's batch API price (POST /v1/batches); unset: half the interactive price.
+    batch_input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    batch_output_per_mtok: Decimal | None = Field(default=None, ge=0)
 
     @field_validator(
         "input_per_mtok",
@@ -36,6 +39,8 @@ class Price(BaseModel):
         "cached_input_per_mtok",
         "cache_write_per_mtok",
         "cache_write_1h_per_mtok",
+        "batch_input_per_mtok",
+        "batch_output_per_mtok",
         mode="before",
     )
     @classmethod
@@ -184,6 +189,17 @@ class TokenPrice:
         """The same price for every token (a local model priced by the GPU-hour)."""
         return cls(per_token, per_token, per_token)
 
+    def halved(self) -> TokenPrice:
+        """Every rate at half: the batch price where none is published (OpenAI's discount)."""
+        half = Decimal("0.5")
+        return TokenPrice(
+            input=self.input * half,
+            output=self.output * half,
+            cached_input=self.cached_input * half,
+            cache_write=self.cache_write * half if self.cache_write is not None else None,
+            cache_write_1h=self.cache_write_1h * half if self.cache_write_1h is not None else None,
+        )
+
     def cost(self, usage: Usage) -> Decimal:
         """Exact cost of a call with this usage."""
         written = usage.cache_creation_tokens
@@ -209,6 +225,7 @@ class ModelInfo:
 
     price: TokenPrice | None
     context_window: int | None = None
+    batch_price: TokenPrice | None = None  # litellm's *_cost_per_token_batches
     tools: bool | None = None
     vision: bool | None = None
     json_schema: bool | None = None
@@ -237,6 +254,13 @@ class Deployment:
     pricing: Pricing = "price"
     gpu_cost: GpuCost | None = None
     mode: Literal["chat", "embedding"] = "chat"
+    # A line of POST /v1/batches (gateway/batches/): held and charged at this price.
+    batch_price: TokenPrice | None = None
+
+    @property
+    def batch_rate(self) -> TokenPrice:
+        """The batch price; unset (a hand-built deployment): the interactive price."""
+        return self.batch_price if self.batch_price is not None else self.price
 
     @property
     def embedding(self) -> bool:
@@ -334,6 +358,7 @@ class Catalog:
             )
             deployments.append(
                 Deployment(
+                    batch_price=_batch_price(spec, known, price, pricing),
                     name=spec.name,
                     model=spec.model,
                     api_base=spec.api_base,
@@ -372,6 +397,28 @@ class Catalog:
     def unpriced(self) -> list[Deployment]:
         """Local deployments with no price at all: their spend is unknown, not zero."""
         return [d for d in self._by_name.values() if d.pricing == "unpriced"]
+
+
+def _batch_price(spec: ModelSpec, info: ModelInfo, price: TokenPrice, pricing: str) -> TokenPrice:
+    """The configured batch price, else the model database's, else half the interactive price.
+    A local model's batch lines cost what its interactive ones do (no provider discount)."""
+    given = spec.price
+    if given is not None and (given.batch_input_per_mtok, given.batch_output_per_mtok) != (
+        None,
+        None,
+    ):
+        half = price.halved()
+        batch_in, batch_out = given.batch_input_per_mtok, given.batch_output_per_mtok
+        return replace(
+            half,
+            input=batch_in / _MILLION if batch_in is not None else half.input,
+            output=batch_out / _MILLION if batch_out is not None else half.output,
+        )
+    if spec.local or pricing == "unpriced":
+        return price
+    if pricing == "model_database" and info.batch_price is not None:
+        return info.batch_price
+    return price.halved()
 
 
 def _first(*values: _T | None) -> _T | None:

@@ -107,6 +107,8 @@ async def _empty_tables(url: str) -> None:
                 "archived_teams",
             ):
                 await conn.exec_driver_sql(f"DELETE FROM {ledger_table}")  # gateway/ledger
+            for batch_table in ("batch_lines", "batch_jobs", "batches", "files"):
+                await conn.exec_driver_sql(f"DELETE FROM {batch_table}")  # gateway/batches
             await conn.exec_driver_sql("DELETE FROM spend_log")
             await conn.exec_driver_sql("DELETE FROM router_outcomes")
             await conn.exec_driver_sql("DELETE FROM api_keys")

@@ -21,8 +21,11 @@ async def reserve_request(
     deployment: Deployment,
     prompt_tokens: int,
     predicted_output_tokens: int | None = None,
+    *,
+    batch_ttl_s: float | None = None,
 ) -> Hold | None:
     """Hold the request's predicted cost, or None when its team and key have no budget.
+    `batch_ttl_s`: a batch line's, at the deployment's batch price, held that long.
 
     `prompt_tokens` is the count the routing decision used (gateway.tokens.prompt_tokens), so
     a prompt is tokenised once per request; the prediction is the router's p90 output tokens
@@ -37,8 +40,9 @@ async def reserve_request(
         prompt_tokens=prompt_tokens,
         default_cap=ledger.settings.default_max_output_tokens,
     )
-    amounts = hold_amounts(deployment.price, prompt_tokens, output * (chat.n or 1))
-    return await ledger.reserve(team, key_id, amounts)
+    price = deployment.price if batch_ttl_s is None else deployment.batch_rate
+    amounts = hold_amounts(price, prompt_tokens, output * (chat.n or 1))
+    return await ledger.reserve(team, key_id, amounts, ttl_s=batch_ttl_s)
 
 
 async def reserve_embedding(

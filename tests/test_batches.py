@@ -1,0 +1,400 @@
+"""The batch API (issue 26): the openai SDK's batch flow against the gateway, whose upstream is a
+fake provider's batch API; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from gateway.batches import BatchStore
+from gateway.store import Store
+from policies import Catalog, ModelInfo, ModelSpec, TokenPrice
+from tests.conftest import (
+    PRICE_SMALL,
+    InProcessGateway,
+    gateway_config,
+    in_process_gateway,
+)
+from tests.fake_batch_provider import RunningBatchProvider
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
+from tests.test_spend_api import _migrate
+
+# PRICE_SMALL is $0.15 / $0.6 per million tokens; its batch price (unset) is half of that.
+LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3")) / 10**6
+# PRICE_DIRECT ($1.1 / $4.4) halved likewise.
+DIRECT_LINE_COST = (PROMPT_TOKENS * Decimal("0.55") + COMPLETION_TOKENS * Decimal("2.2")) / 10**6
+DEADLINE_S = 60
+
+
+@pytest.fixture
+def provider() -> Iterator[RunningBatchProvider]:
+    with RunningBatchProvider() as running:
+        yield running
+
+
+@pytest.fixture
+async def gw(
+    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
+) -> AsyncIterator[InProcessGateway]:
+    config = gateway_config(store_url, upstream)
+    config["models"].append(
+        {
+            "name": "bulk",
+            "model": "openai/fake-ok",
+            "api_base": provider.base_url,
+            "api_key_env": "FAKE_UPSTREAM_KEY",
+            "transport": "openai_http",
+            "price": PRICE_SMALL,
+        }
+    )
+    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30, "max_file_bytes": 64_000}
+    async with in_process_gateway(config) as running:
+        yield running
+
+
+def sdk(gw: InProcessGateway, key: str | None = None) -> openai.AsyncOpenAI:
+    """The real openai SDK, over the gateway's in-process transport."""
+    return openai.AsyncOpenAI(
+        api_key=key or gw.key, base_url="http://gateway/v1", http_client=gw.client
+    )
+
+
+def jsonl(*lines: dict[str, Any] | bytes) -> bytes:
+    return b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+
+
+def line(custom_id: str, text: str, model: str = "bulk") -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 50}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+async def until(client: openai.AsyncOpenAI, batch_id: str, *statuses: str) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        assert time.monotonic() < deadline, f"batch stayed {batch.status}"
+        await asyncio.sleep(0.05)
+
+
+async def set_budget(gw: InProcessGateway) -> None:
+    body = {"team": "search", "period": "monthly", "limit_usd": "10"}
+    response = await gw.client.put("/admin/budgets", json=body, headers=gw.admin.headers)
+    assert response.status_code == 200, response.text
+
+
+async def budget_usage(gw: InProcessGateway) -> dict[str, Any]:
+    response = await gw.client.get("/admin/teams/search/usage", headers=gw.admin.headers)
+    (usage,) = response.json()["data"]
+    return dict(usage)
+
+
+async def spend_rows(store_url: str, count: int) -> list[Any]:
+    store = Store.connect(store_url)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            rows = [r for r in await store.spend(team="search", limit=1000) if r.api == "batch"]
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+    finally:
+        await store.aclose()
+
+
+async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_settling(
+    gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
+) -> None:
+    await set_budget(gw)
+    client = sdk(gw)
+    content = jsonl(
+        line("first", "one"),
+        line("second", "two"),
+        b"{not json",
+        line("third", "three", model="auto"),
+        line("fourth", "four"),
+    )
+    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+    assert uploaded.bytes == len(content)
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "validating"
+    batch = await until(client, batch.id, "in_progress")
+    # `auto` routed the third line to `direct`, whose server has no batch API: it runs on its
+    # own and is charged at once; the other three stay held while the provider works.
+    deadline = time.monotonic() + DEADLINE_S
+    while (held := await budget_usage(gw))["reserved_requests"] != 3:
+        assert time.monotonic() < deadline, held
+        await asyncio.sleep(0.05)
+    assert Decimal(held["reserved_usd"]) > 0
+    (direct,) = await spend_rows(store_url, 1)
+    assert (direct.deployment, direct.cost_usd) == ("direct", DIRECT_LINE_COST)
+    assert Decimal(held["spent_usd"]) == DIRECT_LINE_COST
+
+    provider.fake.complete()
+    batch = await until(client, batch.id, "completed")
+    assert (batch.request_counts.total, batch.request_counts.completed) == (5, 4)
+    assert batch.request_counts.failed == 1
+    output = [
+        orjson.loads(x)
+        for x in (await client.files.content(batch.output_file_id)).read().splitlines()
+    ]
+    assert [o["custom_id"] for o in output] == ["first", "second", "third", "fourth"]
+    answers = [o["response"]["body"]["choices"][0]["message"]["content"] for o in output]
+    # `auto` chose another deployment, whose server has no batch API: its line ran on its own.
+    assert answers == ["echo: one", "echo: two", ANSWER, "echo: four"]
+    errors = [
+        orjson.loads(x)
+        for x in (await client.files.content(batch.error_file_id)).read().splitlines()
+    ]
+    assert [e["error"]["code"] for e in errors] == ["invalid_json"]
+
+    rows = await spend_rows(store_url, 4)
+    batch_rows = [r for r in rows if r.status == 200]
+    assert len(batch_rows) == 4
+    assert sorted(r.cost_usd for r in batch_rows) == [LINE_COST] * 3 + [DIRECT_LINE_COST]
+    assert all(r.route_reason.startswith(f"batch {batch.id}: ") for r in batch_rows)
+    settled = await budget_usage(gw)
+    assert Decimal(settled["reserved_usd"]) == 0 and settled["reserved_requests"] == 0
+    assert Decimal(settled["spent_usd"]) == sum(r.cost_usd for r in batch_rows)
+    # One provider job for the lines routed to `bulk`, with the deployment's API key.
+    assert provider.fake.keys == {"Bearer sk-fake-upstream"}
+
+
+async def test_a_cancelled_batch_cancels_upstream_and_releases_its_holds(
+    gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
+) -> None:
+    await set_budget(gw)
+    client = sdk(gw)
+    content = jsonl(line("a", "one"), line("b", "two"))
+    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await until(client, batch.id, "in_progress")
+    assert (await budget_usage(gw))["reserved_requests"] == 2
+    cancelling = await client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling"
+    batch = await until(client, batch.id, "cancelled")
+    assert len(provider.fake.cancelled) == 1
+    usage = await budget_usage(gw)
+    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
+    assert Decimal(usage["spent_usd"]) == 0
+    assert await spend_rows(store_url, 0) == []
+    errors = (await client.files.content(batch.error_file_id)).read().splitlines()
+    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_cancelled"] * 2
+
+
+async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGateway) -> None:
+    await gw.admin.team("other")
+    other = sdk(gw, (await gw.admin.key("other"))["key"])
+    client = sdk(gw)
+    uploaded = await client.files.create(file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    with pytest.raises(openai.NotFoundError):
+        await other.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.files.content(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.cancel(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert (await other.files.list()).data == []
+    assert (await other.batches.list()).data == []
+    assert [f.id for f in (await client.files.list()).data] == [uploaded.id]
+    assert [b.id for b in (await client.batches.list()).data] == [batch.id]
+
+
+async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_error(
+    gw: InProcessGateway,
+) -> None:
+    client = sdk(gw)
+    uploaded = await client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    assert (await client.files.retrieve(uploaded.id)).filename == "in.jsonl"
+    assert (await client.files.content(uploaded.id)).read() == b"{}\n"
+    assert (await client.files.delete(uploaded.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(uploaded.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.files.create(file=("in.jsonl", b"{}\n"), purpose="fine-tune")
+    assert refused.value.body["param"] == "purpose"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(gw, "sk-not-a-key").files.list()
+    with pytest.raises(openai.APIStatusError) as too_large:
+        await client.files.create(file=("in.jsonl", b"x" * 64_001), purpose="batch")
+    assert too_large.value.status_code == 413
+
+
+async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url: str) -> None:
+    from datetime import timedelta
+
+    store = Store.connect(store_url)
+    try:
+        await store.migrate()
+        batches = BatchStore(store)
+        made = await batches.add_batch(
+            "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
+        )
+        assert await batches.lease(made.id, "one", 30)
+        assert not await batches.lease(made.id, "two", 30)
+        assert await batches.lease(made.id, "one", 0.001)  # renewed, now short
+        await asyncio.sleep(0.05)
+        assert await batches.lease(made.id, "two", 30)  # run out: taken over
+        await batches.update_batch(made.id, status="completed")
+        assert not await batches.lease(made.id, "two", 30)  # nothing left to drive
+    finally:
+        await store.aclose()
+
+
+async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str) -> None:
+    from sqlalchemy import inspect
+
+    def tables(connection: Any) -> set[str]:
+        return set(inspect(connection).get_table_names())
+
+    added = {"files", "batches", "batch_jobs", "batch_lines"}
+    store = Store.connect(store_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_migrate("head"))
+            assert added <= await conn.run_sync(tables)
+            await conn.run_sync(_migrate("0008", down=True))
+            assert not added & await conn.run_sync(tables)
+            await conn.run_sync(_migrate("head"))
+            assert added <= await conn.run_sync(tables)
+    finally:
+        await store.aclose()
+
+
+def test_the_batch_price_is_configured_or_the_model_databases_or_half_the_price() -> None:
+    info = ModelInfo(
+        price=TokenPrice(Decimal("1E-6"), Decimal("4E-6"), Decimal("1E-6")),
+        batch_price=TokenPrice(Decimal("4E-7"), Decimal("2E-6"), Decimal("4E-7")),
+    )
+    specs = [
+        ModelSpec(name="published", model="x/published"),
+        ModelSpec(name="halved", model="x/priced", price=PRICE_SMALL),
+        ModelSpec(
+            name="configured",
+            model="x/priced",
+            price={**PRICE_SMALL, "batch_input_per_mtok": "0.1", "batch_output_per_mtok": "0.2"},
+        ),
+    ]
+    catalog = Catalog.build(specs, lambda model: info if model == "x/published" else None)
+    rates = {d.name: (d.batch_rate.input, d.batch_rate.output) for d in catalog.deployments}
+    assert rates["published"] == (Decimal("4E-7"), Decimal("2E-6"))
+    assert rates["halved"] == (Decimal("0.075") / 10**6, Decimal("0.3") / 10**6)
+    assert rates["configured"] == (Decimal("0.1") / 10**6, Decimal("0.2") / 10**6)
+
+
+async def test_lines_run_on_an_idle_local_engine_and_go_to_the_provider_batch_api_when_it_is_busy(
+    upstream: RunningUpstream, provider: RunningBatchProvider, tmp_path: Path
+) -> None:
+    from tests.fake_engine import EngineState, RunningEngine
+    from tests.local_support import local_config
+    from tests.local_support import until as until_true
+
+    with RunningEngine(EngineState("engine", engine="vllm")) as engine:
+        probes = {"probe_interval_s": 0.05, "probe_timeout_s": 0.5, "stale_after_s": 0.5}
+        config = local_config(tmp_path, upstream, "vllm", [engine.base_url], **probes)
+        cloud = next(m for m in config["models"] if m["name"] == "cloud")
+        cloud["api_base"] = provider.base_url  # the remote tier's provider has a batch API
+        config["batches"] = {"poll_interval_s": 0.05}
+        async with in_process_gateway(config) as gw:
+            local = gw.app.state.gateway.local
+            client = sdk(gw)
+            await until_true(lambda: local.replicas("gpu")[0].reading is not None)
+
+            async def run(name: str) -> list[dict[str, Any]]:
+                content = jsonl(
+                    line(f"{name}-1", "one", "local"), line(f"{name}-2", "two", "local")
+                )
+                uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+                batch = await client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                )
+                provider.fake.complete()
+                batch = await until(client, batch.id, "completed")
+                output = (await client.files.content(batch.output_file_id)).read()
+                return [orjson.loads(x) for x in output.splitlines()]
+
+            idle = await run("idle")
+            assert [o["response"]["body"]["model"] for o in idle] == ["local-model"] * 2
+            assert provider.fake.batches == {}  # nothing went to the provider
+
+            engine.state.waiting = 20
+            await until_true(lambda: local.states()["gpu"].spill is not None)
+            busy = await run("busy")
+            assert [o["custom_id"] for o in busy] == ["busy-1", "busy-2"]
+            assert [o["response"]["body"]["model"] for o in busy] == ["fake-ok"] * 2
+            (submitted,) = provider.fake.batches
+            assert [r["custom_id"] for r in provider.fake.requests(submitted)] == ["0", "1"]
+
+
+async def test_another_process_takes_over_a_batch_whose_driver_stopped(
+    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
+) -> None:
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from tests.conftest import gateway_env
+
+    config = gateway_config(store_url, upstream)
+    config["models"].append(
+        {
+            "name": "bulk",
+            "model": "openai/fake-ok",
+            "api_base": provider.base_url,
+            "api_key_env": "FAKE_UPSTREAM_KEY",
+            "transport": "openai_http",
+            "price": PRICE_SMALL,
+        }
+    )
+    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 0.5}
+    async with in_process_gateway(config) as first:
+        await set_budget(first)
+        key, admin = first.key, first.admin.headers
+        client = sdk(first)
+        content = jsonl(line("a", "one"), line("b", "two"))
+        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await until(client, batch.id, "in_progress")
+    # The first process is gone with the batch in progress; a second one carries it on.
+    provider.fake.complete()
+    app = create_app(Settings.model_validate(config), environ=gateway_env())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            second = openai.AsyncOpenAI(api_key=key, base_url="http://gateway/v1", http_client=http)
+            done = await until(second, batch.id, "completed")
+            output = (await second.files.content(done.output_file_id)).read().splitlines()
+            await spend_rows(store_url, 2)
+            usage = (await http.get("/admin/teams/search/usage", headers=admin)).json()["data"][0]
+    # Charged by the second process; nothing left held.
+    assert Decimal(usage["spent_usd"]) == 2 * LINE_COST and usage["reserved_requests"] == 0
+    assert [orjson.loads(o)["custom_id"] for o in output] == ["a", "b"]
+    assert len(provider.fake.batches) == 1  # not submitted twice
+    rows = await spend_rows(store_url, 2)
+    assert sorted(r.request_id for r in rows) == [f"{batch.id}-0", f"{batch.id}-1"]
+    assert all(r.cost_usd == LINE_COST for r in rows)
