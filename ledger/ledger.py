@@ -153,7 +153,7 @@ class Ledger:
         budgets = await self.budgets_for(team, key_id)
         if not budgets:
             return None
-        return await self._reserve(team, budgets, amounts, strict=False)
+        return await self._reserve(team, budgets, amounts, strict=False, ttl_s=ttl_s)
 
     async def reserve_within(
         self, subject: str, budgets: Sequence[Budget], amounts: Amounts
@@ -164,7 +164,13 @@ class Ledger:
         return await self._reserve(subject, list(budgets), amounts, strict=True)
 
     async def _reserve(
-        self, team: str, budgets: list[Budget], amounts: Amounts, *, strict: bool
+        self,
+        team: str,
+        budgets: list[Budget],
+        amounts: Amounts,
+        *,
+        strict: bool,
+        ttl_s: float | None = None,
     ) -> Hold:
         now = self.clock()
         windows = tuple(window_at(b.period, now, self.zone) for b in budgets)

@@ -25,7 +25,7 @@ from tests.conftest import (
 )
 from tests.fake_batch_provider import RunningBatchProvider
 from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
-from tests.test_spend_api import _migrate
+from tests.migrate import migrate_to as _migrate
 
 # PRICE_SMALL is $0.15 / $0.6 per million tokens; its batch price (unset) is half of that.
 LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3")) / 10**6
@@ -164,6 +164,7 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
     assert len(batch_rows) == 4
     assert sorted(r.cost_usd for r in batch_rows) == [LINE_COST] * 3 + [DIRECT_LINE_COST]
     assert all(r.route_reason.startswith(f"batch {batch.id}: ") for r in batch_rows)
+    assert {(r.api, r.latency_class) for r in batch_rows} == {("batch", "batch")}
     settled = await budget_usage(gw)
     assert Decimal(settled["reserved_usd"]) == 0 and settled["reserved_requests"] == 0
     assert Decimal(settled["spent_usd"]) == sum(r.cost_usd for r in batch_rows)
@@ -274,7 +275,7 @@ async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str)
         async with store.engine.begin() as conn:
             await conn.run_sync(_migrate("head"))
             assert added <= await conn.run_sync(tables)
-            await conn.run_sync(_migrate("0008", down=True))
+            await conn.run_sync(_migrate("0010", down=True))
             assert not added & await conn.run_sync(tables)
             await conn.run_sync(_migrate("head"))
             assert added <= await conn.run_sync(tables)

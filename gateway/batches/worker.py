@@ -401,6 +401,7 @@ class BatchWorker:
             cost_usd=deployment.batch_rate.cost(usage) if body is not None else Decimal(0),
             route_reason=f"batch {batch.id}: {line.route_reason}",
             api="batch",
+            latency_class="batch",  # the savings report's latency line prices it interactively
             config_hash=self.gateway.config_hash,
         )
         if error is not None:
