@@ -224,10 +224,14 @@ def create_app(
         reachability = asyncio.create_task(check_reachability(catalog.deployments))
         if drain_on_sigterm:
             app.state.drain.install()  # uvicorn's own handler is in place by now
-            _reload_on_sighup(snapshots)
+            sighup = _reload_on_sighup(snapshots)
+        else:
+            sighup = False
         try:
             yield
         finally:
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if probes is not None:
                 await probes.aclose()
             reachability.cancel()
@@ -450,12 +454,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(GatewayError("Internal gateway error"))
 
 
-def _reload_on_sighup(snapshots: Snapshots) -> None:
-    """SIGHUP reloads this process's configuration and router artifact (each worker its own)."""
+def _reload_on_sighup(snapshots: Snapshots) -> bool:
+    """SIGHUP reloads this process's configuration and router artifact (each worker its own);
+    whether the handler was installed."""
     if threading.current_thread() is not threading.main_thread():
-        return  # signals reach the main thread's loop only
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup, snapshots)
+        return False  # signals reach the main thread's loop only
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup, snapshots)
+    return True
 
 
 def _on_sighup(snapshots: Snapshots) -> None:

@@ -131,8 +131,7 @@ class FakeUpstream:
         chunks = _chunks(body)
         yield await anext(chunks)
         self.held_started.set()
-        while not self.release_held.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(self.release_held.wait, 60)
         async for chunk in chunks:
             yield chunk
 

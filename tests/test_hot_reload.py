@@ -243,8 +243,7 @@ async def test_the_old_router_is_closed_once_its_last_request_ends(
                     "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
                 )
             )
-            while not upstream.fake.held_started.is_set():
-                await asyncio.sleep(0.01)
+            assert await asyncio.to_thread(upstream.fake.held_started.wait, 30)
             write_config(config_file, {**config, "router": {"artifact": str(artifact_b)}})
 
             reloaded = await http.post("/admin/reload", headers=ADMIN)
