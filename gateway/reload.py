@@ -153,6 +153,10 @@ class Snapshots:
         self._retired: list[_Held] = []
         self._closing: set[asyncio.Task[None]] = set()
         self.reloads = 0
+        # The artifact's files (path, size, mtime) when last hashed, and that hash: hashing its
+        # megabytes on every reload would cost the requests in flight CPU for nothing.
+        self._artifact_stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._artifact_stamp_id: str | None = None
 
     @property
     def current(self) -> Gateway:
@@ -178,6 +182,9 @@ class Snapshots:
             except ConfigError as exc:
                 log.warning("reload (%s) refused, the running configuration stays: %s", reason, exc)
                 raise ReloadFailed(str(exc)) from None
+            except Exception as exc:  # whatever failed, nothing was swapped in
+                log.exception("reload (%s) failed, the running configuration stays", reason)
+                raise ReloadFailed(f"the reload failed: {type(exc).__name__}: {exc}") from None
             retired = self._current
             self._current = _Held(new)
             self._state.gateway = new
@@ -248,9 +255,10 @@ class Snapshots:
                 "this gateway's configuration was given in code, not read from a file: "
                 "there is nothing to reload"
             )
-        settings, source = load_settings(self._config_file, self._env)
+        # Off the event loop: the file, its validation and the catalog's model lookups.
+        settings, source = await asyncio.to_thread(load_settings, self._config_file, self._env)
         _refuse_restart_changes(old.settings, settings)
-        catalog = build_catalog(settings, model_info, source)
+        catalog = await asyncio.to_thread(build_catalog, settings, model_info, source)
         keys = self._new_api_keys(catalog)
         _refuse_new_transports(old, catalog)
         router, estimator = await self._router(old, settings)
@@ -311,9 +319,14 @@ class Snapshots:
             return None, None
         directory = Path(settings.router.artifact or default_artifact_dir())
         try:
-            new_id = await asyncio.to_thread(artifact_id, directory)
+            stamp = await asyncio.to_thread(_stamp, directory)
+            if stamp == self._artifact_stamp and self._artifact_stamp_id is not None:
+                new_id = self._artifact_stamp_id  # no file of it changed since it was hashed
+            else:
+                new_id = await asyncio.to_thread(artifact_id, directory)
         except OSError as exc:
             raise ConfigError(f"router: cannot read the router artifact: {exc}") from exc
+        self._artifact_stamp, self._artifact_stamp_id = stamp, new_id
         if new_id == old.router.artifact_id and settings.router == old.settings.router:
             return old.router, old.estimator
         router = await asyncio.to_thread(load_router, settings)
@@ -348,6 +361,11 @@ def _refuse_new_transports(old: Gateway, catalog: Catalog) -> None:
                 f"models: {deployment.name!r} uses transport {deployment.transport!r}, which "
                 "this process did not start: restart the gateway"
             )
+
+
+def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 def _artifact(gateway: Gateway) -> str | None:
