@@ -152,6 +152,10 @@ class Snapshots:
         self._lock = asyncio.Lock()
         self._retired: list[_Held] = []
         self._closing: set[asyncio.Task[None]] = set()
+        # The batchers this app built (at start and by reloads), closed by it and by nobody else.
+        self._owned: dict[int, EstimateBatcher] = {}
+        if gateway.estimator is not None:
+            self._owned[id(gateway.estimator)] = gateway.estimator
         self.reloads = 0
         # The artifact's files (path, size, mtime) when last hashed, and that hash: hashing its
         # megabytes on every reload would cost the requests in flight CPU for nothing.
@@ -231,19 +235,22 @@ class Snapshots:
         """At shutdown: every batcher still open, the current one's included."""
         for task in list(self._closing):
             await asyncio.gather(task, return_exceptions=True)
-        for held in [*self._retired, self._current]:
-            estimator = held.gateway.estimator
-            if estimator is not None and not estimator.closed:
+        for estimator in self._owned.values():
+            if not estimator.closed:
                 await estimator.aclose()
+        self._owned.clear()
         self._retired.clear()
 
     def _close_unused(self, estimator: EstimateBatcher | None) -> None:
         """Close a retired snapshot's batcher once neither the snapshot in force nor any request
         in flight holds it (a reload that kept the artifact hands the same batcher on)."""
-        if estimator is None or estimator.closed or estimator is self._current.gateway.estimator:
+        if estimator is None or id(estimator) not in self._owned:
+            return
+        if estimator is self._current.gateway.estimator:
             return
         if any(held.gateway.estimator is estimator for held in self._retired):
             return
+        del self._owned[id(estimator)]
         log.info("a retired router's last request ended: its batcher is closed")
         task = asyncio.get_running_loop().create_task(estimator.aclose())
         self._closing.add(task)
@@ -268,6 +275,8 @@ class Snapshots:
             if estimator is not old.estimator and estimator is not None:
                 await estimator.aclose()
             raise ConfigError(f"policy: {exc}") from exc
+        if estimator is not None and estimator is not old.estimator:
+            self._owned[id(estimator)] = estimator
         # Nothing fails past this point: the keys the new deployments read join the providers'.
         self._api_keys.update(keys)
         same_models = old.catalog.deployments == catalog.deployments
@@ -336,7 +345,9 @@ class Snapshots:
                 f"router: the new artifact embeds in {router.encoder.dim} dimensions, the "
                 f"running one (and the semantic cache) in {old.router.encoder.dim}: restart"
             )
-        return router, new_batcher(settings, router)
+        batcher = new_batcher(settings, router)
+        assert batcher is not None
+        return router, batcher
 
 
 def _refuse_restart_changes(old: Settings, new: Settings) -> None:
