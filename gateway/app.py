@@ -7,6 +7,8 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,9 +37,8 @@ from gateway.batches import BatchWorker, ProviderBatches
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
-from gateway.fingerprint import config_hash
 from gateway.http import error_response, json_response
-from gateway.latency import LatencyWatch
+from gateway.latency import latency_watch
 from gateway.ledger_build import open_ledger
 from gateway.llm import model_info
 from gateway.local_cost import LocalCostMeter
@@ -63,8 +64,9 @@ from gateway.providers import (
     OpenAIHTTPProvider,
     Provider,
 )
+from gateway.reload import SnapshotMiddleware, Snapshots, build_routing, load_router, new_batcher
 from gateway.scrub import Redactor, redact_logs
-from gateway.settings import ConfigError, Settings, build_catalog, load_settings
+from gateway.settings import CONFIG_ENV, ConfigError, Settings, build_catalog, load_settings
 from gateway.shadow import ShadowRunner
 from gateway.shutdown import Drain
 from gateway.spend import (
@@ -73,7 +75,7 @@ from gateway.spend import (
     default_fallback_file,
     default_journal_dir,
 )
-from gateway.state import Gateway, resolve_api_keys
+from gateway.state import Gateway, gateway_of, resolve_api_keys
 from gateway.stickiness import Stickiness
 from gateway.store import Store
 from gateway.timeouts import with_client_timeouts
@@ -81,8 +83,8 @@ from gateway.tracing import Tracing
 from gateway.upstreams import check_reachability
 from ledger.errors import LedgerError
 from local_backend import LocalBackend, ProbeLoop
-from policies import Catalog, PolicyEngine
-from router import EstimateBatcher, Router
+from policies import Catalog
+from router import Router
 
 log = logging.getLogger("rightsize")
 _READY_TIMEOUT_S = 2.0  # a readiness probe answers within this, whatever the dependencies do
@@ -97,29 +99,23 @@ def create_app(
     freeze_gc: bool = False,
     tracer_provider: Any = None,
     drain_on_sigterm: bool = False,
+    config_file: str | Path | None = None,
 ) -> FastAPI:
     """Validate everything that can fail before serving, then build the app. `rightsize serve`
     sets `freeze_gc` (what start-up built moves out of the collector's reach) and
     `drain_on_sigterm` (SIGTERM drains for server.drain_s first: gateway/shutdown.py);
     `tracer_provider` (an OpenTelemetry SDK provider) replaces the one the OTEL_* variables
-    would build."""
+    would build. `config_file` is what POST /admin/reload and SIGHUP re-read
+    (gateway/reload.py); `rightsize serve` also reloads on SIGHUP when it sets
+    `drain_on_sigterm`."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
     key_secret = load_key_secret(settings, env)
-    default = settings.default_route(catalog)
-    policy = PolicyEngine(catalog, settings.policy, default)
-    router = _load_router(settings)
+    router = load_router(settings)
     # Recorded on every routed spend row: which configuration made the decision.
+    policy, default, routing_config = build_routing(settings, catalog, router)
     engines = any(d.engine is not None for d in catalog.deployments)
-    routing_config = config_hash(
-        catalog,
-        policy.spec,
-        default,
-        settings.router,
-        settings.routing.stickiness,
-        settings.local_backend if engines else None,
-    )
     master_key = env.get(settings.auth.master_key_env) or None
     metrics_key = env.get(settings.auth.metrics_key_env) or None
     # Upstream error text reaches tenants and the log: every secret this app holds is cut.
@@ -181,16 +177,7 @@ def create_app(
             api_keys, openai=providers.get("litellm"), redactor=redactor
         )
         providers["anthropic"] = anthropic
-        estimator = (
-            EstimateBatcher(
-                router,
-                max_batch_size=settings.router.max_batch_size,
-                max_wait_s=settings.router.max_wait_ms / 1000,
-                inline_max_chars=settings.router.inline_max_chars,
-            )
-            if router is not None
-            else None
-        )
+        estimator = new_batcher(settings, router)
         app.state.gateway = Gateway(
             settings=settings,
             catalog=catalog,
@@ -217,12 +204,22 @@ def create_app(
             local=local,
             local_cost=LocalCostMeter(catalog),
             tracing=tracing,
-            latency=_latency_watch(policy),
+            latency=latency_watch(policy),
         )
         # A counter rebuilt from the spend log (after Redis lost it) counts this process's rows
         # still queued in the writer; other processes' queued rows are at most one batch
         # interval each (docs/budgets.md).
         app.state.gateway.ledger.before_rebuild = spend.flush
+        # The snapshot each request takes at its start; a reload swaps it (gateway/reload.py).
+        snapshots = Snapshots(
+            app.state,
+            app.state.gateway,
+            config_file=config_file,
+            source=source,
+            environ=env,
+            api_keys=api_keys,
+        )
+        app.state.snapshots = snapshots
         await app.state.gateway.cache.start()
         shadow = ShadowRunner(settings.policy.shadow, observer=metrics)
         if shadow.active:
@@ -236,7 +233,7 @@ def create_app(
         app.state.probes = probes
         # Batches (docs/batches.md): driven from the database by whichever process leases one.
         batch_worker = BatchWorker(
-            app.state.gateway,
+            lambda: app.state.gateway,  # the snapshot in force: a reload's policy routes lines
             ProviderBatches(api_keys, redactor=redactor),
             settings.batches,
             parse_chat_request,
@@ -250,16 +247,20 @@ def create_app(
         reachability = asyncio.create_task(check_reachability(catalog.deployments))
         if drain_on_sigterm:
             app.state.drain.install()  # uvicorn's own handler is in place by now
+            sighup = _reload_on_sighup(snapshots)
+        else:
+            sighup = False
         try:
             yield
         finally:
             await batch_worker.aclose()
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if probes is not None:
                 await probes.aclose()
             await shadow.aclose()  # jobs still queued are dropped: their holds were not taken
             reachability.cancel()
-            if estimator is not None:
-                await estimator.aclose()
+            await snapshots.aclose()  # the batchers of the router in force and of retired ones
             await app.state.gateway.cache.aclose()
             await app.state.gateway.stickiness.aclose()
             await spend.aclose()
@@ -284,6 +285,7 @@ def create_app(
     )
     app.state.drain = Drain(settings.server.drain_s)
     install_openapi(app)
+    app.add_middleware(SnapshotMiddleware)
     # The hot route: plain Starlette, described in the document all the same.
     app.router.routes.append(
         DocumentedRoute(
@@ -348,7 +350,13 @@ def app_from_env() -> FastAPI:
         follow_supervisor(int(supervisor))
     settings, source = load_settings()
     hold_blas_threads(settings)
-    app = create_app(settings, source=source, freeze_gc=True, drain_on_sigterm=True)
+    app = create_app(
+        settings,
+        source=source,
+        freeze_gc=True,
+        drain_on_sigterm=True,
+        config_file=os.environ.get(CONFIG_ENV),
+    )
     warm_up()  # uvicorn reports the worker started only after this factory has returned
     return app
 
@@ -386,7 +394,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     """Readiness: the store, Redis (when configured) and the router; 503 naming what is down,
     or 503 `draining` once SIGTERM has come (the load balancer stops sending requests here)."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     drain: Drain = request.app.state.drain
     if drain.draining:
         body = {"status": "draining", "down": [], "checks": {}}
@@ -472,15 +480,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(GatewayError("Internal gateway error"))
 
 
-def _load_router(settings: Settings) -> Router | None:
-    """The router, loaded before serving so that a broken artifact fails the start."""
-    if not settings.router.enabled:
-        log.warning("router disabled: auto routes to the default tier, no demand headers")
-        return None
-    try:
-        return Router.load(settings.router.artifact, runtime=settings.router.runtime)
-    except Exception as exc:
-        raise ConfigError(f"router: cannot load the router artifact: {exc}") from exc
+def _reload_on_sighup(snapshots: Snapshots) -> bool:
+    """SIGHUP reloads this process's configuration and router artifact (each worker its own);
+    whether the handler was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signals reach the main thread's loop only
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup, snapshots)
+    return True
+
+
+def _on_sighup(snapshots: Snapshots) -> None:
+    log.info("SIGHUP: reloading the configuration and the router artifact")
+    snapshots.reload_soon("SIGHUP")
 
 
 def _cache_settings(settings: Settings, router: Router | None) -> CacheSettings:
@@ -546,9 +557,3 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _latency_watch(policy: PolicyEngine) -> LatencyWatch | None:
-    """The latency objectives' measurements, when a tier has one."""
-    watch = LatencyWatch(policy)
-    return watch if watch.enabled else None

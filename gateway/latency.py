@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.store import ApiKey
@@ -196,3 +197,14 @@ class LatencyWatch:
 
     def report(self) -> list[GateReport]:
         return [GateReport(name, gate.broken) for name, gate in self._gates.items()]
+
+
+def latency_watch(policy: PolicyEngine) -> LatencyWatch | None:
+    """The latency objectives' measurements, when a tier has one."""
+    watch = LatencyWatch(policy)
+    return watch if watch.enabled else None
+
+
+def objectives(policy: PolicyEngine) -> list[tuple[str, tuple[str, ...], Any]]:
+    """What a LatencyWatch is built from: each tier's deployments and objective."""
+    return [(t.name, tuple(t.deployments), t.latency) for t in policy.spec.tiers if t.latency]

@@ -400,6 +400,14 @@ def _answer_as_the_app_does(path: str, method: str, responses: dict[str, Any]) -
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
         )
+    if path == "/admin/reload":
+        responses.setdefault(
+            "400",
+            error_response(
+                "The configuration or the router artifact did not load, or changed a section "
+                "taken up only at start (`invalid_configuration`); the running one stays"
+            ),
+        )
     if path.startswith("/admin/"):
         # Every admin operation names a team, key or budget somewhere (path, query or body).
         responses.setdefault("404", error_response("No such team, key or budget"))

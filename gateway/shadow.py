@@ -98,6 +98,9 @@ class ShadowJob:
     reasoning_demand: float | None = None
     category: str | None = None
     router_artifact: str | None = None
+    # The snapshot that served the request (gateway/reload.py): its tiers and deployments judge
+    # it, whatever a reload swapped in since. None: the one given to start().
+    gateway: Gateway | None = None
 
 
 @dataclass(slots=True)
@@ -213,7 +216,7 @@ class ShadowRunner:
 
     async def evaluate(self, job: ShadowJob) -> OutcomeRecord | None:
         """Call the other tier and the judge, write the outcome; None when the cap refused it."""
-        gateway = self._gateway
+        gateway = job.gateway or self._gateway
         assert gateway is not None, "ShadowRunner.start() first"
         spec = job.spec
         light, strong = shadow_tiers(spec, gateway.policy.tiers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from starlette.requests import HTTPConnection
+
 from gateway.auth import KeyService
 from gateway.cache import PromptCache
 from gateway.latency import LatencyWatch
@@ -23,6 +25,9 @@ from ledger.ledger import Ledger
 from local_backend import LocalBackend
 from policies import Catalog, Deployment, PolicyEngine
 from router import EstimateBatcher, Router
+
+# Where gateway/reload.py's middleware puts the snapshot a request took at its start.
+SNAPSHOT_SCOPE_KEY = "rightsize.gateway"
 
 
 @dataclass(slots=True)
@@ -69,6 +74,13 @@ class Gateway:
         """The provider that sends a request in `api` to the deployment as is, if it speaks it."""
         native = self.natives.get(api)
         return native if native is not None and native.speaks(deployment) else None
+
+
+def gateway_of(request: HTTPConnection) -> Gateway:
+    """The snapshot this request took when it arrived: a hot reload during the request does
+    not change it (gateway/reload.py); the app's own where no middleware ran."""
+    held: Gateway | None = request.scope.get(SNAPSHOT_SCOPE_KEY)
+    return held if held is not None else request.app.state.gateway
 
 
 def resolve_api_keys(catalog: Catalog, environ: Mapping[str, str]) -> dict[str, str]:

@@ -126,6 +126,11 @@ class EstimateBatcher:
                 else:
                     future.set_result(result)
 
+    @property
+    def closed(self) -> bool:
+        """Whether aclose() has run: the worker thread is gone."""
+        return self._closed
+
     async def aclose(self) -> None:
         """Stop the worker task and the thread; pending callers get CancelledError."""
         self._closed = True

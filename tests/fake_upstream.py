@@ -76,6 +76,9 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.delay_s: dict[str, float] = {}  # the latency knob, by model id
+        # `fake-held` streams send their first chunk, then wait for this (tests/test_hot_reload.py).
+        self.release_held = threading.Event()
+        self.held_started = threading.Event()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -111,6 +114,8 @@ class FakeUpstream:
             return Response(status_code=307, headers={"location": "/v1/chat/completions"})
         if model.endswith("fake-slow"):
             await asyncio.sleep(3)
+        if body.get("stream") and model.endswith("fake-held"):
+            return StreamingResponse(self._held_chunks(body), media_type="text/event-stream")
         if body.get("stream") and model in RAW_STREAMS:
             return Response(RAW_STREAMS[model], media_type="text/event-stream")
         if body.get("stream") and model.endswith("fake-tool") and not _answers_a_tool(body):
@@ -134,6 +139,14 @@ class FakeUpstream:
         if not model.endswith("fake-nousage"):
             result["usage"] = _usage(model)
         return Response(orjson.dumps(result), media_type="application/json")
+
+    async def _held_chunks(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        chunks = _chunks(body)
+        yield await anext(chunks)
+        self.held_started.set()
+        await asyncio.to_thread(self.release_held.wait, 60)
+        async for chunk in chunks:
+            yield chunk
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

@@ -13,7 +13,8 @@ from yarl import URL
 from gateway.auth import bearer_token, check_master_key
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import json_response
-from gateway.state import Gateway
+from gateway.reload import Snapshots
+from gateway.state import Gateway, gateway_of
 from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Store, Team
 from gateway.store.store import ArchivedTeam
 from ledger.ledger import Ledger
@@ -82,7 +83,7 @@ class KeyIn(BaseModel):
 
 
 def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     check_master_key(
         gateway.master_key, bearer_token(request.headers), gateway.settings.auth.master_key_env
     )
@@ -278,6 +279,18 @@ async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
     except Exception as exc:
         raise CacheUnavailable(f"The cache store could not be cleared: {exc!r}") from None
     return json_response({"team": team, "deleted": deleted})
+
+
+# Hot reload (gateway/reload.py)
+
+
+@router.post("/reload")
+async def reload(request: Request, _: AdminGateway) -> Response:
+    """Re-read the configuration file and the router artifact; 400 with the reason (and the
+    running configuration untouched) when they do not load."""
+    snapshots: Snapshots = request.app.state.snapshots
+    result = await snapshots.reload("POST /admin/reload")
+    return json_response(result.body())
 
 
 async def _drop_cached_answers(gateway: Gateway, team: str) -> None:

@@ -33,11 +33,11 @@ from gateway.pipeline import (
 )
 from gateway.schemas import ChatRequest
 from gateway.settings import ServerSettings
-from gateway.state import Gateway
+from gateway.state import gateway_of
 
 
 async def chat_completions(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     server = gateway.settings.server
 
     async def read() -> ChatRequest:

@@ -18,7 +18,7 @@ from gateway.http import error_response, json_response, read_json, request_id
 from gateway.pipeline.embed import EmbeddingRequest, embed
 from gateway.pipeline.run import Answer
 from gateway.settings import ServerSettings
-from gateway.state import Gateway
+from gateway.state import gateway_of
 
 # OpenAI's own limit on the inputs of one request.
 MAX_INPUTS = 2048
@@ -37,7 +37,7 @@ class EmbeddingsBody(BaseModel):
 
 
 async def embeddings(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     server = gateway.settings.server
 
     async def read() -> EmbeddingRequest:

@@ -57,7 +57,7 @@ from gateway.pipeline import (
 from gateway.providers import AnthropicHTTPProvider
 from gateway.schemas import ChatRequest
 from gateway.settings import ServerSettings
-from gateway.state import Gateway
+from gateway.state import gateway_of
 from gateway.tokens import count_prompt_tokens, prompt_tokens
 from gateway.usage import count_usage
 
@@ -86,7 +86,7 @@ class _Parsed:
 
 
 async def messages(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     server = gateway.settings.server
     parsed: list[_Parsed] = []  # for rendering the answer
 
@@ -123,7 +123,7 @@ async def messages(request: Request) -> Response:
 
 async def count_tokens(request: Request) -> Response:
     """The prompt's input tokens as the gateway counts them, without calling any model."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     rid = request_id(request)
     try:
         key = await gateway.keys.authenticate(bearer_token(request.headers))

@@ -13,7 +13,7 @@ from gateway.auth import bearer_token
 from gateway.errors import AuthenticationFailed
 from gateway.http import error_response
 from gateway.metrics import CONTENT_TYPE
-from gateway.state import Gateway
+from gateway.state import Gateway, gateway_of
 
 log = logging.getLogger("rightsize.metrics")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("rightsize.metrics")
 async def metrics(request: Request) -> Response:
     """Every series, summed over the workers; 401 without the master or scrape key unless
     server.metrics_public."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     assert gateway.metrics is not None  # mounted only when server.metrics is on
     if not gateway.settings.server.metrics_public:
         try:

@@ -10,13 +10,13 @@ from fastapi.responses import Response
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, NotFound
 from gateway.http import error_response, json_response
-from gateway.state import Gateway
+from gateway.state import Gateway, gateway_of
 from gateway.store import ApiKey
 
 
 async def list_models(request: Request) -> Response:
     """`auto`, the tiers and the configured models this key may use."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     try:
         key = await gateway.keys.authenticate(bearer_token(request.headers))
     except GatewayError as exc:
@@ -27,7 +27,7 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request, model_id: str) -> Response:
     """One name of the list; 404 for a name that is not in it (unknown, or not this key's)."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     try:
         key = await gateway.keys.authenticate(bearer_token(request.headers))
         if model_id not in gateway.policy.names() or not _may_use(gateway, key, model_id):

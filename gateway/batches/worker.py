@@ -54,19 +54,25 @@ class BatchWorker:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: Gateway | Callable[[], Gateway],
         upstream: ProviderBatches,
         settings: BatchSettings,
         parse: ParseChat,
     ) -> None:
-        self.gateway = gateway
+        # The snapshot in force (app.state.gateway, which a reload swaps), or a fixed one.
+        self._current = gateway if callable(gateway) else (lambda: gateway)
         self.parse = parse
         self.upstream = upstream
         self.settings = settings
-        self.store = BatchStore(gateway.store)
+        self.store = BatchStore(self.gateway.store)
         self.owner = secrets.token_hex(8)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        """The configuration in force: lines routed after a reload follow the new policy."""
+        return self._current()
 
     def start(self) -> None:
         if self._task is None:

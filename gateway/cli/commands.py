@@ -133,7 +133,13 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         # earlier run's files would be summed into this one's counters.
         prepare_multiproc_dir(Path(given_metrics_dir))
     app = config_call(
-        lambda: create_app(settings, source=source, freeze_gc=True, drain_on_sigterm=True)
+        lambda: create_app(
+            settings,
+            source=source,
+            freeze_gc=True,
+            drain_on_sigterm=True,
+            config_file=config_path or os.environ.get(CONFIG_ENV),
+        )
     )
     options: dict[str, Any] = {
         "host": host,

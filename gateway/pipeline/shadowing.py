@@ -41,5 +41,6 @@ def offer_shadow(gateway: Gateway, call: Call, payload: dict[str, Any], text: st
             reasoning_demand=record.reasoning_demand,
             category=estimate.category if estimate is not None else None,
             router_artifact=record.router_artifact,
+            gateway=gateway,
         )
     )
