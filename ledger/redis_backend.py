@@ -14,13 +14,15 @@ without scanning every counter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger.backend import (
     Admitted,
@@ -36,6 +38,8 @@ from ledger.budgets import Amounts
 _MAX_CONNECTIONS = 256
 # A "stale before" no heartbeat reaches: the sweep script then releases the owner's holds.
 _ALWAYS_STALE_MS = 2**62
+
+T = TypeVar("T")
 
 _PURGE = """
 local function release(h, z, m)
@@ -192,9 +196,11 @@ return released
 class RedisCounters:
     """The scale-out ledger backend."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, timeout_s: float | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        # Each counter operation's deadline (None: the client's own, if any); see connect.
+        self._timeout_s = timeout_s
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._initialize = redis.register_script(_INITIALIZE)
@@ -218,12 +224,30 @@ class RedisCounters:
             max_connections=_MAX_CONNECTIONS,
             timeout=timeout_s,
             socket_connect_timeout=connect_timeout_s,
-            socket_timeout=timeout_s,
+            # No socket timeout: each operation has its deadline (timeout_s) from _bounded.
+            # With one, redis-py wraps every send in asyncio.wait_for (a task and a loop turn
+            # per call) and every read in a timeout of its own: two per script, four per
+            # request (docs/benchmarks.md, "The ledger's Redis calls").
+            socket_timeout=None,
+            # RESP2 without CLIENT SETINFO, as the cache's client (gateway/redis_client.py): a
+            # reconnect is a TCP connect and nothing more.
+            protocol=2,
+            driver_info=None,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         client = Redis(connection_pool=pool)
         client.auto_close_connection_pool = True  # aclose() closes the pool it was given
-        return cls(client, prefix)
+        return cls(client, prefix, timeout_s=timeout_s)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """`call` under the operation's deadline; past it, redis-py's own timeout error (an
+        outage to the ledger, as a socket timeout was). The cut connection is dropped, never
+        reused, and the script not retried: Redis may have run it."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except TimeoutError:
+            raise RedisTimeoutError(f"no answer from Redis in {self._timeout_s:g} s") from None
 
     def _keys(self, claims: Sequence[Claim]) -> list[str]:
         return self._counter_keys([claim.counter for claim in claims])
@@ -261,7 +285,7 @@ class RedisCounters:
             args += [_opt(claim.limit_picousd), _opt(claim.limit_tokens)]
             args += [_opt(claim.limit_requests), _ttl(claim.expires_at_ms, now_ms), claim.counter]
         keys = [self._workers, self._owner_key(owner), *self._keys(claims)]
-        reply = await self._reserve(keys=keys, args=args)
+        reply = await self._bounded(self._reserve(keys=keys, args=args))
         verdict = _text(reply[0])
         if verdict == "rebuild":
             return NeedsRebuild(tuple(int(i) for i in reply[1]))
@@ -286,7 +310,7 @@ class RedisCounters:
             actual.requests,
         ]
         args += [reserved.picousd, reserved.tokens, reserved.requests, int(only_held)]
-        reply = await self._settle(keys=self._keys(claims), args=args)
+        reply = await self._bounded(self._settle(keys=self._keys(claims), args=args))
         return tuple(_state(c.counter, s) for c, s in zip(claims, reply, strict=True))
 
     async def initialize(self, claim: Claim, spent: Amounts, now_ms: int) -> None:
@@ -296,37 +320,44 @@ class RedisCounters:
             spent.requests,
             _ttl(claim.expires_at_ms, now_ms),
         ]
-        await self._initialize(keys=self._keys([claim]), args=args)
+        await self._bounded(self._initialize(keys=self._keys([claim]), args=args))
 
     async def read(self, claims: Sequence[Claim], now_ms: int) -> tuple[CounterState | None, ...]:
-        reply = await self._read(keys=self._keys(claims), args=[now_ms])
+        reply = await self._bounded(self._read(keys=self._keys(claims), args=[now_ms]))
         return tuple(
             _state(c.counter, s) if s else None for c, s in zip(claims, reply, strict=True)
         )
 
     async def heartbeat(self, owner: str, now_ms: int) -> None:
-        await self.redis.zadd(self._workers, {owner: now_ms})
+        await self._bounded(self.redis.zadd(self._workers, {owner: now_ms}))
 
     async def sweep(self, stale_before_ms: int, limit: int) -> int:
-        silent = await self.redis.zrangebyscore(
-            self._workers, "-inf", f"({stale_before_ms}", start=0, num=limit
+        silent = await self._bounded(
+            self.redis.zrangebyscore(
+                self._workers, "-inf", f"({stale_before_ms}", start=0, num=limit
+            )
         )
         released = 0
         for raw in silent:
             owner = _text(raw)
-            counters = sorted(_text(c) for c in await self.redis.smembers(self._owner_key(owner)))
+            members = await self._bounded(self.redis.smembers(self._owner_key(owner)))
+            counters = sorted(_text(c) for c in members)
             keys = [self._workers, self._owner_key(owner), *self._counter_keys(counters)]
-            released += max(0, int(await self._sweep(keys=keys, args=[owner, stale_before_ms])))
+            swept = await self._bounded(self._sweep(keys=keys, args=[owner, stale_before_ms]))
+            released += max(0, int(swept))
         return released
 
     async def retire(self, owner: str) -> int:
         # The sweep's script, for this owner alone and whenever it was last seen.
-        counters = sorted(_text(c) for c in await self.redis.smembers(self._owner_key(owner)))
+        members = await self._bounded(self.redis.smembers(self._owner_key(owner)))
+        counters = sorted(_text(c) for c in members)
         keys = [self._workers, self._owner_key(owner), *self._counter_keys(counters)]
-        return max(0, int(await self._sweep(keys=keys, args=[owner, _ALWAYS_STALE_MS])))
+        return max(
+            0, int(await self._bounded(self._sweep(keys=keys, args=[owner, _ALWAYS_STALE_MS])))
+        )
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        await self._bounded(self.redis.ping())
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -339,7 +370,7 @@ class RedisCounters:
             pattern = f"{self.prefix}{kind}{counter_prefix}".translate(glob) + "*"
             keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
             for start in range(0, len(keys), 500):
-                deleted = int(await self.redis.delete(*keys[start : start + 500]))
+                deleted = int(await self._bounded(self.redis.delete(*keys[start : start + 500])))
                 counters += deleted if kind == "c:" else 0
         return counters
 

@@ -34,9 +34,11 @@ from gateway.settings import Settings
 from gateway.store import Store, from_picousd
 from gateway.store.store import PoolLimits
 from gateway.tokens import prompt_tokens
-from ledger.budgets import Budget
+from ledger.backend import Admitted, Claim
+from ledger.budgets import Amounts, Budget
 from ledger.ledger import BudgetUsage, hold_amounts
 from ledger.periods import Period
+from ledger.redis_backend import RedisCounters
 from policies import TokenPrice
 from tests.conftest import (
     InProcessGateway,
@@ -202,6 +204,39 @@ async def test_a_redis_that_never_answers_gives_503_within_the_ledger_timeout(
     # 0.3 s of Redis (the prompt cache gives up sooner), the router and a busy host; not
     # redis-py's default of 5 s per try and ten retries.
     assert elapsed < 3.0, elapsed
+
+
+async def test_a_counter_operation_on_a_hung_redis_is_cut_at_the_ledger_timeout_as_an_outage(
+    own_redis: ThrowawayRedis,
+) -> None:
+    # The ledger's client has no socket timeout (it cost a task per call); each operation has
+    # the deadline instead, and past it the error the ledger takes for an outage.
+    counters = RedisCounters.connect(own_redis.url, "rs-test-hung:", timeout_s=0.3)
+    claim = Claim("team:t:monthly:2026-12", 10**12, None, None, None)
+    amounts = Amounts(1_000, 10, 1)
+    try:
+        await counters.initialize(claim, Amounts(), 0)
+        held = await counters.reserve("owner.h1", [claim], amounts, 0, 60_000)
+        assert isinstance(held, Admitted)
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)  # hung: connections open, no answers
+        try:
+            started = time.monotonic()
+            with pytest.raises(redis.exceptions.TimeoutError) as cut:
+                await counters.settle("owner.h1", [claim], amounts, amounts)
+            elapsed = time.monotonic() - started
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        assert is_outage(cut.value)  # the ledger keeps the settlement for a retry
+        assert elapsed < 3.0, elapsed
+        # Redis back: the ledger's retry (only_held) charges once, whether or not Redis ran
+        # the cut call, on a fresh connection.
+        (state,) = await counters.settle("owner.h1", [claim], amounts, amounts, only_held=True)
+        assert state.spent == amounts
+        assert state.reserved == Amounts()
+    finally:
+        await counters.forget("team:t:")
+        await counters.aclose()
 
 
 # fail_open: a bounded allowance while the counters are unreachable
