@@ -6,6 +6,8 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
+import httpx
+
 from gateway.store import Store
 from tests.conftest import InProcessGateway, gateway_config, in_process_gateway
 from tests.fake_upstream import RunningUpstream
@@ -187,6 +189,23 @@ async def test_a_stream_broken_midway_releases_what_it_did_not_use(
         assert Decimal(daily["spent_usd"]) == Decimal(row["cost_usd"])
 
 
+async def reserved_during_a_slow_call(gw: InProcessGateway) -> tuple[int, httpx.Response]:
+    """The tokens held while the `slow-ok` deployment (the fake's 3 s answer) is called under a
+    monthly budget, and the response."""
+    await set_budget(gw, team="search", period="monthly", limit_usd="100", limit_tokens=10**9)
+    body = {"model": "slow-ok", "messages": MESSAGES}
+    task = asyncio.create_task(gw.client.post("/v1/chat/completions", json=body, headers=gw.auth))
+    reserved = 0
+    # The fake upstream holds the call for 3 s: the hold is visible in the meantime.
+    deadline = asyncio.get_running_loop().time() + 10
+    while not reserved and not task.done() and asyncio.get_running_loop().time() < deadline:
+        [monthly] = await usage(gw)
+        reserved = int(monthly["reserved_tokens"])
+        await asyncio.sleep(0.01)
+    response = await task
+    return reserved, response
+
+
 async def test_the_hold_is_the_prompt_plus_the_routers_p90_not_the_worst_case(
     store_url: str, upstream: RunningUpstream
 ) -> None:
@@ -197,19 +216,7 @@ async def test_the_hold_is_the_prompt_plus_the_routers_p90_not_the_worst_case(
             "transport": "openai_http", "timeout_s": 30, "tier": None}  # fmt: skip
     config["models"].append(slow)
     async with in_process_gateway(config) as gw:
-        await set_budget(gw, team="search", period="monthly", limit_usd="100", limit_tokens=10**9)
-        body = {"model": "slow-ok", "messages": MESSAGES}
-        task = asyncio.create_task(
-            gw.client.post("/v1/chat/completions", json=body, headers=gw.auth)
-        )
-        reserved = 0
-        # The fake upstream holds the call for 3 s: the hold is visible in the meantime.
-        deadline = asyncio.get_running_loop().time() + 10
-        while not reserved and not task.done() and asyncio.get_running_loop().time() < deadline:
-            [monthly] = await usage(gw)
-            reserved = int(monthly["reserved_tokens"])
-            await asyncio.sleep(0.01)
-        response = await task
+        reserved, response = await reserved_during_a_slow_call(gw)
     assert response.status_code == 200
     p90 = int(response.headers["x-rightsize-token-budget"].split("/")[1])
     # The prompt as the routing decision counted it: one count per request serves both.

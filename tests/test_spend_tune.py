@@ -200,7 +200,7 @@ async def test_the_hold_is_the_deployments_p90_from_the_tuned_artifact(
     store_url: str, upstream: RunningUpstream, tmp_path: Path
 ) -> None:
     from gateway.tokens import prompt_tokens
-    from tests.test_budgets_api import MESSAGES, set_budget, usage
+    from tests.test_budgets_api import MESSAGES, reserved_during_a_slow_call
 
     artifact = tmp_path / "artifact"
     shutil.copytree(default_artifact_dir(), artifact)
@@ -213,19 +213,7 @@ async def test_the_hold_is_the_deployments_p90_from_the_tuned_artifact(
             "transport": "openai_http", "timeout_s": 30, "tier": None}  # fmt: skip
     config["models"].append(slow)
     async with in_process_gateway(config) as gw:
-        await set_budget(gw, team="search", period="monthly", limit_usd="100", limit_tokens=10**9)
-        body = {"model": "slow-ok", "messages": MESSAGES}
-        task = asyncio.create_task(
-            gw.client.post("/v1/chat/completions", json=body, headers=gw.auth)
-        )
-        reserved = 0
-        # The fake upstream holds the call for 3 s: the hold is visible in the meantime.
-        deadline = asyncio.get_running_loop().time() + 10
-        while not reserved and not task.done() and asyncio.get_running_loop().time() < deadline:
-            [monthly] = await usage(gw)
-            reserved = int(monthly["reserved_tokens"])
-            await asyncio.sleep(0.01)
-        response = await task
+        reserved, response = await reserved_during_a_slow_call(gw)
     assert response.status_code == 200
     # The header and the spend log keep the heads' budget; the hold is the deployment's.
     p50, p90 = map(int, response.headers["x-rightsize-token-budget"].split("/"))
