@@ -27,6 +27,7 @@ from gateway.api.admin_ui import AdminAssets, admin_ui_router
 from gateway.api.batches import router as batches_router
 from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions, parse_chat_request
+from gateway.api.chat_jobs import router as chat_jobs_router
 from gateway.api.embeddings import embeddings
 from gateway.api.messages import count_tokens, messages
 from gateway.api.metrics import metrics as metrics_route
@@ -334,6 +335,7 @@ def create_app(
     if metrics is not None:
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     app.include_router(batches_router, responses=BATCH_RESPONSES)
+    app.include_router(chat_jobs_router, responses=BATCH_RESPONSES)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     app.include_router(admin_ui_router(AdminAssets.load()))

@@ -64,7 +64,7 @@ def served_now(decision: Decision) -> str | None:
         return None
     return (
         f"{decision.latency_class} request answered synchronously and priced interactively "
-        "(chat/completions has no deferred queue)"
+        "(send Prefer: respond-async to defer it to the batch queue)"
     )
 
 

@@ -151,6 +151,12 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
             "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
         },
     },
+    202: {
+        "description": "Deferred (`Prefer: respond-async` with a batch or background latency "
+        "class): the job `{id, object: chat.completion.job, status, result_url}`, its URL "
+        "also in `Location` (docs/batches.md).",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
     400: error_response(
         "Invalid body: not JSON, an unknown or invalid field (named in `param`), over a shape "
         "limit (server.max_messages, max_message_parts, max_json_depth, max_tools, "

@@ -289,6 +289,22 @@ class BatchSettings(BaseModel):
     batches_per_poll: int = Field(
         default=20, gt=0, description="Batches one process advances per poll (a bound)."
     )
+    hold_open_s: float = Field(
+        default=0,
+        ge=0,
+        description="A chat request deferred with `Prefer: respond-async` waits this long for "
+        "its answer (200 inline) before the gateway answers 202 with the job.",
+    )
+    submit_attempts: int = Field(
+        default=5,
+        gt=0,
+        description="Tries to submit a provider batch job before its lines fail.",
+    )
+    submit_backoff_s: float = Field(
+        default=30,
+        ge=0,
+        description="Wait after the first failed submission; doubled after each further one.",
+    )
 
 
 class Settings(BaseModel):

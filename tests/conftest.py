@@ -17,6 +17,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from tests.fake_batch_provider import RunningBatchProvider
 from tests.fake_upstream import RunningUpstream, free_port
 from tests.served import ServedProcess
 
@@ -40,6 +41,13 @@ def service_unavailable(what: str, error: BaseException) -> None:
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[RunningUpstream]:
     with RunningUpstream() as running:
+        yield running
+
+
+@pytest.fixture
+def provider() -> Iterator[RunningBatchProvider]:
+    """A fake provider's batch API (tests/fake_batch_provider.py), fresh for each test."""
+    with RunningBatchProvider() as running:
         yield running
 
 

@@ -3,7 +3,8 @@
 A batch stays `in_progress` until the test calls `complete()`; its output file then answers
 each line with "echo: <its last message>" and the fake upstream's usage (PROMPT_TOKENS,
 COMPLETION_TOKENS), in reverse order (a provider's output need not follow its input's). A line
-whose model is `fake-400` gets a 400 in the error file.
+whose model is `fake-400` gets a 400 in the error file. While `fail_creates` is above zero,
+`POST /v1/batches` answers 500 (and counts it down): a submission that fails, then may succeed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class FakeBatchProvider:
         self.batches: dict[str, dict[str, Any]] = {}
         self.cancelled: list[str] = []
         self.keys: set[str] = set()  # the API keys the gateway presented
+        self.fail_creates = 0  # the next this many batch creations answer 500
+        self.create_calls = 0
         self._done = False
         self.app = Starlette(
             routes=[
@@ -67,6 +70,11 @@ class FakeBatchProvider:
 
     async def _create(self, request: Request) -> Response:
         self._seen(request)
+        self.create_calls += 1
+        if self.fail_creates > 0:
+            self.fail_creates -= 1
+            error = {"error": {"message": "batch service unavailable", "type": "server_error"}}
+            return Response(orjson.dumps(error), status_code=500, media_type="application/json")
         body = orjson.loads(await request.body())
         batch_id = f"up-batch-{secrets.token_hex(4)}"
         self.batches[batch_id] = {
@@ -107,6 +115,7 @@ class FakeBatchProvider:
             answer = {
                 "id": f"chatcmpl-{secrets.token_hex(3)}",
                 "object": "chat.completion",
+                "created": int(time.time()),
                 "model": body["model"],
                 "choices": [
                     {

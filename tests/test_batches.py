@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,6 @@ LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3
 # PRICE_DIRECT ($1.1 / $4.4) halved likewise.
 DIRECT_LINE_COST = (PROMPT_TOKENS * Decimal("0.55") + COMPLETION_TOKENS * Decimal("2.2")) / 10**6
 DEADLINE_S = 60
-
-
-@pytest.fixture
-def provider() -> Iterator[RunningBatchProvider]:
-    with RunningBatchProvider() as running:
-        yield running
 
 
 @pytest.fixture

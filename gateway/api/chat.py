@@ -17,7 +17,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.api.chat_jobs import deferred
 from gateway.auth import bearer_token
+from gateway.batches.jobs import wants_async
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import SSE_DONE, error_response, json_response, read_json, request_id, sse
 from gateway.limits import check_chat_shape
@@ -37,6 +39,11 @@ from gateway.state import gateway_of
 
 
 async def chat_completions(request: Request) -> Response:
+    if wants_async(request.headers):
+        # Deferred to a one-line batch when its latency class allows (gateway/api/chat_jobs.py).
+        answer = await deferred(request, parse_chat_request)
+        if answer is not None:
+            return answer
     gateway = gateway_of(request)
     server = gateway.settings.server
 

@@ -68,6 +68,7 @@ class BatchRecord:
     cancelling_at: datetime | None
     cancelled_at: datetime | None
     expires_at: datetime
+    expired_at: datetime | None
 
     def json(self) -> dict[str, Any]:
         """OpenAI's batch object."""
@@ -87,7 +88,7 @@ class BatchRecord:
             "finalizing_at": _epoch(self.finalizing_at),
             "completed_at": _epoch(self.completed_at),
             "failed_at": _epoch(self.failed_at),
-            "expired_at": None,
+            "expired_at": _epoch(self.expired_at),
             "cancelling_at": _epoch(self.cancelling_at),
             "cancelled_at": _epoch(self.cancelled_at),
             "request_counts": {
@@ -107,6 +108,8 @@ class JobRecord:
     upstream_file_id: str | None
     upstream_batch_id: str | None
     status: str
+    attempts: int  # failed submissions so far
+    retry_at: datetime | None  # the next submission not before this
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,7 @@ class LineRecord:
     held_picousd: int | None
     held_tokens: int | None
     held_at: datetime | None
-    status: str  # pending (routed, not yet answered), done or failed
+    status: str  # pending (routed, not yet answered), done, failed, cancelled or expired
     result: dict[str, Any] | None
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.batches.store import BatchRecord, BatchStore, LineRecord
+from gateway.batches.store import BatchRecord, BatchStore, JobRecord, LineRecord
 from gateway.batches.upstream import ProviderBatchError, ProviderBatches, takes_batches
 from gateway.errors import GatewayError, from_ledger
 from gateway.pipeline.attempts import attempt_payload
@@ -117,12 +117,14 @@ class BatchWorker:
                 log.exception("batch %s: could not advance; retried at the next poll", batch_id)
 
     async def advance(self, batch: BatchRecord) -> None:
-        if batch.status == "validating":
+        if batch.status in ("validating", "in_progress") and _now() >= _aware(batch.expires_at):
+            await self._stop(batch, "expired")
+        elif batch.status == "validating":
             await self._start(batch)
         elif batch.status == "in_progress":
             await self._poll(batch)
         elif batch.status == "cancelling":
-            await self._cancel(batch)
+            await self._stop(batch, "cancelled")
         elif batch.status == "finalizing":
             await self._finalize(batch, "completed")
 
@@ -139,8 +141,12 @@ class BatchWorker:
                 )
                 return
             lines = await self.store.lines(batch.id)
+        waiting = 0
         for job in await self.store.jobs(batch.id):
             if job.status != "submitting":
+                continue
+            if job.retry_at is not None and _now() < _aware(job.retry_at):
+                waiting += 1  # backing off after a failed submission
                 continue
             deployment = self._deployment(job.deployment)
             if not takes_batches(deployment):
@@ -160,7 +166,8 @@ class BatchWorker:
                 file_id, upstream_id = await self.upstream.submit(deployment, requests)
             except ProviderBatchError as exc:
                 if not exc.no_batch_api:
-                    raise  # retried at the next poll
+                    waiting += not await self._submit_failed(batch, job, deployment, exc)
+                    continue
                 log.info(
                     "batch %s: %s has no batch API; its lines run one by one",
                     batch.id,
@@ -171,11 +178,44 @@ class BatchWorker:
             await self.store.update_job(
                 job.id, upstream_file_id=file_id, upstream_batch_id=upstream_id, status="submitted"
             )
+        if waiting:
+            return  # `validating` until every job is submitted (or has failed for good)
         # From `validating` only: a cancel that came meanwhile is kept.
         current = await self.store.batch(None, batch.id)
         if current is not None and current.status == "validating":
             await self.store.update_batch(batch.id, status="in_progress", in_progress_at=_now())
             self.wake()
+
+    async def _submit_failed(
+        self, batch: BatchRecord, job: JobRecord, deployment: Deployment, exc: Exception
+    ) -> bool:
+        """Count a failed submission: retried after a doubling backoff, until
+        `submit_attempts`; then the job's lines fail (released, not charged). True: given up."""
+        attempts = job.attempts + 1
+        if attempts < self.settings.submit_attempts:
+            wait = self.settings.submit_backoff_s * 2 ** (attempts - 1)
+            log.warning(
+                "batch %s: submitting %s failed (try %d of %d), retried in %.0f s: %s",
+                batch.id,
+                job.deployment,
+                attempts,
+                self.settings.submit_attempts,
+                wait,
+                exc,
+            )
+            retry_at = _now() + timedelta(seconds=wait)
+            await self.store.update_job(job.id, attempts=attempts, retry_at=retry_at)
+            return False
+        log.error(
+            "batch %s: submitting %s failed %d times: %s", batch.id, job.deployment, attempts, exc
+        )
+        await self.store.update_job(job.id, attempts=attempts, retry_at=None, status="done")
+        message = f"The provider batch job could not be submitted after {attempts} tries: {exc}"
+        error = _error(502, "batch_submit_failed", message)
+        for line in await self.store.lines(batch.id, job.id):
+            if line.status == "pending":
+                await self._settle(batch, line, deployment, None, error)
+        return True
 
     async def _route(self, batch: BatchRecord) -> dict[str, Any] | None:
         """Each line routed and held, grouped into one job per deployment; an error object
@@ -415,9 +455,9 @@ class BatchWorker:
         self.gateway.spend.record(record)
         await settle_request(self.gateway.ledger, await self._hold(batch, line), record)
 
-    # cancelling -> cancelled
+    # cancelling -> cancelled; validating or in_progress past expires_at -> expired
 
-    async def _cancel(self, batch: BatchRecord) -> None:
+    async def _stop(self, batch: BatchRecord, status: str) -> None:
         """Cancel the provider jobs; lines without a result are released, not charged."""
         for job in await self.store.jobs(batch.id):
             if job.status == "submitted" and job.upstream_batch_id is not None:
@@ -427,15 +467,20 @@ class BatchWorker:
                 except Exception as exc:
                     log.warning("batch %s: provider cancel of %s failed: %r", batch.id, job.id, exc)
             await self.store.update_job(job.id, status="cancelled")
-        cancelled = _error(499, "batch_cancelled", "The batch was cancelled before this line ran")
+        if status == "expired":
+            why = _error(
+                408, "batch_expired", "The batch expired before this line ran (its expires_at)"
+            )
+        else:
+            why = _error(499, "batch_cancelled", "The batch was cancelled before this line ran")
         for line in await self.store.lines(batch.id):
             if line.status != "pending":
                 continue
-            if await self.store.finish_line(batch.id, line.line, "cancelled", cancelled):
+            if await self.store.finish_line(batch.id, line.line, status, why):
                 hold = await self._hold(batch, line)
                 if hold is not None:
                     await self.gateway.ledger.settle(hold, Amounts())
-        await self._finalize(batch, "cancelled")
+        await self._finalize(batch, status)
 
     # Output
 
@@ -452,7 +497,7 @@ class BatchWorker:
                 output.append(
                     {**item, "response": {**response, "body": result.get("body")}, "error": None}
                 )
-            elif line.status in ("failed", "cancelled"):
+            elif line.status in ("failed", "cancelled", "expired"):
                 failed += line.status == "failed"
                 errors.append(
                     {**item, "response": result.get("response"), "error": result.get("error")}
@@ -460,7 +505,7 @@ class BatchWorker:
         output_id = await self._write(batch, output)
         error_id = await self._write(batch, errors)
         now = _now()
-        done = {"completed_at": now} if status == "completed" else {"cancelled_at": now}
+        done = {f"{status}_at": now}  # completed_at, cancelled_at or expired_at
         await self.store.update_batch(
             batch.id,
             status=status,
@@ -519,3 +564,8 @@ def _error(status: int, code: str, message: str) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

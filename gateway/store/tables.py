@@ -101,6 +101,7 @@ batches = Table(
     Column("cancelling_at", DateTime(timezone=True), nullable=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("expired_at", DateTime(timezone=True), nullable=True),  # revision 0012
     Column("lease_owner", String(32), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Index("ix_batches_team", "team", "created_at"),
@@ -117,6 +118,9 @@ batch_jobs = Table(
     Column("upstream_file_id", String(128), nullable=True),
     Column("upstream_batch_id", String(128), nullable=True),
     Column("status", String(16), nullable=False),
+    # Revision 0012: failed submissions so far, and when the next one may be tried.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retry_at", DateTime(timezone=True), nullable=True),
     Index("ix_batch_jobs_batch", "batch_id"),
 )
 
