@@ -12,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import threadpoolctl
 from fastapi import FastAPI, Request
@@ -87,6 +87,9 @@ from local_backend import LocalBackend, ProbeLoop
 from policies import Catalog
 from router import Router
 
+if TYPE_CHECKING:
+    from gateway.workers import PendingReload, SupervisorLink
+
 log = logging.getLogger("rightsize")
 _READY_TIMEOUT_S = 2.0  # a readiness probe answers within this, whatever the dependencies do
 
@@ -101,6 +104,8 @@ def create_app(
     tracer_provider: Any = None,
     drain_on_sigterm: bool = False,
     config_file: str | Path | None = None,
+    supervisor: SupervisorLink | None = None,
+    pending_reload: PendingReload | None = None,
 ) -> FastAPI:
     """Validate everything that can fail before serving, then build the app. `rightsize serve`
     sets `freeze_gc` (what start-up built moves out of the collector's reach) and
@@ -108,7 +113,9 @@ def create_app(
     `tracer_provider` (an OpenTelemetry SDK provider) replaces the one the OTEL_* variables
     would build. `config_file` is what POST /admin/reload and SIGHUP re-read
     (gateway/reload.py); `rightsize serve` also reloads on SIGHUP when it sets
-    `drain_on_sigterm`."""
+    `drain_on_sigterm`, then once more if `pending_reload` noted a SIGHUP during the start.
+    `supervisor`: a worker's `serve --workers N` supervisor, asked by POST /admin/reload to
+    reload the other workers (gateway/workers.py)."""
     env = dict(os.environ if environ is None else environ)
     catalog = catalog or build_catalog(settings, model_info, source)
     api_keys = resolve_api_keys(catalog, env)
@@ -249,6 +256,9 @@ def create_app(
         if drain_on_sigterm:
             app.state.drain.install()  # uvicorn's own handler is in place by now
             sighup = _reload_on_sighup(snapshots)
+            if sighup and pending_reload is not None and pending_reload.asked:
+                log.info("SIGHUP during the start: reloading now that the app serves")
+                snapshots.reload_soon("SIGHUP during the start")
         else:
             sighup = False
         try:
@@ -257,6 +267,9 @@ def create_app(
             await batch_worker.aclose()
             if sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+                # Not the default action (the process's end) while the spend log flushes: a
+                # supervisor passes every SIGHUP on to its workers, stopping ones included.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             if probes is not None:
                 await probes.aclose()
             await shadow.aclose()  # jobs still queued are dropped: their holds were not taken
@@ -285,6 +298,7 @@ def create_app(
         redoc_url="/redoc" if spec else None,
     )
     app.state.drain = Drain(settings.server.drain_s)
+    app.state.supervisor = supervisor
     install_openapi(app)
     app.add_middleware(SnapshotMiddleware)
     # The hot route: plain Starlette, described in the document all the same.
@@ -345,11 +359,20 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the config path travels in RIGHTSIZE_CONFIG."""
-    from gateway.workers import SUPERVISOR_ENV, follow_supervisor, warm_up
+    from gateway.workers import (
+        SUPERVISOR_ENV,
+        PendingReload,
+        SupervisorLink,
+        follow_supervisor,
+        warm_up,
+    )
 
-    # First, before the slow part: a worker whose supervisor dies while it loads ends too.
+    # First, before the slow part: a worker whose supervisor dies while it loads ends too, and
+    # one that the supervisor asks to reload meanwhile does so once it serves.
     if supervisor := os.environ.get(SUPERVISOR_ENV):
         follow_supervisor(int(supervisor))
+    pending_reload = PendingReload()
+    pending_reload.install()
     settings, source = load_settings()
     hold_blas_threads(settings)
     app = create_app(
@@ -358,6 +381,8 @@ def app_from_env() -> FastAPI:
         freeze_gc=True,
         drain_on_sigterm=True,
         config_file=os.environ.get(CONFIG_ENV),
+        supervisor=SupervisorLink.from_environ(os.environ),
+        pending_reload=pending_reload,
     )
     warm_up()  # uvicorn reports the worker started only after this factory has returned
     return app

@@ -1,4 +1,5 @@
-"""Serving in worker processes: their logging, their end with the supervisor, their connections."""
+"""Serving in worker processes: their logging, their end with the supervisor, their connections,
+the supervisor itself, and SIGHUP's hot reload passed on to every worker."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.supervisors import Multiprocess
 
 from gateway.spend import WRITER_CONNECTIONS
 from gateway.store.store import PoolLimits, Store
@@ -24,6 +29,8 @@ log = logging.getLogger("rightsize.workers")
 
 # `serve --workers N` puts its own pid here; the workers it spawns inherit the environment.
 SUPERVISOR_ENV = "RIGHTSIZE_SUPERVISOR_PID"
+# ... and how many workers it started (what POST /admin/reload reports it asked).
+WORKERS_ENV = "RIGHTSIZE_SUPERVISOR_WORKERS"
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
@@ -51,6 +58,59 @@ def log_config(log_format: str = "text") -> dict[str, Any]:
     config["loggers"]["rightsize"] = {"level": "INFO"}
     config["loggers"]["alembic"] = {"level": "INFO"}  # which migrations ran at start
     return config
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of `serve --workers N`, with SIGHUP passed on to every worker,
+    which hot-reloads (gateway/reload.py) where uvicorn would replace each worker by a new one."""
+
+    def handle_hup(self) -> None:
+        pids = [p.pid for p in self.processes if p.pid is not None and p.process.is_alive()]
+        log.info("SIGHUP: asking %d worker(s) to reload: %s", len(pids), pids)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass  # died meanwhile: its replacement reads the file as it starts
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorLink:
+    """A worker's way to its `serve --workers N` supervisor: POST /admin/reload in one worker
+    asks the others to reload through it (SIGHUP to the supervisor, passed on to every worker)."""
+
+    pid: int
+    workers: int
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SupervisorLink | None:
+        pid, workers = environ.get(SUPERVISOR_ENV), environ.get(WORKERS_ENV)
+        if not pid or not workers:
+            return None
+        return cls(int(pid), int(workers))
+
+    def ask_reload(self) -> int:
+        """SIGHUP to the supervisor; how many other workers that asks. Only to the process that
+        spawned this one: a worker whose supervisor is gone (adopted by init) asks nobody."""
+        if os.getppid() != self.pid:
+            return 0
+        os.kill(self.pid, signal.SIGHUP)
+        return self.workers - 1
+
+
+class PendingReload:
+    """SIGHUP while the process starts, before the app's own handler is in place: noted (not the
+    default action, which ends the process) and taken up by a reload once the app serves."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._note)
+
+    def _note(self, sig: int, frame: FrameType | None) -> None:
+        self.asked = True
 
 
 def warm_up() -> None:

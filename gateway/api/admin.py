@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -19,6 +19,9 @@ from gateway.store import ApiKey, Conflict, Missing, SpendRecord, Store, Team
 from gateway.store.store import ArchivedTeam
 from ledger.ledger import Ledger
 from policies import LatencyClass
+
+if TYPE_CHECKING:
+    from gateway.workers import SupervisorLink
 
 log = logging.getLogger("rightsize.admin")
 TEAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -287,10 +290,15 @@ async def invalidate_team_cache(team: str, gateway: AdminGateway) -> Response:
 @router.post("/reload")
 async def reload(request: Request, _: AdminGateway) -> Response:
     """Re-read the configuration file and the router artifact; 400 with the reason (and the
-    running configuration untouched) when they do not load."""
+    running configuration untouched) when they do not load. Under `serve --workers N`, the
+    other workers are then asked to reload too (through the supervisor: gateway/workers.py)."""
     snapshots: Snapshots = request.app.state.snapshots
     result = await snapshots.reload("POST /admin/reload")
-    return json_response(result.body())
+    supervisor: SupervisorLink | None = request.app.state.supervisor
+    asked = supervisor.ask_reload() if supervisor is not None else 0
+    if asked:
+        log.info("POST /admin/reload: the supervisor asked to reload %d other worker(s)", asked)
+    return json_response({**result.body(), "other_workers_asked": asked})
 
 
 async def _drop_cached_answers(gateway: Gateway, team: str) -> None:

@@ -117,8 +117,19 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     from gateway.app import create_app, hold_blas_threads
     from gateway.metrics import MULTIPROC_ENV, prepare_multiproc_dir
     from gateway.settings import CONFIG_ENV
-    from gateway.workers import SUPERVISOR_ENV, log_config, warm_up
+    from gateway.workers import (
+        SUPERVISOR_ENV,
+        WORKERS_ENV,
+        PendingReload,
+        Supervisor,
+        log_config,
+        warm_up,
+    )
 
+    # A SIGHUP while the app is built is taken up once it serves, not the end of the process
+    # (with workers, the supervisor's own handler replaces this before any worker starts).
+    pending_reload = PendingReload()
+    pending_reload.install()
     settings, source = load_config(config_path)
     # The same configuration here and in every worker uvicorn spawns (it applies it again there).
     logging_config = log_config(settings.server.log_format)
@@ -139,6 +150,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
             freeze_gc=True,
             drain_on_sigterm=True,
             config_file=config_path or os.environ.get(CONFIG_ENV),
+            pending_reload=pending_reload,
         )
     )
     options: dict[str, Any] = {
@@ -162,14 +174,18 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     os.environ["RIGHTSIZE_STORE__MIGRATE_ON_START"] = "false"
     os.environ[SUPERVISOR_ENV] = str(os.getpid())  # each worker ends when this process does
+    os.environ[WORKERS_ENV] = str(workers)
     with shared_metrics_dir(settings.server.metrics and not given_metrics_dir):
-        uvicorn.run(
+        # uvicorn.run's own path for several workers, with our supervisor: SIGHUP hot-reloads
+        # every worker instead of restarting each (gateway/workers.py).
+        supervised = uvicorn.Config(
             "gateway.app:app_from_env",
             factory=True,
             workers=workers,
             timeout_worker_healthcheck=settings.server.worker_start_timeout_s,
             **options,
         )
+        Supervisor(supervised, sockets=[supervised.bind_socket()]).run()
 
 
 @contextmanager
