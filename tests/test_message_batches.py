@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import InProcessGateway, in_process_gateway
 from tests.fake_batch_provider import RunningBatchProvider
-from tests.fake_upstream import ANSWER, RunningUpstream
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
 from tests.test_batches import (
     DEADLINE_S,
     DIRECT_LINE_COST,
@@ -124,9 +124,11 @@ async def test_a_message_batch_answers_in_order_in_anthropics_shape_at_the_batch
     assert texts == ["echo: one", "echo: two", ANSWER]
     first = results[0].result.message  # type: ignore[union-attr]
     assert (first.type, first.role, first.stop_reason) == ("message", "assistant", "end_turn")
-    assert first.usage.input_tokens == direct.prompt_tokens
-    assert first.usage.output_tokens == direct.completion_tokens
-    refused = [r.result.error.error for r in results if r.result.type == "errored"]  # type: ignore[union-attr]
+    assert (first.usage.input_tokens, first.usage.output_tokens) == (
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    refused = [r.result.error.error for r in results if r.result.type == "errored"]
     assert [e.type for e in refused] == ["invalid_request_error"] * 2
     assert "top_k" in refused[1].message
 
