@@ -29,12 +29,14 @@ from gateway.api.budgets import router as ledger_admin_router
 from gateway.api.chat import chat_completions, parse_chat_request
 from gateway.api.chat_jobs import router as chat_jobs_router
 from gateway.api.embeddings import embeddings
-from gateway.api.messages import count_tokens, messages
+from gateway.api.message_batches import router as message_batches_router
+from gateway.api.messages import count_tokens, messages, parse_batch_params
 from gateway.api.metrics import metrics as metrics_route
 from gateway.api.models import list_models, retrieve_model
 from gateway.api.unknown import not_served
 from gateway.auth import KeyService, load_key_secret
 from gateway.batches import BatchWorker, ProviderBatches
+from gateway.batches.worker import MESSAGES_ENDPOINT
 from gateway.cache import PromptCache
 from gateway.cache.config import CacheSettings
 from gateway.errors import RETRY_AFTER_S, GatewayError, InvalidRequest, from_ledger
@@ -52,6 +54,7 @@ from gateway.openapi import (
     COUNT_TOKENS_RESPONSES,
     EMBEDDINGS_OPENAPI_EXTRA,
     EMBEDDINGS_RESPONSES,
+    MESSAGE_BATCH_RESPONSES,
     MESSAGES_OPENAPI_EXTRA,
     MESSAGES_RESPONSES,
     MODEL_RESPONSES,
@@ -245,6 +248,7 @@ def create_app(
             ProviderBatches(api_keys, redactor=redactor),
             settings.batches,
             parse_chat_request,
+            {MESSAGES_ENDPOINT: parse_batch_params},  # Anthropic's Message Batches
         )
         batch_worker.start()
         app.state.batch_worker = batch_worker
@@ -350,6 +354,7 @@ def create_app(
         app.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     app.include_router(batches_router, responses=BATCH_RESPONSES)
     app.include_router(chat_jobs_router, responses=BATCH_RESPONSES)
+    app.include_router(message_batches_router, responses=MESSAGE_BATCH_RESPONSES)
     app.include_router(admin_router)
     app.include_router(ledger_admin_router)
     app.include_router(admin_ui_router(AdminAssets.load()))

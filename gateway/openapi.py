@@ -255,6 +255,13 @@ _ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
     503: anthropic_error("The store or Redis is unavailable; retry after `retry-after`"),
 }
 
+MESSAGE_BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: anthropic_error("Invalid requests, or results asked for before the batch ended"),
+    401: anthropic_error("No key, or an unknown one"),
+    404: anthropic_error("No message batch of this key's team with that id"),
+    413: anthropic_error("The requests over batches.max_file_bytes"),
+}
+
 MESSAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The message; with `stream: true`, Anthropic's server-sent events "

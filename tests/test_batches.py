@@ -38,6 +38,14 @@ DEADLINE_S = 60
 async def gw(
     store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
 ) -> AsyncIterator[InProcessGateway]:
+    async with in_process_gateway(batch_config(store_url, upstream, provider)) as running:
+        yield running
+
+
+def batch_config(
+    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
+) -> dict[str, Any]:
+    """The test gateway with `bulk`, a deployment on the fake provider's batch API."""
     config = gateway_config(store_url, upstream)
     config["models"].append(
         {
@@ -50,8 +58,7 @@ async def gw(
         }
     )
     config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30, "max_file_bytes": 64_000}
-    async with in_process_gateway(config) as running:
-        yield running
+    return config
 
 
 def sdk(gw: InProcessGateway, key: str | None = None) -> openai.AsyncOpenAI:

@@ -26,7 +26,12 @@ _TYPES = {
 
 
 def error_type(error: GatewayError) -> str:
-    return _TYPES.get(error.status, "api_error")
+    return status_type(error.status)
+
+
+def status_type(status: int) -> str:
+    """Anthropic's error type for an HTTP status (a batch result's error has only its status)."""
+    return _TYPES.get(status, "api_error")
 
 
 def error_body(error: GatewayError, request_id: str | None = None) -> dict[str, Any]:

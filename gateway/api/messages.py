@@ -238,6 +238,16 @@ def parse_messages_request(
         raise InvalidRequest(f"Invalid request: {error['msg']}") from None
 
 
+def parse_batch_params(body: Any, server: ServerSettings) -> ChatRequest:
+    """A Message Batches request's params, as the chat request the batch driver routes: the
+    translation of /v1/messages; fields only an Anthropic-format deployment serves are refused
+    (a batch line goes through the chat translation, whichever deployment it is routed to)."""
+    if isinstance(body, dict):
+        for field, why in native_only(body):
+            raise InvalidRequest(f"{field}: not served in a batch ({why})", param=field)
+    return parse_messages_request(body, server)[1]
+
+
 def parse_count_tokens_request(body: Any, server: ServerSettings) -> CountTokensRequest:
     return _validated(CountTokensRequest, body, server)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from gateway.store import Store
 from gateway.store.tables import batch_jobs, batch_lines, batches, files
@@ -186,9 +186,11 @@ class BatchStore:
         input_file_id: str,
         window: timedelta,
         metadata: dict[str, Any] | None,
+        prefix: str = "batch",
+        total: int = 0,
     ) -> BatchRecord:
         now = _now()
-        batch_id = new_id("batch")
+        batch_id = new_id(prefix)
         values = {
             "id": batch_id,
             "team": team,
@@ -198,6 +200,7 @@ class BatchStore:
             "status": "validating",
             "completion_window": "24h",
             "metadata": metadata,
+            "total": total,
             "created_at": now,
             "expires_at": now + window,
         }
@@ -216,8 +219,13 @@ class BatchStore:
             row = (await conn.execute(query)).first()
         return BatchRecord(**row._mapping) if row is not None else None
 
-    async def batches(self, team: str, limit: int, after: str | None) -> list[BatchRecord]:
+    async def batches(
+        self, team: str, limit: int, after: str | None, endpoint: str | None = None
+    ) -> list[BatchRecord]:
+        """The team's batches, newest first (of one endpoint's API, when given)."""
         query = select(*_batch_columns()).where(batches.c.team == team)
+        if endpoint is not None:
+            query = query.where(batches.c.endpoint == endpoint)
         if after is not None:
             anchor = await self.batch(team, after)
             if anchor is not None:
@@ -289,6 +297,16 @@ class BatchStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(batch_lines.c.line))
             return [LineRecord(**r._mapping) for r in rows]
+
+    async def line_counts(self, batch_id: str) -> dict[str, int]:
+        """How many of the batch's lines are in each status (pending, done, failed, cancelled)."""
+        query = (
+            select(batch_lines.c.status, func.count())
+            .where(batch_lines.c.batch_id == batch_id)
+            .group_by(batch_lines.c.status)
+        )
+        async with self.engine.connect() as conn:
+            return {str(r[0]): int(r[1]) for r in await conn.execute(query)}
 
     async def finish_line(self, batch_id: str, line: int, status: str, result: Any) -> bool:
         """Record a pending line's outcome, once: False when another process already did."""

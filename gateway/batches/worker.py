@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,6 +39,10 @@ log = logging.getLogger("rightsize.batches")
 
 WINDOW = timedelta(hours=24)  # the one completion window OpenAI offers
 ENDPOINT = "/v1/chat/completions"
+# Anthropic's Message Batches (gateway/api/message_batches.py): each line's body is a Messages
+# request, translated into the chat request the lines of ENDPOINT are (the same translation
+# /v1/messages uses); the batch's results are translated back when they are read.
+MESSAGES_ENDPOINT = "/v1/messages"
 # Lines routed at once: the router's batcher estimates them together.
 _ROUTE_CHUNK = 64
 _DIRECT_CONCURRENCY = 4  # lines of one batch in flight at once on a deployment without a batch API
@@ -58,10 +62,13 @@ class BatchWorker:
         upstream: ProviderBatches,
         settings: BatchSettings,
         parse: ParseChat,
+        parsers: Mapping[str, ParseChat] | None = None,
     ) -> None:
         # The snapshot in force (app.state.gateway, which a reload swaps), or a fixed one.
         self._current = gateway if callable(gateway) else (lambda: gateway)
         self.parse = parse
+        # A line is read by its batch's endpoint's parser: ENDPOINT's is `parse`.
+        self.parsers: dict[str, ParseChat] = {ENDPOINT: parse, **(parsers or {})}
         self.upstream = upstream
         self.settings = settings
         self.store = BatchStore(self.gateway.store)
@@ -292,7 +299,10 @@ class BatchWorker:
                 raise _LineError(
                     "invalid_url", f"Each line must be a POST to {batch.endpoint} (the batch's)"
                 )
-            chat = self.parse(item.get("body"), self.gateway.settings.server)
+            parse = self.parsers.get(batch.endpoint)
+            if parse is None:
+                raise _LineError("invalid_url", f"No batch API for {batch.endpoint}")
+            chat = parse(item.get("body"), self.gateway.settings.server)
             if chat.stream:
                 raise _LineError("invalid_request", "A batch line cannot stream")
             payload = chat.upstream_payload()
