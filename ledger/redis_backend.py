@@ -368,7 +368,13 @@ class RedisCounters:
         counters = 0
         for kind in ("c:", "z:"):  # the counters' hashes, then their holds
             pattern = f"{self.prefix}{kind}{counter_prefix}".translate(glob) + "*"
-            keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
+            keys: list[Any] = []
+            cursor: int | None = None
+            while cursor != 0:  # each SCAN call under the operation's deadline
+                cursor, found = await self._bounded(
+                    self.redis.scan(cursor or 0, match=pattern, count=1000)
+                )
+                keys += found
             for start in range(0, len(keys), 500):
                 deleted = int(await self._bounded(self.redis.delete(*keys[start : start + 500])))
                 counters += deleted if kind == "c:" else 0

@@ -239,6 +239,33 @@ async def test_a_counter_operation_on_a_hung_redis_is_cut_at_the_ledger_timeout_
         await counters.aclose()
 
 
+@pytest.mark.parametrize("operation", ["forget", "heartbeat", "read"])
+async def test_every_counter_operation_on_a_hung_redis_is_cut_at_the_deadline(
+    own_redis: ThrowawayRedis, operation: str
+) -> None:
+    # Creating or deleting a team forgets its counters (a SCAN): an unbounded SCAN on a hung
+    # Redis once held a whole test run (2026-12-04).
+    counters = RedisCounters.connect(own_redis.url, "rs-test-hung:", timeout_s=0.3)
+    claim = Claim("team:t:monthly:2026-12", 10**12, None, None, None)
+    calls = {
+        "forget": lambda: counters.forget("team:t:"),
+        "heartbeat": lambda: counters.heartbeat("owner", 0),
+        "read": lambda: counters.read([claim], 0),
+    }
+    try:
+        await counters.ping()  # connected before Redis hangs
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(redis.exceptions.TimeoutError) as cut:
+                await asyncio.wait_for(calls[operation](), timeout=30)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        assert is_outage(cut.value)
+    finally:
+        await counters.aclose()
+
+
 # fail_open: a bounded allowance while the counters are unreachable
 
 
