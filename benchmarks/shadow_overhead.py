@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -36,10 +37,12 @@ from tests.conftest import PRICE_DIRECT, Admin, gateway_config, gateway_env  # n
 from tests.fake_upstream import RunningUpstream  # noqa: E402
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}]}
-CASES = ("shadow off", "shadow on (rate 1.0)")
+CASES = ("shadow off", "shadow on")
 
 
-def _config(directory: Path, upstream: RunningUpstream, on: bool) -> dict[str, Any]:
+def _config(
+    directory: Path, upstream: RunningUpstream, on: bool, rate: float = 1.0
+) -> dict[str, Any]:
     config = gateway_config(f"sqlite:///{directory / 'rs.db'}", upstream, router={"enabled": False})
     config["cache"] = {"enabled": False}
     for name, upstream_id in (("strongm", "fake-long"), ("judge", "fake-judge")):
@@ -53,7 +56,7 @@ def _config(directory: Path, upstream: RunningUpstream, on: bool) -> dict[str, A
                 "price": PRICE_DIRECT,
             }
         )
-    shadow = {"enabled": on, "sample_rate": 1.0, "budget": "bench-shadow", "judge": "judge"}
+    shadow = {"enabled": on, "sample_rate": rate, "budget": "bench-shadow", "judge": "judge"}
     config["policy"] = {
         "tiers": [
             {"name": "light", "deployments": ["direct"]},
@@ -66,9 +69,9 @@ def _config(directory: Path, upstream: RunningUpstream, on: bool) -> dict[str, A
 
 
 async def _client(
-    stack: AsyncExitStack, case: str, upstream: RunningUpstream, directory: Path
+    stack: AsyncExitStack, case: str, upstream: RunningUpstream, directory: Path, rate: float
 ) -> tuple[Any, httpx.AsyncClient, dict[str, str]]:
-    config = _config(directory, upstream, on=case != "shadow off")
+    config = _config(directory, upstream, on=case != "shadow off", rate=rate)
     app = create_app(Settings.model_validate(config), environ=gateway_env())
     await stack.enter_async_context(app.router.lifespan_context(app))
     transport = httpx.ASGITransport(app=app)
@@ -81,7 +84,7 @@ async def _client(
     return app, client, {"authorization": f"Bearer {key}"}
 
 
-async def _run(requests: int, rounds: int) -> tuple[dict[str, list[float]], Any]:
+async def _run(requests: int, rounds: int, rate: float = 1.0) -> tuple[dict[str, list[float]], Any]:
     results: dict[str, list[float]] = {c: [] for c in CASES}
     with RunningUpstream() as upstream, tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as stack:
@@ -89,7 +92,7 @@ async def _run(requests: int, rounds: int) -> tuple[dict[str, list[float]], Any]
             for i, case in enumerate(CASES):
                 directory = Path(tmp) / str(i)
                 directory.mkdir()
-                clients[case] = await _client(stack, case, upstream, directory)
+                clients[case] = await _client(stack, case, upstream, directory, rate)
             runner = clients[CASES[1]][0].state.gateway.shadow
             for _ in range(rounds):
                 for case in CASES:
@@ -116,9 +119,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=1.0, help="the shadow sample rate")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results, counts = asyncio.run(_run(args.requests, args.rounds))
+    print(f"sample rate {args.rate}; load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    results, counts = asyncio.run(_run(args.requests, args.rounds, args.rate))
     base = results[CASES[0]]
     b50, b99 = statistics.median(base), _p99(base)
     print(f"{'case':<22} {'p50 ms':>8} {'added':>8} {'p99 ms':>8} {'added':>8}")
