@@ -26,7 +26,6 @@ from tests.test_batches import (
     set_budget,
     spend_rows,
 )
-from tests.test_batches import provider as provider  # the fixture
 
 
 @pytest.fixture
