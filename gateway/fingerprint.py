@@ -70,6 +70,8 @@ def _described(deployment: Deployment) -> dict[str, Any]:
     # How the price was found (configured, litellm's map, GPU-hour, none) adds nothing the
     # price and gpu_cost do not already say.
     del values["pricing"]
+    # The batch price (docs/batches.md) prices batch lines; it decides no route.
+    values.pop("batch_price", None)
     # Price fields added later (cache writes) are None unless a price sets them.
     values["price"] = {k: v for k, v in values["price"].items() if v is not None}
     # Likewise capabilities.params (the parameters a deployment takes), None unless configured.

@@ -156,6 +156,7 @@ import sys
 import threadpoolctl
 import uvicorn
 
+import gateway.workers
 from gateway.cli import main
 
 
@@ -176,7 +177,14 @@ def run(app, **kwargs):
     print("BLAS", blas_threads())
 
 
+def supervise(self):  # several workers: the supervisor would spawn workers from its config
+    config = self.config
+    run(config.app, factory=config.factory, timeout_keep_alive=config.timeout_keep_alive)
+
+
 uvicorn.run = run
+uvicorn.Config.bind_socket = lambda self: None
+gateway.workers.Supervisor.run = supervise
 threadpoolctl.threadpool_limits(limits=3, user_api="blas")
 main(sys.argv[1:])
 """
