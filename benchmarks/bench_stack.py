@@ -95,15 +95,29 @@ class _Recent(list[Any]):
             del self[:50]
 
 
-def serve_upstream(port: int) -> None:
-    """tests/fake_upstream.py's server, as its own __main__ runs it, with bounded memory."""
+class _Everywhere(dict[str, float]):
+    """The fake upstream's latency knob with one delay for every model."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
+        return self.delay_s
+
+
+def serve_upstream(port: int, delay_ms: float = 0.0) -> None:
+    """tests/fake_upstream.py's server, as its own __main__ runs it, with bounded memory; each
+    chat answer delayed by delay_ms (an LLM's latency) when it is set."""
     fake = FakeUpstream()
     fake.requests = _Recent()
+    if delay_ms:
+        fake.delay_s = _Everywhere(delay_ms / 1000)
     uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_upstream(port: int, workdir: Path) -> Served:
-    command = [sys.executable, str(Path(__file__)), "upstream", str(port)]
+def start_upstream(port: int, workdir: Path, delay_ms: float = 0.0) -> Served:
+    command = [sys.executable, str(Path(__file__)), "upstream", str(port), str(delay_ms)]
     return _spawn("fake-upstream", command, port, workdir, dict(os.environ))
 
 
@@ -297,5 +311,5 @@ def settle(pid: int, max_wait_s: float = 15.0) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["upstream"]:
-        raise SystemExit("usage: python benchmarks/bench_stack.py upstream PORT")
-    serve_upstream(int(sys.argv[2]))
+        raise SystemExit("usage: python benchmarks/bench_stack.py upstream PORT [DELAY_MS]")
+    serve_upstream(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
