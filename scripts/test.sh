@@ -35,4 +35,7 @@ ruff format --check .
 ruff check .
 mypy gateway ledger local_backend policies router
 lint-imports  # .importlinter: gateway -> ledger -> policies -> router, the router's runtime apart
-python -m pytest "$@"
+# Two processes (pytest-xdist; RIGHTSIZE_TEST_WORKERS=0 runs in one): most tests wait on servers,
+# subprocesses and timers, so two share a 2-core host well. --dist loadfile keeps each file's
+# tests in one process, its module-scoped servers started once.
+python -m pytest -n "${RIGHTSIZE_TEST_WORKERS:-2}" --dist loadfile "$@"

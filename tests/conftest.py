@@ -9,6 +9,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +307,33 @@ class LiveServer(ServedProcess):
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@contextmanager
+def live_server(
+    config: dict[str, Any], directory: Path, env: dict[str, str] | None = None, **options: Any
+) -> Iterator[LiveServer]:
+    """`rightsize serve` on this configuration (written as directory/rightsize.yaml), stopped
+    afterwards."""
+    config_file = write_config(directory / "rightsize.yaml", config)
+    live = LiveServer(config_file, env or gateway_env(), **options)
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def live_spend_row(live: LiveServer, request_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The request's spend-log row from the admin API, once the server has flushed it (the
+    server is another process, so a blocking sleep is right even in an async test)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = httpx.get(
+            live.base_url + "/admin/spend",
+            params={"request_id": request_id},
+            headers={"authorization": f"Bearer {MASTER_KEY}"},
+        ).json()["data"]
+        if rows:
+            return dict(rows[0])
+        time.sleep(0.02)
+    raise AssertionError(f"no spend-log row for {request_id}")

@@ -29,6 +29,8 @@ from tests.conftest import (
     LiveServer,
     gateway_config,
     gateway_env,
+    live_server,
+    live_spend_row,
     write_config,
 )
 from tests.fake_upstream import ANSWER, RunningUpstream
@@ -72,14 +74,8 @@ class Served:
 def served(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("reload")
     store_url = f"sqlite:///{directory / 'rightsize.db'}"
-    config_file = write_config(
-        directory / "rightsize.yaml", reload_config(store_url, upstream, light="small")
-    )
-    live = LiveServer(config_file, gateway_env())
-    try:
-        yield Served(live, config_file, store_url)
-    finally:
-        live.stop()
+    with live_server(reload_config(store_url, upstream, light="small"), directory) as live:
+        yield Served(live, directory / "rightsize.yaml", store_url)
 
 
 @pytest.fixture
@@ -186,7 +182,7 @@ def test_a_stream_started_before_a_reload_finishes_on_the_old_snapshot(
 
     assert text == ANSWER
     assert raw.headers["x-rightsize-config"] == old["x-rightsize-config"] != new_hash
-    row = spend_row(served_small.live, raw.headers["x-request-id"])
+    row = live_spend_row(served_small.live, raw.headers["x-request-id"])
     assert row["config_hash"] == old["x-rightsize-config"]
 
 
@@ -206,18 +202,6 @@ def test_sighup_reloads_a_served_gateway(
         time.sleep(0.1)
     assert served_small.live.process.poll() is None
     assert "SIGHUP: reloading" in served_small.live.log.read_text()
-
-
-def spend_row(live: LiveServer, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        rows = httpx.get(
-            live.base_url + "/admin/spend", params={"request_id": request_id}, headers=ADMIN
-        ).json()["data"]
-        if rows:
-            return dict(rows[0])
-        time.sleep(0.05)
-    raise AssertionError(f"no spend-log row for {request_id}")
 
 
 async def test_the_old_router_is_closed_once_its_last_request_ends(

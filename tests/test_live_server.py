@@ -3,7 +3,6 @@ SDKs."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -16,8 +15,8 @@ from tests.conftest import (
     MASTER_KEY,
     LiveServer,
     gateway_config,
-    gateway_env,
-    write_config,
+    live_server,
+    live_spend_row,
 )
 from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
 
@@ -28,13 +27,9 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 def server(
     module_store_url: str, upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    config_file = tmp_path_factory.mktemp("live") / "rightsize.yaml"
-    write_config(config_file, gateway_config(module_store_url, upstream))
-    live = LiveServer(config_file, gateway_env())
-    try:
+    config = gateway_config(module_store_url, upstream)
+    with live_server(config, tmp_path_factory.mktemp("live")) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +40,6 @@ def api_key(server: LiveServer) -> str:
         response = client.post("/admin/keys", json={"team": "search"})
         assert response.status_code == 201, response.text
         return str(response.json()["key"])
-
-
-def spend_row(server: LiveServer, request_id: str) -> dict:
-    """Poll the admin API until the request's spend row is flushed (the server is another
-    process, so a blocking sleep is right even when an async test calls this)."""
-    admin = {"authorization": f"Bearer {MASTER_KEY}"}
-    for _ in range(250):
-        rows = httpx.get(
-            server.base_url + "/admin/spend", params={"request_id": request_id}, headers=admin
-        ).json()["data"]
-        if rows:
-            return dict(rows[0])
-        time.sleep(0.02)
-    raise AssertionError(f"no spend-log row for {request_id}")
 
 
 def expected_cost(input_per_mtok: str, output_per_mtok: str) -> Decimal:
@@ -92,7 +73,7 @@ def test_sync_sdk_completion_has_answer_usage_cost_and_headers(
     assert raw.headers["x-rightsize-cache"] == "miss"
     assert Decimal(raw.headers["x-rightsize-cost-usd"]) == cost
     assert float(raw.headers["x-rightsize-overhead-ms"]) >= 0
-    row = spend_row(server, raw.headers["x-request-id"])
+    row = live_spend_row(server, raw.headers["x-request-id"])
     assert (row["team"], row["deployment"], row["status"]) == ("search", model, 200)
     assert Decimal(row["cost_usd"]) == cost
 
@@ -118,7 +99,7 @@ async def test_async_sdk_stream_yields_the_answer_then_a_usage_chunk_with_cost(
     assert (usage.prompt_tokens, usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     cost = expected_cost("1.1", "4.4")
     assert Decimal(usage.model_extra["cost_usd"]) == cost
-    row = spend_row(server, raw.headers["x-request-id"])
+    row = live_spend_row(server, raw.headers["x-request-id"])
     assert row["stream"] is True and Decimal(row["cost_usd"]) == cost
 
 
@@ -168,5 +149,5 @@ def test_anthropic_sdk_message_and_stream_over_http(server: LiveServer, api_key:
         PROMPT_TOKENS,
         COMPLETION_TOKENS,
     )
-    row = spend_row(server, request_id)
+    row = live_spend_row(server, request_id)
     assert row["stream"] is True and Decimal(row["cost_usd"]) == expected_cost("1.1", "4.4")

@@ -219,10 +219,11 @@ def test_healthz_answers_within_100ms_while_huge_and_deep_bodies_are_refused(liv
     assert sum("server.max_json_depth" in message for _, message in answers) == SENDS
     assert len(probes) >= 5
     # A parse on the event loop would hold up one probe per huge body, twelve in all; the host
-    # itself (a shared 2-core machine under test load) may hold up a few, never twelve. "Held
-    # up": over 100 ms, or over four times the host's own pace when it is slower than that.
+    # itself (a shared 2-core machine, the suite's other process beside this test) may hold up
+    # a few, never twelve: at most half. "Held up": over 100 ms, or over four times the host's
+    # own pace when it is slower than that.
     slow = max(0.100, 4 * statistics.median(baseline))
-    assert sum(p >= slow for p in probes) <= 3, (slow, sorted(probes)[-13:])
+    assert sum(p >= slow for p in probes) <= 6, (slow, sorted(probes)[-13:])
 
 
 # Slow clients: raw sockets against a live server with short timeouts.

@@ -28,9 +28,8 @@ from tests.conftest import (
     PRICE_SMALL,
     LiveServer,
     gateway_config,
-    gateway_env,
     in_process_gateway,
-    write_config,
+    live_server,
 )
 from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
 
@@ -99,13 +98,9 @@ def shadow_config(store_url: str, upstream: RunningUpstream) -> dict[str, Any]:
 def server(
     module_store_url: str, upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    config_file = tmp_path_factory.mktemp("shadow") / "rightsize.yaml"
-    write_config(config_file, shadow_config(module_store_url, upstream))
-    live = LiveServer(config_file, gateway_env())
-    try:
+    config = shadow_config(module_store_url, upstream)
+    with live_server(config, tmp_path_factory.mktemp("shadow")) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -268,15 +263,10 @@ def test_the_share_sampled_stays_within_binomial_bounds_of_the_rate(rate: float,
     assert runner.counts.sampled == drawn
 
 
-async def test_a_full_queue_drops_the_job_and_counts_it_without_waiting() -> None:
-    from gateway.metrics import Metrics
-    from tests.test_metrics import parse, total
-
-    metrics = Metrics()
-    spec = ShadowSpec(enabled=True, sample_rate=1.0, budget="b", judge="judge")
-    runner = ShadowRunner(ShadowPolicy(default=spec, queue_size=2), observer=metrics)
-    job = ShadowJob(
-        request_id="r",
+def served_job(spec: ShadowSpec, request_id: str) -> ShadowJob:
+    """A request of team search that the light tier (`small`) answered, to shadow."""
+    return ShadowJob(
+        request_id=request_id,
         team="search",
         spec=spec,
         messages=MESSAGES,
@@ -287,6 +277,16 @@ async def test_a_full_queue_drops_the_job_and_counts_it_without_waiting() -> Non
         served_text=ANSWER,
         served_completion_tokens=COMPLETION_TOKENS,
     )
+
+
+async def test_a_full_queue_drops_the_job_and_counts_it_without_waiting() -> None:
+    from gateway.metrics import Metrics
+    from tests.test_metrics import parse, total
+
+    metrics = Metrics()
+    spec = ShadowSpec(enabled=True, sample_rate=1.0, budget="b", judge="judge")
+    runner = ShadowRunner(ShadowPolicy(default=spec, queue_size=2), observer=metrics)
+    job = served_job(spec, "r")
     # No worker runs: the queue fills, and offer() returns at once either way.
     assert [runner.offer(job) for _ in range(5)] == [True, True, False, False, False]
     assert runner.counts.dropped == 3
@@ -332,18 +332,7 @@ async def _cap_holds(state: Any, store_url: str, cap: Decimal, jobs: int) -> Non
     runner = ShadowRunner(ShadowPolicy(default=spec))
     runner.start(state)
     try:
-        job = ShadowJob(
-            request_id="",
-            team="search",
-            spec=spec,
-            messages=MESSAGES,
-            payload={"model": "auto", "messages": MESSAGES},
-            prompt_text=PROMPT,
-            served_tier="light",
-            served_deployment="small",
-            served_text=ANSWER,
-            served_completion_tokens=COMPLETION_TOKENS,
-        )
+        job = served_job(spec, "")
         results = await asyncio.gather(
             *(runner.evaluate(_replace(job, f"cap-{i}")) for i in range(jobs))
         )
