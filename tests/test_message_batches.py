@@ -14,10 +14,7 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.conftest import InProcessGateway, in_process_gateway
-from tests.fake_batch_provider import RunningBatchProvider
-from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
-from tests.test_batches import (
+from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
@@ -26,6 +23,9 @@ from tests.test_batches import (
     set_budget,
     spend_rows,
 )
+from tests.conftest import InProcessGateway, in_process_gateway
+from tests.fake_batch_provider import RunningBatchProvider
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
 
 
 @pytest.fixture
@@ -33,7 +33,8 @@ async def gw(
     store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
 ) -> AsyncIterator[InProcessGateway]:
     # The same gateway as the OpenAI batch tests: `bulk` on the fake provider's batch API.
-    async with in_process_gateway(batch_config(store_url, upstream, provider)) as running:
+    config = batch_config(store_url, upstream, provider, max_file_bytes=64_000)
+    async with in_process_gateway(config) as running:
         yield running
 
 
