@@ -111,3 +111,27 @@ async def spend_rows(store_url: str, count: int) -> list[Any]:
             await asyncio.sleep(0.05)
     finally:
         await store.aclose()
+
+
+async def two_held_lines(gw: InProcessGateway, client: openai.AsyncOpenAI) -> Batch:
+    """A batch of two `bulk` lines in progress at the provider, both held on the team's budget."""
+    await set_budget(gw)
+    batch = await start_batch(client, line("a", "one"), line("b", "two"))
+    await until(client, batch.id, "in_progress")
+    assert (await budget_usage(gw))["reserved_requests"] == 2
+    return batch
+
+
+async def assert_released_and_not_charged(gw: InProcessGateway, store_url: str) -> None:
+    """Nothing held on the team's budget, nothing spent, no batch spend row."""
+    usage = await budget_usage(gw)
+    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
+    assert Decimal(usage["spent_usd"]) == 0
+    assert await spend_rows(store_url, 0) == []
+
+
+async def error_codes(client: openai.AsyncOpenAI, batch: Batch) -> list[str]:
+    """The error code of each line in the batch's error file."""
+    assert batch.error_file_id is not None
+    errors = (await client.files.content(batch.error_file_id)).read().splitlines()
+    return [orjson.loads(e)["error"]["code"] for e in errors]

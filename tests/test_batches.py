@@ -21,15 +21,18 @@ from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
+    assert_released_and_not_charged,
     batch_config,
     budget_usage,
     create_batch,
+    error_codes,
     jsonl,
     line,
     sdk,
     set_budget,
     spend_rows,
     start_batch,
+    two_held_lines,
     until,
     upload,
 )
@@ -110,21 +113,14 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
 async def test_a_cancelled_batch_cancels_upstream_and_releases_its_holds(
     gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
 ) -> None:
-    await set_budget(gw)
     client = sdk(gw)
-    batch = await start_batch(client, line("a", "one"), line("b", "two"))
-    await until(client, batch.id, "in_progress")
-    assert (await budget_usage(gw))["reserved_requests"] == 2
+    batch = await two_held_lines(gw, client)
     cancelling = await client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling"
     batch = await until(client, batch.id, "cancelled")
     assert len(provider.fake.cancelled) == 1
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
-    errors = (await client.files.content(batch.error_file_id)).read().splitlines()
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_cancelled"] * 2
+    await assert_released_and_not_charged(gw, store_url)
+    assert await error_codes(client, batch) == ["batch_cancelled"] * 2
 
 
 async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGateway) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from gateway.batches import BatchStore
@@ -23,13 +22,16 @@ from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
+    assert_released_and_not_charged,
     batch_config,
     budget_usage,
+    error_codes,
     line,
     sdk,
     set_budget,
     spend_rows,
     start_batch,
+    two_held_lines,
     until,
 )
 from tests.conftest import InProcessGateway, in_process_gateway
@@ -206,11 +208,8 @@ async def test_a_batch_past_its_expiry_is_expired_its_holds_released_not_charged
     provider: RunningBatchProvider,
     store_url: str,
 ) -> None:
-    await set_budget(gw)
     client = sdk(gw)
-    batch = await start_batch(client, line("a", "one"), line("b", "two"))
-    await until(client, batch.id, "in_progress")
-    assert (await budget_usage(gw))["reserved_requests"] == 2
+    batch = await two_held_lines(gw, client)
     # Its 24 hours are over (moved back rather than waited for).
     store = Store.connect(store_url)
     try:
@@ -221,12 +220,8 @@ async def test_a_batch_past_its_expiry_is_expired_its_holds_released_not_charged
     expired = await until(client, batch.id, "expired")
     assert expired.expired_at is not None
     assert len(provider.fake.cancelled) == 1
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
-    errors = (await client.files.content(expired.error_file_id)).read().splitlines()
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_expired"] * 2
+    await assert_released_and_not_charged(gw, store_url)
+    assert await error_codes(client, expired) == ["batch_expired"] * 2
 
 
 async def test_a_failed_submission_is_retried_and_then_succeeds(
@@ -255,10 +250,10 @@ async def test_submission_gives_up_after_its_tries_failing_its_lines_and_releasi
         batch = await start_batch(client, line("a", "one"), line("b", "two"))
         done = await until(client, batch.id, "completed")
         usage = await budget_usage(gw)
-        errors = (await client.files.content(done.error_file_id)).read().splitlines()
+        codes = await error_codes(client, done)
     assert provider.fake.create_calls == 3
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_submit_failed"] * 2
+    assert codes == ["batch_submit_failed"] * 2
     assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
     assert Decimal(usage["spent_usd"]) == 0
 

@@ -18,6 +18,7 @@ from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
+    assert_released_and_not_charged,
     batch_config,
     budget_usage,
     set_budget,
@@ -162,10 +163,7 @@ async def test_a_cancelled_message_batch_releases_its_holds_and_its_requests_are
     assert len(provider.fake.cancelled) == 1
     results = [r async for r in await client.messages.batches.results(batch.id)]
     assert [(r.custom_id, r.result.type) for r in results] == [("a", "canceled"), ("b", "canceled")]
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
+    await assert_released_and_not_charged(gw, store_url)
 
 
 async def test_a_key_never_sees_another_teams_message_batches(gw: InProcessGateway) -> None:
