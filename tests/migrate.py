@@ -23,6 +23,25 @@ def migrate_to(revision: str, down: bool = False) -> Callable[[Any], None]:
     return step
 
 
+async def down_and_up(
+    store_url: str, previous: str, read: Callable[[Any], set[str]]
+) -> tuple[set[str], set[str], set[str]]:
+    """What `read` finds at head, after going back to `previous`, and at head again."""
+    from gateway.store import Store
+
+    store = Store.connect(store_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(migrate_to("head"))
+            at_head = await conn.run_sync(read)
+            await conn.run_sync(migrate_to(previous, down=True))
+            at_previous = await conn.run_sync(read)
+            await conn.run_sync(migrate_to("head"))
+            return at_head, at_previous, await conn.run_sync(read)
+    finally:
+        await store.aclose()
+
+
 def tables(connection: Any) -> set[str]:
     from sqlalchemy import inspect
 

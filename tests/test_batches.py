@@ -17,99 +17,38 @@ import pytest
 from gateway.batches import BatchStore
 from gateway.store import Store
 from policies import Catalog, ModelInfo, ModelSpec, TokenPrice
-from tests.conftest import (
-    PRICE_SMALL,
-    InProcessGateway,
-    gateway_config,
-    in_process_gateway,
+from tests.batch_support import (
+    DEADLINE_S,
+    DIRECT_LINE_COST,
+    LINE_COST,
+    assert_released_and_not_charged,
+    batch_config,
+    budget_usage,
+    create_batch,
+    error_codes,
+    jsonl,
+    line,
+    sdk,
+    set_budget,
+    spend_rows,
+    start_batch,
+    two_held_lines,
+    until,
+    upload,
 )
+from tests.conftest import PRICE_SMALL, InProcessGateway, in_process_gateway
 from tests.fake_batch_provider import RunningBatchProvider
-from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
-from tests.migrate import migrate_to as _migrate
-
-# PRICE_SMALL is $0.15 / $0.6 per million tokens; its batch price (unset) is half of that.
-LINE_COST = (PROMPT_TOKENS * Decimal("0.075") + COMPLETION_TOKENS * Decimal("0.3")) / 10**6
-# PRICE_DIRECT ($1.1 / $4.4) halved likewise.
-DIRECT_LINE_COST = (PROMPT_TOKENS * Decimal("0.55") + COMPLETION_TOKENS * Decimal("2.2")) / 10**6
-DEADLINE_S = 60
+from tests.fake_upstream import ANSWER, RunningUpstream
+from tests.migrate import down_and_up, tables
 
 
 @pytest.fixture
 async def gw(
     store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
 ) -> AsyncIterator[InProcessGateway]:
-    async with in_process_gateway(batch_config(store_url, upstream, provider)) as running:
+    config = batch_config(store_url, upstream, provider, max_file_bytes=64_000)
+    async with in_process_gateway(config) as running:
         yield running
-
-
-def batch_config(
-    store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
-) -> dict[str, Any]:
-    """The test gateway with `bulk`, a deployment on the fake provider's batch API."""
-    config = gateway_config(store_url, upstream)
-    config["models"].append(
-        {
-            "name": "bulk",
-            "model": "openai/fake-ok",
-            "api_base": provider.base_url,
-            "api_key_env": "FAKE_UPSTREAM_KEY",
-            "transport": "openai_http",
-            "price": PRICE_SMALL,
-        }
-    )
-    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 30, "max_file_bytes": 64_000}
-    return config
-
-
-def sdk(gw: InProcessGateway, key: str | None = None) -> openai.AsyncOpenAI:
-    """The real openai SDK, over the gateway's in-process transport."""
-    return openai.AsyncOpenAI(
-        api_key=key or gw.key, base_url="http://gateway/v1", http_client=gw.client
-    )
-
-
-def jsonl(*lines: dict[str, Any] | bytes) -> bytes:
-    return b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
-
-
-def line(custom_id: str, text: str, model: str = "bulk") -> dict[str, Any]:
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 50}
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
-
-
-async def until(client: openai.AsyncOpenAI, batch_id: str, *statuses: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch stayed {batch.status}"
-        await asyncio.sleep(0.05)
-
-
-async def set_budget(gw: InProcessGateway) -> None:
-    body = {"team": "search", "period": "monthly", "limit_usd": "10"}
-    response = await gw.client.put("/admin/budgets", json=body, headers=gw.admin.headers)
-    assert response.status_code == 200, response.text
-
-
-async def budget_usage(gw: InProcessGateway) -> dict[str, Any]:
-    response = await gw.client.get("/admin/teams/search/usage", headers=gw.admin.headers)
-    (usage,) = response.json()["data"]
-    return dict(usage)
-
-
-async def spend_rows(store_url: str, count: int) -> list[Any]:
-    store = Store.connect(store_url)
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            rows = [r for r in await store.spend(team="search", limit=1000) if r.api == "batch"]
-            if len(rows) >= count or time.monotonic() > deadline:
-                return rows
-            await asyncio.sleep(0.05)
-    finally:
-        await store.aclose()
 
 
 async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_settling(
@@ -124,11 +63,9 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
         line("third", "three", model="auto"),
         line("fourth", "four"),
     )
-    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+    uploaded = await upload(client, content)
     assert uploaded.bytes == len(content)
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = await create_batch(client, uploaded.id)
     assert batch.status == "validating"
     batch = await until(client, batch.id, "in_progress")
     # `auto` routed the third line to `direct`, whose server has no batch API: it runs on its
@@ -176,35 +113,22 @@ async def test_a_batch_answers_in_input_order_at_the_batch_price_holding_then_se
 async def test_a_cancelled_batch_cancels_upstream_and_releases_its_holds(
     gw: InProcessGateway, provider: RunningBatchProvider, store_url: str
 ) -> None:
-    await set_budget(gw)
     client = sdk(gw)
-    content = jsonl(line("a", "one"), line("b", "two"))
-    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    await until(client, batch.id, "in_progress")
-    assert (await budget_usage(gw))["reserved_requests"] == 2
+    batch = await two_held_lines(gw, client)
     cancelling = await client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling"
     batch = await until(client, batch.id, "cancelled")
     assert len(provider.fake.cancelled) == 1
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
-    errors = (await client.files.content(batch.error_file_id)).read().splitlines()
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_cancelled"] * 2
+    await assert_released_and_not_charged(gw, store_url)
+    assert await error_codes(client, batch) == ["batch_cancelled"] * 2
 
 
 async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGateway) -> None:
     await gw.admin.team("other")
     other = sdk(gw, (await gw.admin.key("other"))["key"])
     client = sdk(gw)
-    uploaded = await client.files.create(file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch")
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    uploaded = await upload(client, jsonl(line("a", "x")))
+    batch = await create_batch(client, uploaded.id)
     with pytest.raises(openai.NotFoundError):
         await other.files.retrieve(uploaded.id)
     with pytest.raises(openai.NotFoundError):
@@ -214,9 +138,7 @@ async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGate
     with pytest.raises(openai.NotFoundError):
         await other.batches.cancel(batch.id)
     with pytest.raises(openai.NotFoundError):
-        await other.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        await create_batch(other, uploaded.id)
     assert (await other.files.list()).data == []
     assert (await other.batches.list()).data == []
     assert [f.id for f in (await client.files.list()).data] == [uploaded.id]
@@ -227,7 +149,7 @@ async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_
     gw: InProcessGateway,
 ) -> None:
     client = sdk(gw)
-    uploaded = await client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    uploaded = await upload(client, b"{}\n")
     assert (await client.files.retrieve(uploaded.id)).filename == "in.jsonl"
     assert (await client.files.content(uploaded.id)).read() == b"{}\n"
     assert (await client.files.delete(uploaded.id)).deleted
@@ -239,7 +161,7 @@ async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_
     with pytest.raises(openai.AuthenticationError):
         await sdk(gw, "sk-not-a-key").files.list()
     with pytest.raises(openai.APIStatusError) as too_large:
-        await client.files.create(file=("in.jsonl", b"x" * 64_001), purpose="batch")
+        await upload(client, b"x" * 64_001)
     assert too_large.value.status_code == 413
 
 
@@ -265,23 +187,11 @@ async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url:
 
 
 async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str) -> None:
-    from sqlalchemy import inspect
-
-    def tables(connection: Any) -> set[str]:
-        return set(inspect(connection).get_table_names())
-
     added = {"files", "batches", "batch_jobs", "batch_lines"}
-    store = Store.connect(store_url)
-    try:
-        async with store.engine.begin() as conn:
-            await conn.run_sync(_migrate("head"))
-            assert added <= await conn.run_sync(tables)
-            await conn.run_sync(_migrate("0010", down=True))
-            assert not added & await conn.run_sync(tables)
-            await conn.run_sync(_migrate("head"))
-            assert added <= await conn.run_sync(tables)
-    finally:
-        await store.aclose()
+    at_head, at_0010, back_at_head = await down_and_up(store_url, "0010", tables)
+    assert added <= at_head
+    assert not added & at_0010
+    assert added <= back_at_head
 
 
 def test_the_batch_price_is_configured_or_the_model_databases_or_half_the_price() -> None:
@@ -324,15 +234,8 @@ async def test_lines_run_on_an_idle_local_engine_and_go_to_the_provider_batch_ap
             await until_true(lambda: local.replicas("gpu")[0].reading is not None)
 
             async def run(name: str) -> list[dict[str, Any]]:
-                content = jsonl(
-                    line(f"{name}-1", "one", "local"), line(f"{name}-2", "two", "local")
-                )
-                uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
-                batch = await client.batches.create(
-                    input_file_id=uploaded.id,
-                    endpoint="/v1/chat/completions",
-                    completion_window="24h",
-                )
+                lines = line(f"{name}-1", "one", "local"), line(f"{name}-2", "two", "local")
+                batch = await start_batch(client, *lines)
                 provider.fake.complete()
                 batch = await until(client, batch.id, "completed")
                 output = (await client.files.content(batch.output_file_id)).read()
@@ -360,27 +263,12 @@ async def test_another_process_takes_over_a_batch_whose_driver_stopped(
     from gateway.settings import Settings
     from tests.conftest import gateway_env
 
-    config = gateway_config(store_url, upstream)
-    config["models"].append(
-        {
-            "name": "bulk",
-            "model": "openai/fake-ok",
-            "api_base": provider.base_url,
-            "api_key_env": "FAKE_UPSTREAM_KEY",
-            "transport": "openai_http",
-            "price": PRICE_SMALL,
-        }
-    )
-    config["batches"] = {"poll_interval_s": 0.05, "lease_s": 0.5}
+    config = batch_config(store_url, upstream, provider, lease_s=0.5)
     async with in_process_gateway(config) as first:
         await set_budget(first)
         key, admin = first.key, first.admin.headers
         client = sdk(first)
-        content = jsonl(line("a", "one"), line("b", "two"))
-        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await start_batch(client, line("a", "one"), line("b", "two"))
         await until(client, batch.id, "in_progress")
     # The first process is gone with the batch in progress; a second one carries it on.
     provider.fake.complete()

@@ -7,55 +7,40 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from gateway.batches import BatchStore
 from gateway.store import Store
-from tests.conftest import PRICE_SMALL, InProcessGateway, gateway_config, in_process_gateway
-from tests.fake_batch_provider import RunningBatchProvider
-from tests.fake_upstream import ANSWER, RunningUpstream
-from tests.migrate import migrate_to
-from tests.test_batches import (
+from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
+    assert_released_and_not_charged,
+    batch_config,
     budget_usage,
-    jsonl,
+    error_codes,
     line,
     sdk,
     set_budget,
     spend_rows,
+    start_batch,
+    two_held_lines,
     until,
 )
+from tests.conftest import InProcessGateway, in_process_gateway
+from tests.fake_batch_provider import RunningBatchProvider
+from tests.fake_upstream import ANSWER, RunningUpstream
+from tests.migrate import down_and_up
 
 DEFER = {"prefer": "respond-async", "x-rightsize-latency": "batch"}
 MESSAGES: list[Any] = [{"role": "user", "content": "later, please"}]
-
-
-def config(
-    store_url: str, upstream: RunningUpstream, batch_api: RunningBatchProvider, **batches: Any
-) -> dict[str, Any]:
-    """The test configuration with `bulk`, a deployment whose provider has a batch API."""
-    made = gateway_config(store_url, upstream)
-    made["models"].append(
-        {
-            "name": "bulk",
-            "model": "openai/fake-ok",
-            "api_base": batch_api.base_url,
-            "api_key_env": "FAKE_UPSTREAM_KEY",
-            "transport": "openai_http",
-            "price": PRICE_SMALL,
-        }
-    )
-    made["batches"] = {"poll_interval_s": 0.05, "lease_s": 30, **batches}
-    return made
 
 
 @pytest.fixture
@@ -64,7 +49,7 @@ async def gw(
     upstream: RunningUpstream,
     provider: RunningBatchProvider,
 ) -> AsyncIterator[InProcessGateway]:
-    async with in_process_gateway(config(store_url, upstream, provider)) as running:
+    async with in_process_gateway(batch_config(store_url, upstream, provider)) as running:
         yield running
 
 
@@ -78,6 +63,23 @@ async def poll(gw: InProcessGateway, url: str, key: str | None = None) -> httpx.
             return response
         assert time.monotonic() < deadline, response.text
         await asyncio.sleep(0.05)
+
+
+def failing_submissions(
+    store_url: str,
+    upstream: RunningUpstream,
+    provider: RunningBatchProvider,
+    failures: int,
+    backoff_s: float,
+) -> AbstractAsyncContextManager[InProcessGateway]:
+    """A gateway trying a provider job's submission three times, `backoff_s` apart, against a
+    provider that refuses its first `failures` submissions."""
+    provider.fake.fail_creates = failures
+    made = batch_config(
+        store_url, upstream, provider, submit_attempts=3, submit_backoff_s=backoff_s
+    )
+    gateway: AbstractAsyncContextManager[InProcessGateway] = in_process_gateway(made)
+    return gateway
 
 
 async def test_a_deferred_request_answers_202_then_its_completion_at_the_batch_price(
@@ -141,7 +143,7 @@ async def test_hold_open_answers_inline_when_the_result_arrives_in_time(
     upstream: RunningUpstream,
     provider: RunningBatchProvider,
 ) -> None:
-    made = config(store_url, upstream, provider, hold_open_s=DEADLINE_S)
+    made = batch_config(store_url, upstream, provider, hold_open_s=DEADLINE_S)
     async with in_process_gateway(made) as gw:
         await set_budget(gw)
         # `direct` has no batch API: its line runs at once through its interactive provider.
@@ -171,11 +173,7 @@ async def test_a_job_is_found_by_its_own_team_only(
     mine = await gw.client.get(url, headers={"authorization": f"Bearer {gw.key}"})
     assert mine.status_code == 202
     # A batch made through /v1/batches is not a chat job.
-    client = sdk(gw)
-    uploaded = await client.files.create(file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch")
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = await start_batch(sdk(gw), line("a", "x"))
     plain = await gw.client.get(
         f"/v1/chat/completions/jobs/{batch.id}", headers={"authorization": f"Bearer {gw.key}"}
     )
@@ -210,15 +208,8 @@ async def test_a_batch_past_its_expiry_is_expired_its_holds_released_not_charged
     provider: RunningBatchProvider,
     store_url: str,
 ) -> None:
-    await set_budget(gw)
     client = sdk(gw)
-    content = jsonl(line("a", "one"), line("b", "two"))
-    uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
-    batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    await until(client, batch.id, "in_progress")
-    assert (await budget_usage(gw))["reserved_requests"] == 2
+    batch = await two_held_lines(gw, client)
     # Its 24 hours are over (moved back rather than waited for).
     store = Store.connect(store_url)
     try:
@@ -229,12 +220,8 @@ async def test_a_batch_past_its_expiry_is_expired_its_holds_released_not_charged
     expired = await until(client, batch.id, "expired")
     assert expired.expired_at is not None
     assert len(provider.fake.cancelled) == 1
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
-    errors = (await client.files.content(expired.error_file_id)).read().splitlines()
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_expired"] * 2
+    await assert_released_and_not_charged(gw, store_url)
+    assert await error_codes(client, expired) == ["batch_expired"] * 2
 
 
 async def test_a_failed_submission_is_retried_and_then_succeeds(
@@ -242,16 +229,9 @@ async def test_a_failed_submission_is_retried_and_then_succeeds(
     upstream: RunningUpstream,
     provider: RunningBatchProvider,
 ) -> None:
-    made = config(store_url, upstream, provider, submit_attempts=3, submit_backoff_s=0)
-    provider.fake.fail_creates = 2
-    async with in_process_gateway(made) as gw:
+    async with failing_submissions(store_url, upstream, provider, 2, backoff_s=0) as gw:
         client = sdk(gw)
-        uploaded = await client.files.create(
-            file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await start_batch(client, line("a", "x"))
         await until(client, batch.id, "in_progress")
         provider.fake.complete()
         done = await until(client, batch.id, "completed")
@@ -264,22 +244,16 @@ async def test_submission_gives_up_after_its_tries_failing_its_lines_and_releasi
     upstream: RunningUpstream,
     provider: RunningBatchProvider,
 ) -> None:
-    made = config(store_url, upstream, provider, submit_attempts=3, submit_backoff_s=0)
-    provider.fake.fail_creates = 1000
-    async with in_process_gateway(made) as gw:
+    async with failing_submissions(store_url, upstream, provider, 1000, backoff_s=0) as gw:
         await set_budget(gw)
         client = sdk(gw)
-        content = jsonl(line("a", "one"), line("b", "two"))
-        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await start_batch(client, line("a", "one"), line("b", "two"))
         done = await until(client, batch.id, "completed")
         usage = await budget_usage(gw)
-        errors = (await client.files.content(done.error_file_id)).read().splitlines()
+        codes = await error_codes(client, done)
     assert provider.fake.create_calls == 3
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
-    assert [orjson.loads(e)["error"]["code"] for e in errors] == ["batch_submit_failed"] * 2
+    assert codes == ["batch_submit_failed"] * 2
     assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
     assert Decimal(usage["spent_usd"]) == 0
 
@@ -289,16 +263,9 @@ async def test_a_failed_submission_waits_out_its_backoff(
     upstream: RunningUpstream,
     provider: RunningBatchProvider,
 ) -> None:
-    made = config(store_url, upstream, provider, submit_attempts=3, submit_backoff_s=3600)
-    provider.fake.fail_creates = 1000
-    async with in_process_gateway(made) as gw:
+    async with failing_submissions(store_url, upstream, provider, 1000, backoff_s=3600) as gw:
         client = sdk(gw)
-        uploaded = await client.files.create(
-            file=("in.jsonl", jsonl(line("a", "x"))), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await start_batch(client, line("a", "x"))
         store = BatchStore(gw.app.state.gateway.store)
         deadline = time.monotonic() + DEADLINE_S
         while not (jobs := await store.jobs(batch.id)) or jobs[0].attempts < 1:
@@ -323,14 +290,7 @@ async def test_revision_0012_adds_expiry_and_retry_columns_and_goes_back(store_u
         }
 
     added = {"batches.expired_at", "batch_jobs.attempts", "batch_jobs.retry_at"}
-    store = Store.connect(store_url)
-    try:
-        async with store.engine.begin() as conn:
-            await conn.run_sync(migrate_to("head"))
-            assert added <= await conn.run_sync(columns)
-            await conn.run_sync(migrate_to("0011", down=True))
-            assert not added & await conn.run_sync(columns)
-            await conn.run_sync(migrate_to("head"))
-            assert added <= await conn.run_sync(columns)
-    finally:
-        await store.aclose()
+    at_head, at_0011, back_at_head = await down_and_up(store_url, "0011", columns)
+    assert added <= at_head
+    assert not added & at_0011
+    assert added <= back_at_head

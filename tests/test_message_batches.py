@@ -14,18 +14,19 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.conftest import InProcessGateway, in_process_gateway
-from tests.fake_batch_provider import RunningBatchProvider
-from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
-from tests.test_batches import (
+from tests.batch_support import (
     DEADLINE_S,
     DIRECT_LINE_COST,
     LINE_COST,
+    assert_released_and_not_charged,
     batch_config,
     budget_usage,
     set_budget,
     spend_rows,
 )
+from tests.conftest import InProcessGateway, in_process_gateway
+from tests.fake_batch_provider import RunningBatchProvider
+from tests.fake_upstream import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, RunningUpstream
 
 
 @pytest.fixture
@@ -33,7 +34,8 @@ async def gw(
     store_url: str, upstream: RunningUpstream, provider: RunningBatchProvider
 ) -> AsyncIterator[InProcessGateway]:
     # The same gateway as the OpenAI batch tests: `bulk` on the fake provider's batch API.
-    async with in_process_gateway(batch_config(store_url, upstream, provider)) as running:
+    config = batch_config(store_url, upstream, provider, max_file_bytes=64_000)
+    async with in_process_gateway(config) as running:
         yield running
 
 
@@ -161,10 +163,7 @@ async def test_a_cancelled_message_batch_releases_its_holds_and_its_requests_are
     assert len(provider.fake.cancelled) == 1
     results = [r async for r in await client.messages.batches.results(batch.id)]
     assert [(r.custom_id, r.result.type) for r in results] == [("a", "canceled"), ("b", "canceled")]
-    usage = await budget_usage(gw)
-    assert Decimal(usage["reserved_usd"]) == 0 and usage["reserved_requests"] == 0
-    assert Decimal(usage["spent_usd"]) == 0
-    assert await spend_rows(store_url, 0) == []
+    await assert_released_and_not_charged(gw, store_url)
 
 
 async def test_a_key_never_sees_another_teams_message_batches(gw: InProcessGateway) -> None:

@@ -14,31 +14,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.auth import bearer_token
-from gateway.batches.store import BatchStore
-from gateway.batches.worker import ENDPOINT, WINDOW, BatchWorker
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.api.batch_common import authenticated, errors_as, found, store_of, worker_of
+from gateway.batches.worker import ENDPOINT, WINDOW
+from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.http import error_response, json_response, read_json
 from gateway.settings import ServerSettings
 from gateway.state import Gateway
-from gateway.store import ApiKey
 
 router = APIRouter()  # its error responses are declared where the app includes it
 _PURPOSES = ("batch",)
-
-
-async def _key(request: Request) -> ApiKey:
-    gateway: Gateway = request.app.state.gateway
-    return await gateway.keys.authenticate(bearer_token(request.headers))
-
-
-def _worker(request: Request) -> BatchWorker:
-    worker: BatchWorker = request.app.state.batch_worker
-    return worker
-
-
-def _store(request: Request) -> BatchStore:
-    return _worker(request).store
+_answered = errors_as(error_response)  # in OpenAI's error shape
 
 
 def _list(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
@@ -52,132 +37,107 @@ def _list(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
 
 
 @router.post("/v1/files")
+@_answered
 async def upload_file(request: Request) -> Response:
     """Upload a JSONL of requests (multipart/form-data: `file`, `purpose=batch`)."""
-    try:
-        key = await _key(request)
-        body = await _read_capped(request, _worker(request).settings.max_file_bytes)
-        fields, upload = _multipart(request.headers.get("content-type", ""), body)
-        purpose = fields.get("purpose")
-        if purpose not in _PURPOSES:
-            raise InvalidRequest("purpose must be 'batch'", param="purpose")
-        if upload is None:
-            raise InvalidRequest("The form needs a 'file' part", param="file")
-        filename, content = upload
-        record = await _store(request).add_file(key.team, key.id, purpose, filename, content)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
+    body = await _read_capped(request, worker_of(request).settings.max_file_bytes)
+    fields, upload = _multipart(request.headers.get("content-type", ""), body)
+    purpose = fields.get("purpose")
+    if purpose not in _PURPOSES:
+        raise InvalidRequest("purpose must be 'batch'", param="purpose")
+    if upload is None:
+        raise InvalidRequest("The form needs a 'file' part", param="file")
+    filename, content = upload
+    record = await store_of(request).add_file(key.team, key.id, purpose, filename, content)
     return json_response(record.json())
 
 
 @router.get("/v1/files")
+@_answered
 async def list_files(request: Request, purpose: str | None = None, limit: int = 100) -> Response:
-    try:
-        key = await _key(request)
-    except GatewayError as exc:
-        return error_response(exc)
-    found = await _store(request).files(key.team, purpose, max(1, min(limit, 10_000)))
-    return json_response(_list([f.json() for f in found]))
+    key = await authenticated(request)
+    listed = await store_of(request).files(key.team, purpose, max(1, min(limit, 10_000)))
+    return json_response(_list([f.json() for f in listed]))
 
 
 @router.get("/v1/files/{file_id}")
+@_answered
 async def retrieve_file(request: Request, file_id: str) -> Response:
-    try:
-        key = await _key(request)
-        found = await _store(request).file(key.team, file_id)
-        if found is None:
-            raise _no_file(file_id)
-    except GatewayError as exc:
-        return error_response(exc)
-    return json_response(found.json())
+    key = await authenticated(request)
+    record = await found(store_of(request).file(key.team, file_id), _no_file(file_id))
+    return json_response(record.json())
 
 
 @router.get("/v1/files/{file_id}/content")
+@_answered
 async def file_content(request: Request, file_id: str) -> Response:
-    try:
-        key = await _key(request)
-        content = await _store(request).content(key.team, file_id)
-        if content is None:
-            raise _no_file(file_id)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
+    content = await found(store_of(request).content(key.team, file_id), _no_file(file_id))
     return Response(content, media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}")
+@_answered
 async def delete_file(request: Request, file_id: str) -> Response:
-    try:
-        key = await _key(request)
-        if not await _store(request).delete_file(key.team, file_id):
-            raise _no_file(file_id)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
+    if not await store_of(request).delete_file(key.team, file_id):
+        raise _no_file(file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
 @router.post("/v1/batches")
+@_answered
 async def create_batch(request: Request) -> Response:
     """Start a batch of the input file's lines; routed, held and submitted in the background."""
-    try:
-        key = await _key(request)
-        gateway: Gateway = request.app.state.gateway
-        body = await read_json(request, gateway.settings.server, _json_object)
-        if body.get("endpoint") != ENDPOINT:
-            raise InvalidRequest(f"endpoint must be {ENDPOINT!r}", param="endpoint")
-        if body.get("completion_window") != "24h":
-            raise InvalidRequest("completion_window must be '24h'", param="completion_window")
-        metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidRequest("metadata must be an object", param="metadata")
-        file_id = body.get("input_file_id")
-        store = _store(request)
-        found = await store.file(key.team, file_id) if isinstance(file_id, str) else None
-        if found is None or found.purpose != "batch":
-            raise NotFound(
-                f"No batch file with id {file_id!r}", param="input_file_id", code="not_found"
-            )
-        batch = await store.add_batch(key.team, key.id, ENDPOINT, found.id, WINDOW, metadata)
-    except GatewayError as exc:
-        return error_response(exc)
-    _worker(request).wake()
+    key = await authenticated(request)
+    gateway: Gateway = request.app.state.gateway
+    body = await read_json(request, gateway.settings.server, _json_object)
+    if body.get("endpoint") != ENDPOINT:
+        raise InvalidRequest(f"endpoint must be {ENDPOINT!r}", param="endpoint")
+    if body.get("completion_window") != "24h":
+        raise InvalidRequest("completion_window must be '24h'", param="completion_window")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be an object", param="metadata")
+    file_id = body.get("input_file_id")
+    store = store_of(request)
+    record = await store.file(key.team, file_id) if isinstance(file_id, str) else None
+    if record is None or record.purpose != "batch":
+        raise NotFound(
+            f"No batch file with id {file_id!r}", param="input_file_id", code="not_found"
+        )
+    batch = await store.add_batch(key.team, key.id, ENDPOINT, record.id, WINDOW, metadata)
+    worker_of(request).wake()
     return json_response(batch.json())
 
 
 @router.get("/v1/batches")
+@_answered
 async def list_batches(request: Request, limit: int = 20, after: str | None = None) -> Response:
-    try:
-        key = await _key(request)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
     size = max(1, min(limit, 100))
-    found = await _store(request).batches(key.team, size + 1, after)
-    return json_response(_list([b.json() for b in found[:size]], has_more=len(found) > size))
+    listed = await store_of(request).batches(key.team, size + 1, after)
+    return json_response(_list([b.json() for b in listed[:size]], has_more=len(listed) > size))
 
 
 @router.get("/v1/batches/{batch_id}")
+@_answered
 async def retrieve_batch(request: Request, batch_id: str) -> Response:
-    try:
-        key = await _key(request)
-        found = await _store(request).batch(key.team, batch_id)
-        if found is None:
-            raise NotFound(f"No batch with id {batch_id!r}", code="not_found")
-    except GatewayError as exc:
-        return error_response(exc)
-    return json_response(found.json())
+    key = await authenticated(request)
+    batch = await found(store_of(request).batch(key.team, batch_id), _no_batch(batch_id))
+    return json_response(batch.json())
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
+@_answered
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     """Cancel: the provider jobs are cancelled and unfinished lines' holds released."""
-    try:
-        key = await _key(request)
-        found = await _store(request).request_cancel(key.team, batch_id)
-        if found is None:
-            raise NotFound(f"No batch with id {batch_id!r}", code="not_found")
-    except GatewayError as exc:
-        return error_response(exc)
-    _worker(request).wake()
-    return json_response(found.json())
+    key = await authenticated(request)
+    lookup = store_of(request).request_cancel(key.team, batch_id)
+    batch = await found(lookup, _no_batch(batch_id))
+    worker_of(request).wake()
+    return json_response(batch.json())
 
 
 def _json_object(body: Any, _: ServerSettings) -> dict[str, Any]:
@@ -201,6 +161,10 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 def _no_file(file_id: str) -> NotFound:
     return NotFound(f"No such file: {file_id!r}", param="file_id", code="not_found")
+
+
+def _no_batch(batch_id: str) -> NotFound:
+    return NotFound(f"No batch with id {batch_id!r}", code="not_found")
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | None]:

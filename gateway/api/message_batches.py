@@ -21,11 +21,11 @@ from fastapi.responses import Response
 
 from gateway.anthropic import message
 from gateway.anthropic.errors import status_type
+from gateway.api.batch_common import authenticated, errors_as, found, store_of, worker_of
 from gateway.api.messages import error_response
-from gateway.auth import bearer_token
-from gateway.batches.store import BatchRecord, BatchStore, LineRecord
-from gateway.batches.worker import MESSAGES_ENDPOINT, WINDOW, BatchWorker
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.batches.store import BatchRecord, LineRecord
+from gateway.batches.worker import MESSAGES_ENDPOINT, WINDOW
+from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.http import json_response, read_json
 from gateway.settings import ServerSettings
 from gateway.state import Gateway
@@ -37,71 +37,54 @@ _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # Anthropic's rule for custom
 # The OpenAI lifecycle the driver keeps, as Anthropic's processing_status.
 _PROCESSING = {"cancelling": "canceling", "completed": "ended", "failed": "ended"}
 _PROCESSING |= {"cancelled": "ended", "expired": "ended"}
-
-
-async def _key(request: Request) -> ApiKey:
-    gateway: Gateway = request.app.state.gateway
-    return await gateway.keys.authenticate(bearer_token(request.headers))
-
-
-def _worker(request: Request) -> BatchWorker:
-    worker: BatchWorker = request.app.state.batch_worker
-    return worker
-
-
-def _store(request: Request) -> BatchStore:
-    return _worker(request).store
+_answered = errors_as(error_response)  # in Anthropic's error shape
 
 
 @router.post("/v1/messages/batches")
+@_answered
 async def create_message_batch(request: Request) -> Response:
     """Keep the requests as a file of /v1/messages lines and start a batch of them."""
-    try:
-        key = await _key(request)
-        gateway: Gateway = request.app.state.gateway
-        body = await read_json(request, gateway.settings.server, _json_object)
-        settings = _worker(request).settings
-        lines = _lines(body.get("requests"), settings.max_lines)
-        content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-        if len(content) > settings.max_file_bytes:
-            raise PayloadTooLarge(
-                f"A batch's requests may be at most {settings.max_file_bytes} bytes "
-                "(batches.max_file_bytes)"
-            )
-        store = _store(request)
-        stored = await store.add_file(key.team, key.id, PURPOSE, "requests.jsonl", content)
-        batch = await store.add_batch(
-            key.team,
-            key.id,
-            MESSAGES_ENDPOINT,
-            stored.id,
-            WINDOW,
-            None,
-            prefix="msgbatch",
-            total=len(lines),
+    key = await authenticated(request)
+    gateway: Gateway = request.app.state.gateway
+    body = await read_json(request, gateway.settings.server, _json_object)
+    settings = worker_of(request).settings
+    lines = _lines(body.get("requests"), settings.max_lines)
+    content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    if len(content) > settings.max_file_bytes:
+        raise PayloadTooLarge(
+            f"A batch's requests may be at most {settings.max_file_bytes} bytes "
+            "(batches.max_file_bytes)"
         )
-    except GatewayError as exc:
-        return error_response(exc)
-    _worker(request).wake()
+    store = store_of(request)
+    stored = await store.add_file(key.team, key.id, PURPOSE, "requests.jsonl", content)
+    batch = await store.add_batch(
+        key.team,
+        key.id,
+        MESSAGES_ENDPOINT,
+        stored.id,
+        WINDOW,
+        None,
+        prefix="msgbatch",
+        total=len(lines),
+    )
+    worker_of(request).wake()
     return json_response(await _message_batch(request, batch))
 
 
 @router.get("/v1/messages/batches")
+@_answered
 async def list_message_batches(
     request: Request, limit: int = 20, after_id: str | None = None
 ) -> Response:
     """The team's message batches, newest first."""
-    try:
-        key = await _key(request)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
     size = max(1, min(limit, 1000))
-    found = await _store(request).batches(key.team, size + 1, after_id, MESSAGES_ENDPOINT)
-    data = [await _message_batch(request, b) for b in found[:size]]
+    listed = await store_of(request).batches(key.team, size + 1, after_id, MESSAGES_ENDPOINT)
+    data = [await _message_batch(request, b) for b in listed[:size]]
     return json_response(
         {
             "data": data,
-            "has_more": len(found) > size,
+            "has_more": len(listed) > size,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
         }
@@ -109,46 +92,39 @@ async def list_message_batches(
 
 
 @router.get("/v1/messages/batches/{batch_id}")
+@_answered
 async def retrieve_message_batch(request: Request, batch_id: str) -> Response:
-    try:
-        key = await _key(request)
-        batch = await _found(request, key, batch_id)
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
+    batch = await _found(request, key, batch_id)
     return json_response(await _message_batch(request, batch))
 
 
 @router.post("/v1/messages/batches/{batch_id}/cancel")
+@_answered
 async def cancel_message_batch(request: Request, batch_id: str) -> Response:
     """Cancel: provider jobs cancelled, the requests not yet answered released (`canceled`)."""
-    try:
-        key = await _key(request)
-        await _found(request, key, batch_id)
-        batch = await _store(request).request_cancel(key.team, batch_id)
-        if batch is None:
-            raise _not_found(batch_id)
-    except GatewayError as exc:
-        return error_response(exc)
-    _worker(request).wake()
+    key = await authenticated(request)
+    await _found(request, key, batch_id)
+    lookup = store_of(request).request_cancel(key.team, batch_id)
+    batch = await found(lookup, _not_found(batch_id))
+    worker_of(request).wake()
     return json_response(await _message_batch(request, batch))
 
 
 @router.get("/v1/messages/batches/{batch_id}/results")
+@_answered
 async def message_batch_results(request: Request, batch_id: str) -> Response:
     """One result per request, in the requests' order (JSONL), once the batch has ended."""
-    try:
-        key = await _key(request)
-        batch = await _found(request, key, batch_id)
-        if _PROCESSING.get(batch.status) != "ended":
-            raise InvalidRequest(
-                f"Message batch {batch_id!r} is still processing: its results are available "
-                "once its processing_status is 'ended'"
-            )
-        store = _store(request)
-        content = await store.content(batch.team, batch.input_file_id) or b""
-        lines = {line.line: line for line in await store.lines(batch.id)}
-    except GatewayError as exc:
-        return error_response(exc)
+    key = await authenticated(request)
+    batch = await _found(request, key, batch_id)
+    if _PROCESSING.get(batch.status) != "ended":
+        raise InvalidRequest(
+            f"Message batch {batch_id!r} is still processing: its results are available "
+            "once its processing_status is 'ended'"
+        )
+    store = store_of(request)
+    content = await store.content(batch.team, batch.input_file_id) or b""
+    lines = {line.line: line for line in await store.lines(batch.id)}
     requests = [orjson.loads(raw) for raw in content.splitlines() if raw.strip()]
     out = bytearray()
     for index, item in enumerate(requests):
@@ -187,7 +163,7 @@ def _errored(status: int, text: str) -> dict[str, Any]:
 async def _message_batch(request: Request, batch: BatchRecord) -> dict[str, Any]:
     """Anthropic's message_batch object."""
     status = _PROCESSING.get(batch.status, "in_progress")
-    counts = await _store(request).line_counts(batch.id)
+    counts = await store_of(request).line_counts(batch.id)
     routed = sum(counts.values())
     expired = counts.get("expired", 0)
     if status == "ended" and batch.status == "cancelled":
@@ -229,7 +205,7 @@ async def _message_batch(request: Request, batch: BatchRecord) -> dict[str, Any]
 
 async def _found(request: Request, key: ApiKey, batch_id: str) -> BatchRecord:
     """The team's message batch; another team's, or an OpenAI batch, is not found."""
-    batch = await _store(request).batch(key.team, batch_id)
+    batch = await store_of(request).batch(key.team, batch_id)
     if batch is None or batch.endpoint != MESSAGES_ENDPOINT:
         raise _not_found(batch_id)
     return batch
