@@ -7,7 +7,8 @@ the figure a shared machine does not blur as much as latency.
 Each tree's `rightsize serve` runs as its own process (its code from that tree, its own store
 and Redis prefixes) against one fake upstream; the rounds alternate the trees (each round in a
 rotated order), so drift in the machine's load falls on all of them alike. Per tree: the
-server's process CPU seconds (user + system, /proc) over the requests answered, and the
+server's process CPU seconds (user + system, /proc) over the requests answered (the mean over
+the rounds, and the lowest and the median round: a loaded host inflates some rounds), and the
 client's latency p50/p90 at the given closed-loop concurrency, with the load average.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import uuid
@@ -72,6 +74,7 @@ def main() -> None:
     run_id = uuid.uuid4().hex[:8]
     workdir = stack.new_workdir()
     cpu: dict[str, float] = {name: 0.0 for name, _ in trees}
+    per_round: dict[str, list[float]] = {name: [] for name, _ in trees}
     latencies: dict[str, list[float]] = {name: [] for name, _ in trees}
     errors: dict[str, int] = {name: 0 for name, _ in trees}
     loads: list[float] = []
@@ -130,6 +133,7 @@ def main() -> None:
                 spent = stack.cpu_seconds(pid) - before
                 answered = len(result.latencies_ms) + sum(result.errors.values())
                 cpu[name] += spent / max(answered, 1) * 1000 / args.rounds
+                per_round[name].append(spent / max(answered, 1) * 1000)
                 latencies[name] += result.latencies_ms
                 errors[name] += sum(result.errors.values())
                 print(
@@ -141,12 +145,14 @@ def main() -> None:
         f"\n{config.name}, c={args.concurrency}, {args.rounds} rounds x {args.seconds:g} s per "
         f"tree; load average (1 min) before each cell {min(loads):.2f} to {max(loads):.2f}\n"
     )
-    print("| tree | CPU ms/request | p50 | p90 | requests | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| tree | CPU ms/request | min round | median round | p50 | p90 | requests | errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in names:
         lat = latencies[name]
+        rounds = per_round[name]
         print(
-            f"| {name} | {cpu[name]:.3f} | {percentile(lat, 0.5):.2f} | "
+            f"| {name} | {cpu[name]:.3f} | {min(rounds):.3f} | {statistics.median(rounds):.3f} | "
+            f"{percentile(lat, 0.5):.2f} | "
             f"{percentile(lat, 0.9):.2f} | {len(lat)} | {errors[name]} |"
         )
 

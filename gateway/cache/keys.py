@@ -33,16 +33,19 @@ class CacheKey:
 
     team: str
     exact: str
-    partition: str
+    partition: str  # "" when not asked for (no semantic lookup or store will read it)
 
 
-def cache_key(team: str, route: str, chat: ChatRequest) -> CacheKey:
-    """The exact key (whole request) and the semantic partition (all but the last message)."""
+def cache_key(team: str, route: str, chat: ChatRequest, *, semantic: bool = True) -> CacheKey:
+    """The exact key (whole request) and, when `semantic`, the semantic partition (all but the
+    last message): a second canonical dump and hash that only the semantic tier reads."""
     request = chat.upstream_payload()
     for name in _NOT_IN_KEY:
         request.pop(name, None)
     _integral_floats_as_ints(request)
     exact = _digest({"v": KEY_VERSION, "team": team, "route": route, "request": request})
+    if not semantic:
+        return CacheKey(team=team, exact=exact, partition="")
     messages = request["messages"]
     # The semantic tier compares the last message by embedding; everything else must match.
     context = {**request, "messages": messages[:-1], "last_role": messages[-1]["role"]}

@@ -147,8 +147,9 @@ class PromptCache:
             self.metrics.skipped["no-store"] += 1
             self._bypass("no-store")
             return NOT_CACHED
-        key = cache_key(team, route, chat)
         vector = self._vector(team, embedding)
+        # The partition only where the semantic tier will read it (a vector: lookup and store).
+        key = cache_key(team, route, chat, semantic=vector is not None)
         if "no-cache" not in directives:
             answer = await self._read(team, key.exact)
             if answer is not None:
