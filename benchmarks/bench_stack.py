@@ -95,24 +95,12 @@ class _Recent(list[Any]):
             del self[:50]
 
 
-class _Everywhere(dict[str, float]):
-    """The fake upstream's latency knob with one delay for every model."""
-
-    def __init__(self, delay_s: float) -> None:
-        super().__init__()
-        self.delay_s = delay_s
-
-    def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
-        return self.delay_s
-
-
 def serve_upstream(port: int, delay_ms: float = 0.0) -> None:
     """tests/fake_upstream.py's server, as its own __main__ runs it, with bounded memory; each
     chat answer delayed by delay_ms (an LLM's latency) when it is set."""
     fake = FakeUpstream()
     fake.requests = _Recent()
-    if delay_ms:
-        fake.delay_s = _Everywhere(delay_ms / 1000)
+    fake.default_delay_s = delay_ms / 1000
     uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -73,7 +73,6 @@ def main() -> None:
     trees = [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
     run_id = uuid.uuid4().hex[:8]
     workdir = stack.new_workdir()
-    cpu: dict[str, float] = {name: 0.0 for name, _ in trees}
     per_round: dict[str, list[float]] = {name: [] for name, _ in trees}
     latencies: dict[str, list[float]] = {name: [] for name, _ in trees}
     errors: dict[str, int] = {name: 0 for name, _ in trees}
@@ -132,7 +131,6 @@ def main() -> None:
                 result = run_load(spec(name, args.seconds))
                 spent = stack.cpu_seconds(pid) - before
                 answered = len(result.latencies_ms) + sum(result.errors.values())
-                cpu[name] += spent / max(answered, 1) * 1000 / args.rounds
                 per_round[name].append(spent / max(answered, 1) * 1000)
                 latencies[name] += result.latencies_ms
                 errors[name] += sum(result.errors.values())
@@ -151,8 +149,8 @@ def main() -> None:
         lat = latencies[name]
         rounds = per_round[name]
         print(
-            f"| {name} | {cpu[name]:.3f} | {min(rounds):.3f} | {statistics.median(rounds):.3f} | "
-            f"{percentile(lat, 0.5):.2f} | "
+            f"| {name} | {statistics.mean(rounds):.3f} | {min(rounds):.3f} | "
+            f"{statistics.median(rounds):.3f} | {percentile(lat, 0.5):.2f} | "
             f"{percentile(lat, 0.9):.2f} | {len(lat)} | {errors[name]} |"
         )
 

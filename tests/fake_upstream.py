@@ -23,7 +23,8 @@ fake-tool        calls the tool TOOL_CALL (streamed: its arguments in two pieces
                  last message is the tool's result, answers as fake-ok
 
 Latency knob: `delay_s[model id]` (seconds, changeable while serving) delays every chat answer
-of that model id before anything else; any unlisted id not above answers as fake-ok.
+of that model id before anything else (`default_delay_s` every unlisted one); any unlisted id
+not above answers as fake-ok.
 
 POST /v1/embeddings answers any model but fake-500 with embedding(i) for input i, as floats or
 as base64 float32 (encoding_format), and usage of EMBED_TOKENS per input (fake-nousage: none).
@@ -76,6 +77,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.delay_s: dict[str, float] = {}  # the latency knob, by model id
+        self.default_delay_s = 0.0  # ... and for every model id it does not list
         # `fake-held` streams send their first chunk, then wait for this (tests/test_hot_reload.py).
         self.release_held = threading.Event()
         self.held_started = threading.Event()
@@ -101,7 +103,7 @@ class FakeUpstream:
             }
         )
         model = body.get("model", "")
-        delay = self.delay_s.get(model.removeprefix("openai/"), 0.0)
+        delay = self.delay_s.get(model.removeprefix("openai/"), self.default_delay_s)
         if delay:
             await asyncio.sleep(delay)
         if model.endswith("fake-500"):
@@ -152,7 +154,7 @@ class FakeUpstream:
         body = orjson.loads(await request.body())
         self.requests.append({"body": body, "auth": request.headers.get("authorization")})
         model = body.get("model", "")
-        delay = self.delay_s.get(model.removeprefix("openai/"), 0.0)
+        delay = self.delay_s.get(model.removeprefix("openai/"), self.default_delay_s)
         if delay:
             await asyncio.sleep(delay)
         if model.endswith("fake-500"):
