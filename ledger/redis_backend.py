@@ -33,6 +33,7 @@ from ledger.backend import (
     owner_of,
 )
 from ledger.budgets import Amounts
+from ledger.redis_direct import DirectCommands
 
 # Connections per process; a call past them waits for one (see RedisCounters.connect).
 _MAX_CONNECTIONS = 256
@@ -207,6 +208,10 @@ class RedisCounters:
         self._read = redis.register_script(_READ)
         self._sweep = redis.register_script(_SWEEP)
         self._workers = f"{prefix}workers"
+        # The scripts go past the client's layers (ledger/redis_direct.py), with the client's
+        # one retry of a connection error; the other commands (heartbeats, sweeps, SCAN) are
+        # off the request path and stay on the client.
+        self._direct = DirectCommands(redis.connection_pool, _MAX_CONNECTIONS, retries=1)
 
     @classmethod
     def connect(
@@ -285,7 +290,7 @@ class RedisCounters:
             args += [_opt(claim.limit_picousd), _opt(claim.limit_tokens)]
             args += [_opt(claim.limit_requests), _ttl(claim.expires_at_ms, now_ms), claim.counter]
         keys = [self._workers, self._owner_key(owner), *self._keys(claims)]
-        reply = await self._bounded(self._reserve(keys=keys, args=args))
+        reply = await self._bounded(self._direct.script(self._reserve, keys, args))
         verdict = _text(reply[0])
         if verdict == "rebuild":
             return NeedsRebuild(tuple(int(i) for i in reply[1]))
@@ -310,7 +315,7 @@ class RedisCounters:
             actual.requests,
         ]
         args += [reserved.picousd, reserved.tokens, reserved.requests, int(only_held)]
-        reply = await self._bounded(self._settle(keys=self._keys(claims), args=args))
+        reply = await self._bounded(self._direct.script(self._settle, self._keys(claims), args))
         return tuple(_state(c.counter, s) for c, s in zip(claims, reply, strict=True))
 
     async def initialize(self, claim: Claim, spent: Amounts, now_ms: int) -> None:
@@ -320,10 +325,10 @@ class RedisCounters:
             spent.requests,
             _ttl(claim.expires_at_ms, now_ms),
         ]
-        await self._bounded(self._initialize(keys=self._keys([claim]), args=args))
+        await self._bounded(self._direct.script(self._initialize, self._keys([claim]), args))
 
     async def read(self, claims: Sequence[Claim], now_ms: int) -> tuple[CounterState | None, ...]:
-        reply = await self._bounded(self._read(keys=self._keys(claims), args=[now_ms]))
+        reply = await self._bounded(self._direct.script(self._read, self._keys(claims), [now_ms]))
         return tuple(
             _state(c.counter, s) if s else None for c, s in zip(claims, reply, strict=True)
         )
@@ -360,6 +365,7 @@ class RedisCounters:
         await self._bounded(self.redis.ping())
 
     async def aclose(self) -> None:
+        await self._direct.aclose()
         await self.redis.aclose()
 
     async def forget(self, counter_prefix: str) -> int:

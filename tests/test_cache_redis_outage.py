@@ -45,7 +45,8 @@ class ThrowawayRedis:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
+                    probe.ping()  # closed after: tests count this server's connections
                 return
             except redis.RedisError:
                 if time.monotonic() > deadline or self.process.poll() is not None:

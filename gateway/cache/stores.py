@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_client import deadline_client
+from gateway.redis_client import MAX_CONNECTIONS, deadline_client
+from ledger.redis_direct import DirectCommands
 
 log = logging.getLogger("rightsize.cache")
 
@@ -151,6 +152,9 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str, timeout_s: float, retry_after_s: float) -> None:
         self._redis = deadline_client(url, timeout_s)
+        # Lookups and stores go past the client's layers (ledger/redis_direct.py), without
+        # retries; the admin calls (SCAN, bulk UNLINK) stay on the client.
+        self._direct = DirectCommands(self._redis.connection_pool, MAX_CONNECTIONS)
         self._prefix = prefix
         self._timeout = timeout_s
         self._retry_after = retry_after_s
@@ -165,7 +169,7 @@ class RedisStore:
         """Open a connection before the first request needs one; never raises."""
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
-                await self._redis.ping()
+                await self._direct.call("PING")
         except (TimeoutError, RedisError, OSError) as exc:
             # Not fatal: the first requests then bypass the cache and the usual retry applies.
             log.warning("prompt cache: Redis did not answer at start (%r)", exc)
@@ -174,15 +178,17 @@ class RedisStore:
         return f"{self._prefix}{team}:{key}"
 
     async def get(self, team: str, key: str) -> bytes | None:
-        value = await self._call("get", lambda: self._redis.get(self._key(team, key)))
+        value = await self._call("get", lambda: self._direct.call("GET", self._key(team, key)))
         return bytes(value) if value is not None else None
 
     async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None:
         px = max(1, int(ttl_s * 1000))
-        await self._call("set", lambda: self._redis.set(self._key(team, key), value, px=px))
+        await self._call(
+            "set", lambda: self._direct.call("SET", self._key(team, key), value, "PX", px)
+        )
 
     async def delete(self, team: str, key: str) -> None:
-        await self._call("delete", lambda: self._redis.unlink(self._key(team, key)))
+        await self._call("delete", lambda: self._direct.call("UNLINK", self._key(team, key)))
 
     async def keys(self, team: str) -> list[str]:
         async with asyncio.timeout(_ADMIN_TIMEOUT_S):
@@ -200,6 +206,7 @@ class RedisStore:
         return deleted
 
     async def aclose(self) -> None:
+        await self._direct.aclose()
         await self._redis.aclose()
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:

@@ -1,0 +1,120 @@
+"""The ledger's and the cache's direct Redis calls (ledger/redis_direct.py): what the client's
+layers gave them, kept without the layers. Each test has a redis-server of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+import redis
+from redis.asyncio import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from ledger.redis_direct import DirectCommands
+from tests.test_cache_redis_outage import ThrowawayRedis, own_redis
+
+__all__ = ["own_redis"]
+
+SCRIPT = "return {KEYS[1], ARGV[1]}"
+
+
+def direct(url: str, max_connections: int = 8, retries: int = 0) -> DirectCommands:
+    pool = ConnectionPool.from_url(url, protocol=2, driver_info=None, socket_timeout=None)
+    return DirectCommands(pool, max_connections, retries=retries)
+
+
+async def clients(server: redis.Redis, expected: int) -> int:
+    """The server's connections, less the one asking; polled for a while until `expected`
+    (a connection closed here is gone from the server a moment later)."""
+    for _ in range(100):
+        found = int(server.info("clients")["connected_clients"]) - 1
+        if found == expected:
+            break
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def test_a_reply_is_the_commands_own_after_a_call_cut_mid_reply(
+    own_redis: ThrowawayRedis,
+) -> None:
+    calls = direct(own_redis.url, max_connections=1)
+    try:
+        assert await calls.call("ECHO", "warm") == b"warm"
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)  # the ECHO below is sent, never answered
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await calls.call("ECHO", "first")
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        # One connection in all: the late "first" must not be read as this command's reply.
+        assert await calls.call("ECHO", "second") == b"second"
+        assert await calls.call("ECHO", "third") == b"third"
+    finally:
+        await calls.aclose()
+
+
+async def test_a_reply_error_is_raised_and_the_connection_kept(own_redis: ThrowawayRedis) -> None:
+    calls = direct(own_redis.url)
+    server = redis.Redis.from_url(own_redis.url)
+    try:
+        await calls.call("SET", "k", "not a number")
+        with pytest.raises(ResponseError):
+            await calls.call("INCR", "k")
+        assert await calls.call("GET", "k") == b"not a number"
+        assert await clients(server, 1) == 1
+    finally:
+        await calls.aclose()
+
+
+async def test_a_script_redis_does_not_have_is_sent_whole_then_by_its_hash(
+    own_redis: ThrowawayRedis,
+) -> None:
+    script = redis.asyncio.Redis().register_script(SCRIPT)
+    calls = direct(own_redis.url)
+    server = redis.Redis.from_url(own_redis.url)
+    try:
+        assert server.script_exists(script.sha) == [False]
+        assert await calls.script(script, ["key"], ["arg"]) == [b"key", b"arg"]
+        assert server.script_exists(script.sha) == [True]  # EVAL loaded it
+        server.script_flush()
+        assert await calls.script(script, ["key2"], [7]) == [b"key2", b"7"]
+    finally:
+        await calls.aclose()
+
+
+async def test_a_connection_dead_with_a_restarted_redis_is_retried_once_when_asked(
+    own_redis: ThrowawayRedis,
+) -> None:
+    once = direct(own_redis.url, retries=1)
+    never = direct(own_redis.url, retries=0)
+    try:
+        assert await once.call("ECHO", "a") == b"a"
+        assert await never.call("ECHO", "a") == b"a"
+        own_redis.stop()
+        own_redis.start()  # same port; both idle connections are dead
+        assert await once.call("ECHO", "b") == b"b"
+        with pytest.raises(RedisConnectionError):
+            await never.call("ECHO", "b")
+        assert await never.call("ECHO", "c") == b"c"  # reconnected on its next use
+    finally:
+        await once.aclose()
+        await never.aclose()
+
+
+async def test_no_more_connections_than_the_bound_and_each_waiter_served(
+    own_redis: ThrowawayRedis,
+) -> None:
+    calls = direct(own_redis.url, max_connections=3)
+    server = redis.Redis.from_url(own_redis.url)
+    try:
+        replies = await asyncio.gather(*(calls.call("ECHO", str(i)) for i in range(50)))
+        assert replies == [str(i).encode() for i in range(50)]
+        assert await clients(server, 3) == 3
+        await calls.aclose()
+        assert await clients(server, 0) == 0
+    finally:
+        await calls.aclose()
