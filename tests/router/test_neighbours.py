@@ -7,6 +7,7 @@ knowledge-rows-only search of Heads.estimates must not move any estimate.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -130,6 +131,6 @@ def test_heads_whose_category_reads_the_column_search_every_row(
     heads = router.heads
     weighted = heads.category_coef.copy()
     weighted[:, -1] = np.linspace(-2.0, 2.0, len(CATEGORIES))
-    reads_it = Heads(**{**heads.__dict__, "category_coef": weighted})
+    reads_it = dataclasses.replace(heads, category_coef=weighted)
     emb, feats = router.embed_batch(prompts), features_batch(prompts)
     assert reads_it.estimates(emb, feats) == _reference_estimates(reads_it, emb, feats)
