@@ -61,6 +61,7 @@ from gateway.openapi import (
     DocumentedRoute,
     install_openapi,
 )
+from gateway.params import ParamTable
 from gateway.providers import (
     AnthropicHTTPProvider,
     LiteLLMProvider,
@@ -214,6 +215,7 @@ def create_app(
             log_requests=settings.server.log_format == "json",
             local=local,
             local_cost=LocalCostMeter(catalog),
+            params=ParamTable(deployments=catalog.deployments),
             tracing=tracing,
             latency=latency_watch(policy),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +39,11 @@ def litellm() -> ModuleType:
         module.suppress_debug_info = True
         _litellm = module
     return _litellm
+
+
+def litellm_loaded() -> bool:
+    """Whether this process has imported litellm already (a litellm deployment, or a caller)."""
+    return _litellm is not None or "litellm" in sys.modules
 
 
 def model_info(model: str) -> ModelInfo | None:

@@ -1,20 +1,28 @@
 """Which parameters each deployment takes, and a request's payload fitted to them.
 
 Derived from litellm's `get_supported_openai_params` for the model unless the configuration
-lists them (`capabilities.params`). Resolved on first need, not at start: a process whose
-deployments are all `openai_http` imports litellm only once a request carries a parameter
-that some model might not take.
+lists them (`capabilities.params`). Resolved on first need, not at start, and where the
+serving process has not imported litellm (every deployment `openai_http`) in a child process:
+importing litellm takes seconds, holds the event loop up in stalls of up to 0.1 s while it
+runs in a thread, and adds about 140 MiB to every worker, all for a table of names that a
+request with `temperature` (a parameter some models refuse) needs once.
+
+    python -m gateway.params < deployments.json    # the child: [{name, model, transport,
+                                                   # reasoning}] in, {name: [params] | null} out
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+import sys
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequest
-from gateway.llm import litellm
+from gateway.llm import litellm, litellm_loaded
 from policies import Deployment
 from policies.params import FITTED, ParamFit, fit_params
 
@@ -27,20 +35,56 @@ _REASONING_PARAMS = frozenset({"reasoning_effort", "thinking"})
 ParamsOf = Callable[[Deployment], frozenset[str] | None]
 
 
-class ParamTable:
-    """Each deployment's parameters, resolved once and kept (a thread does the first import)."""
+# The child's whole run (an interpreter, litellm's import, the look-ups): seconds on a busy host.
+_CHILD_TIMEOUT_S = 60.0
 
-    def __init__(self, derive: ParamsOf | None = None) -> None:
-        self._derive = derive or derived_params
+
+class ParamTable:
+    """Each deployment's parameters, resolved once and kept.
+
+    The first deployment that needs them resolves, in one go, every deployment of
+    `deployments` not yet known (one child process for them all, not one per deployment);
+    `derive` (tests) resolves one deployment in a thread instead.
+    """
+
+    def __init__(
+        self, derive: ParamsOf | None = None, deployments: Sequence[Deployment] = ()
+    ) -> None:
+        self._derive = derive
+        self._deployments = list(deployments)
         self._known: dict[str, frozenset[str] | None] = {}
+        self._lock = asyncio.Lock()  # one resolution at a time: concurrent firsts wait for it
 
     async def takes(self, deployment: Deployment) -> frozenset[str] | None:
         """The parameters `deployment` takes; None where nobody knows (sent as they come)."""
         if deployment.capabilities.params is not None:
             return frozenset(deployment.capabilities.params)
         if deployment.name not in self._known:
-            self._known[deployment.name] = await asyncio.to_thread(self._derive, deployment)
+            async with self._lock:
+                if deployment.name not in self._known:
+                    self._known.update(await self._resolve(deployment))
         return self._known[deployment.name]
+
+    async def _resolve(self, deployment: Deployment) -> dict[str, frozenset[str] | None]:
+        if self._derive is not None:
+            return {deployment.name: await asyncio.to_thread(self._derive, deployment)}
+        group = [deployment] + [
+            d
+            for d in self._deployments
+            if d.name != deployment.name
+            and d.name not in self._known
+            and d.capabilities.params is None
+        ]
+        if not litellm_loaded():
+            try:
+                return await derived_params_apart(group)
+            except Exception as exc:
+                log.warning(
+                    "deriving model parameters in a child process failed (%s); importing "
+                    "litellm into this process instead (seconds, and its memory)",
+                    exc,
+                )
+        return {d.name: await asyncio.to_thread(derived_params, d) for d in group}
 
     async def fit(
         self, deployment: Deployment, payload: dict[str, Any], *, pinned_by: Collection[str] = ()
@@ -65,19 +109,65 @@ class ParamTable:
 def derived_params(deployment: Deployment) -> frozenset[str] | None:
     """litellm's supported OpenAI parameters for the model, as this deployment's transport and
     capabilities allow them; None when litellm does not know the model."""
+    return _derived(_described(deployment))
+
+
+async def derived_params_apart(
+    deployments: Sequence[Deployment],
+) -> dict[str, frozenset[str] | None]:
+    """derived_params of each deployment, worked out by `python -m gateway.params` in a child
+    process, so that this one never imports litellm. Raises if the child fails."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.params",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    request = orjson.dumps([_described(d) for d in deployments])
+    try:
+        async with asyncio.timeout(_CHILD_TIMEOUT_S):
+            out, err = await child.communicate(request)
+    except BaseException:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        raise
+    if child.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"python -m gateway.params exited {child.returncode}: {tail[0]}")
+    found: dict[str, list[str] | None] = orjson.loads(out)
+    return {
+        d.name: None if found[d.name] is None else frozenset(found[d.name] or ())
+        for d in deployments
+    }
+
+
+def _described(deployment: Deployment) -> dict[str, Any]:
+    """What derived_params reads of a deployment, as JSON for the child."""
+    return {
+        "name": deployment.name,
+        "model": deployment.model,
+        "transport": deployment.transport,
+        "reasoning": bool(deployment.capabilities.reasoning),
+    }
+
+
+def _derived(described: dict[str, Any]) -> frozenset[str] | None:
     lib = litellm()
     try:
-        model, provider, _, _ = lib.get_llm_provider(deployment.model)
+        model, provider, _, _ = lib.get_llm_provider(described["model"])
         listed = lib.get_supported_openai_params(model=model, custom_llm_provider=provider)
     except Exception as exc:  # litellm raises its BadRequestError for a model it cannot place
-        log.info("parameters of %r unknown to litellm (%s): sent as given", deployment.name, exc)
+        log.info("parameters of %r unknown to litellm (%s): sent as given", described["name"], exc)
         return None
     if listed is None:
         return None
     takes = set(listed)
-    if not deployment.capabilities.reasoning:
+    if not described["reasoning"]:
         takes -= _REASONING_PARAMS
-    if deployment.transport == "openai_http":
+    if described["transport"] == "openai_http":
         # Sent as is, not through litellm's translation: o-series and gpt-5 models refuse
         # max_tokens (litellm renames it for them), and `thinking` is no OpenAI parameter.
         takes.discard("thinking")
@@ -91,3 +181,15 @@ def _takes_only_max_completion_tokens(lib: Any, model: str) -> bool:
         lib.OpenAIOSeriesConfig().is_model_o_series_model(model)
         or lib.OpenAIGPT5Config.is_model_gpt_5_model(model)
     )
+
+
+def main() -> None:
+    """The child of derived_params_apart: deployments as JSON on stdin, their parameters out."""
+    described: list[dict[str, Any]] = orjson.loads(sys.stdin.buffer.read())
+    found = {d["name"]: _derived(d) for d in described}
+    reply = {name: None if takes is None else sorted(takes) for name, takes in found.items()}
+    sys.stdout.buffer.write(orjson.dumps(reply))
+
+
+if __name__ == "__main__":
+    main()

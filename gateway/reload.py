@@ -306,7 +306,7 @@ class Snapshots:
             router=router,
             estimator=estimator,
             config_hash=routing_config,
-            params=old.params if same_models else ParamTable(),
+            params=old.params if same_models else ParamTable(deployments=catalog.deployments),
             local_cost=old.local_cost if same_models else LocalCostMeter(catalog),
             stickiness=stickiness,
         )

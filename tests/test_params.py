@@ -3,6 +3,10 @@ a header and the spend log; a pinned model's unsupported parameter is a 400 nami
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.params import ParamTable, derived_params
+from gateway.params import ParamTable, derived_params, derived_params_apart
 from policies import Capabilities, Catalog, Deployment, ModelInfo, ModelSpec
 from policies.params import fit_params
 from tests.conftest import InProcessGateway, gateway_config, in_process_gateway
@@ -230,6 +234,90 @@ def test_gpt_5_takes_verbosity_and_anthropic_takes_thinking() -> None:
 
 def test_a_model_litellm_cannot_place_has_unknown_parameters() -> None:
     assert derived_params(deployment("no-such-provider-model")) is None
+
+
+# A process whose deployments are all openai_http never imports litellm for them: a child does
+
+
+MODELS = [
+    ("openai/gpt-4o", "openai_http"),
+    ("openai/o3-mini", "openai_http"),
+    ("openai/gpt-5-mini", "litellm"),
+    ("anthropic/claude-sonnet-4-5", "litellm"),
+    ("no-such-provider-model", "openai_http"),
+]
+
+
+def named_deployments() -> list[Deployment]:
+    return [
+        dataclasses.replace(deployment(model, transport), name=f"d{i}")
+        for i, (model, transport) in enumerate(MODELS)
+    ]
+
+
+async def test_the_child_process_derives_what_this_process_would() -> None:
+    deployments = named_deployments()
+    apart = await derived_params_apart(deployments)
+    assert apart == {d.name: derived_params(d) for d in deployments}
+    assert apart["d4"] is None and apart["d0"] is not None and "temperature" in apart["d0"]
+
+
+def test_a_process_without_litellm_resolves_every_deployment_in_one_child_and_stays_without() -> (
+    None
+):
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        import orjson
+        from tests.test_params import named_deployments
+        from gateway.params import ParamTable
+
+        async def main():
+            children = 0
+            spawn = asyncio.create_subprocess_exec
+
+            async def counted(*args, **kwargs):
+                nonlocal children
+                children += 1
+                return await spawn(*args, **kwargs)
+
+            asyncio.create_subprocess_exec = counted
+            deployments = named_deployments()
+            table = ParamTable(deployments=deployments)
+            found = {d.name: await table.takes(d) for d in deployments}
+            print(orjson.dumps({
+                "litellm_imported": "litellm" in sys.modules,
+                "children": children,
+                "found": {n: None if t is None else sorted(t) for n, t in found.items()},
+            }).decode())
+
+        asyncio.run(main())
+        """
+    )
+    # The test process itself has litellm loaded (other tests); a fresh interpreter has not.
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reply = orjson.loads(done.stdout.strip().splitlines()[-1])
+    expected = {
+        d.name: None if (t := derived_params(d)) is None else sorted(t) for d in named_deployments()
+    }
+    assert reply == {"litellm_imported": False, "children": 1, "found": expected}
+
+
+async def test_a_failing_child_falls_back_to_deriving_here_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(deployments: object) -> dict[str, frozenset[str] | None]:
+        raise RuntimeError("python -m gateway.params exited 1: boom")
+
+    monkeypatch.setattr("gateway.params.derived_params_apart", broken)
+    monkeypatch.setattr("gateway.params.litellm_loaded", lambda: False)
+    deployments = named_deployments()
+    table = ParamTable(deployments=deployments)
+    assert await table.takes(deployments[0]) == derived_params(deployments[0])
+    assert any("child process failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_pinned_model_drops_the_policys_own_effort_but_refuses_the_clients() -> None:
