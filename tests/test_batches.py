@@ -186,6 +186,33 @@ async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url:
         await store.aclose()
 
 
+async def test_a_cancel_between_validation_and_its_end_is_kept(store_url: str) -> None:
+    # The worker ends validation with a transition from `validating` only: a cancel that came
+    # meanwhile stays (the worker read the status, then wrote in_progress over the cancel).
+    from datetime import timedelta
+
+    store = Store.connect(store_url)
+    try:
+        await store.migrate()
+        batches = BatchStore(store)
+        made = await batches.add_batch(
+            "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
+        )
+        cancelled = await batches.request_cancel("t", made.id)
+        assert cancelled is not None and cancelled.status == "cancelling"
+        assert not await batches.update_batch_from(made.id, "validating", status="in_progress")
+        after = await batches.batch("t", made.id)
+        assert after is not None and after.status == "cancelling"
+        other = await batches.add_batch(
+            "t", "k", "/v1/chat/completions", "file-y", timedelta(hours=24), None
+        )
+        assert await batches.update_batch_from(other.id, "validating", status="in_progress")
+        moved = await batches.batch("t", other.id)
+        assert moved is not None and moved.status == "in_progress"
+    finally:
+        await store.aclose()
+
+
 async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str) -> None:
     added = {"files", "batches", "batch_jobs", "batch_lines"}
     at_head, at_0010, back_at_head = await down_and_up(store_url, "0010", tables)

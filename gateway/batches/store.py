@@ -239,6 +239,17 @@ class BatchStore:
         async with self.engine.begin() as conn:
             await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
 
+    async def update_batch_from(self, batch_id: str, was: str, **values: Any) -> bool:
+        """update_batch, only while the batch's status is still `was`: one conditional UPDATE, so a
+        cancel that came in between is kept, not overwritten. Whether it was updated."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.status == was)
+                .values(**values)
+            )
+        return bool(done.rowcount == 1)
+
     async def request_cancel(self, team: str, batch_id: str) -> BatchRecord | None:
         """Mark an unfinished batch `cancelling` (its driver cancels it); None: not the team's."""
         async with self.engine.begin() as conn:

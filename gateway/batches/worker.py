@@ -187,10 +187,11 @@ class BatchWorker:
             )
         if waiting:
             return  # `validating` until every job is submitted (or has failed for good)
-        # From `validating` only: a cancel that came meanwhile is kept.
-        current = await self.store.batch(None, batch.id)
-        if current is not None and current.status == "validating":
-            await self.store.update_batch(batch.id, status="in_progress", in_progress_at=_now())
+        # From `validating` only: a cancel that came meanwhile is kept (the next poll stops the
+        # batch). A read, then a write, lost a cancel that landed between them.
+        if await self.store.update_batch_from(
+            batch.id, "validating", status="in_progress", in_progress_at=_now()
+        ):
             self.wake()
 
     async def _submit_failed(
