@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import orjson
 import pytest
 
 from gateway.batches import BatchStore
+from gateway.batches.store import BatchRecord
 from gateway.store import Store
 from policies import Catalog, ModelInfo, ModelSpec, TokenPrice
 from tests.batch_support import (
@@ -165,16 +168,26 @@ async def test_files_are_listed_read_and_deleted_and_a_bad_purpose_is_an_openai_
     assert too_large.value.status_code == 413
 
 
-async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url: str) -> None:
-    from datetime import timedelta
-
+@asynccontextmanager
+async def batch_store(store_url: str) -> AsyncIterator[BatchStore]:
+    """The batch tables of a migrated store, closed after."""
     store = Store.connect(store_url)
     try:
         await store.migrate()
-        batches = BatchStore(store)
-        made = await batches.add_batch(
-            "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
-        )
+        yield BatchStore(store)
+    finally:
+        await store.aclose()
+
+
+async def new_batch(batches: BatchStore) -> BatchRecord:
+    return await batches.add_batch(
+        "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
+    )
+
+
+async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url: str) -> None:
+    async with batch_store(store_url) as batches:
+        made = await new_batch(batches)
         assert await batches.lease(made.id, "one", 30)
         assert not await batches.lease(made.id, "two", 30)
         assert await batches.lease(made.id, "one", 0.001)  # renewed, now short
@@ -182,35 +195,21 @@ async def test_a_batch_lease_is_held_by_one_process_until_it_runs_out(store_url:
         assert await batches.lease(made.id, "two", 30)  # run out: taken over
         await batches.update_batch(made.id, status="completed")
         assert not await batches.lease(made.id, "two", 30)  # nothing left to drive
-    finally:
-        await store.aclose()
 
 
 async def test_a_cancel_between_validation_and_its_end_is_kept(store_url: str) -> None:
     # The worker ends validation with a transition from `validating` only: a cancel that came
     # meanwhile stays (the worker read the status, then wrote in_progress over the cancel).
-    from datetime import timedelta
-
-    store = Store.connect(store_url)
-    try:
-        await store.migrate()
-        batches = BatchStore(store)
-        made = await batches.add_batch(
-            "t", "k", "/v1/chat/completions", "file-x", timedelta(hours=24), None
-        )
+    async with batch_store(store_url) as batches:
+        made, other = await new_batch(batches), await new_batch(batches)
         cancelled = await batches.request_cancel("t", made.id)
         assert cancelled is not None and cancelled.status == "cancelling"
         assert not await batches.update_batch_from(made.id, "validating", status="in_progress")
         after = await batches.batch("t", made.id)
         assert after is not None and after.status == "cancelling"
-        other = await batches.add_batch(
-            "t", "k", "/v1/chat/completions", "file-y", timedelta(hours=24), None
-        )
         assert await batches.update_batch_from(other.id, "validating", status="in_progress")
         moved = await batches.batch("t", other.id)
         assert moved is not None and moved.status == "in_progress"
-    finally:
-        await store.aclose()
 
 
 async def test_revision_0011_adds_the_batch_tables_and_goes_back(store_url: str) -> None:
