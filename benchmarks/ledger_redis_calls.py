@@ -1,8 +1,9 @@
 """The Redis ledger's reserve + settle alone, as the gateway calls them (uvloop, one team budget),
-for two or more source trees in alternating rounds: CPU time per pair and latency.
+or the prompt cache store's GET of a hit and SET (`--what cache`), for two or more source trees
+in alternating rounds: CPU time per pair (or call) and latency.
 
     python benchmarks/ledger_redis_calls.py --tree before=/tmp/base --tree after=. \\
-        [--rounds 6] [--pairs 2000]
+        [--what ledger|cache] [--rounds 6] [--pairs 2000]
 
 Each round runs each tree's code in a fresh process (its directory first on the path), the
 trees in a rotated order, so that a shared machine's drift falls on all of them alike. A
@@ -68,16 +69,48 @@ async def _pairs(n: int, directory: Path) -> dict[str, float]:
     return {"cpu_us": cpu / n * 1e6, "p50_ms": statistics.median(timings)}
 
 
-def _child(n: int) -> None:
+async def _cache_calls(n: int) -> dict[str, float]:
+    from gateway.cache.stores import RedisStore
+
+    prefix = f"rightsize-bench:{uuid.uuid4().hex[:8]}:"
+    store = RedisStore(REDIS_URL, prefix, timeout_s=0.05, retry_after_s=1.0)
+    value = b"x" * 700  # about an answer's entry
+    figures: dict[str, float] = {}
+    try:
+        await store.start()
+        await store.set("bench", "k", value, 60)
+        for _ in range(200):
+            await store.get("bench", "k")
+        for name, call in (
+            ("get", lambda: store.get("bench", "k")),
+            ("set", lambda: store.set("bench", "k", value, 60)),
+        ):
+            timings = []
+            cpu = time.process_time()
+            for _ in range(n):
+                started = time.perf_counter()
+                await call()
+                timings.append((time.perf_counter() - started) * 1000)
+            figures[f"{name}_cpu_us"] = (time.process_time() - cpu) / n * 1e6
+            figures[f"{name}_p50_ms"] = statistics.median(timings)
+    finally:
+        await store.delete("bench", "k")
+        await store.aclose()
+    return figures
+
+
+def _child(what: str, n: int) -> None:
     import uvloop
 
     with tempfile.TemporaryDirectory() as scratch:
-        print(json.dumps(uvloop.run(_pairs(n, Path(scratch)))))
+        figures = uvloop.run(_pairs(n, Path(scratch)) if what == "ledger" else _cache_calls(n))
+        print(json.dumps(figures))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", required=True, help="NAME=DIR, repeatable")
+    parser.add_argument("--what", choices=["ledger", "cache"], default="ledger")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=2000)
     args = parser.parse_args()
@@ -91,30 +124,33 @@ def main() -> None:
         for name, tree in trees[shift:] + trees[:shift]:
             loads.append(os.getloadavg()[0])
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", str(args.pairs)]
+            command = [sys.executable, str(Path(__file__).resolve()), "--child", args.what]
+            command.append(str(args.pairs))
             done = subprocess.run(command, cwd=tree, env=env, capture_output=True, check=True)
             figures = json.loads(done.stdout.decode().strip().splitlines()[-1])
             found[name].append(figures)
             print(f"round {round_ + 1} {name:<10} {figures}", flush=True)
+    calls = "reserve + settle pairs" if args.what == "ledger" else "cache GETs and SETs each"
     print(
-        f"\nreserve + settle on Redis, {args.pairs} pairs x {args.rounds} rounds per tree; "
+        f"\n{args.pairs} {calls} x {args.rounds} rounds per tree; "
         f"load average (1 min) {min(loads):.2f} to {max(loads):.2f}\n"
     )
     # The least of the rounds is the one the machine's other work disturbed least: contention
     # only ever adds CPU time (cache misses, migrations), so min is the steadier comparison.
-    print("| tree | CPU µs per pair, min / median of rounds | latency p50 ms, min / median |")
-    print("|---|---|---|")
+    names = list(found[trees[0][0]][0])
+    print("| tree | " + " | ".join(f"{n}, min / median of rounds" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for name, _ in trees:
-        cpu = [f["cpu_us"] for f in found[name]]
-        p50 = [f["p50_ms"] for f in found[name]]
-        print(
-            f"| {name} | {min(cpu):.0f} / {statistics.median(cpu):.0f} | "
-            f"{min(p50):.3f} / {statistics.median(p50):.3f} |"
-        )
+        cells = []
+        for figure in names:
+            values = [f[figure] for f in found[name]]
+            digits = 3 if figure.endswith("_ms") else 0
+            cells.append(f"{min(values):.{digits}f} / {statistics.median(values):.{digits}f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        _child(int(sys.argv[2]))
+        _child(sys.argv[2], int(sys.argv[3]))
     else:
         main()

@@ -1,7 +1,13 @@
 """Cost of fitting a request's parameters to its deployment (ParamTable.fit, once resolved),
-and of resolving a deployment's parameters from litellm the first time: p50 and p99.
+and of resolving the deployments' parameters the first time: p50 and p99.
 
 python benchmarks/params_fit.py [--calls 20000]
+
+The first resolution is timed twice, as the serving process meets it: in a child process (this
+process has not imported litellm, as an openai_http-only server), then in a worker thread that
+imports litellm here (a server that has a litellm deployment, or the fallback). For each: its
+wall time, the longest and the p99 stall of a 1 ms ticker on the event loop meanwhile, and this
+process's resident memory before and after.
 """
 
 from __future__ import annotations
@@ -9,10 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.llm import model_info
-from gateway.params import ParamTable
+from gateway.params import ParamTable, derived_params
 from policies import Catalog, ModelInfo, ModelSpec
 
 MESSAGES = [{"role": "user", "content": "Translate 'hello' to French."}]
@@ -28,14 +35,53 @@ BODIES: dict[str, dict[str, Any]] = {
 }
 
 
+MODELS = ["openai/gpt-4o-mini", "openai/gpt-4o", "openai/o3-mini", "openai/gpt-5-mini"]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+async def _first_resolution(label: str, resolve: Callable[[], Awaitable[object]]) -> None:
+    """`resolve` timed, with a 1 ms ticker on the loop measuring how long it is held up."""
+    stalls: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            stalls.append(time.perf_counter() - started - 0.001)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.2)
+    stalls.clear()
+    rss, started = _rss_mib(), time.perf_counter()
+    await resolve()
+    took = time.perf_counter() - started
+    ticker.cancel()
+    stalls.sort()
+    print(
+        f"| {label} | {took:.2f} s | {stalls[-1] * 1000:.1f} ms | "
+        f"{stalls[int(len(stalls) * 0.99)] * 1000:.1f} ms | {rss:.0f} -> {_rss_mib():.0f} MiB |"
+    )
+
+
 async def measure(calls: int) -> None:
-    spec = ModelSpec(name="mini", model="openai/gpt-4o-mini")
-    [deployment] = Catalog.build([spec], lambda m: model_info(m) or ModelInfo(None)).deployments
-    table = ParamTable()
-    started = time.perf_counter()
-    await table.takes(deployment)
-    print(f"first resolution (imports litellm): {time.perf_counter() - started:.2f} s")
-    print("| body | p50 | p99 |\n|---|---|---|")
+    specs = [ModelSpec(name=f"m{i}", model=model) for i, model in enumerate(MODELS)]
+    deployments = Catalog.build(specs, lambda m: model_info(m) or ModelInfo(None)).deployments
+    deployment = deployments[0]
+    table = ParamTable(deployments=deployments)
+    print(f"first resolution, {len(deployments)} deployments:")
+    print("| where | wall | longest loop stall | p99 stall | RSS |\n|---|---|---|---|---|")
+    await _first_resolution("child process", lambda: table.takes(deployment))
+
+    async def in_threads() -> list[frozenset[str] | None]:
+        return [await asyncio.to_thread(derived_params, d) for d in deployments]
+
+    await _first_resolution("worker thread (imports litellm)", in_threads)
+    print("\nfit, once resolved:\n| body | p50 | p99 |\n|---|---|---|")
     for label, body in BODIES.items():
         timings = []
         for _ in range(calls):

@@ -3,7 +3,7 @@
 Derived from litellm's `get_supported_openai_params` for the model unless the configuration
 lists them (`capabilities.params`). Resolved on first need, not at start, and where the
 serving process has not imported litellm (every deployment `openai_http`) in a child process:
-importing litellm takes seconds, holds the event loop up in stalls of up to 0.1 s while it
+importing litellm takes seconds, holds the event loop up in stalls of 0.1 to 0.2 s while it
 runs in a thread, and adds about 140 MiB to every worker, all for a table of names that a
 request with `temperature` (a parameter some models refuse) needs once.
 
