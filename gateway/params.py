@@ -139,8 +139,7 @@ async def derived_params_apart(
         raise RuntimeError(f"python -m gateway.params exited {child.returncode}: {tail[0]}")
     found: dict[str, list[str] | None] = orjson.loads(out)
     return {
-        d.name: None if found[d.name] is None else frozenset(found[d.name] or ())
-        for d in deployments
+        d.name: None if (takes := found[d.name]) is None else frozenset(takes) for d in deployments
     }
 
 

@@ -44,7 +44,8 @@ class DirectCommands:
         """Send one command; its reply, or redis-py's exception for it."""
         async with self._slots:
             connection = self._idle.pop() if self._idle else self._new()
-            for attempt in range(self._retries + 1):
+            retries = self._retries
+            while True:
                 try:
                     await connection.send_packed_command(
                         connection.pack_command(*args), check_health=False
@@ -55,19 +56,20 @@ class DirectCommands:
                     raise
                 except RedisConnectionError:
                     # redis-py disconnected it; the next send on it connects afresh.
-                    if attempt == self._retries:
+                    if retries == 0:
                         self._idle.append(connection)
                         raise
+                    retries -= 1
                     continue
                 except BaseException:
-                    # A cut (deadline, cancellation) mid-command: redis-py disconnected it, so
-                    # no late reply can be read as the next command's.
+                    # A cut (deadline, cancellation) mid-command. redis-py disconnects on a cut
+                    # write or read; disconnecting here as well covers a cut inside the connect,
+                    # so that no late reply can be read as the next command's.
                     await connection.disconnect(nowait=True)
                     self._idle.append(connection)
                     raise
                 self._idle.append(connection)
                 return reply
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL where Redis does not have the script (a flushed or new server),
