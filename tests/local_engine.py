@@ -27,8 +27,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_llama(directory: Path) -> Any:
-    """Save a 2-layer random Llama and its trained BPE tokenizer in `directory`; the tokenizer."""
+def build_tiny_llama(directory: Path, hidden_size: int = 32, heads: int = 2) -> Any:
+    """Save a 2-layer random Llama and its trained BPE tokenizer in `directory`; the tokenizer.
+
+    vLLM's attention kernels want a head size of 64 or more: scripts/vllm_gpu_check.py asks
+    for hidden_size=256, heads=4.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -51,11 +55,11 @@ def build_tiny_llama(directory: Path) -> Any:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
