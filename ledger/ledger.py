@@ -29,7 +29,7 @@ from ledger.backend import Admitted, Claim, CounterBackend, CounterState, NeedsR
 from ledger.budgets import Amounts, Budget, BudgetStore, usd
 from ledger.errors import BudgetExceeded, BudgetsUnreadable, CountersUnreachable
 from ledger.outage import brief, dependency_of, is_outage
-from ledger.periods import Period, Window, window_at
+from ledger.periods import CurrentWindows, Period, Window, window_at
 from ledger.settings import LedgerSettings
 from policies import TokenPrice, Usage
 
@@ -94,6 +94,7 @@ class Ledger:
         self.counters = counters
         self.settings = settings
         self.zone = settings.zone()
+        self._windows = CurrentWindows(self.zone)
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self._cache: dict[tuple[str, str], tuple[float, list[Budget]]] = {}
         self._soft_logged: set[str] = set()
@@ -173,7 +174,7 @@ class Ledger:
         ttl_s: float | None = None,
     ) -> Hold:
         now = self.clock()
-        windows = tuple(window_at(b.period, now, self.zone) for b in budgets)
+        windows = tuple(self._windows.at(b.period, now) for b in budgets)
         claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
         hold_id = f"{self.owner}.{secrets.token_hex(8)}"
         now_ms = _ms(now)
@@ -278,7 +279,7 @@ class Ledger:
     async def usage(self, budgets: Sequence[Budget]) -> list[BudgetUsage]:
         """Spent, reserved and remaining for each budget's current window."""
         now = self.clock()
-        windows = [window_at(b.period, now, self.zone) for b in budgets]
+        windows = [self._windows.at(b.period, now) for b in budgets]
         claims = [_claim(b, w) for b, w in zip(budgets, windows, strict=True)]
         try:
             states = list(await self.counters.read(claims, _ms(now)))

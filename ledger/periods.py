@@ -55,6 +55,29 @@ def window_at(period: Period, now: datetime, zone: ZoneInfo) -> Window:
     return Window(period, label, _midnight(first, zone), _midnight(after, zone))
 
 
+class CurrentWindows:
+    """`window_at` for a clock that moves forward: each period's window is worked out once and
+    kept while the instants asked about fall inside it (a reserve asks for every budget's)."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._kept: dict[Period, Window] = {}
+
+    def at(self, period: Period, now: datetime) -> Window:
+        kept = self._kept.get(period)
+        if kept is not None and _inside(kept, now):
+            return kept
+        found = window_at(period, now, self.zone)
+        self._kept[period] = found
+        return found
+
+
+def _inside(window: Window, now: datetime) -> bool:
+    if window.start is None or window.end is None:
+        return window.period is Period.TOTAL
+    return window.start <= now < window.end
+
+
 def _midnight(day: date, zone: ZoneInfo) -> datetime:
     # Normalised through UTC so that the offset is right (a day may last 23 or 25 hours).
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC).astimezone(zone)
