@@ -55,6 +55,11 @@ def owner_of(hold_id: str) -> str:
 class CounterBackend(Protocol):
     """Atomic counters: every method is one transaction or one script."""
 
+    # True where a call's command reaches the store before any call made after it starts
+    # (one Redis connection pool writing in call order; one writer thread): a settlement sent
+    # there is applied before this process's next reserve or read (Ledger.settle_sent).
+    applies_in_order: bool
+
     async def reserve(
         self,
         hold_id: str,

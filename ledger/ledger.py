@@ -17,7 +17,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -99,6 +99,7 @@ class Ledger:
         self._cache: dict[tuple[str, str], tuple[float, list[Budget]]] = {}
         self._soft_logged: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()  # settle_sent's, until they end
         self._webhook = httpx.AsyncClient(timeout=5) if settings.alert_webhook_url else None
         # This process's id: every hold id starts with it, its heartbeat is kept under it.
         self.owner = secrets.token_hex(6)
@@ -229,6 +230,21 @@ class Ledger:
         for budget, window, state in zip(hold.budgets, hold.windows, states, strict=True):
             self._alerts(budget, window, state, actual)
 
+    async def settle_sent(self, settlement: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+        """Run `settlement` (a coroutine that calls settle() first thing and raises nothing) so
+        that it ends after the answer has gone out: returns once its command is sent, with
+        what to await for the rest, where the counters apply calls in order (this process's
+        next reserve or usage read then counts it; docs/budgets.md, "Settled after the
+        answer"). Elsewhere it runs to its end here, and None is returned."""
+        if not self.counters.applies_in_order:
+            await settlement
+            return None
+        task = asyncio.get_running_loop().create_task(settlement)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.sleep(0)  # the task's first step packs the command and writes it
+        return task
+
     async def resume(
         self, hold_id: str, team: str, key_id: str, amounts: Amounts, held_at: datetime
     ) -> Hold | None:
@@ -299,6 +315,8 @@ class Ledger:
         ]
 
     async def aclose(self) -> None:
+        if self._settling:  # first: an outage among them is kept for the retry below
+            await asyncio.wait(self._settling)
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)

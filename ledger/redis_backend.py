@@ -197,6 +197,10 @@ return released
 class RedisCounters:
     """The scale-out ledger backend."""
 
+    # A command is written in the call's first step (on an idle connection; a call that must
+    # open one first can be overtaken), and Redis applies them in the order they arrive.
+    applies_in_order = True
+
     def __init__(self, redis: Redis, prefix: str, *, timeout_s: float | None = None) -> None:
         self.redis = redis
         self.prefix = prefix

@@ -22,6 +22,8 @@ from ledger.tables import ledger_workers as workers
 class SQLCounters:
     """The ledger backend on PostgreSQL without Redis."""
 
+    applies_in_order = False  # a call waits for a pooled connection: a later one may overtake it
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 

@@ -25,6 +25,8 @@ _BUSY_TIMEOUT_S = 30.0
 class SQLiteCounters:
     """The embedded ledger backend: tables ledger_counters and ledger_reservations."""
 
+    applies_in_order = True  # one thread runs the operations in the order they are submitted
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -77,6 +78,39 @@ async def test_a_hold_is_reserved_then_settled_into_spent(ledger: Ledger) -> Non
     await ledger.settle(hold, micro(7))
     [usage] = await ledger.usage([budget])
     assert (usage.spent, usage.reserved) == (micro(7), Amounts())
+
+
+async def test_a_settlement_sent_is_counted_by_the_next_read_before_its_reply_is_awaited(
+    ledger: Ledger,
+) -> None:
+    """Ledger.settle_sent returns with the settlement under way (its command sent); whatever
+    this process asks the counters next sees it, on both backends that apply calls in order."""
+    budget = await put(ledger, period=Period.DAILY, limit_usd=100 * USD)
+    holds = [await ledger.reserve("search", "key_a", micro(10)) for _ in range(3)]
+    pending = []
+    for hold in holds:
+        assert hold is not None
+        pending.append(await ledger.settle_sent(ledger.settle(hold, micro(7))))
+    assert all(p is not None and not p.done() for p in pending)  # type: ignore[attr-defined]
+    [usage] = await ledger.usage([budget])  # queued behind the three settlements
+    assert (usage.spent, usage.reserved) == (Amounts(21 * PICO_PER_MICRO, 210, 3), Amounts())
+    await asyncio.gather(*pending)  # type: ignore[arg-type]
+
+
+async def test_shutdown_waits_for_the_settlements_still_under_way(
+    tmp_path: Path, clock: FrozenClock, backend: str, request: pytest.FixtureRequest
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    async with open_ledger(backend, tmp_path, prefix, clock) as first:
+        budget = await put(first, period=Period.DAILY, limit_usd=100 * USD)
+        hold = await first.reserve("search", "key_a", micro(10))
+        assert hold is not None
+        pending = await first.settle_sent(first.settle(hold, micro(7)))
+        assert pending is not None
+    assert pending.done()  # type: ignore[attr-defined]
+    async with open_ledger(backend, tmp_path, prefix, clock) as second:
+        [usage] = await second.usage([budget])
+        assert (usage.spent, usage.reserved) == (micro(7), Amounts())
 
 
 async def test_a_hold_that_does_not_fit_is_refused_naming_the_budget(ledger: Ledger) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.outage import is_outage, unavailable
 from gateway.settings import Settings
-from gateway.store import Store, from_picousd
+from gateway.store import Store, from_picousd, to_picousd
 from gateway.store.store import PoolLimits
 from gateway.tokens import prompt_tokens
 from ledger.backend import Admitted, Claim
@@ -208,6 +208,57 @@ async def test_a_redis_that_never_answers_gives_503_within_the_ledger_timeout(
     # The deadline (the prompt cache gives up sooner), the router and a busy host; not
     # redis-py's default of 5 s per try and ten retries.
     assert elapsed < HUNG_DEADLINE_S + 2.5, elapsed
+
+
+async def test_the_settlements_round_trip_is_not_on_the_answers_path(
+    own_redis: ThrowawayRedis,
+    upstream: RunningUpstream,
+    tmp_path: Path,
+    serve: Callable[[dict[str, Any]], LiveServer],
+) -> None:
+    """Redis hung while the upstream answers: the answer still comes at once (the settlement is
+    sent before it, its reply awaited after), and the charge lands once Redis runs again."""
+    config = redis_config(tmp_path, upstream, own_redis.url, redis_timeout_s=4.0)
+    async with in_process_gateway(config) as admin:  # the same SQLite file and Redis
+        await set_budget(admin)
+        live = await asyncio.to_thread(serve, config)
+        async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
+
+            async def ask_live() -> httpx.Response:
+                body = {"model": "direct", "messages": MESSAGES, "max_tokens": 7}
+                return await client.post("/v1/chat/completions", json=body, headers=admin.auth)
+
+            assert (await ask_live()).status_code == 200  # connections made, router warm
+            upstream.fake.default_delay_s = 0.5
+            seen = len(upstream.fake.requests)
+            answer = asyncio.create_task(ask_live())
+            await eventually(
+                lambda: _is(len(upstream.fake.requests) > seen), 10, "the upstream call"
+            )
+            assert own_redis.process is not None
+            own_redis.process.send_signal(signal.SIGSTOP)  # hung until SIGCONT below
+            hung = time.monotonic()
+            try:
+                response = await asyncio.wait_for(answer, timeout=10)
+                answered = time.monotonic() - hung
+            finally:
+                own_redis.process.send_signal(signal.SIGCONT)
+                upstream.fake.default_delay_s = 0.0
+        assert response.status_code == 200, response.text
+        assert Decimal(response.headers["x-rightsize-cost-usd"]) == COST
+        # The upstream's 0.5 s and the answer; awaiting the settlement would hold it until
+        # Redis answered or the ledger's 4 s deadline cut it.
+        assert answered < 2.5, answered
+
+        async def both_charged() -> bool:
+            found = await usage(admin)
+            return found.spent.picousd == 2 * to_picousd(COST) and found.reserved.requests == 0
+
+        await eventually(both_charged, 10, "both requests charged, nothing held")
+
+
+async def _is(value: bool) -> bool:
+    return value
 
 
 async def test_a_counter_operation_on_a_hung_redis_is_cut_at_the_ledger_timeout_as_an_outage(

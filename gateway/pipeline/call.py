@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from gateway.pipeline.metering import settle_request
+from gateway.pipeline.metering import send_settlement, settle_request
 from gateway.request_log import log_request
 from gateway.state import Gateway
 from gateway.store import SpendRecord
@@ -44,15 +45,24 @@ class Call:
         return (time.perf_counter() - self.started) * 1000
 
 
-async def finish(gateway: Gateway, call: Call) -> None:
+async def finish(
+    gateway: Gateway, call: Call, *, settle_after: bool = False
+) -> Awaitable[None] | None:
     """Write the spend row, then settle the hold: the row is journaled before the ledger
-    moves, so a worker killed in between loses no paid spend."""
+    moves, so a worker killed in between loses no paid spend.
+
+    `settle_after`: return once the settlement is sent, with what ends it (to await after the
+    answer has gone out: Ledger.settle_sent), where the ledger's counters allow; else None."""
     observe_latency(gateway, call)
+    settling = None
     try:
         with span(call, "rightsize.settle"):
             note_routing(gateway, call)
             gateway.spend.record(call.record)
-            await settle_request(gateway.ledger, call.hold, call.record)
+            if settle_after:
+                settling = await send_settlement(gateway.ledger, call.hold, call.record)
+            else:
+                await settle_request(gateway.ledger, call.hold, call.record)
     finally:
         if call.trace is not None:
             call.trace.end(call.record, call.cache)
@@ -71,6 +81,7 @@ async def finish(gateway: Gateway, call: Call) -> None:
             log_request(call.record, call.cache)
     except Exception:
         log.exception("request %s: metrics or request log failed", call.record.request_id)
+    return settling
 
 
 def observe_latency(gateway: Gateway, call: Call) -> None:

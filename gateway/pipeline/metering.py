@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from gateway.schemas import ChatRequest
 from gateway.store import SpendRecord, to_picousd
@@ -63,6 +64,20 @@ async def settle_request(ledger: Ledger, hold: Hold | None, record: SpendRecord)
     """Charge what the spend log records for the request; on failure that is 0 (a release)."""
     if hold is None:
         return
+    await _settle(ledger, hold, record)
+
+
+async def send_settlement(
+    ledger: Ledger, hold: Hold | None, record: SpendRecord
+) -> Awaitable[None] | None:
+    """settle_request, returning once the settlement is sent where the counters apply calls in
+    order: the awaitable (never raising) ends it, after the answer has gone out."""
+    if hold is None:
+        return None
+    return await ledger.settle_sent(_settle(ledger, hold, record))
+
+
+async def _settle(ledger: Ledger, hold: Hold, record: SpendRecord) -> None:
     tokens = 0 if record.cache_hit else record.prompt_tokens + record.completion_tokens
     actual = Amounts(to_picousd(record.cost_usd), tokens, 1)
     try:

@@ -343,15 +343,25 @@ async def _complete(
         call.record.usage_estimated = True
     cost = charge(call, gateway.local_cost.cost(deployment, usage, call.record), usage)
     call.record.overhead_ms = call.elapsed_ms() - (call.record.upstream_ms or 0)
-    await finish(gateway, call)
+    # The settlement's round trip is not the client's to wait for: its command is sent before
+    # the answer, its reply awaited after (docs/budgets.md, "Settled after the answer").
+    settling = await finish(gateway, call, settle_after=True)
     headers = routing_headers(call)
     headers["x-rightsize-cost-usd"] = usd(cost)
-    after = partial(gateway.cache.store, cached, deployment.name, result) if cached.write else None
+    steps: list[Callable[[], Awaitable[None]]] = []
+    if settling is not None:
+        steps.append(partial(_await, settling))
+    if cached.write:
+        steps.append(partial(gateway.cache.store, cached, deployment.name, result))
     if gateway.shadow is not None:
         text = "".join(completion_text(c.get("message") or {}) for c in result.get("choices") or ())
-        shadowing = partial(_offer_shadow, gateway, call, payload, text)
-        after = partial(_in_turn, after, shadowing) if after is not None else shadowing
+        steps.append(partial(_offer_shadow, gateway, call, payload, text))
+    after = steps[0] if len(steps) == 1 else partial(_in_turn, *steps) if steps else None
     return Answer(result, headers, after, native=answered)
+
+
+async def _await(settling: Awaitable[None]) -> None:
+    await settling
 
 
 async def _offer_shadow(gateway: Gateway, call: Call, payload: dict[str, Any], text: str) -> None:
