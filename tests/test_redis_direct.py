@@ -8,11 +8,13 @@ import signal
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
-from ledger.redis_direct import DirectCommands
+from ledger.redis_direct import DirectCommands, pack
 from tests.test_cache_redis_outage import ThrowawayRedis, own_redis
 
 __all__ = ["own_redis"]
@@ -118,3 +120,30 @@ async def test_no_more_connections_than_the_bound_and_each_waiter_served(
         assert await clients(server, 0) == 0
     finally:
         await calls.aclose()
+
+
+ARGUMENT = st.one_of(
+    st.text(),
+    st.binary(max_size=9000),  # past redis-py's 6,000-byte cut-off, which splits its buffers
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(
+    name=st.sampled_from(["EVALSHA", "EVAL", "GET", "SET"]), args=st.lists(ARGUMENT, max_size=12)
+)
+def test_a_command_is_packed_byte_for_byte_as_redis_py_packs_it(
+    name: str, args: list[object]
+) -> None:
+    connection = ConnectionPool.from_url("redis://127.0.0.1:1/0").make_connection()
+    assert pack(name, *args) == b"".join(connection.pack_command(name, *args))
+
+
+@pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}])
+def test_an_argument_redis_py_refuses_is_refused(bad: object) -> None:
+    connection = ConnectionPool.from_url("redis://127.0.0.1:1/0").make_connection()
+    with pytest.raises(DataError):
+        connection.pack_command("SET", "key", bad)
+    with pytest.raises(DataError):
+        pack("SET", "key", bad)
