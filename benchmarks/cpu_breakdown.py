@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_stack as stack  # noqa: E402
-from benchmarks.gateway_bench import CONFIGS, REDIS_URL, Config, _drop_redis_keys, run_load  # noqa: E402
+from benchmarks.gateway_bench import CONFIGS, Config, _drop_redis_keys, run_load  # noqa: E402
 from benchmarks.loadgen import LoadSpec  # noqa: E402
 from tests.fake_upstream import free_port  # noqa: E402
 
@@ -85,13 +85,8 @@ def main() -> None:
         for config in configs:
             own = workdir / config.name
             own.mkdir()
-            settings = stack.rightsize_config(
-                own,
-                upstream.port,
-                transport=config.transport,
-                router=config.router,
-                redis_url=REDIS_URL if config.redis else None,
-                redis_prefix=f"rightsize-bench:{run_id}:{config.name}:",
+            settings = config.settings(
+                own, upstream.port, f"rightsize-bench:{run_id}:{config.name}:"
             )
             servers[config.name] = stack.start_rightsize(config.name, settings, free_port(), own)
             exits.callback(servers[config.name].stop)

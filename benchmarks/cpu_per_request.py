@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_stack as stack  # noqa: E402
 from benchmarks.bench_report import percentile  # noqa: E402
-from benchmarks.gateway_bench import CONFIGS, REDIS_URL, _drop_redis_keys, run_load  # noqa: E402
+from benchmarks.gateway_bench import CONFIGS, _drop_redis_keys, run_load  # noqa: E402
 from benchmarks.loadgen import LoadSpec  # noqa: E402
 from tests.fake_upstream import free_port  # noqa: E402
 
@@ -85,14 +85,7 @@ def main() -> None:
         for name, tree in trees:
             own = workdir / name
             own.mkdir()
-            settings = stack.rightsize_config(
-                own,
-                upstream.port,
-                transport=config.transport,
-                router=config.router,
-                redis_url=REDIS_URL if config.redis else None,
-                redis_prefix=f"rightsize-bench:{run_id}:{name}:",
-            )
+            settings = config.settings(own, upstream.port, f"rightsize-bench:{run_id}:{name}:")
             servers[name] = _start(tree, name, settings, own)
             exits.callback(servers[name].stop)
         upstream.wait_ready("/_requests")

@@ -66,6 +66,17 @@ class Config:
     budget: bool = False  # the team has a monthly USD budget: a hold and a charge per request
     unique_prompts: bool = False  # a new prompt text every request: nothing can short-cut
 
+    def settings(self, own: Path, upstream_port: int, redis_prefix: str) -> dict[str, Any]:
+        """`rightsize serve`'s configuration for this one, its store and files under `own`."""
+        return stack.rightsize_config(
+            own,
+            upstream_port,
+            transport=self.transport,
+            router=self.router,
+            redis_url=REDIS_URL if self.redis else None,
+            redis_prefix=redis_prefix,
+        )
+
     @property
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}
@@ -165,19 +176,10 @@ def running(
             else:
                 own = workdir / config.name  # its own store, spend journal and log
                 own.mkdir()
-                served = stack.start_rightsize(
-                    config.name,
-                    stack.rightsize_config(
-                        own,
-                        upstream.port,
-                        transport=config.transport,
-                        router=config.router,
-                        redis_url=REDIS_URL if config.redis else None,
-                        redis_prefix=f"rightsize-bench:{run_id}:{config.name}:",
-                    ),
-                    free_port(),
-                    own,
+                settings = config.settings(
+                    own, upstream.port, f"rightsize-bench:{run_id}:{config.name}:"
                 )
+                served = stack.start_rightsize(config.name, settings, free_port(), own)
                 exits.callback(served.stop)
                 targets.append(Target(config, served))
         upstream.wait_ready("/_requests")
