@@ -7,6 +7,7 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,22 +42,26 @@ def encoder_text(prompt: str) -> str:
     return _CHECKBOX_LINE.sub(letter, prompt)
 
 
+V = TypeVar("V")
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=16).digest()
 
 
-class _EmbeddingLRU:
-    """Bounded map from a prompt's digest to its embedding; repeated prompts skip the encoder.
+class _LRU(Generic[V]):
+    """Bounded map from a prompt's digest to what was worked out for it (its embedding, its
+    estimate); repeated prompts skip that work.
 
     Keys are 16-byte digests, so memory is bounded by `size` however long the prompts are.
     """
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[bytes, npt.NDArray[np.float32]] = OrderedDict()
+        self._items: OrderedDict[bytes, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> npt.NDArray[np.float32] | None:
+    def get(self, text: str) -> V | None:
         key = _digest(text)
         with self._lock:
             value = self._items.get(key)
@@ -64,7 +69,7 @@ class _EmbeddingLRU:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, text: str, value: npt.NDArray[np.float32]) -> None:
+    def put(self, text: str, value: V) -> None:
         if self.size <= 0:
             return
         key = _digest(text)
@@ -129,7 +134,10 @@ class Router:
     def __init__(self, encoder: Encoder, heads: Heads, cache_size: int = 4096):
         self.encoder = encoder
         self.heads = heads
-        self._cache = _EmbeddingLRU(cache_size)
+        self._cache: _LRU[npt.NDArray[np.float32]] = _LRU(cache_size)
+        # Whole estimates of repeated prompts: the features and heads cost about as much as
+        # the encoder on a short prompt (docs/benchmarks.md, "A fourth quiet run").
+        self._estimates: _LRU[Estimate] = _LRU(cache_size)
         # Set by load(): the id of the artifact directory (router.artifact.artifact_id).
         self.artifact_id: str | None = None
         # Set by load(): budgets per deployment from `tune --spend-log` (none: the heads').
@@ -144,7 +152,8 @@ class Router:
     ) -> Router:
         """Load an artifact (default: the shipped one) with a runtime (default: the manifest's).
 
-        cache_size bounds the LRU of embeddings of repeated prompts (0 disables it).
+        cache_size bounds the LRUs of repeated prompts' embeddings and estimates (0 disables
+        them).
         """
         directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
         manifest = read_manifest(directory)
@@ -183,12 +192,24 @@ class Router:
         return out
 
     def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
-        """One Estimate per prompt, encoded in a single encoder call."""
-        if not prompts:
-            return []
-        return self.heads.estimates(
-            self.embed_batch(prompts), features_batch(prompts, self.heads.feature_set)
+        """One Estimate per prompt: a repeated one's from the LRU, the others' worked out in a
+        single encoder call."""
+        known = [self._estimates.get(prompt) for prompt in prompts]
+        missing = list(dict.fromkeys(p for p, e in zip(prompts, known, strict=True) if e is None))
+        if not missing:
+            return [e for e in known if e is not None]
+        fresh = dict(
+            zip(
+                missing,
+                self.heads.estimates(
+                    self.embed_batch(missing), features_batch(missing, self.heads.feature_set)
+                ),
+                strict=True,
+            )
         )
+        for prompt, found in fresh.items():
+            self._estimates.put(prompt, found)
+        return [e if e is not None else fresh[p] for p, e in zip(prompts, known, strict=True)]
 
     def estimate(self, prompt: str) -> Estimate:
         """Estimate for one prompt."""

@@ -69,9 +69,10 @@ def test_estimate_batch_matches_single_estimates(router: Router) -> None:
         "",
         "def f(x):\n    return x ** 2\n# explain this code",
     ]
+    uncached = Router.load(cache_size=0)  # each prompt worked out alone, none from an LRU
     batched, single = (
-        router.estimate_batch(prompts),
-        [router.estimate(p) for p in prompts],
+        uncached.estimate_batch(prompts),
+        [uncached.estimate(p) for p in prompts],
     )
     for b, s in zip(batched, single, strict=True):
         assert b.reasoning_demand == pytest.approx(s.reasoning_demand, abs=1e-9)
@@ -80,6 +81,51 @@ def test_estimate_batch_matches_single_estimates(router: Router) -> None:
             s.token_budget_p90,
             s.category,
         )
+
+
+class _CountedHeads:
+    """The router's heads, counting the prompts they are asked to estimate."""
+
+    def __init__(self, heads: object) -> None:
+        self._heads = heads
+        self.rows = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._heads, name)
+
+    def estimates(self, embeddings: np.ndarray, features: np.ndarray) -> list[Estimate]:
+        self.rows += len(embeddings)
+        return self._heads.estimates(embeddings, features)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_repeated_prompt_is_estimated_once_and_answered_the_same() -> None:
+    cached = Router.load()
+    counted = _CountedHeads(cached.heads)
+    cached.heads = counted  # type: ignore[assignment]
+    prompts = [PROOF, TRANSLATION, PROOF, "", TRANSLATION]
+    first = cached.estimate_batch(prompts)
+    assert counted.rows == 3  # each distinct prompt once, the duplicates in the batch included
+    again = cached.estimate_batch([TRANSLATION, PROOF, ""])
+    assert counted.rows == 3  # all from the LRU
+    assert again == [first[1], first[0], first[3]]
+    assert first[0] == first[2] and first[1] == first[4]
+    fresh = Router.load(cache_size=0).estimate_batch(prompts)
+    for f, c in zip(fresh, first, strict=True):
+        assert f.reasoning_demand == pytest.approx(c.reasoning_demand, abs=1e-9)
+        assert (f.token_budget_p50, f.token_budget_p90, f.category) == (
+            c.token_budget_p50,
+            c.token_budget_p90,
+            c.category,
+        )
+
+
+def test_without_an_lru_every_prompt_is_worked_out_each_time() -> None:
+    uncached = Router.load(cache_size=0)
+    counted = _CountedHeads(uncached.heads)
+    uncached.heads = counted  # type: ignore[assignment]
+    uncached.estimate_batch([PROOF, PROOF])
+    uncached.estimate_batch([PROOF])
+    assert counted.rows == 2  # the batch's duplicate once, then again: nothing is kept
 
 
 def test_embed_batch_returns_unit_length_rows(router: Router) -> None:
