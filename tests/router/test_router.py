@@ -75,12 +75,17 @@ def test_estimate_batch_matches_single_estimates(router: Router) -> None:
         [uncached.estimate(p) for p in prompts],
     )
     for b, s in zip(batched, single, strict=True):
-        assert b.reasoning_demand == pytest.approx(s.reasoning_demand, abs=1e-9)
-        assert (b.token_budget_p50, b.token_budget_p90, b.category) == (
-            s.token_budget_p50,
-            s.token_budget_p90,
-            s.category,
-        )
+        assert_same_estimate(b, s)
+
+
+def assert_same_estimate(a: Estimate, b: Estimate) -> None:
+    """Equal to the last bits a different batch size may change in the demand."""
+    assert a.reasoning_demand == pytest.approx(b.reasoning_demand, abs=1e-9)
+    assert (a.token_budget_p50, a.token_budget_p90, a.category) == (
+        b.token_budget_p50,
+        b.token_budget_p90,
+        b.category,
+    )
 
 
 class _CountedHeads:
@@ -111,12 +116,7 @@ def test_a_repeated_prompt_is_estimated_once_and_answered_the_same() -> None:
     assert first[0] == first[2] and first[1] == first[4]
     fresh = Router.load(cache_size=0).estimate_batch(prompts)
     for f, c in zip(fresh, first, strict=True):
-        assert f.reasoning_demand == pytest.approx(c.reasoning_demand, abs=1e-9)
-        assert (f.token_budget_p50, f.token_budget_p90, f.category) == (
-            c.token_budget_p50,
-            c.token_budget_p90,
-            c.category,
-        )
+        assert_same_estimate(f, c)
 
 
 def test_without_an_lru_every_prompt_is_worked_out_each_time() -> None:
