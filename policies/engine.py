@@ -103,7 +103,11 @@ class PolicyEngine:
         return tuple(self._order)
 
     def names(self) -> list[str]:
-        return [AUTO, *self._order, *(d.name for d in self._catalog.deployments)]
+        """Every name a request may send as `model`, each once (a tier may share a name with a
+        deployment; the name then pins the deployment: _resolve)."""
+        return list(
+            dict.fromkeys([AUTO, *self._order, *(d.name for d in self._catalog.deployments)])
+        )
 
     def tier_deployments(self, tier: str) -> list[Deployment]:
         """The tier's deployments in preference order (none for an unknown tier)."""

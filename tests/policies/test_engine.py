@@ -315,6 +315,13 @@ def test_without_policy_tiers_model_tiers_and_pins_still_work() -> None:
     assert eng.names() == ["auto", "light", "standard", "a", "b"]
 
 
+def test_a_tier_named_as_a_deployment_is_listed_once_and_means_the_deployment() -> None:
+    models = [model("fast", "1", "1", tier="slow"), model("b", "2", "2", tier="fast")]
+    eng = engine({}, models)
+    assert eng.names() == ["auto", "slow", "fast", "b"]
+    assert eng.decide(request("fast"), HARD).deployment.name == "fast"  # a pin, as before
+
+
 def test_capabilities_unknown_to_the_catalog_are_assumed_present() -> None:
     caps = Capabilities()
     assert caps.tools is None
