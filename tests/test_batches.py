@@ -126,6 +126,31 @@ async def test_a_cancelled_batch_cancels_upstream_and_releases_its_holds(
     assert await error_codes(client, batch) == ["batch_cancelled"] * 2
 
 
+async def test_a_cancel_while_the_last_jobs_are_collected_ends_the_batch_cancelled(
+    gw: InProcessGateway, provider: RunningBatchProvider
+) -> None:
+    # The worker read the jobs, collected the finished ones, then wrote `finalizing` over a
+    # cancel accepted meanwhile: the client was told `cancelling` and got `completed`.
+    client = sdk(gw)
+    batch = await two_held_lines(gw, client)
+    store = gw.app.state.batch_worker.store
+    read_jobs = store.jobs
+    cancels: list[str] = []
+
+    async def jobs_then_a_cancel(batch_id: str) -> Any:
+        found = await read_jobs(batch_id)
+        if not cancels:  # the round that finds the provider's job finished and collects it
+            cancels.append(batch_id)
+            cancelled = await store.request_cancel("search", batch_id)
+            assert cancelled is not None and cancelled.status == "cancelling"
+        return found
+
+    provider.fake.complete()
+    store.jobs = jobs_then_a_cancel
+    ended = await until(client, batch.id, "cancelled")
+    assert cancels == [batch.id] and ended.status == "cancelled"
+
+
 async def test_a_key_never_sees_another_teams_files_or_batches(gw: InProcessGateway) -> None:
     await gw.admin.team("other")
     other = sdk(gw, (await gw.admin.key("other"))["key"])

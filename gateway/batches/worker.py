@@ -368,8 +368,11 @@ class BatchWorker:
                     open_jobs += 1
             elif job.status == "submitting":
                 open_jobs += 1  # a crash between routing and submission: _start resubmits
-        if open_jobs == 0:
-            await self.store.update_batch(batch.id, status="finalizing", finalizing_at=_now())
+        # From in_progress only: a cancel that came while the last jobs were collected is kept
+        # (the next round stops the batch as cancelled), not written over.
+        if open_jobs == 0 and await self.store.update_batch_from(
+            batch.id, "in_progress", status="finalizing", finalizing_at=_now()
+        ):
             await self._finalize(batch, "completed")
 
     async def _collect(
