@@ -133,20 +133,21 @@ async def test_a_cancel_while_the_last_jobs_are_collected_ends_the_batch_cancell
     # cancel accepted meanwhile: the client was told `cancelling` and got `completed`.
     client = sdk(gw)
     batch = await two_held_lines(gw, client)
-    store = gw.app.state.batch_worker.store
-    read_jobs = store.jobs
+    worker = gw.app.state.batch_worker
+    retrieve = worker.upstream.retrieve
     cancels: list[str] = []
 
-    async def jobs_then_a_cancel(batch_id: str) -> Any:
-        found = await read_jobs(batch_id)
-        if not cancels:  # the round that finds the provider's job finished and collects it
-            cancels.append(batch_id)
-            cancelled = await store.request_cancel("search", batch_id)
+    async def finished_then_a_cancel(*args: Any) -> Any:
+        state = await retrieve(*args)
+        if state.get("status") == "completed" and not cancels:
+            # The round that found the provider's job finished, before it collects the job.
+            cancels.append(batch.id)
+            cancelled = await worker.store.request_cancel("search", batch.id)
             assert cancelled is not None and cancelled.status == "cancelling"
-        return found
+        return state
 
+    worker.upstream.retrieve = finished_then_a_cancel
     provider.fake.complete()
-    store.jobs = jobs_then_a_cancel
     ended = await until(client, batch.id, "cancelled")
     assert cancels == [batch.id] and ended.status == "cancelled"
 
