@@ -50,8 +50,8 @@ def _digest(text: str) -> bytes:
 
 
 class _LRU(Generic[V]):
-    """Bounded map from a prompt's digest to what was worked out for it (its embedding, its
-    estimate); repeated prompts skip that work.
+    """Bounded map from a prompt's digest (`_digest`) to what was worked out for it (its
+    embedding, its estimate); repeated prompts skip that work.
 
     Keys are 16-byte digests, so memory is bounded by `size` however long the prompts are.
     """
@@ -61,18 +61,16 @@ class _LRU(Generic[V]):
         self._items: OrderedDict[bytes, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> V | None:
-        key = _digest(text)
+    def get(self, key: bytes) -> V | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, text: str, value: V) -> None:
+    def put(self, key: bytes, value: V) -> None:
         if self.size <= 0:
             return
-        key = _digest(text)
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -175,41 +173,43 @@ class Router:
 
     def embed_batch(self, prompts: list[str]) -> npt.NDArray[np.float32]:
         """L2-normalised embeddings of the prompts, served from the LRU where possible."""
+        return self._embed(prompts, [_digest(prompt) for prompt in prompts])
+
+    def _embed(self, prompts: list[str], keys: list[bytes]) -> npt.NDArray[np.float32]:
+        """embed_batch, the prompts' digests given (a long prompt's digest is not free)."""
         out = np.zeros((len(prompts), self.encoder.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            hit = self._cache.get(prompt)
+        missing: dict[bytes, list[int]] = {}
+        texts: dict[bytes, str] = {}
+        for i, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
+            hit = self._cache.get(key)
             if hit is None:
-                missing.setdefault(prompt, []).append(i)
+                missing.setdefault(key, []).append(i)
+                texts.setdefault(key, prompt)
             else:
                 out[i] = hit
         if missing:
-            texts = list(missing)
-            encoded = self.encoder.encode([encoder_text(text) for text in texts])
-            for text, emb in zip(texts, encoded, strict=True):
-                self._cache.put(text, emb)
-                out[missing[text]] = emb
+            encoded = self.encoder.encode([encoder_text(texts[key]) for key in missing])
+            for key, emb in zip(missing, encoded, strict=True):
+                self._cache.put(key, emb)
+                out[missing[key]] = emb
         return out
 
     def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
         """One Estimate per prompt: a repeated one's from the LRU, the others' worked out in a
-        single encoder call."""
-        known = [self._estimates.get(prompt) for prompt in prompts]
-        missing = list(dict.fromkeys(p for p, e in zip(prompts, known, strict=True) if e is None))
+        single encoder call. Each prompt is digested once for both LRUs."""
+        keys = [_digest(prompt) for prompt in prompts]
+        known = [self._estimates.get(key) for key in keys]
+        missing = {key: p for key, p, e in zip(keys, prompts, known, strict=True) if e is None}
         if not missing:
             return [e for e in known if e is not None]
-        fresh = dict(
-            zip(
-                missing,
-                self.heads.estimates(
-                    self.embed_batch(missing), features_batch(missing, self.heads.feature_set)
-                ),
-                strict=True,
-            )
+        texts = list(missing.values())
+        estimates = self.heads.estimates(
+            self._embed(texts, list(missing)), features_batch(texts, self.heads.feature_set)
         )
-        for prompt, found in fresh.items():
-            self._estimates.put(prompt, found)
-        return [e if e is not None else fresh[p] for p, e in zip(prompts, known, strict=True)]
+        fresh = dict(zip(missing, estimates, strict=True))
+        for key, found in fresh.items():
+            self._estimates.put(key, found)
+        return [e if e is not None else fresh[key] for key, e in zip(keys, known, strict=True)]
 
     def estimate(self, prompt: str) -> Estimate:
         """Estimate for one prompt."""
