@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_stack as stack  # noqa: E402
-from benchmarks.gateway_bench import CONFIGS, Config, _drop_redis_keys, run_load  # noqa: E402
+from benchmarks.gateway_bench import CONFIGS, Config, run_load, start_upstream  # noqa: E402
 from benchmarks.loadgen import LoadSpec  # noqa: E402
 from tests.fake_upstream import free_port  # noqa: E402
 
@@ -78,9 +78,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in configs}
     loads: list[float] = []
     with ExitStack() as exits:
-        exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
-        upstream = stack.start_upstream(free_port(), workdir)
-        exits.callback(upstream.stop)
+        upstream = start_upstream(exits, workdir, run_id)
         servers: dict[str, stack.Served] = {}
         for config in configs:
             own = workdir / config.name

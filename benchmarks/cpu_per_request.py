@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_stack as stack  # noqa: E402
 from benchmarks.bench_report import percentile  # noqa: E402
-from benchmarks.gateway_bench import CONFIGS, _drop_redis_keys, run_load  # noqa: E402
+from benchmarks.gateway_bench import CONFIGS, run_load, start_upstream  # noqa: E402
 from benchmarks.loadgen import LoadSpec  # noqa: E402
 from tests.fake_upstream import free_port  # noqa: E402
 
@@ -78,9 +78,7 @@ def main() -> None:
     errors: dict[str, int] = {name: 0 for name, _ in trees}
     loads: list[float] = []
     with ExitStack() as exits:
-        exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
-        upstream = stack.start_upstream(free_port(), workdir)
-        exits.callback(upstream.stop)
+        upstream = start_upstream(exits, workdir, run_id)
         servers: dict[str, stack.Served] = {}
         for name, tree in trees:
             own = workdir / name

@@ -152,16 +152,22 @@ def run_load(spec: LoadSpec) -> LoadResult:
         return LoadResult.from_json(out.read_bytes())
 
 
+def start_upstream(exits: ExitStack, workdir: Path, run_id: str) -> stack.Served:
+    """The fake upstream, stopped on the way out, and the run's Redis keys dropped after it."""
+    # Callbacks run last-in first-out: the keys go once every server has stopped writing.
+    exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
+    upstream = stack.start_upstream(free_port(), workdir)
+    exits.callback(upstream.stop)
+    return upstream
+
+
 @contextmanager
 def running(
     configs: list[Config], workdir: Path, run_id: str, litellm_venv: Path | None
 ) -> Iterator[list[Target]]:
     """Start the upstream and every configuration's server; stop them all on the way out."""
     with ExitStack() as exits:
-        # Callbacks run last-in first-out: the keys go once every server has stopped writing.
-        exits.callback(_drop_redis_keys, f"rightsize-bench:{run_id}:")
-        upstream = stack.start_upstream(free_port(), workdir)
-        exits.callback(upstream.stop)
+        upstream = start_upstream(exits, workdir, run_id)
         targets: list[Target] = []
         for config in configs:
             if config.kind == "floor":
