@@ -95,6 +95,7 @@ class SpendWriter:
         self._lock = threading.Lock()
         self._pending: list[SpendRecord] = []
         self._wake: asyncio.Event | None = None  # the writer loop's; set once per batch
+        self._flushing: asyncio.Lock | None = None  # the writer loop's (_flush)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
@@ -281,6 +282,15 @@ class SpendWriter:
             await self._flush(final=self._stop.is_set())
 
     async def _flush(self, *, final: bool) -> None:
+        # One flush at a time: an asked-for flush (before a counter rebuild) that found the
+        # queue empty while the interval's batch was still being inserted returned before that
+        # batch was in the log, and the rebuild counted the log short by it.
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()  # on the writer's loop, where every flush runs
+        async with self._flushing:
+            await self._flush_pending(final=final)
+
+    async def _flush_pending(self, *, final: bool) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
             segment = self._journal.rotate() if self._journal is not None else None

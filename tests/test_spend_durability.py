@@ -285,6 +285,43 @@ async def test_writing_spend_rows_never_stalls_the_serving_event_loop(
     assert serving not in _HeldStore.threads
 
 
+async def test_a_flush_asked_for_returns_once_the_batch_being_inserted_is_in_the_log(
+    store_url: str, tmp_path: Path
+) -> None:
+    # The ledger flushes before it rebuilds a counter from the log: a flush that found the
+    # queue empty while the interval's batch was mid-insert returned before that batch was in
+    # the log (a rebuild on a loaded CI host counted 2 requests of 5).
+    store = Store.connect(store_url)
+    await store.migrate()
+    writer = SpendWriter(
+        lambda: _HeldStore(Store.connect(store_url).engine),
+        flush_interval_s=0.01,
+        batch_size=500,
+        fallback_file=tmp_path / "spend-log-unwritten.jsonl",
+        journal_dir=tmp_path / "journal",
+    )
+    _HeldStore.entered.clear()
+    _HeldStore.release.clear()
+    try:
+        await writer.start()
+        writer.record(_record("in-flight", "search"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not _HeldStore.entered.is_set():  # the interval's flush is inserting it
+            assert loop.time() < deadline, "the writer never flushed"
+            await asyncio.sleep(0.005)
+        flushing = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.05)
+        _HeldStore.release.set()
+        await flushing
+        rows = await store.spend(team="search")  # read at once, as a rebuild reads
+        await writer.aclose()
+    finally:
+        _HeldStore.release.set()
+        await store.aclose()
+    assert [r.request_id for r in rows] == ["in-flight"]
+
+
 def test_a_killed_worker_loses_no_spend_row_and_counters_equal_the_log(
     ledger_config: dict[str, Any], serve: Any, tmp_path: Path
 ) -> None:
