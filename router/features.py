@@ -13,6 +13,7 @@ router computes that one, so heads fitted on either keep loading:
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -129,7 +130,7 @@ def prompt_features(text: str, feature_set: int = LATEST_FEATURE_SET) -> npt.NDA
 
     def log_total(count: float) -> float:
         """log1p of a count in the window, scaled to the whole prompt."""
-        return float(np.log1p(count * scale))
+        return math.log1p(count * scale)
 
     if feature_set == 1:
         body = window.lower()
@@ -137,13 +138,13 @@ def prompt_features(text: str, feature_set: int = LATEST_FEATURE_SET) -> npt.NDA
         matches = list(_OPTION_LINE_1.finditer(body))
         option_span = sum(m.end() - m.start() + 1 for m in matches)
         sizes = [
-            np.log1p(len(text)),
+            math.log1p(len(text)),
             log_total(len(window.split())),
-            np.log1p(text.count("\n") + 1),
+            math.log1p(text.count("\n") + 1),
         ]
         n_options = len(_OPTIONS_1.findall(body))
         # Set 1 measured the stem on the raw text: the prompt less its option lines.
-        stem = float(np.log1p(max(len(text) - option_span * scale, 0)))
+        stem = math.log1p(max(len(text) - option_span * scale, 0))
     else:
         lines = normalised_lines(window)
         joined = "\n".join(lines)
@@ -187,7 +188,7 @@ def prompt_features(text: str, feature_set: int = LATEST_FEATURE_SET) -> npt.NDA
         log_total(n_options),
         log_total(counts["question"]),
         stem,
-        np.log1p(option_chars / len(options)) if options else 0.0,
+        math.log1p(option_chars / len(options)) if options else 0.0,
         sum(_HAS_DIGIT.search(o) is not None for o in options) / len(options) if options else 0.0,
     ]
     return np.asarray(values, dtype=np.float32)

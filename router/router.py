@@ -16,7 +16,12 @@ from router.artifact import RUNTIMES, artifact_id, default_artifact_dir, read_ma
 from router.deployment_budgets import DeploymentBudgets
 from router.encoders.base import Encoder
 from router.estimate import Estimate
-from router.features import UnknownFeatureSetError, feature_names, features_batch
+from router.features import (
+    UnknownFeatureSetError,
+    feature_names,
+    features_batch,
+    prompt_features,
+)
 from router.heads import Heads
 
 # A check-box option line ("- [ ] text", "[x] text"). The features read such lines as options
@@ -197,6 +202,8 @@ class Router:
     def estimate_batch(self, prompts: list[str]) -> list[Estimate]:
         """One Estimate per prompt: a repeated one's from the LRU, the others' worked out in a
         single encoder call. Each prompt is digested once for both LRUs."""
+        if len(prompts) == 1:
+            return [self.estimate(prompts[0])]
         keys = [_digest(prompt) for prompt in prompts]
         known = [self._estimates.get(key) for key in keys]
         missing = {key: p for key, p, e in zip(keys, prompts, known, strict=True) if e is None}
@@ -212,5 +219,16 @@ class Router:
         return [e if e is not None else fresh[key] for key, e in zip(keys, known, strict=True)]
 
     def estimate(self, prompt: str) -> Estimate:
-        """Estimate for one prompt."""
-        return self.estimate_batch([prompt])[0]
+        """Estimate for one prompt: estimate_batch's steps without its lists and dicts (the
+        gateway's path: a short prompt is estimated alone, on the event loop)."""
+        key = _digest(prompt)
+        found = self._estimates.get(key)
+        if found is not None:
+            return found
+        embedding = self._cache.get(key)
+        if embedding is None:
+            embedding = self.encoder.encode([encoder_text(prompt)])[0]
+            self._cache.put(key, embedding)
+        found = self.heads.estimate_one(embedding, prompt_features(prompt, self.heads.feature_set))
+        self._estimates.put(key, found)
+        return found

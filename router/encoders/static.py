@@ -5,6 +5,7 @@ Needs only numpy and tokenizers, so the default inference path has no torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,15 @@ from router.encoders.base import clip_texts, l2_normalise
 
 TABLE_FILE = "static_embeddings.npy"
 TOKENIZER_FILE = "static_tokenizer.json"
+
+# An ASCII text after BERT's normalizer and pre-tokenizer: lower-cased, control characters
+# (vertical tab and form feed among them) dropped, split at whitespace, each punctuation
+# character a word of its own.
+_ASCII_WORD = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Word pieces of this many distinct words are kept; then the memo starts again (bounded memory
+# whatever words a tenant sends).
+_WORDS_KEPT = 65_536
 
 
 class StaticEncoder:
@@ -33,6 +43,11 @@ class StaticEncoder:
         self.max_tokens = max_tokens
         self.name = "static"
         self.dim = int(self.table.shape[1])
+        self._words: dict[str, list[int]] = {}
+        self._bert_ascii = _reads_ascii_as_bert(tokenizer)
+        # Added tokens ("[CLS]", "[MASK]", ...) are matched in the raw text before normalising:
+        # a text holding one goes through the tokenizer itself.
+        self._added = tuple(t.content for t in tokenizer.get_added_tokens_decoder().values())
 
     @classmethod
     def from_dir(cls, directory: Path, max_tokens: int = 512) -> StaticEncoder:
@@ -48,14 +63,75 @@ class StaticEncoder:
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Tokenise without special tokens, keeping the first max_tokens ids (the same ids as
-        encode_batch; the fast variant skips the character offsets, which nothing here reads)."""
-        encodings = self.tokenizer.encode_batch_fast(clip_texts(texts), add_special_tokens=False)
-        return [enc.ids[: self.max_tokens] for enc in encodings]
+        encode_batch; the fast variant skips the character offsets, which nothing here reads).
+
+        An ASCII text is split into words here and each word's pieces come from a memo: the
+        tokenizer's own call cost about 40 µs for a 50-character prompt and 5 ms for 8,000
+        characters (7 µs and 1.6 ms this way), and its ids are the same
+        (tests/router/test_static_encoder.py)."""
+        clipped = clip_texts(texts)
+        out: list[list[int] | None] = [
+            self._ascii_ids(text) if self._bert_ascii else None for text in clipped
+        ]
+        rest = [i for i, ids in enumerate(out) if ids is None]
+        if rest:
+            encodings = self.tokenizer.encode_batch_fast(
+                [clipped[i] for i in rest], add_special_tokens=False
+            )
+            for i, enc in zip(rest, encodings, strict=True):
+                out[i] = enc.ids
+        return [ids[: self.max_tokens] for ids in out if ids is not None]
+
+    def _ascii_ids(self, text: str) -> list[int] | None:
+        """The text's ids from the word memo; None where the tokenizer must read it itself."""
+        if not text.isascii() or ("[" in text and any(a in text for a in self._added)):
+            return None
+        lowered = text.lower()
+        if _ASCII_CONTROL.search(lowered):
+            lowered = _ASCII_CONTROL.sub("", lowered)
+        words = self._words
+        ids: list[int] = []
+        for word in _ASCII_WORD.findall(lowered):
+            pieces = words.get(word)
+            if pieces is None:
+                pieces = [token.id for token in self.tokenizer.model.tokenize(word)]
+                if len(words) >= _WORDS_KEPT:
+                    words.clear()
+                words[word] = pieces
+            ids.extend(pieces)
+            if len(ids) >= self.max_tokens:
+                break
+        return ids
 
     def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Return L2-normalised mean token vectors, one row per text."""
+        if len(texts) == 1:
+            return self._encode_one(texts[0])[None, :]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, ids in enumerate(self.token_ids(texts)):
             if ids:
                 out[row] = self.table[ids].mean(axis=0)
         return l2_normalise(out)
+
+    def _encode_one(self, text: str) -> npt.NDArray[np.float32]:
+        """encode() of one text, bit for bit, without the batch's array calls (30 µs less)."""
+        ids = self.token_ids([text])[0]
+        if not ids:
+            return np.zeros(self.dim, dtype=np.float32)
+        # mean(axis=0) of float32 divides the float32 sum by the count in float64.
+        mean = (self.table[ids].sum(axis=0).astype(np.float64) / len(ids)).astype(np.float32)
+        norm = np.sqrt(np.add.reduce(mean * mean))
+        return np.asarray(mean / np.maximum(norm, np.float32(1e-12)), dtype=np.float32)
+
+
+def _reads_ascii_as_bert(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer treats ASCII as _ASCII_WORD splits it: BERT's lower-casing,
+    cleaning normalizer, its whitespace-and-punctuation pre-tokenizer, a WordPiece model."""
+    normalizer, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
+    return (
+        type(normalizer).__name__ == "BertNormalizer"
+        and bool(getattr(normalizer, "lowercase", False))
+        and bool(getattr(normalizer, "clean_text", False))
+        and type(pre).__name__ == "BertPreTokenizer"
+        and type(tokenizer.model).__name__ == "WordPiece"
+    )

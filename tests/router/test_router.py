@@ -102,6 +102,10 @@ class _CountedHeads:
         self.rows += len(embeddings)
         return self._heads.estimates(embeddings, features)  # type: ignore[attr-defined,no-any-return]
 
+    def estimate_one(self, embedding: np.ndarray, features: np.ndarray) -> Estimate:
+        self.rows += 1
+        return self._heads.estimate_one(embedding, features)  # type: ignore[attr-defined,no-any-return]
+
 
 def test_a_repeated_prompt_is_estimated_once_and_answered_the_same() -> None:
     cached = Router.load()

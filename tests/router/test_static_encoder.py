@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,6 +11,7 @@ from router.encoders.base import clip_texts
 from router.encoders.static import StaticEncoder
 
 ENCODER = StaticEncoder.from_dir(default_artifact_dir())
+assert ENCODER._bert_ascii  # the shipped tokenizer takes the word memo for ASCII texts
 
 
 @settings(max_examples=200, deadline=None)
@@ -17,3 +19,32 @@ ENCODER = StaticEncoder.from_dir(default_artifact_dir())
 def test_the_fast_batch_gives_the_ids_of_the_plain_batch(texts: list[str]) -> None:
     plain = ENCODER.tokenizer.encode_batch(clip_texts(texts), add_special_tokens=False)
     assert ENCODER.token_ids(texts) == [e.ids[: ENCODER.max_tokens] for e in plain]
+
+
+_ASCII_PIECES = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=30),
+    st.sampled_from(
+        ["[CLS]", "[MASK]", "[cls]", "[SEP", "don't", "e.g.", "Hello", "x" * 120, " \t\r\n\x0b\x0c"]
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_ASCII_PIECES, max_size=12).map("".join), min_size=1, max_size=4))
+def test_ascii_texts_read_through_the_word_memo_give_the_tokenizers_ids(texts: list[str]) -> None:
+    """The memo's words are the normalizer's and pre-tokenizer's: control characters, the
+    whitespace kinds, punctuation, over-long words and the added tokens ("[CLS]") included."""
+    plain = ENCODER.tokenizer.encode_batch(clip_texts(texts), add_special_tokens=False)
+    assert ENCODER.token_ids(texts) == [e.ids[: ENCODER.max_tokens] for e in plain]
+
+
+def test_ascii_prompts_take_the_word_memo_and_others_the_tokenizer() -> None:
+    encoder = StaticEncoder.from_dir(default_artifact_dir())
+    encoder.token_ids(["Why is the sky blue?", "Pourquoi le ciel est-il bleu ? é", "[CLS] why"])
+    assert set(encoder._words) == {"why", "is", "the", "sky", "blue", "?"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=600))
+def test_one_text_is_encoded_bit_for_bit_as_in_a_batch(text: str) -> None:
+    assert np.array_equal(ENCODER.encode([text])[0], ENCODER.encode([text, "padding row"])[0])
