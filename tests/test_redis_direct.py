@@ -140,6 +140,30 @@ def test_a_command_is_packed_byte_for_byte_as_redis_py_packs_it(
     assert pack(name, *args) == b"".join(connection.pack_command(name, *args))
 
 
+class _Name(str):
+    """A str subclass (an enum's value, say): the general path encodes it."""
+
+
+@given(
+    args=st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(max_codepoint=127)),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.builds(_Name, st.text(max_size=5)),
+        ),
+        max_size=24,
+    )
+)
+def test_a_command_of_ascii_text_and_numbers_is_packed_as_redis_py_packs_it(
+    args: list[object],
+) -> None:
+    """The one-str path (every argument ASCII text or a number) and its way out to the
+    general one."""
+    connection = ConnectionPool.from_url("redis://127.0.0.1:1/0").make_connection()
+    assert pack("EVALSHA", *args) == b"".join(connection.pack_command("EVALSHA", *args))
+
+
 @pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}])
 def test_an_argument_redis_py_refuses_is_refused(bad: object) -> None:
     connection = ConnectionPool.from_url("redis://127.0.0.1:1/0").make_connection()

@@ -40,7 +40,10 @@ def test_ascii_texts_read_through_the_word_memo_give_the_tokenizers_ids(texts: l
 
 def test_ascii_prompts_take_the_word_memo_and_others_the_tokenizer() -> None:
     encoder = StaticEncoder.from_dir(default_artifact_dir())
-    encoder.token_ids(["Why is the sky blue?", "Pourquoi le ciel est-il bleu ? é", "[CLS] why"])
+    long = "Longer texts go to the tokenizer, which releases the GIL. " * 40
+    texts = ["Why is the sky blue?", "Pourquoi le ciel est-il bleu ? é", "[CLS] why", long]
+    plain = encoder.tokenizer.encode_batch(clip_texts(texts), add_special_tokens=False)
+    assert encoder.token_ids(texts) == [e.ids[: encoder.max_tokens] for e in plain]
     assert set(encoder._words) == {"why", "is", "the", "sky", "blue", "?"}
 
 
