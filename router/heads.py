@@ -71,6 +71,30 @@ class Neighbours:
         return float(self.value[top].sum() / k)
 
 
+@dataclass(frozen=True)
+class _OneRow:
+    """Heads.estimate_one's constants: every head's weights stacked as the rows of one
+    matrix (the categories', the budget's, each category's demand row, the tuned residual's),
+    and the per-category scalars as Python floats."""
+
+    weights: Array
+    n_cat: int
+    residual_at: int | None
+    low: Array | None
+    high: Array | None
+    late_column: bool  # the neighbour column is searched only where the demand row reads it
+    category_intercept: list[float]
+    demand_intercept: list[float]
+    demand_on_column: list[float]
+    platt: tuple[float, float]
+    category_offset: list[float]
+    residual: list[float] | None  # its weight on the neighbour column, slope, intercept
+    budget_offsets: list[list[float]]
+    budget_intercept: float
+    column_mean: float
+    column_scale: float
+
+
 _NEIGHBOUR_ROWS = 16
 # The k nearest are chosen in float64 among the CANDIDATES * k nearest in float32.
 _CANDIDATES = 2
@@ -188,62 +212,75 @@ class Heads:
         return self.estimates_batched(embeddings, features)
 
     @cached_property
-    def _stacked(self) -> tuple[Array, int, int, int | None]:
-        """Every head's weights as the rows of one matrix, for estimate_one's single product:
-        the categories', the budget's, each category's demand row, the tuned residual's."""
+    def _one_row(self) -> _OneRow:
+        """estimate_one's constants, worked out once (the heads are frozen)."""
         rows = [self.category_coef, self.budget_coef[None, :], self.demand_coef]
         residual = self.demand_residual
         if residual is not None:
             rows.append(residual[None, :-2])
         n_cat = len(self.category_coef)
-        return (
-            np.ascontiguousarray(np.vstack(rows)),
-            n_cat,
-            n_cat + 1,
-            2 * n_cat + 1 if residual is not None else None,
+        low, high = (None, None) if self.feature_range is None else self.feature_range
+        return _OneRow(
+            weights=np.ascontiguousarray(np.vstack(rows)),
+            n_cat=n_cat,
+            residual_at=2 * n_cat + 1 if residual is not None else None,
+            low=low,
+            high=high,
+            late_column=self.neighbours is not None and self._column_read_by_demand_only,
+            category_intercept=self.category_intercept.tolist(),
+            demand_intercept=self.demand_intercept.tolist(),
+            demand_on_column=self.demand_coef[:, -1].tolist(),
+            platt=(float(self.demand_platt[0]), float(self.demand_platt[1])),
+            category_offset=self.demand_category_offset.tolist(),
+            residual=None if residual is None else residual[-3:].tolist(),
+            budget_offsets=self.budget_offsets.tolist(),
+            budget_intercept=float(self.budget_intercept),
+            column_mean=float(self.input_mean[-1]),
+            column_scale=float(self.input_scale[-1]),
         )
 
     def estimate_one(
         self, embedding: npt.NDArray[np.float32], features: npt.NDArray[np.float32]
     ) -> Estimate:
         """estimates() for one prompt: the same arithmetic as estimates_batched, its dot
-        products in one matrix-vector product and its scalars in Python (a third of the time
+        products in one matrix-vector product and its scalars in Python (a quarter of the time
         on a short prompt: the batch's array calls cost more than their arithmetic). Sums
         may run in another order: the demand can differ in its last bits (tests hold it to
         1e-9 of the batch's)."""
+        one = self._one_row
         neighbours = self.neighbours
-        parts = [embedding.astype(np.float64), self._read(features)]
-        late_column = neighbours is not None and self._column_read_by_demand_only
+        read = features.astype(np.float64)
+        if one.low is not None and one.high is not None:
+            read = np.minimum(np.maximum(read, one.low), one.high)  # np.clip's values
+        parts = [embedding.astype(np.float64), read]
         if neighbours is not None:
-            if late_column:
+            if one.late_column:
                 parts.append(self.input_mean[-1:])  # standardised to 0 until it is read
             else:
                 parts.append(neighbours.column(embedding[None, :]))
         x = (np.concatenate(parts) - self.input_mean) / self.input_scale
-        weights, n_cat, demand_at, residual_at = self._stacked
-        product = weights @ x
-        cat = int(np.argmax(product[:n_cat] + self.category_intercept))
-        scores = product.tolist()
-        raw = scores[demand_at + cat]
+        scores = (one.weights @ x).tolist()
+        n_cat = one.n_cat
+        by_category = [s + b for s, b in zip(scores[:n_cat], one.category_intercept, strict=True)]
+        cat = by_category.index(max(by_category))  # argmax: the first of equal ones
+        raw = scores[n_cat + 1 + cat]
         column = 0.0
-        if late_column and neighbours is not None and self.demand_coef[cat, -1] != 0.0:
-            column = float(
-                (neighbours.column(embedding[None, :])[0] - self.input_mean[-1])
-                / self.input_scale[-1]
-            )
-            raw += float(self.demand_coef[cat, -1]) * column
-        raw += float(self.demand_intercept[cat])
-        platt = self.demand_platt
-        logit = float(platt[0]) * raw + float(platt[1]) + float(self.demand_category_offset[cat])
-        if residual_at is not None and self.demand_residual is not None:
-            r = self.demand_residual
+        if one.late_column and neighbours is not None and one.demand_on_column[cat] != 0.0:
+            column = (
+                float(neighbours.column(embedding[None, :])[0]) - one.column_mean
+            ) / one.column_scale
+            raw += one.demand_on_column[cat] * column
+        raw += one.demand_intercept[cat]
+        logit = one.platt[0] * raw + one.platt[1] + one.category_offset[cat]
+        if one.residual is not None and one.residual_at is not None:
+            on_column, slope, intercept = one.residual
             # Its weight on a late column was left out of the product, where the column was 0.
-            tuned = scores[residual_at] + float(r[-3]) * column
-            logit = (1.0 + float(r[-2])) * logit + tuned + float(r[-1])
+            tuned = scores[one.residual_at] + on_column * column
+            logit = (1.0 + slope) * logit + tuned + intercept
         demand = 1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0)))
-        mean_log = scores[n_cat] + self.budget_intercept
-        p50 = math.exp(mean_log + float(self.budget_offsets[cat, 0]))
-        p90 = math.exp(mean_log + float(self.budget_offsets[cat, 1]))
+        mean_log = scores[n_cat] + one.budget_intercept
+        p50 = math.exp(mean_log + one.budget_offsets[cat][0])
+        p90 = math.exp(mean_log + one.budget_offsets[cat][1])
         return Estimate(
             reasoning_demand=demand,
             token_budget_p50=max(1, round(p50)),
