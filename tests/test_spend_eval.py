@@ -124,10 +124,18 @@ async def test_spend_log_eval_reproduces_pairs_eval_on_the_same_prompts(
 
     fresh = evaluate_pairs(Router.load(), load_pairs(pairs_path))
     logged = evaluate_logged(joined.pairs)
-    # The router's and the random router's rows are the same figures, not just close.
-    assert comparable([r for r in logged if r["method"] != "length(tokens)"]) == comparable(
-        [r for r in fresh if r["method"] != "length"]
-    )
+    # The router's and the random router's rows are the same figures up to their last bits: the
+    # gateway estimated each prompt alone, whose sums run in another order than the batch's
+    # (tests/router/test_one_row.py). The printed tables below are equal.
+    logged_rows = comparable([r for r in logged if r["method"] != "length(tokens)"])
+    fresh_rows = comparable([r for r in fresh if r["method"] != "length"])
+    assert [sorted(r) for r in logged_rows] == [sorted(r) for r in fresh_rows]
+    for got, expected in zip(logged_rows, fresh_rows, strict=True):
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), (got, name)
+            else:
+                assert got[name] == value, (got, name)
     assert {r["group"] for r in logged} == {"chat", "math", "overall"}
 
     runner = CliRunner()

@@ -1,12 +1,15 @@
-"""The shipped static encoder reads the tokenizer's ids exactly as the plain batch call gives them."""
+"""The shipped static encoder reads the tokenizer's ids exactly as the plain batch call gives them,
+its word memo for ASCII texts included."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.artifact import default_artifact_dir
+from router.encoders import static
 from router.encoders.base import clip_texts
 from router.encoders.static import StaticEncoder
 
@@ -51,3 +54,15 @@ def test_ascii_prompts_take_the_word_memo_and_others_the_tokenizer() -> None:
 @given(st.text(max_size=600))
 def test_one_text_is_encoded_bit_for_bit_as_in_a_batch(text: str) -> None:
     assert np.array_equal(ENCODER.encode([text])[0], ENCODER.encode([text, "padding row"])[0])
+
+
+def test_the_word_memo_stays_bounded_and_right_when_it_starts_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(static, "_WORDS_KEPT", 3)
+    encoder = StaticEncoder.from_dir(default_artifact_dir())
+    texts = [f"alpha beta gamma delta epsilon {n}" for n in range(5)]
+    plain = encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
+    for text, expected in zip(texts, plain, strict=True):
+        assert encoder.token_ids([text]) == [expected.ids]
+        assert len(encoder._words) <= 3
