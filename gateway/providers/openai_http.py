@@ -17,6 +17,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.providers.plain_http import PlainHTTP, PlainTarget, UpstreamProtocolError
 from gateway.providers.pooled import (
     PooledSession,
     describe,
@@ -41,6 +42,9 @@ class _Target:
     stream_timeout: aiohttp.ClientTimeout
     proxy: URL | None
     proxy_auth: aiohttp.BasicAuth | None
+    # Plain calls to an http:// URL without a proxy go through PlainHTTP (None: aiohttp).
+    plain: PlainTarget | None
+    plain_embeddings: PlainTarget | None
 
 
 class OpenAIHTTPProvider:
@@ -60,24 +64,41 @@ class OpenAIHTTPProvider:
         # By name and URL: a local deployment's replicas are one name at several URLs.
         self._targets: dict[tuple[str, str | None], _Target] = {}
         self._pool = PooledSession(max_connections)
+        self._plain = PlainHTTP(max_connections)
 
     async def aclose(self) -> None:
+        await self._plain.aclose()
         await self._pool.aclose()
 
     async def complete(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(deployment)
         body = orjson.dumps({**payload, "stream": False, "model": deployment.upstream_model})
-        return await self._post(deployment, target, target.url, body)
+        return await self._post(deployment, target, target.url, body, target.plain)
 
     async def embed(self, deployment: Deployment, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(deployment)
         body = orjson.dumps({**payload, "model": deployment.upstream_model})
-        return await self._post(deployment, target, target.embeddings_url, body)
+        return await self._post(
+            deployment, target, target.embeddings_url, body, target.plain_embeddings
+        )
 
     async def _post(
-        self, deployment: Deployment, target: _Target, url: URL, body: bytes
+        self,
+        deployment: Deployment,
+        target: _Target,
+        url: URL,
+        body: bytes,
+        plain: PlainTarget | None,
     ) -> dict[str, Any]:
         """One plain (not streamed) call: the decoded JSON answer, or an UpstreamError."""
+        if plain is not None:
+            try:
+                status, content = await self._plain.post(plain, body, deployment.timeout_s)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
+            except (OSError, UpstreamProtocolError) as exc:
+                raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
+            return self._answer(deployment, status, content)
         try:
             async with self._pool.get().post(
                 url,
@@ -94,6 +115,9 @@ class OpenAIHTTPProvider:
             raise UpstreamTimeout(deployment.name, _timeout_text(deployment)) from exc
         except aiohttp.ClientError as exc:
             raise self._error(deployment, f"connection failed: {describe(exc)}") from exc
+        return self._answer(deployment, status, content)
+
+    def _answer(self, deployment: Deployment, status: int, content: bytes) -> dict[str, Any]:
         if status >= 400:
             raise self._status_error(deployment, status, content)
         try:
@@ -174,9 +198,11 @@ class OpenAIHTTPProvider:
         except LookupError:
             proxy, proxy_auth = None, None
         timeout_s = deployment.timeout_s
+        embeddings_url = URL(base + "/embeddings")
+        direct = url.scheme == "http" and proxy is None
         return _Target(
             url=url,
-            embeddings_url=URL(base + "/embeddings"),
+            embeddings_url=embeddings_url,
             headers=headers,
             plain_timeout=aiohttp.ClientTimeout(total=timeout_s),
             stream_timeout=aiohttp.ClientTimeout(
@@ -184,6 +210,8 @@ class OpenAIHTTPProvider:
             ),
             proxy=proxy,
             proxy_auth=proxy_auth,
+            plain=PlainTarget.build(url, headers) if direct else None,
+            plain_embeddings=PlainTarget.build(embeddings_url, headers) if direct else None,
         )
 
     def _error(self, deployment: Deployment, message: str, **kwargs: Any) -> UpstreamError:
