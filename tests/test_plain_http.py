@@ -250,3 +250,23 @@ def test_it_serves_on_uvloop_as_the_gateway_runs_it() -> None:
         return server.connections, len(server.requests)
 
     assert uvloop.run(scenario()) == (1, 3)
+
+
+def test_a_client_used_from_a_second_event_loop_opens_its_own_connections() -> None:
+    """A connection belongs to the loop that made it (a CLI command after another, a test
+    after another): a new loop never reuses the idle ones of an old one."""
+    plain = PlainHTTP(2)
+    server = Server(lambda n: framed(b"{}"))
+
+    async def call() -> tuple[int, bytes]:
+        running = await asyncio.start_server(server.handle, "127.0.0.1", server.port)
+        server.port = running.sockets[0].getsockname()[1]
+        url = URL(f"http://127.0.0.1:{server.port}/v1/x")
+        try:
+            return await plain.post(PlainTarget.build(url, {}), b"{}", 5)
+        finally:
+            running.close()
+
+    assert asyncio.run(call()) == (200, b"{}")
+    assert asyncio.run(call()) == (200, b"{}")
+    assert server.connections == 2

@@ -17,6 +17,7 @@ for: `accept-encoding: identity`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from dataclasses import dataclass
@@ -138,7 +139,8 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing to do there
+                self.transport.close()
 
     def _ends_at_close(self) -> bool:
         return (
@@ -167,13 +169,21 @@ class PlainHTTP:
     """Keep-alive connections per host and port, at most `max_connections` calls at once."""
 
     def __init__(self, max_connections: int) -> None:
+        self._max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, target: PlainTarget, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         """POST `body`; the answer's status and body. TimeoutError past `timeout_s` in all
         (waiting for a slot, connecting, sending, reading); OSError where the connection
         failed; UpstreamProtocolError where the answer was not readable HTTP."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Connections and the semaphore belong to the loop they were made in.
+            self._drop_idle()
+            self._slots = asyncio.Semaphore(self._max_connections)
+            self._loop = loop
         request = target.head + str(len(body)).encode() + b"\r\n\r\n" + body
         async with asyncio.timeout(timeout_s), self._slots:
             connection = self._idle_connection(target) or await self._connect(target)
@@ -205,6 +215,9 @@ class PlainHTTP:
         return connection
 
     async def aclose(self) -> None:
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()
