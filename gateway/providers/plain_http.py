@@ -1,7 +1,7 @@
 """Plain (not streamed) POSTs to `http://` upstreams on keep-alive connections of our own.
 
 aiohttp's request path is Python from end to end (session, connector, request and response
-objects, timers): in the gateway it was about a sixth of a request's CPU (docs/benchmarks.md,
+objects, timers): this client takes 10 to 18% off a gateway request's CPU (docs/benchmarks.md,
 "A fifth run"). A plain call to an upstream on plain HTTP needs little of it: the request line
 and headers are built once per URL, the body written in one call, the answer parsed by
 httptools (which uvicorn already uses). Streams, TLS and proxies stay on aiohttp.
