@@ -213,6 +213,7 @@ async def test_the_provider_sends_plain_http_calls_through_it_and_tls_or_proxies
         plain = provider._target(deployment("fake-ok", upstream.base_url))
         assert plain.plain is not None and plain.plain_embeddings is not None
         assert b"authorization: Bearer sk-x\r\n" in plain.plain.head
+        assert "sk-x" not in repr(plain.plain)
         assert (await provider.complete(deployment("fake-ok", upstream.base_url), HELLO))["choices"]
         assert sum(len(idle) for idle in provider._plain._idle.values()) == 1
         assert provider._target(deployment("tls", "https://example.invalid/v1")).plain is None

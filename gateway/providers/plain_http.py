@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
@@ -39,7 +39,7 @@ class PlainTarget:
 
     host: str
     port: int
-    head: bytes
+    head: bytes = field(repr=False)  # carries the upstream key: never in a log line
 
     @classmethod
     def build(cls, url: URL, headers: dict[str, str]) -> PlainTarget:
