@@ -136,13 +136,23 @@ async def test_an_answer_in_an_unknown_encoding_is_refused(
         await client.post(target, b"{}", 5)
 
 
-async def test_a_connection_the_server_closed_while_idle_is_not_reused(
-    serve: Callable[[Server], Awaitable[PlainTarget]], client: PlainHTTP
+@pytest.mark.parametrize(
+    "to_idle",
+    [
+        lambda writer: writer.close(),  # the server's keep-alive ran out
+        lambda writer: writer.write(framed(b'{"stray": 1}')),  # an answer nobody asked for
+    ],
+    ids=["closed-by-the-server", "bytes-sent-unasked"],
+)
+async def test_an_idle_connection_the_server_closed_or_wrote_on_is_not_reused(
+    serve: Callable[[Server], Awaitable[PlainTarget]],
+    client: PlainHTTP,
+    to_idle: Callable[[asyncio.StreamWriter], None],
 ) -> None:
     server = Server(lambda n: framed(b"{}"))
     target = await serve(server)
     await client.post(target, b"{}", 5)
-    server.writers[0].close()  # the server's keep-alive ran out
+    to_idle(server.writers[0])
     await asyncio.sleep(0.05)
     assert await client.post(target, b"{}", 5) == (200, b"{}")
     assert server.connections == 2
@@ -173,18 +183,6 @@ async def test_a_timed_out_call_closes_its_connection_and_the_next_call_gets_a_n
     assert await client.post(target, b"{}", 5) == (200, b'{"n": 1}')
     await asyncio.sleep(0.05)
     assert server.connections == 2 and server.closed_by_client == 1
-
-
-async def test_bytes_sent_unasked_on_an_idle_connection_retire_it(
-    serve: Callable[[Server], Awaitable[PlainTarget]], client: PlainHTTP
-) -> None:
-    server = Server(lambda n: framed(b"{}"))
-    target = await serve(server)
-    await client.post(target, b"{}", 5)
-    server.writers[0].write(framed(b'{"stray": 1}'))  # an answer nobody asked for
-    await asyncio.sleep(0.05)
-    assert await client.post(target, b"{}", 5) == (200, b"{}")
-    assert server.connections == 2
 
 
 async def test_a_server_closing_before_its_answer_is_a_connection_error(
