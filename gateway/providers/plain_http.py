@@ -80,8 +80,7 @@ class _Connection(asyncio.Protocol):
         if answer is None or answer.done():
             return
         if self._headers_done and self._ends_at_close():
-            self._keep_alive = False
-            answer.set_result(None)
+            answer.set_result(None)  # not reusable: it is closed
         else:
             answer.set_exception(
                 ConnectionResetError("the upstream closed the connection before its answer")
