@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -51,12 +52,18 @@ def durable(tmp_path: Path, flush_interval_ms: int, **spend_log: Any) -> dict[st
     }
 
 
-def _writer(store_url: str, directory: Path) -> SpendWriter:
-    """A writer flushing every 50 ms on its own engine, its fallback file and journal in
-    `directory`."""
+def _writer(
+    store_url: str,
+    directory: Path,
+    *,
+    connect: Callable[[], Store] | None = None,
+    flush_interval_s: float = 0.05,
+) -> SpendWriter:
+    """A writer flushing every 50 ms on its own engine (or `connect`'s store), its fallback
+    file and journal in `directory`."""
     return SpendWriter(
-        lambda: Store.connect(store_url),
-        flush_interval_s=0.05,
+        connect or (lambda: Store.connect(store_url)),
+        flush_interval_s=flush_interval_s,
         batch_size=500,
         fallback_file=directory / "spend-log-unwritten.jsonl",
         journal_dir=directory / "journal",
@@ -247,32 +254,41 @@ class _HeldStore(Store):
         await super().insert_spend(records)
 
 
+def _held_writer(store_url: str, tmp_path: Path) -> SpendWriter:
+    """A writer whose inserts wait for _HeldStore.release, its events cleared."""
+    _HeldStore.entered.clear()
+    _HeldStore.release.clear()
+    return _writer(
+        store_url,
+        tmp_path,
+        connect=lambda: _HeldStore(Store.connect(store_url).engine),
+        flush_interval_s=0.01,
+    )
+
+
+async def _until_an_insert_is_held() -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not _HeldStore.entered.is_set():
+        assert asyncio.get_running_loop().time() < deadline, "the writer never flushed"
+        await asyncio.sleep(0.005)
+
+
 async def test_writing_spend_rows_never_stalls_the_serving_event_loop(
     store_url: str, tmp_path: Path
 ) -> None:
     store = Store.connect(store_url)
     await store.migrate()
-    writer = SpendWriter(
-        lambda: _HeldStore(Store.connect(store_url).engine),
-        flush_interval_s=0.01,
-        batch_size=500,
-        fallback_file=tmp_path / "spend-log-unwritten.jsonl",
-        journal_dir=tmp_path / "journal",
-    )
+    writer = _held_writer(store_url, tmp_path)
     _HeldStore.threads.clear()
     _HeldStore.released.clear()
     serving = threading.get_ident()
     try:
         await writer.start()
-        loop = asyncio.get_running_loop()
         for i in range(3):  # three flushes, each holding its thread until the loop turns
             _HeldStore.entered.clear()
             _HeldStore.release.clear()
             writer.record(_record(f"held-{i}", "search"))
-            deadline = loop.time() + 30
-            while not _HeldStore.entered.is_set():
-                assert loop.time() < deadline, "the writer never flushed"
-                await asyncio.sleep(0.005)
+            await _until_an_insert_is_held()
             await asyncio.sleep(0)  # the serving loop turns while the insert is held
             _HeldStore.release.set()
         await writer.aclose()
@@ -293,23 +309,11 @@ async def test_a_flush_asked_for_returns_once_the_batch_being_inserted_is_in_the
     # the log (a rebuild on a loaded CI host counted 2 requests of 5).
     store = Store.connect(store_url)
     await store.migrate()
-    writer = SpendWriter(
-        lambda: _HeldStore(Store.connect(store_url).engine),
-        flush_interval_s=0.01,
-        batch_size=500,
-        fallback_file=tmp_path / "spend-log-unwritten.jsonl",
-        journal_dir=tmp_path / "journal",
-    )
-    _HeldStore.entered.clear()
-    _HeldStore.release.clear()
+    writer = _held_writer(store_url, tmp_path)
     try:
         await writer.start()
         writer.record(_record("in-flight", "search"))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while not _HeldStore.entered.is_set():  # the interval's flush is inserting it
-            assert loop.time() < deadline, "the writer never flushed"
-            await asyncio.sleep(0.005)
+        await _until_an_insert_is_held()  # the interval's flush is inserting it
         flushing = asyncio.create_task(writer.flush())
         await asyncio.sleep(0.05)
         _HeldStore.release.set()
