@@ -37,6 +37,9 @@ from ledger.redis_direct import DirectCommands
 
 # Connections per process; a call past them waits for one (see RedisCounters.connect).
 _MAX_CONNECTIONS = 256
+# The scripts' connection (ledger/redis_direct.py) is taken for dead when a command on it has
+# had no reply for this long, without an operation deadline of its own.
+_STALE_AFTER_S = 5.0
 # A "stale before" no heartbeat reaches: the sweep script then releases the owner's holds.
 _ALWAYS_STALE_MS = 2**62
 
@@ -197,8 +200,8 @@ return released
 class RedisCounters:
     """The scale-out ledger backend."""
 
-    # A command is written in the call's first step (on an idle connection; a call that must
-    # open one first can be overtaken), and Redis applies them in the order they arrive.
+    # A command takes its place on the event loop's one connection in the call's first step
+    # (ledger/redis_direct.py), and Redis applies a connection's commands in that order.
     applies_in_order = True
 
     def __init__(self, redis: Redis, prefix: str, *, timeout_s: float | None = None) -> None:
@@ -215,7 +218,9 @@ class RedisCounters:
         # The scripts go past the client's layers (ledger/redis_direct.py), with the client's
         # one retry of a connection error; the other commands (heartbeats, sweeps, SCAN) are
         # off the request path and stay on the client.
-        self._direct = DirectCommands(redis.connection_pool, _MAX_CONNECTIONS, retries=1)
+        self._direct = DirectCommands(
+            redis.connection_pool, retries=1, stale_after_s=timeout_s or _STALE_AFTER_S
+        )
 
     @classmethod
     def connect(

@@ -1,4 +1,4 @@
-"""Commands on the request path sent on redis-py connections held here, past the client's layers.
+"""Commands on the request path, pipelined on one connection per event loop, past redis-py's layers.
 
 A command through redis-py's asyncio client takes a connection from the pool (its lock and
 condition, a check that the connection has no stray data, connection-count metrics), runs
@@ -7,25 +7,37 @@ under the client's retry wrapper, and a script call adds `Script.__call__`'s own
 held connection (docs/benchmarks.md, "Redis calls past the client's layers"). The ledger's
 reserve and settle and the prompt cache's lookup and store are four such calls per request.
 
-`DirectCommands` keeps the parts that matter and drops the rest: connections are redis-py's
-own (`pool.make_connection()`: the same URL, connect timeout and hiredis reply parser), a
-reply error is redis-py's exception, a cut or failed call leaves its connection disconnected
-(redis-py's `send_packed_command`/`read_response` do that) and the next use reconnects. What
-is dropped is the pool's bookkeeping: idle connections are a list, and at most
-`max_connections` are out at once (past them a call waits for one, under the caller's
-deadline, as with the blocking pool). Callers bound each call themselves (asyncio.timeout).
+`DirectCommands` keeps the parts that matter and drops the rest. A connection is opened by
+redis-py (`pool.make_connection()`: the same URL, TLS, AUTH/SELECT, connect timeout), then its
+socket is driven here by an asyncio protocol: commands are written in the order they are
+called, those called in one turn of the event loop in one write, and Redis's replies, read by
+hiredis with redis-py's error classes, go to their commands in that same order (Redis answers
+a connection's commands in order). So every command of one event loop is applied in the
+order it was called, and the CPU and system calls of a round trip are shared by the
+concurrent requests (docs/benchmarks.md, "Redis commands pipelined").
+
+A call cut by its caller's deadline or cancellation leaves its place in the line: its reply,
+when it comes, is dropped, and the connection carries on. A connection whose oldest command
+has waited `stale_after_s` without a reply is taken for dead (a hung server, a lost link):
+closed, and every command still on it fails with redis-py's ConnectionError, as does every
+command on a connection the server closes or that fails; the next call opens a new one.
+Callers bound each call themselves (asyncio.timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+from collections import deque
 from typing import Any
 
+import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
 
 
 def pack(*args: Any) -> bytes:
@@ -70,45 +82,31 @@ def _pack_bytes(args: tuple[Any, ...]) -> bytes:
 
 
 class DirectCommands:
-    """One command, one reply, on a connection of this object's own."""
+    """Commands and their replies, pipelined on a connection of this object's own per event
+    loop (redis-py's connections and their futures belong to the loop that made them)."""
 
-    def __init__(self, pool: ConnectionPool, max_connections: int, *, retries: int = 0) -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, retries: int = 0, stale_after_s: float = 5.0
+    ) -> None:
         self._pool = pool  # a factory of connections: this object never takes one from it
-        self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[AbstractConnection] = []
-        self._all: set[AbstractConnection] = set()
-        # Connection errors retried on a fresh connection: a pooled connection that died with
-        # a restarted Redis fails its first write. Never a timeout (Redis may have run it).
+        self._pipes: dict[asyncio.AbstractEventLoop, _Pipe] = {}
+        # Connection errors retried on a new connection: a connection that died with a
+        # restarted Redis fails the commands written on it. Never a timeout (Redis may have
+        # run it).
         self._retries = retries
+        self._stale_after_s = stale_after_s
 
     async def call(self, *args: Any) -> Any:
         """Send one command; its reply, or redis-py's exception for it."""
-        async with self._slots:
-            connection = self._idle.pop() if self._idle else self._new()
-            retries = self._retries
-            while True:
-                try:
-                    await connection.send_packed_command(pack(*args), check_health=False)
-                    reply = await connection.read_response()
-                except ResponseError:
-                    self._idle.append(connection)  # Redis answered: the connection is sound
+        packed = pack(*args)
+        retries = self._retries
+        while True:
+            try:
+                return await self._pipe().send(packed)
+            except RedisConnectionError:
+                if retries == 0:
                     raise
-                except RedisConnectionError:
-                    # redis-py disconnected it; the next send on it connects afresh.
-                    if retries == 0:
-                        self._idle.append(connection)
-                        raise
-                    retries -= 1
-                    continue
-                except BaseException:
-                    # A cut (deadline, cancellation) mid-command. redis-py disconnects on a cut
-                    # write or read; disconnecting here as well covers a cut inside the connect,
-                    # so that no late reply can be read as the next command's.
-                    await connection.disconnect(nowait=True)
-                    self._idle.append(connection)
-                    raise
-                self._idle.append(connection)
-                return reply
+                retries -= 1
 
     async def script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL where Redis does not have the script (a flushed or new server),
@@ -118,13 +116,124 @@ class DirectCommands:
         except NoScriptError:
             return await self.call("EVAL", script.script, len(keys), *keys, *args)
 
-    def _new(self) -> AbstractConnection:
-        connection: AbstractConnection = self._pool.make_connection()
-        self._all.add(connection)
-        return connection
+    def _pipe(self) -> _Pipe:
+        loop = asyncio.get_running_loop()
+        pipe = self._pipes.get(loop)
+        if pipe is None or pipe.closed or pipe.stale(self._stale_after_s):
+            if pipe is not None:
+                pipe.close(RedisConnectionError("no reply from Redis: connection closed"))
+            pipe = self._pipes[loop] = _Pipe(loop, self._pool)
+        return pipe
 
     async def aclose(self) -> None:
-        for connection in self._all:
-            await connection.disconnect()
-        self._all.clear()
-        self._idle.clear()
+        """Close this event loop's connection (the others' belong to loops of their own, each
+        closed with its loop)."""
+        for loop, pipe in list(self._pipes.items()):
+            if loop is asyncio.get_running_loop() or loop.is_closed():
+                pipe.close(RedisConnectionError("connection closed by the gateway"))
+                del self._pipes[loop]
+
+
+class _Pipe(asyncio.Protocol):
+    """One connection: commands out in the order sent, replies to them in the same order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: ConnectionPool) -> None:
+        self._loop = loop
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_reply_error)
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._out: list[bytes] = []  # written at the end of the loop's turn, or once connected
+        self._flushing = False
+        self._transport: asyncio.Transport | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._failure: BaseException | None = None
+        self.closed = False
+        self._opening = loop.create_task(self._open(pool.make_connection()))
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """The command's reply, to await; its bytes go out with this turn's others."""
+        future = self._loop.create_future()
+        self._waiting.append((future, self._loop.time()))
+        self._out.append(packed)
+        if self._transport is not None and not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def stale(self, after_s: float) -> bool:
+        return bool(self._waiting) and self._loop.time() - self._waiting[0][1] > after_s
+
+    async def _open(self, connection: AbstractConnection) -> None:
+        try:
+            await connection.connect()  # redis-py's: TLS, AUTH and SELECT as the URL says
+            writer = connection._writer  # the socket is driven from here on
+            assert writer is not None
+            transport = writer.transport
+            # Detached, or redis-py's finaliser would close the socket under this protocol; the
+            # stream writer is kept as long as this connection is, as its finaliser would too.
+            connection._writer = connection._reader = None
+            self._writer = writer
+        except Exception as exc:
+            self.close(exc)
+            return
+        if self.closed:
+            transport.close()
+            return
+        encoding = connection.encoder.encoding if connection.encoder.decode_responses else None
+        if encoding is not None:
+            self._reader = hiredis.Reader(
+                protocolError=InvalidResponse, replyError=_reply_error, encoding=encoding
+            )
+        transport.set_protocol(self)
+        self._transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self._out and self._transport is not None:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if not self._waiting:
+                    raise InvalidResponse("Redis sent a reply no command asked for")
+                future, _ = self._waiting.popleft()
+                if future.done():  # its caller was cut: the reply is nobody's
+                    continue
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except InvalidResponse as exc:
+            self.close(RedisConnectionError(f"Redis connection broken: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(RedisConnectionError(f"Connection closed by server ({exc!r})."))
+
+    def close(self, failure: BaseException) -> None:
+        """Closed for good; every command still waiting fails with `failure`."""
+        self.closed = True
+        if self._failure is None:
+            self._failure = failure
+        if self._transport is not None:
+            self._transport.close()
+        elif asyncio.current_task(self._loop) is not self._opening:
+            self._opening.cancel()  # still connecting: its socket is closed as it is cut
+        self._out.clear()
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                # One exception each: a raised exception collects its raiser's traceback.
+                future.set_exception(copy.copy(self._failure))
+
+
+def _reply_error(message: str) -> ResponseError:
+    """An error reply as redis-py raises it (NOSCRIPT as NoScriptError, and so on)."""
+    error: ResponseError = BaseParser.parse_error(message)
+    return error

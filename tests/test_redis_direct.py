@@ -1,20 +1,23 @@
 """The ledger's and the cache's direct Redis calls (ledger/redis_direct.py): what the client's
-layers gave them, kept without the layers. Each test has a redis-server of its own."""
+layers gave them, kept without the layers, and the commands pipelined on one connection per
+event loop. Each test has a redis-server of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import pytest
 import redis
+import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 
-from ledger.redis_direct import DirectCommands, pack
+from ledger.redis_direct import DirectCommands, _Pipe, pack
 from tests.test_cache_redis_outage import ThrowawayRedis, own_redis
 
 __all__ = ["own_redis"]
@@ -22,9 +25,9 @@ __all__ = ["own_redis"]
 SCRIPT = "return {KEYS[1], ARGV[1]}"
 
 
-def direct(url: str, max_connections: int = 8, retries: int = 0) -> DirectCommands:
+def direct(url: str, retries: int = 0, stale_after_s: float = 5.0) -> DirectCommands:
     pool = ConnectionPool.from_url(url, protocol=2, driver_info=None, socket_timeout=None)
-    return DirectCommands(pool, max_connections, retries=retries)
+    return DirectCommands(pool, retries=retries, stale_after_s=stale_after_s)
 
 
 async def clients(server: redis.Redis, expected: int) -> int:
@@ -41,7 +44,7 @@ async def clients(server: redis.Redis, expected: int) -> int:
 async def test_a_reply_is_the_commands_own_after_a_call_cut_mid_reply(
     own_redis: ThrowawayRedis,
 ) -> None:
-    calls = direct(own_redis.url, max_connections=1)
+    calls = direct(own_redis.url)
     try:
         assert await calls.call("ECHO", "warm") == b"warm"
         assert own_redis.process is not None
@@ -97,29 +100,131 @@ async def test_a_connection_dead_with_a_restarted_redis_is_retried_once_when_ask
         assert await once.call("ECHO", "a") == b"a"
         assert await never.call("ECHO", "a") == b"a"
         own_redis.stop()
-        own_redis.start()  # same port; both idle connections are dead
-        assert await once.call("ECHO", "b") == b"b"
+        own_redis.start()  # same port; both idle connections are dead, not yet noticed
+        assert await once.call("ECHO", "b") == b"b"  # failed on the dead one, then retried
+        # The loop ran meanwhile: the other's connection was seen closed, a new one is opened.
+        assert await never.call("ECHO", "c") == b"c"
+        own_redis.stop()
+        own_redis.start()
         with pytest.raises(RedisConnectionError):
-            await never.call("ECHO", "b")
-        assert await never.call("ECHO", "c") == b"c"  # reconnected on its next use
+            await never.call("ECHO", "d")
+        assert await never.call("ECHO", "e") == b"e"  # reconnected on its next use
     finally:
         await once.aclose()
         await never.aclose()
 
 
-async def test_no_more_connections_than_the_bound_and_each_waiter_served(
+async def test_concurrent_commands_share_one_connection_each_reply_its_own(
     own_redis: ThrowawayRedis,
 ) -> None:
-    calls = direct(own_redis.url, max_connections=3)
+    calls = direct(own_redis.url)
     server = redis.Redis.from_url(own_redis.url)
     try:
-        replies = await asyncio.gather(*(calls.call("ECHO", str(i)) for i in range(50)))
-        assert replies == [str(i).encode() for i in range(50)]
-        assert await clients(server, 3) == 3
+        replies = await asyncio.gather(*(calls.call("ECHO", str(i)) for i in range(200)))
+        assert replies == [str(i).encode() for i in range(200)]
+        assert await clients(server, 1) == 1
         await calls.aclose()
         assert await clients(server, 0) == 0
     finally:
         await calls.aclose()
+
+
+async def test_commands_called_in_one_turn_of_the_loop_go_out_in_one_write(
+    own_redis: ThrowawayRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    flush = _Pipe._flush
+
+    def counted(pipe: _Pipe) -> None:
+        if pipe._out:
+            writes.append(b"".join(pipe._out))
+        flush(pipe)
+
+    monkeypatch.setattr(_Pipe, "_flush", counted)
+    calls = direct(own_redis.url)
+    try:
+        assert await calls.call("ECHO", "connected") == b"connected"
+        writes.clear()
+        replies = await asyncio.gather(*(calls.call("ECHO", str(i)) for i in range(20)))
+        assert replies == [str(i).encode() for i in range(20)]
+        assert writes == [b"".join(pack("ECHO", str(i)) for i in range(20))]
+    finally:
+        await calls.aclose()
+
+
+async def test_calls_cut_anywhere_in_the_line_leave_every_other_reply_its_own(
+    own_redis: ThrowawayRedis,
+) -> None:
+    calls = direct(own_redis.url)
+    try:
+        tasks = [asyncio.create_task(calls.call("ECHO", str(i))) for i in range(60)]
+        await asyncio.sleep(0)  # every command in the line
+        for task in tasks[::3]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for i, result in enumerate(results):
+            if i % 3 == 0:
+                assert isinstance(result, asyncio.CancelledError)
+            else:
+                assert result == str(i).encode()
+        assert await calls.call("ECHO", "after") == b"after"
+    finally:
+        await calls.aclose()
+
+
+async def test_a_connection_without_a_reply_for_too_long_is_closed_and_replaced(
+    own_redis: ThrowawayRedis,
+) -> None:
+    calls = direct(own_redis.url, stale_after_s=0.3)
+    server = redis.Redis.from_url(own_redis.url)
+    try:
+        assert await calls.call("ECHO", "warm") == b"warm"
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)  # a hung server: nothing answered
+        try:
+            waiting = asyncio.create_task(calls.call("ECHO", "lost"))  # no deadline of its own
+            await asyncio.sleep(0.4)
+            replaced = asyncio.create_task(calls.call("ECHO", "new"))
+            with pytest.raises(RedisConnectionError):
+                async with asyncio.timeout(5):
+                    await waiting
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        assert await replaced == b"new"
+        assert await clients(server, 1) == 1  # the hung connection closed
+    finally:
+        await calls.aclose()
+
+
+async def test_the_urls_database_and_password_are_used(own_redis: ThrowawayRedis) -> None:
+    """The connection is opened by redis-py (AUTH, SELECT): the URL's options hold."""
+    server = redis.Redis.from_url(own_redis.url)
+    server.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{own_redis.port}/3"
+    calls = direct(url)
+    try:
+        await calls.call("SET", "where", "db3")
+        with redis.Redis.from_url(url) as db3:
+            assert db3.get("where") == b"db3"
+        wrong = direct(f"redis://:wrong@127.0.0.1:{own_redis.port}/3")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await wrong.call("GET", "where")
+        await wrong.aclose()
+    finally:
+        await calls.aclose()
+
+
+def test_commands_are_pipelined_on_uvloop(own_redis: ThrowawayRedis) -> None:
+    """The gateway's loop (uvicorn takes uvloop): the socket changes protocol there too."""
+
+    async def main() -> list[Any]:
+        calls = direct(own_redis.url)
+        try:
+            return await asyncio.gather(*(calls.call("ECHO", str(i)) for i in range(50)))
+        finally:
+            await calls.aclose()
+
+    assert uvloop.run(main()) == [str(i).encode() for i in range(50)]
 
 
 ARGUMENT = st.one_of(

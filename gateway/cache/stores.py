@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_client import MAX_CONNECTIONS, deadline_client
+from gateway.redis_client import deadline_client
 from ledger.redis_direct import DirectCommands
 
 log = logging.getLogger("rightsize.cache")
@@ -29,6 +29,10 @@ _START_TIMEOUT_S = 2.0
 # requests held up by the same stall of a busy host) are one piece of evidence, not 32.
 _SLOW_CALLS_TO_SKIP = 3
 _SLOW_WARNING_EVERY_S = 60.0
+# The lookups' and stores' connection is taken for dead when a command on it has had no reply
+# for this long (each call is cut at its own deadline, ms, and its late reply dropped; a Redis
+# that answers nothing for a second is hung or cut off, and a new connection is opened).
+_STALE_AFTER_S = 1.0
 
 
 class CacheUnavailable(Exception):
@@ -154,7 +158,7 @@ class RedisStore:
         self._redis = deadline_client(url, timeout_s)
         # Lookups and stores go past the client's layers (ledger/redis_direct.py), without
         # retries; the admin calls (SCAN, bulk UNLINK) stay on the client.
-        self._direct = DirectCommands(self._redis.connection_pool, MAX_CONNECTIONS)
+        self._direct = DirectCommands(self._redis.connection_pool, stale_after_s=_STALE_AFTER_S)
         self._prefix = prefix
         self._timeout = timeout_s
         self._retry_after = retry_after_s
