@@ -19,8 +19,9 @@ concurrent requests (docs/benchmarks.md, "Redis commands pipelined").
 A call cut by its caller's deadline or cancellation leaves its place in the line: its reply,
 when it comes, is dropped, and the connection carries on. A connection whose oldest command
 has waited `stale_after_s` without a reply is taken for dead (a hung server, a lost link):
-closed, and every command still on it fails with redis-py's ConnectionError, as does every
-command on a connection the server closes or that fails; the next call opens a new one.
+closed, and every command still on it fails with redis-py's TimeoutError (never retried:
+Redis may have run it); on a connection the server closes or that fails, with its
+ConnectionError. The next call opens a new connection.
 Callers bound each call themselves (asyncio.timeout).
 """
 
@@ -38,6 +39,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def pack(*args: Any) -> bytes:
@@ -121,7 +123,10 @@ class DirectCommands:
         pipe = self._pipes.get(loop)
         if pipe is None or pipe.closed or pipe.stale(self._stale_after_s):
             if pipe is not None:
-                pipe.close(RedisConnectionError("no reply from Redis: connection closed"))
+                # A timeout, not a connection error: those are retried, and Redis may have run
+                # the commands it has not answered.
+                stale = f"no reply from Redis in {self._stale_after_s:g} s: connection closed"
+                pipe.close(RedisTimeoutError(stale))
             pipe = self._pipes[loop] = _Pipe(loop, self._pool)
         return pipe
 
