@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +13,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.ids import unique_hex
 from gateway.settings import ServerSettings
 
 T = TypeVar("T")
@@ -23,7 +23,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def request_id(request: Request) -> str:
     """The caller's x-request-id when it is a sane token, else a fresh one."""
     given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else "req_" + uuid.uuid4().hex
+    return given if given and _REQUEST_ID.match(given) else "req_" + unique_hex()
 
 
 class RequestTimedOut(GatewayError):

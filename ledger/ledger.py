@@ -13,6 +13,7 @@ under `ledger.on_outage: fail_closed`, or admits a bounded allowance per process
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import secrets
@@ -103,6 +104,8 @@ class Ledger:
         self._webhook = httpx.AsyncClient(timeout=5) if settings.alert_webhook_url else None
         # This process's id: every hold id starts with it, its heartbeat is kept under it.
         self.owner = secrets.token_hex(6)
+        # A hold's id within the owner's: a count (a random suffix cost a system call each).
+        self._hold_numbers = itertools.count()
         self._maintenance: asyncio.Task[None] | None = None
         # Called before a counter is rebuilt from the spend log: the gateway writes this
         # process's queued spend rows first, so that the rebuild counts them.
@@ -177,7 +180,7 @@ class Ledger:
         now = self.clock()
         windows = tuple(self._windows.at(b.period, now) for b in budgets)
         claims = tuple(_claim(b, w) for b, w in zip(budgets, windows, strict=True))
-        hold_id = f"{self.owner}.{secrets.token_hex(8)}"
+        hold_id = f"{self.owner}.{next(self._hold_numbers):x}"
         now_ms = _ms(now)
         ttl = self.settings.reservation_ttl_s if ttl_s is None else ttl_s
         expires = now_ms + int(ttl * 1000)

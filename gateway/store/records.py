@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Float, Integer, String
 
+from gateway.ids import unique_hex
 from gateway.store.tables import spend_log
 from ledger.money import PICO as PICO
 from ledger.money import from_picousd as from_picousd
@@ -74,7 +75,7 @@ class SpendRecord:
     route_reason: str | None = None
     attempts: int = 1
     # The gateway's own id of the row, unique in the store: a replay writes it at most once.
-    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    record_id: str = field(default_factory=unique_hex)
     # The router's estimate of the prompt, for scoring the router on logged traffic; None on
     # cache hits and on requests refused before the router ran.
     reasoning_demand: float | None = None
