@@ -104,6 +104,9 @@ class SlowClientProtocol(HttpToolsProtocol):
             self._header_timer = None
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self._timeouts.body_s, self._body_too_slow)
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, OneWritePerTurn):
+            cycle.transport = OneWritePerTurn(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -182,6 +185,49 @@ class SlowClientProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
+
+
+class OneWritePerTurn:
+    """The transport a response is written through: what it writes in one turn of the event
+    loop goes out in one write, at the end of that turn. uvicorn writes a response's status
+    line and headers, then its body, each with a write of its own, and a socket write is a
+    system call (about 90 µs of CPU on a slow virtual machine: docs/benchmarks.md, "One write
+    per response"); a stream's chunks written in the same turn are joined the same way. The
+    order of the bytes is kept, and closing writes what is held first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        # A copy of what a caller might reuse: the bytes are sent after it has returned.
+        self._held.append(data if type(data) is bytes else bytes(data))
+
+    def _flush(self) -> None:
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
