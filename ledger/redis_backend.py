@@ -46,12 +46,19 @@ _ALWAYS_STALE_MS = 2**62
 T = TypeVar("T")
 
 _PURGE = """
+local function less(h, field, amount)
+  -- Amounts are decimal strings (a Lua number would round picodollars past 2^53); '-0' is no
+  -- integer to HINCRBY, and a cache hit's hold is 0 dollars and 0 tokens.
+  if amount ~= '0' then
+    redis.call('HINCRBY', h, field, '-' .. amount)
+  end
+end
 local function release(h, z, m)
   local _, _, p, t, r = string.find(m, '^[^|]*|(-?%d+)|(-?%d+)|(-?%d+)$')
   if p and redis.call('HGET', h, 'built') == '1' then
-    redis.call('HINCRBY', h, 'rp', '-' .. p)
-    redis.call('HINCRBY', h, 'rt', '-' .. t)
-    redis.call('HINCRBY', h, 'rr', '-' .. r)
+    less(h, 'rp', p)
+    less(h, 'rt', t)
+    less(h, 'rr', r)
   end
   redis.call('ZREM', z, m)
 end
@@ -125,9 +132,9 @@ for i = 1, #KEYS / 2 do
   if redis.call('HGET', h, 'built') == '1' then
     local held = redis.call('ZREM', z, ARGV[1]) == 1
     if held then
-      redis.call('HINCRBY', h, 'rp', '-' .. ARGV[5])
-      redis.call('HINCRBY', h, 'rt', '-' .. ARGV[6])
-      redis.call('HINCRBY', h, 'rr', '-' .. ARGV[7])
+      less(h, 'rp', ARGV[5])
+      less(h, 'rt', ARGV[6])
+      less(h, 'rr', ARGV[7])
     end
     if held or ARGV[8] ~= '1' then
       redis.call('HINCRBY', h, 'sp', ARGV[2])

@@ -170,6 +170,25 @@ async def test_settling_after_the_hold_expired_still_charges_the_spend(
     assert usage.spent == micro(8) and usage.reserved == micro(1)
 
 
+async def test_a_free_hold_settles_and_expires_like_any_other(
+    ledger: Ledger, clock: FrozenClock
+) -> None:
+    """A cache hit's hold is 0 dollars, 0 tokens and 1 request: its settlement moves the request
+    from reserved to spent, and left to expire it is purged by the next reserve (on Redis, a
+    decrement by '-0' is no integer: it failed both)."""
+    budget = await put(ledger, period=Period.MONTHLY, limit_usd=10 * USD)
+    hit = await ledger.reserve("search", "key_a", Amounts(0, 0, 1))
+    assert hit is not None
+    await ledger.settle(hit, Amounts(0, 0, 1))
+    [usage] = await ledger.usage([budget])
+    assert usage.spent == Amounts(0, 0, 1) and usage.reserved == Amounts()
+    assert await ledger.reserve("search", "key_a", Amounts(0, 0, 1)) is not None  # unsettled
+    clock.advance(seconds=31)
+    assert await ledger.reserve("search", "key_a", micro(1)) is not None  # purges it
+    [usage] = await ledger.usage([budget])
+    assert usage.spent == Amounts(0, 0, 1) and usage.reserved == micro(1)
+
+
 async def test_a_key_budget_and_its_team_budget_both_bind(ledger: Ledger) -> None:
     await put(ledger, period=Period.DAILY, limit_usd=100 * USD)
     await put(ledger, scope="key", subject="key_a", period=Period.DAILY, limit_usd=5 * USD)
