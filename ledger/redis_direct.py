@@ -146,8 +146,9 @@ class _Pipe(asyncio.Protocol):
         self._loop = loop
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_reply_error)
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self._out: list[bytes] = []  # written at the end of the loop's turn, or once connected
-        self._flushing = False
+        # Written at the end of the loop's turn (a flush is due while it holds anything), or
+        # once connected.
+        self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._failure: BaseException | None = None
@@ -159,8 +160,7 @@ class _Pipe(asyncio.Protocol):
         future = self._loop.create_future()
         self._waiting.append((future, self._loop.time()))
         self._out.append(packed)
-        if self._transport is not None and not self._flushing:
-            self._flushing = True
+        if self._transport is not None and len(self._out) == 1:
             self._loop.call_soon(self._flush)
         return future
 
@@ -193,7 +193,6 @@ class _Pipe(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        self._flushing = False
         if self._out and self._transport is not None:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
