@@ -7,7 +7,6 @@ completion back on the way out, for the OpenAI-format deployments the gateway se
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from gateway.anthropic.schemas import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from gateway.ids import unique_hex
 
 # OpenAI finish_reason -> Anthropic stop_reason ("stop" is end_turn or stop_sequence, below).
 _STOP_REASONS = {
@@ -186,7 +186,7 @@ def _tool_choice(choice: ToolChoice, has_tools: bool) -> dict[str, Any]:
 
 
 def message_id() -> str:
-    return "msg_" + uuid.uuid4().hex
+    return "msg_" + unique_hex()
 
 
 def message(
@@ -209,7 +209,7 @@ def message(
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or "toolu_" + uuid.uuid4().hex,
+                "id": call.get("id") or "toolu_" + unique_hex(),
                 "name": function.get("name") or "",
                 "input": tool_input(function.get("arguments")),
             }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,7 +115,7 @@ class OutcomeRecord:
     shadow_cost_usd: Decimal = field(default_factory=Decimal)
     judge_cost_usd: Decimal = field(default_factory=Decimal)
     error: str | None = None
-    outcome_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    outcome_id: str = field(default_factory=unique_hex)
 
 
 # PostgreSQL text refuses NUL; asyncpg cannot encode lone surrogates (no UTF-8 form).
