@@ -110,6 +110,20 @@ class DirectCommands:
                     raise
                 retries -= 1
 
+    async def calls(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send several commands in one write, never retried; their replies in order, or the
+        exception of the first that failed."""
+        pipe = self._pipe()
+        futures = [pipe.send(pack(*command)) for command in commands]
+        try:
+            return [await future for future in futures]
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()  # the caller was cut: the late reply is nobody's
+                elif not future.cancelled():
+                    future.exception()  # retrieved: a failure after the first is no warning
+
     async def script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL where Redis does not have the script (a flushed or new server),
         which also loads it for the next EVALSHA."""

@@ -80,8 +80,14 @@ def own_redis() -> Iterator[ThrowawayRedis]:
 async def gw(
     own_redis: ThrowawayRedis, upstream: RunningUpstream, tmp_path: Path
 ) -> AsyncIterator[InProcessGateway]:
+    # No near copies: every lookup reads Redis, which these tests take away.
     async with cached_gateway(
-        "redis", upstream, tmp_path, redis_url=own_redis.url, redis_retry_after_s=0.2
+        "redis",
+        upstream,
+        tmp_path,
+        redis_url=own_redis.url,
+        redis_retry_after_s=0.2,
+        redis_near_ttl_s=0,
     ) as running:
         await ask(running)
         assert (await ask(running)).headers["x-rightsize-cache"] == "hit"

@@ -452,6 +452,18 @@ async def test_memory_store_entry_expires_after_its_ttl() -> None:
     assert store.bytes == 0
 
 
+async def test_memory_store_drops_expired_entries_as_it_stores_new_ones() -> None:
+    # Near copies of Redis entries live a second: expired ones must not fill the byte bound.
+    now = [100.0]
+    store = MemoryStore(max_bytes=10_000, clock=lambda: now[0])
+    for n in range(50):
+        await store.set("t", f"k{n}", b"x" * 100, 1)
+        now[0] += 0.1
+    assert len(store) <= 11
+    assert store.bytes == 100 * len(store)
+    assert await store.get("t", "k49") is not None
+
+
 async def test_memory_store_never_returns_an_entry_to_another_team() -> None:
     store = MemoryStore(max_bytes=1000)
     await store.set("a", "k", b"v", 10)

@@ -130,6 +130,31 @@ async def test_concurrent_commands_share_one_connection_each_reply_its_own(
         await calls.aclose()
 
 
+async def test_commands_called_together_go_out_in_one_write_and_fail_as_the_first_failure(
+    own_redis: ThrowawayRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    flush = _Pipe._flush
+
+    def counted(pipe: _Pipe) -> None:
+        writes.append(len(pipe._out))
+        flush(pipe)
+
+    monkeypatch.setattr(_Pipe, "_flush", counted)
+    calls = direct(own_redis.url)
+    try:
+        assert await calls.call("SET", "k", "text", "PX", 60_000) == b"OK"
+        writes.clear()
+        value, left_ms = await calls.calls(("GET", "k"), ("PTTL", "k"))
+        assert value == b"text" and 0 < left_ms <= 60_000
+        assert writes == [2]
+        with pytest.raises(ResponseError):
+            await calls.calls(("INCR", "k"), ("INCR", "k"), ("GET", "k"))
+        assert await calls.call("GET", "k") == b"text"  # the connection kept, in step
+    finally:
+        await calls.aclose()
+
+
 async def test_commands_called_in_one_turn_of_the_loop_go_out_in_one_write(
     own_redis: ThrowawayRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

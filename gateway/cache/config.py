@@ -56,7 +56,11 @@ class CacheSettings(BaseModel):
         default="auto", description="auto: Redis when store.redis_url is set, else in process."
     )
     ttl_s: float = Field(default=3600.0, gt=0)
-    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="In-process store bound.")
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="In-process store bound; with Redis, the bound of the near copies.",
+    )
     max_entry_bytes: int = Field(default=1024 * 1024, gt=0)
     sampled: bool = Field(
         default=False, description="Cache non-deterministic requests too (every team)."
@@ -71,6 +75,16 @@ class CacheSettings(BaseModel):
     )
     redis_retry_after_s: float = Field(
         default=1.0, ge=0, description="After a Redis failure, skip it this long before retrying."
+    )
+    # An exact hit read from Redis is a loopback round trip at best (72 µs on the 2-core
+    # host, 0.1 ms of the worker's CPU through the gateway): a hot entry served from the
+    # process's memory costs what an in-process hit does (docs/benchmarks.md, "Near copies").
+    redis_near_ttl_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Keep entries read from or written to Redis in process memory this long "
+        "(bounded by max_bytes); a delete or invalidation made by another replica or worker "
+        "reaches this one within it. 0: every lookup reads Redis.",
     )
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
     teams: dict[str, TeamCacheSettings] = Field(default_factory=dict)

@@ -112,6 +112,8 @@ class PromptCache:
                 settings.key_prefix,
                 timeout_s=settings.redis_timeout_ms / 1000,
                 retry_after_s=settings.redis_retry_after_s,
+                near_ttl_s=settings.redis_near_ttl_s,
+                near_max_bytes=settings.max_bytes,
             )
         else:
             store = MemoryStore(settings.max_bytes)

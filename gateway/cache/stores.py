@@ -100,7 +100,15 @@ class MemoryStore:
         if len(value) > self._max_bytes:
             return
         self._remove(key)
-        self._slots[key] = _Slot(team, value, self._clock() + ttl_s)
+        now = self._clock()
+        # Expired entries at the least recently used end go now, not when the byte bound is
+        # reached: near copies of Redis entries live a second, and would otherwise fill it.
+        while self._slots:
+            oldest = next(iter(self._slots))
+            if self._slots[oldest].expires_at > now:
+                break
+            self._remove(oldest)
+        self._slots[key] = _Slot(team, value, now + ttl_s)
         self._by_team.setdefault(team, set()).add(key)
         self.bytes += len(value)
         while self.bytes > self._max_bytes:
@@ -150,11 +158,26 @@ class RedisStore:
     (or several slow calls in a row) the store reports itself unavailable without trying for
     `retry_after_s`, so an outage costs nothing per request; the first call after that probes
     Redis again and caching resumes when it answers.
+
+    With `near_ttl_s` > 0 an entry this process read or wrote is also kept in its memory for
+    that long (never past its TTL in Redis; `near_max_bytes` bounds them, least recently used
+    first out) and served from there: a delete or an invalidation made by another process
+    reaches this one within `near_ttl_s`, one made here at once.
     """
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str, timeout_s: float, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        timeout_s: float,
+        retry_after_s: float,
+        *,
+        near_ttl_s: float = 0.0,
+        near_max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = deadline_client(url, timeout_s)
         # Lookups and stores go past the client's layers (ledger/redis_direct.py), without
         # retries; the admin calls (SCAN, bulk UNLINK) stay on the client.
@@ -168,6 +191,11 @@ class RedisStore:
         self._slow_in_a_row = 0
         self._last_slow_at = -1.0  # when the last slow call was cut (time.monotonic)
         self._slow_warned_at = -_SLOW_WARNING_EVERY_S
+        self._near_ttl = near_ttl_s
+        self._near = MemoryStore(near_max_bytes, clock) if near_ttl_s > 0 else None
+        # Counts the deletes and invalidations made here: a read that was in flight across
+        # one does not keep what it read (it may be what was just deleted).
+        self._forgets = 0
 
     async def start(self) -> None:
         """Open a connection before the first request needs one; never raises."""
@@ -182,16 +210,38 @@ class RedisStore:
         return f"{self._prefix}{team}:{key}"
 
     async def get(self, team: str, key: str) -> bytes | None:
-        value = await self._call("get", lambda: self._direct.call("GET", self._key(team, key)))
-        return bytes(value) if value is not None else None
+        near = self._near
+        if near is None:
+            value = await self._call("get", lambda: self._direct.call("GET", self._key(team, key)))
+            return bytes(value) if value is not None else None
+        kept = await near.get(team, key)
+        if kept is not None:
+            return kept
+        forgets, name = self._forgets, self._key(team, key)
+        value, left_ms = await self._call(
+            "get", lambda: self._direct.calls(("GET", name), ("PTTL", name))
+        )
+        if value is None:
+            return None
+        value = bytes(value)
+        # PTTL: the milliseconds left; -1 (no TTL) never here, -2 expired since the GET.
+        keep_s = self._near_ttl if left_ms == -1 else min(self._near_ttl, left_ms / 1000)
+        if keep_s > 0 and forgets == self._forgets:
+            await near.set(team, key, value, keep_s)
+        return value
 
     async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None:
         px = max(1, int(ttl_s * 1000))
         await self._call(
             "set", lambda: self._direct.call("SET", self._key(team, key), value, "PX", px)
         )
+        if self._near is not None:
+            await self._near.set(team, key, value, min(self._near_ttl, ttl_s))
 
     async def delete(self, team: str, key: str) -> None:
+        if self._near is not None:
+            self._forgets += 1
+            await self._near.delete(team, key)
         await self._call("delete", lambda: self._direct.call("UNLINK", self._key(team, key)))
 
     async def keys(self, team: str) -> list[str]:
@@ -202,6 +252,9 @@ class RedisStore:
         return sorted(bytes(k).decode()[start:] for k in found)
 
     async def invalidate_team(self, team: str) -> int:
+        if self._near is not None:
+            self._forgets += 1
+            await self._near.invalidate_team(team)
         keys = [self._key(team, k) for k in await self.keys(team)]
         deleted = 0
         async with asyncio.timeout(_ADMIN_TIMEOUT_S):
@@ -210,6 +263,8 @@ class RedisStore:
         return deleted
 
     async def aclose(self) -> None:
+        if self._near is not None:
+            await self._near.aclose()
         await self._direct.aclose()
         await self._redis.aclose()
 
