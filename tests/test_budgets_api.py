@@ -164,6 +164,28 @@ async def test_counters_are_rebuilt_from_the_spend_log_after_redis_is_flushed(
         assert monthly["spent_requests"] == 5
 
 
+async def test_a_rebuilt_counter_counts_a_cache_hit_as_the_live_one_did(
+    store_url: str, upstream: RunningUpstream, redis_prefix: str
+) -> None:
+    # One request and no tokens: what the hit's hold counted live, the rebuild counts again.
+    config = gateway_config(
+        store_url, upstream, ledger={"redis_prefix": redis_prefix}, cache={"backend": "memory"}
+    )
+    config["store"]["redis_url"] = REDIS_URL
+    async with in_process_gateway(config) as gw:
+        await set_budget(gw, team="search", period="monthly", limit_usd="1")
+        assert (await chat(gw, temperature=0)).headers["x-rightsize-cache"] == "miss"
+        hit = await chat(gw, temperature=0)
+        assert hit.headers["x-rightsize-cache"] == "hit"
+        [live] = await usage(gw)
+        await gw.admin.spend(hit.headers["x-request-id"])  # the log has caught up
+        assert delete_prefix(redis_prefix) > 0  # Redis "loses its data"
+        [rebuilt] = await usage(gw)
+    assert (live["spent_requests"], live["spent_tokens"]) == (2, 28)
+    assert (rebuilt["spent_requests"], rebuilt["spent_tokens"]) == (2, 28)
+    assert rebuilt["spent_usd"] == live["spent_usd"] == str(COST)
+
+
 async def test_a_streamed_request_is_settled_at_its_actual_cost(
     store_url: str, upstream: RunningUpstream
 ) -> None:
