@@ -111,6 +111,17 @@ async def test_a_read_in_flight_across_a_delete_keeps_no_copy(
     assert await store.get("search", "k") is None  # but not kept as if still there
 
 
+async def test_a_write_in_flight_across_a_delete_keeps_no_copy(
+    store: RedisStore, server: redis.Redis, prefix: str
+) -> None:
+    write = asyncio.create_task(store.set("search", "k", b"answer", ttl_s=60))
+    await asyncio.sleep(0)
+    await store.delete("search", "k")  # its UNLINK goes after the SET, on the same connection
+    await write
+    assert server.exists(f"{prefix}search:k") == 0
+    assert await store.get("search", "k") is None
+
+
 async def test_without_a_near_ttl_every_lookup_reads_redis(
     prefix: str, server: redis.Redis
 ) -> None:

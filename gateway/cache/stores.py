@@ -193,8 +193,8 @@ class RedisStore:
         self._slow_warned_at = -_SLOW_WARNING_EVERY_S
         self._near_ttl = near_ttl_s
         self._near = MemoryStore(near_max_bytes, clock) if near_ttl_s > 0 else None
-        # Counts the deletes and invalidations made here: a read that was in flight across
-        # one does not keep what it read (it may be what was just deleted).
+        # Counts the deletes and invalidations made here: a read or a write that was in flight
+        # across one keeps no copy (what it read or wrote may be what was just deleted).
         self._forgets = 0
 
     async def start(self) -> None:
@@ -232,10 +232,11 @@ class RedisStore:
 
     async def set(self, team: str, key: str, value: bytes, ttl_s: float) -> None:
         px = max(1, int(ttl_s * 1000))
+        forgets = self._forgets
         await self._call(
             "set", lambda: self._direct.call("SET", self._key(team, key), value, "PX", px)
         )
-        if self._near is not None:
+        if self._near is not None and forgets == self._forgets:
             await self._near.set(team, key, value, min(self._near_ttl, ttl_s))
 
     async def delete(self, team: str, key: str) -> None:
