@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import os
@@ -74,6 +76,9 @@ class KeyService:
         # can time. Revocations in this process drop the entry at once, other workers and
         # replicas within the TTL.
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        # Store reads in flight, by secret: when a key's entry lapses under load, the requests
+        # in flight with it wait on one read instead of making one each (32 at 32 in flight).
+        self._finding: dict[str, asyncio.Future[ApiKey]] = {}
 
     def hash(self, secret_key: str) -> str:
         return hmac.new(self._secret, secret_key.encode(), hashlib.sha256).hexdigest()
@@ -121,11 +126,26 @@ class KeyService:
         if cached is not None and cached[0] > now:
             key = cached[1]
         else:
-            key = await self._find(secret_key)
+            key = await self._find_once(secret_key)
             self._remember(secret_key, key, now)
         if key.revoked_at is not None:
             raise RevokedKey(key.id, key.team)
         return key
+
+    async def _find_once(self, secret_key: str) -> ApiKey:
+        """_find, shared by the requests that present the same uncached key meanwhile."""
+        pending = self._finding.get(secret_key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._find(secret_key))
+            self._finding[secret_key] = pending
+            pending.add_done_callback(functools.partial(self._found, secret_key))
+        # Shielded: a caller that gives up does not cancel the read the others wait on.
+        return await asyncio.shield(pending)
+
+    def _found(self, secret_key: str, read: asyncio.Future[ApiKey]) -> None:
+        del self._finding[secret_key]
+        if not read.cancelled():
+            read.exception()  # retrieved: every caller may have given up meanwhile
 
     async def _find(self, secret_key: str) -> ApiKey:
         digest = self.hash(secret_key)

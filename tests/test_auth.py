@@ -3,6 +3,7 @@ this process is seen at once, and other processes' changes within the TTL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -128,3 +129,22 @@ async def test_past_its_size_the_cache_forgets_the_oldest_key_first(
     assert calls.find_key == 3  # the two newest are still held
     await keys.authenticate(first.secret)
     assert calls.find_key == 4  # the oldest was dropped to make room
+
+
+async def test_requests_in_flight_with_an_uncached_key_share_one_store_read(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When a key's entry lapses under load, each of the requests in flight with it missed the
+    # cache at once and read the store itself.
+    keys, calls = spied(store, monkeypatch, Clock())
+    issued = await keys.issue("search")
+    found = await asyncio.gather(*(keys.authenticate(issued.secret) for _ in range(32)))
+    assert {k.id for k in found} == {issued.key.id}
+    assert calls.find_key == 1
+    refused = await asyncio.gather(
+        *(keys.authenticate("rs-not-a-key") for _ in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(r, AuthenticationFailed) for r in refused)
+    assert calls.find_key == 2
+    assert (await keys.authenticate(issued.secret)).id == issued.key.id  # the cache, as before
+    assert calls.find_key == 2

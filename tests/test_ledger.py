@@ -441,3 +441,23 @@ async def test_a_clean_shutdown_releases_the_holds_its_requests_never_settled(
     async with open_ledger(backend, tmp_path, prefix, clock, reservation_ttl_s=3600) as other:
         [usage] = await other.usage([budget])
         assert usage.reserved == Amounts()
+
+
+async def test_requests_in_flight_when_the_budget_cache_lapses_share_one_store_read(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = await put(ledger, period=Period.MONTHLY, limit_usd=100 * USD)
+    reads = 0
+    for_request = ledger.budgets.for_request
+
+    async def counted(team: str, key_id: str) -> list[Budget]:
+        nonlocal reads
+        reads += 1
+        return await for_request(team, key_id)
+
+    monkeypatch.setattr(ledger.budgets, "for_request", counted)
+    found = await asyncio.gather(*(ledger.budgets_for("search", "k1") for _ in range(32)))
+    assert all(f == [budget] for f in found)
+    assert reads == 1
+    await ledger.budgets_for("search", "k1")  # cached, as before
+    assert reads == 1
