@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import hmac
@@ -17,6 +16,7 @@ from gateway.errors import AuthenticationFailed, RevokedKey
 from gateway.outage import store_outage_as_503
 from gateway.settings import ConfigError, Settings
 from gateway.store import ApiKey, Store, sqlite_path
+from ledger.single_flight import SingleFlight
 
 KEY_PREFIX = "rs-"
 KEY_CACHE_TTL_S = 5.0  # how long another worker or replica may still accept a revoked key
@@ -78,7 +78,7 @@ class KeyService:
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         # Store reads in flight, by secret: when a key's entry lapses under load, the requests
         # in flight with it wait on one read instead of making one each (32 at 32 in flight).
-        self._finding: dict[str, asyncio.Future[ApiKey]] = {}
+        self._finding: SingleFlight[str, ApiKey] = SingleFlight()
 
     def hash(self, secret_key: str) -> str:
         return hmac.new(self._secret, secret_key.encode(), hashlib.sha256).hexdigest()
@@ -126,26 +126,11 @@ class KeyService:
         if cached is not None and cached[0] > now:
             key = cached[1]
         else:
-            key = await self._find_once(secret_key)
+            key = await self._finding.run(secret_key, functools.partial(self._find, secret_key))
             self._remember(secret_key, key, now)
         if key.revoked_at is not None:
             raise RevokedKey(key.id, key.team)
         return key
-
-    async def _find_once(self, secret_key: str) -> ApiKey:
-        """_find, shared by the requests that present the same uncached key meanwhile."""
-        pending = self._finding.get(secret_key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._find(secret_key))
-            self._finding[secret_key] = pending
-            pending.add_done_callback(functools.partial(self._found, secret_key))
-        # Shielded: a caller that gives up does not cancel the read the others wait on.
-        return await asyncio.shield(pending)
-
-    def _found(self, secret_key: str, read: asyncio.Future[ApiKey]) -> None:
-        del self._finding[secret_key]
-        if not read.cancelled():
-            read.exception()  # retrieved: every caller may have given up meanwhile
 
     async def _find(self, secret_key: str) -> ApiKey:
         digest = self.hash(secret_key)

@@ -33,6 +33,7 @@ from ledger.errors import BudgetExceeded, BudgetsUnreadable, CountersUnreachable
 from ledger.outage import brief, dependency_of, is_outage
 from ledger.periods import CurrentWindows, Period, Window, window_at
 from ledger.settings import LedgerSettings
+from ledger.single_flight import SingleFlight
 from policies import TokenPrice, Usage
 
 log = logging.getLogger("rightsize.ledger")
@@ -99,7 +100,7 @@ class Ledger:
         self._windows = CurrentWindows(self.zone)
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self._cache: dict[tuple[str, str], tuple[float, list[Budget]]] = {}
-        self._reading: dict[tuple[str, str], asyncio.Future[list[Budget]]] = {}  # in flight
+        self._reading: SingleFlight[tuple[str, str], list[Budget]] = SingleFlight()
         self._soft_logged: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._settling: set[asyncio.Task[None]] = set()  # settle_sent's, until they end
@@ -129,7 +130,10 @@ class Ledger:
         if cached is not None and cached[0] > loop_now:
             return cached[1]
         try:
-            found = await self._read_budgets(team, key_id)
+            # One read for the requests of this team and key that miss the cache meanwhile.
+            found = await self._reading.run(
+                (team, key_id), functools.partial(self.budgets.for_request, team, key_id)
+            )
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -146,22 +150,6 @@ class Ledger:
         self._stale_budgets_logged = False
         self._cache[(team, key_id)] = (loop_now + self.settings.budget_cache_s, found)
         return found
-
-    async def _read_budgets(self, team: str, key_id: str) -> list[Budget]:
-        """The store's read, shared by the requests of this team and key that miss the cache
-        meanwhile: when it lapses under load, one read, not one per request in flight."""
-        pending = self._reading.get((team, key_id))
-        if pending is None:
-            pending = asyncio.ensure_future(self.budgets.for_request(team, key_id))
-            self._reading[(team, key_id)] = pending
-            pending.add_done_callback(functools.partial(self._read, (team, key_id)))
-        # Shielded: a caller that gives up does not cancel the read the others wait on.
-        return await asyncio.shield(pending)
-
-    def _read(self, subject: tuple[str, str], read: asyncio.Future[list[Budget]]) -> None:
-        del self._reading[subject]
-        if not read.cancelled():
-            read.exception()  # retrieved: every caller may have given up meanwhile
 
     def forget_budgets(self) -> None:
         """Drop the cache after a budget changed in this process."""
