@@ -130,24 +130,31 @@ async def test_concurrent_commands_share_one_connection_each_reply_its_own(
         await calls.aclose()
 
 
-async def test_commands_called_together_go_out_in_one_write_and_fail_as_the_first_failure(
-    own_redis: ThrowawayRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes: list[int] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What each connection's writes carried, one item a write."""
+    written: list[bytes] = []
     flush = _Pipe._flush
 
-    def counted(pipe: _Pipe) -> None:
-        writes.append(len(pipe._out))
+    def recorded(pipe: _Pipe) -> None:
+        if pipe._out:
+            written.append(b"".join(pipe._out))
         flush(pipe)
 
-    monkeypatch.setattr(_Pipe, "_flush", counted)
+    monkeypatch.setattr(_Pipe, "_flush", recorded)
+    return written
+
+
+async def test_commands_called_together_go_out_in_one_write_and_fail_as_the_first_failure(
+    own_redis: ThrowawayRedis, writes: list[bytes]
+) -> None:
     calls = direct(own_redis.url)
     try:
         assert await calls.call("SET", "k", "text", "PX", 60_000) == b"OK"
         writes.clear()
         value, left_ms = await calls.calls(("GET", "k"), ("PTTL", "k"))
         assert value == b"text" and 0 < left_ms <= 60_000
-        assert writes == [2]
+        assert writes == [pack("GET", "k") + pack("PTTL", "k")]
         with pytest.raises(ResponseError):
             await calls.calls(("INCR", "k"), ("INCR", "k"), ("GET", "k"))
         assert await calls.call("GET", "k") == b"text"  # the connection kept, in step
@@ -156,17 +163,8 @@ async def test_commands_called_together_go_out_in_one_write_and_fail_as_the_firs
 
 
 async def test_commands_called_in_one_turn_of_the_loop_go_out_in_one_write(
-    own_redis: ThrowawayRedis, monkeypatch: pytest.MonkeyPatch
+    own_redis: ThrowawayRedis, writes: list[bytes]
 ) -> None:
-    writes: list[bytes] = []
-    flush = _Pipe._flush
-
-    def counted(pipe: _Pipe) -> None:
-        if pipe._out:
-            writes.append(b"".join(pipe._out))
-        flush(pipe)
-
-    monkeypatch.setattr(_Pipe, "_flush", counted)
     calls = direct(own_redis.url)
     try:
         assert await calls.call("ECHO", "connected") == b"connected"
